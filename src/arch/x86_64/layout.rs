@@ -1,0 +1,52 @@
+//! Every guest-physical address, port and IRQ number Kite uses on x86-64, in one place.
+
+/// GDT built for the 64-bit boot protocol.
+pub const GDT_ADDR: u64 = 0x500;
+/// Empty IDT loaded at boot (the kernel installs its own).
+pub const IDT_ADDR: u64 = 0x520;
+/// The zero page (`struct boot_params`); RSI points here at entry.
+pub const ZERO_PAGE_ADDR: u64 = 0x7000;
+/// Initial stack pointer.
+pub const BOOT_STACK_ADDR: u64 = 0x8ff0;
+/// Identity page tables: PML4, one PDPT, four page directories of 2 MiB pages (first 4 GiB).
+pub const PML4_ADDR: u64 = 0x9000;
+pub const PDPT_ADDR: u64 = 0xa000;
+pub const PD_ADDR: u64 = 0xb000;
+/// Number of page directories after PD_ADDR; each maps 1 GiB.
+pub const PD_COUNT: u64 = 4;
+/// Kernel command line.
+pub const CMDLINE_ADDR: u64 = 0x20000;
+/// Largest command line (with its NUL) the x86 kernel accepts (COMMAND_LINE_SIZE).
+pub const CMDLINE_MAX_SIZE: usize = 2048;
+/// Start of the extended BIOS data area, where the MP table lives; usable low RAM ends here.
+pub const EBDA_START: u64 = 0x9fc00;
+/// Start of RAM above the legacy hole; the kernel is loaded here or above.
+pub const HIMEM_START: u64 = 0x10_0000;
+
+/// The 32-bit MMIO gap: no RAM here, it is left for devices, the IOAPIC and the LAPIC.
+pub const MMIO_GAP_START: u64 = 0xc000_0000;
+pub const MMIO_GAP_END: u64 = 0x1_0000_0000;
+/// First 4 KiB of the gap: the boot-timer MMIO register.
+pub const BOOT_TIMER_ADDR: u64 = 0xd000_0000;
+/// virtio-mmio windows are handed out from here, 4 KiB each.
+pub const VIRTIO_MMIO_START: u64 = 0xd000_1000;
+pub const VIRTIO_MMIO_SIZE: u64 = 0x1000;
+pub const VIRTIO_MMIO_END: u64 = 0xe000_0000;
+pub const IOAPIC_ADDR: u64 = 0xfec0_0000;
+pub const APIC_ADDR: u64 = 0xfee0_0000;
+
+/// Legacy ports.
+pub const SERIAL_PORT: u64 = 0x3f8;
+pub const SERIAL_PORT_LEN: u64 = 8;
+pub const I8042_PORT: u64 = 0x60;
+pub const I8042_PORT_LEN: u64 = 5;
+
+/// IRQ lines (IOAPIC pins).
+pub const SERIAL_IRQ: u32 = 4;
+pub const FIRST_DEVICE_IRQ: u32 = 5;
+pub const LAST_DEVICE_IRQ: u32 = 23;
+/// Number of IOAPIC pins the in-kernel irqchip has.
+pub const IOAPIC_PINS: u32 = 24;
+
+/// Where KVM puts the TSS it needs (three pages just below the gap end, inside the gap).
+pub const KVM_TSS_ADDR: usize = 0xfffb_d000;

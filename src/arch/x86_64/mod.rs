@@ -1,0 +1,2 @@
+//! x86-64 specifics: guest layout and the pure builders for the 64-bit boot protocol.
+pub mod layout;

@@ -1,0 +1,7 @@
+//! Kite: a small KVM virtual machine monitor.
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod arch;
+pub mod bus;
+pub mod devices;
+pub mod memory;
