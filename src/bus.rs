@@ -63,7 +63,12 @@ impl Bus {
     fn find(&self, addr: u64) -> Option<(u64, &SharedDevice)> {
         let (range, dev) = self
             .devices
-            .range(..=Range { base: addr, len: u64::MAX })
+            .range(
+                ..=Range {
+                    base: addr,
+                    len: u64::MAX,
+                },
+            )
             .next_back()?;
         (addr - range.base < range.len).then_some((addr - range.base, dev))
     }
@@ -119,7 +124,8 @@ mod tests {
         let mut bus = Bus::new();
         let a = Arc::new(Mutex::new(Echo(vec![])));
         bus.insert(a.clone(), 0x3f8, 8).unwrap();
-        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x60, 1).unwrap();
+        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x60, 1)
+            .unwrap();
         let mut d = [0u8; 1];
         assert!(bus.read(0x3fa, &mut d));
         assert_eq!(d, [2]);
@@ -133,11 +139,21 @@ mod tests {
     #[test]
     fn rejects_overlap_and_empty() {
         let mut bus = Bus::new();
-        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x100, 0x10).unwrap();
+        bus.insert(Arc::new(Mutex::new(Echo(vec![]))), 0x100, 0x10)
+            .unwrap();
         let e = Arc::new(Mutex::new(Echo(vec![])));
-        assert!(matches!(bus.insert(e.clone(), 0x10f, 1), Err(Error::Overlap { .. })));
-        assert!(matches!(bus.insert(e.clone(), 0xf8, 9), Err(Error::Overlap { .. })));
-        assert!(matches!(bus.insert(e.clone(), 0x200, 0), Err(Error::BadRange { .. })));
+        assert!(matches!(
+            bus.insert(e.clone(), 0x10f, 1),
+            Err(Error::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(e.clone(), 0xf8, 9),
+            Err(Error::Overlap { .. })
+        ));
+        assert!(matches!(
+            bus.insert(e.clone(), 0x200, 0),
+            Err(Error::BadRange { .. })
+        ));
         assert!(bus.insert(e, 0x110, 1).is_ok());
     }
 }

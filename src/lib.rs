@@ -4,4 +4,5 @@
 pub mod arch;
 pub mod bus;
 pub mod devices;
+pub mod exit;
 pub mod memory;

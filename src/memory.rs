@@ -84,7 +84,10 @@ mod tests {
             r,
             vec![
                 (GuestAddress(0), MMIO_GAP_START as usize),
-                (GuestAddress(1 << 32), (4usize << 30) - MMIO_GAP_START as usize)
+                (
+                    GuestAddress(1 << 32),
+                    (4usize << 30) - MMIO_GAP_START as usize
+                )
             ]
         );
         assert_eq!(ram_ranges(MMIO_GAP_START).len(), 1);

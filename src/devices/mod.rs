@@ -1,1 +1,3 @@
 //! Emulated devices.
+pub mod i8042;
+pub mod serial;
