@@ -3,6 +3,11 @@
 
 pub mod arch;
 pub mod bus;
+pub mod cli;
+pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod memory;
+pub mod terminal;
+pub mod vcpu;
+pub mod vmm;

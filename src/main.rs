@@ -1,3 +1,110 @@
-fn main() {
-    println!("Hello, world!");
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::Parser;
+use kite::cli::{Cli, Command, RunArgs};
+use kite::exit::ExitReason;
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().filter_or("KITE_LOG", "info"))
+        .format(|buf, record| {
+            let level = match record.level() {
+                log::Level::Error => "error: ",
+                log::Level::Warn => "warning: ",
+                _ => "",
+            };
+            writeln!(buf, "kite: {level}{}", record.args())
+        })
+        .init();
+}
+
+/// The error and its sources on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}
+
+fn run(args: &RunArgs, process_start: Instant) -> i32 {
+    let config = match args.to_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("kite: error: {}", chain(&e));
+            return 2;
+        }
+    };
+    let vmm = match kite::vmm::Vmm::new(&config, process_start) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("kite: error: {}", chain(&e));
+            return e.exit_code();
+        }
+    };
+    let terminal = kite::terminal::RawModeGuard::new(libc::STDIN_FILENO);
+    let result = vmm.run();
+    drop(terminal);
+    match result {
+        Ok(report) => {
+            let reason = &report.reason;
+            let text = reason.describe();
+            match reason {
+                ExitReason::GuestReset | ExitReason::GuestPowerOff | ExitReason::Signal(_) => {
+                    log::info!("{text}")
+                }
+                ExitReason::Timeout(_) | ExitReason::Fatal(_) => {
+                    let last = &report.last_console_line;
+                    if last.is_empty() {
+                        eprintln!("kite: {text}; the guest printed nothing on its console");
+                    } else {
+                        eprintln!("kite: {text}; guest's last console line: {last}");
+                    }
+                }
+            }
+            for (name, at) in &report.timeline.marks {
+                log::debug!("{:>8.1} ms  {name}", at.as_secs_f64() * 1e3);
+            }
+            reason.exit_code()
+        }
+        Err(e) => {
+            eprintln!("kite: error: {}", chain(&e));
+            1
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let process_start = Instant::now();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            // Clap's message on one line; its usage hint is left out.
+            let text = e.kind().to_string();
+            let first = e.to_string();
+            let first = first
+                .lines()
+                .next()
+                .unwrap_or(&text)
+                .trim_start_matches("error: ");
+            eprintln!("kite: error: {first} (see kite --help)");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging();
+    let code = match &cli.command {
+        Command::Run(args) => run(args, process_start),
+    };
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

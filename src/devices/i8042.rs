@@ -6,6 +6,7 @@ use std::sync::Arc;
 use crate::bus::BusDevice;
 use crate::exit::{ExitHandle, ExitReason};
 
+#[cfg(test)]
 const DATA_OFFSET: u64 = 0;
 const COMMAND_OFFSET: u64 = 4;
 const CMD_RESET_CPU: u8 = 0xfe;

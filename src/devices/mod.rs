@@ -1,3 +1,4 @@
 //! Emulated devices.
+pub mod boot_timer;
 pub mod i8042;
 pub mod serial;

@@ -100,6 +100,9 @@ pub fn page_table_entries() -> Vec<(u64, u64)> {
     entries
 }
 
+// The tables must not run into the command line.
+const _: () = assert!(PD_ADDR + PD_COUNT * 0x1000 <= CMDLINE_ADDR);
+
 /// Write the boot GDT, an empty IDT and the identity page tables into guest memory.
 pub fn write_boot_tables(mem: &GuestMem) -> Result<(), Error> {
     for (i, entry) in BOOT_GDT.iter().enumerate() {
@@ -300,8 +303,6 @@ mod tests {
             assert_eq!(pde & 0x83, 0x83, "present, writable, 2 MiB page at {va:#x}");
             assert_eq!((pde & !0x1f_ffff & !0xfff) | (va & 0x1f_ffff), va);
         }
-        // Tables do not overlap anything else in low memory.
-        assert!(PD_ADDR + PD_COUNT * 0x1000 <= CMDLINE_ADDR);
     }
 
     #[test]

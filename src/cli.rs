@@ -1,0 +1,78 @@
+//! The command line: a thin front end that turns arguments into a `VmConfig`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, DEFAULT_CMDLINE, VmConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kite",
+    version,
+    about = "Kite: a small KVM virtual machine monitor"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Boot a kernel and attach its serial console to this terminal.
+    Run(RunArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Kernel: an ELF vmlinux or a bzImage.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: PathBuf,
+    /// Initial ramdisk, placed at the top of low guest RAM.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+    /// Guest RAM, e.g. 256M, 1536M, 1G (a bare number is MiB).
+    #[arg(long, value_name = "SIZE", default_value = "256M")]
+    pub memory: String,
+    /// Number of vCPUs.
+    #[arg(long, value_name = "N", default_value = "1")]
+    pub cpus: String,
+    /// Kernel command line.
+    #[arg(long, value_name = "TEXT", default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+    /// Log the guest's boot time when its init writes the boot-timer register.
+    #[arg(long)]
+    pub boot_timer: bool,
+    /// Stop the VM after this many seconds (exit code 124).
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<f64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] config::Error),
+    #[error("invalid --timeout: give a positive number of seconds")]
+    Timeout,
+}
+
+impl RunArgs {
+    pub fn to_config(&self) -> Result<VmConfig, Error> {
+        let timeout = match self.timeout {
+            Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+            Some(_) => return Err(Error::Timeout),
+            None => None,
+        };
+        Ok(VmConfig {
+            kernel: self.kernel.clone(),
+            initrd: self.initrd.clone(),
+            memory: config::parse_memory(&self.memory)?,
+            cpus: config::parse_cpus(&self.cpus)?,
+            cmdline: self.cmdline.clone(),
+            disks: Vec::new(),
+            boot_timer: self.boot_timer,
+            timeout,
+        })
+    }
+}

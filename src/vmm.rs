@@ -1,0 +1,473 @@
+//! The boot recipe (`Vmm::new`, one linear sequence of named steps) and the run loop
+//! (`Vmm::run`: vCPU threads plus the main thread's event loop until something ends the VM).
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_pit_config};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::arch::x86_64::{boot, cpuid, layout, mptable, regs};
+use crate::bus::Bus;
+use crate::config::VmConfig;
+use crate::devices::boot_timer::BootTimer;
+use crate::devices::i8042::I8042;
+use crate::devices::serial::{ConsoleInput, SerialDevice};
+use crate::exit::{ExitHandle, ExitReason};
+use crate::memory::{self, GuestMem};
+use crate::vcpu::{Vcpu, VcpuThread};
+
+/// The event loop all device I/O runs on.
+pub type EventMgr = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
+
+/// Where Kite finds KVM; `KITE_KVM_DEVICE` overrides it (used by the tests).
+pub fn kvm_device_path() -> std::path::PathBuf {
+    std::env::var_os("KITE_KVM_DEVICE").map_or_else(|| "/dev/kvm".into(), Into::into)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{} does not exist: this host has no KVM; load the kvm_intel or kvm_amd module (and enable virtualization in the firmware)", path.display())]
+    KvmMissing { path: std::path::PathBuf },
+    #[error("no permission to open {}: add this user to the group owning it (usually 'kvm': sudo usermod -aG kvm $USER, then log in again) or run as root", path.display())]
+    KvmPermission { path: std::path::PathBuf },
+    #[error("cannot open {}", path.display())]
+    KvmOpen {
+        path: std::path::PathBuf,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("KVM API version is {0}, Kite needs 12")]
+    KvmApiVersion(i32),
+    #[error("KVM lacks {0}, which Kite needs; use a newer host kernel")]
+    KvmCap(&'static str),
+    #[error(
+        "--cpus {asked} is more than {max}, the most this host's KVM and Kite's MP table allow"
+    )]
+    TooManyCpus { asked: u8, max: usize },
+    #[error("KVM failed to {what}")]
+    Kvm {
+        what: &'static str,
+        #[source]
+        source: kvm_ioctls::Error,
+    },
+    #[error("guest memory")]
+    Memory(#[from] memory::Error),
+    #[error(transparent)]
+    Boot(#[from] boot::Error),
+    #[error("cannot build the MP table")]
+    MpTable(#[from] mptable::Error),
+    #[error("cannot set up vCPU {index}")]
+    Regs {
+        index: u8,
+        #[source]
+        source: regs::Error,
+    },
+    #[error("cannot place device on the bus")]
+    Bus(#[from] crate::bus::Error),
+    #[error("{what}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("event loop failed")]
+    EventLoop(#[source] event_manager::Error),
+    #[error("invalid kernel command line: {0:?}")]
+    Cmdline(linux_loader::cmdline::Error),
+}
+
+impl Error {
+    /// 2 for problems with what the user gave us or with the host set-up, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Kvm { .. } | Error::EventLoop(_) | Error::Io { .. } | Error::Bus(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+fn kvm_err(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> Error {
+    move |source| Error::Kvm { what, source }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> Error {
+    move |source| Error::Io { what, source }
+}
+
+/// Start-up milestones, for the log and for `kite bench`.
+#[derive(Clone, Debug, Default)]
+pub struct Timeline {
+    pub marks: Vec<(&'static str, Duration)>,
+}
+
+/// What `run` reports besides the exit reason.
+#[derive(Clone, Debug)]
+pub struct RunReport {
+    pub reason: ExitReason,
+    /// The guest console's last line, for a user wondering how far the guest got.
+    pub last_console_line: String,
+    pub timeline: Timeline,
+    pub boot_time: Option<(Duration, Duration)>,
+}
+
+pub struct Vmm {
+    _kvm: Kvm,
+    _vm: VmFd,
+    _mem: GuestMem,
+    vcpus: Vec<Vcpu>,
+    exit: Arc<ExitHandle>,
+    event_manager: EventMgr,
+    serial: Arc<Mutex<SerialDevice>>,
+    boot_timer: Option<Arc<Mutex<BootTimer>>>,
+    timeout: Option<Duration>,
+    process_start: Instant,
+    timeline: Timeline,
+}
+
+impl Vmm {
+    /// Build the VM from `config`, top to bottom. `process_start` anchors the boot timeline.
+    pub fn new(config: &VmConfig, process_start: Instant) -> Result<Vmm, Error> {
+        let mut timeline = Timeline::default();
+        let mut mark = |name| timeline.marks.push((name, process_start.elapsed()));
+
+        let kvm = open_kvm(&kvm_device_path())?;
+        check_kvm(&kvm, config.cpus)?;
+        let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+        setup_irqchip(&vm)?;
+        mark("KVM VM created");
+
+        let mem = memory::create(config.memory)?;
+        memory::register(&vm, &mem)?;
+        mark("guest RAM ready");
+
+        let kernel = boot::load_kernel(&mem, &config.kernel)?;
+        log::info!(
+            "kernel {} ({:?}) loaded, ends at {:#x}, entry {:#x}",
+            config.kernel.display(),
+            kernel.format,
+            kernel.end,
+            kernel.entry.0
+        );
+        let initrd = config
+            .initrd
+            .as_deref()
+            .map(|path| load_initrd(&mem, path, &kernel))
+            .transpose()?;
+        mark("kernel loaded");
+
+        let exit = Arc::new(ExitHandle::new().map_err(io_err("cannot create the exit eventfd"))?);
+        let mut event_manager = EventMgr::new().map_err(Error::EventLoop)?;
+        let mut pio = Bus::new();
+        let mut mmio = Bus::new();
+        let mut cmdline =
+            linux_loader::cmdline::Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE * 4)
+                .map_err(Error::Cmdline)?;
+
+        let serial = add_serial(&vm, &mut pio, &mut event_manager)?;
+        pio.insert(
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+            layout::I8042_PORT,
+            layout::I8042_PORT_LEN,
+        )?;
+        let boot_timer = if config.boot_timer {
+            let timer = Arc::new(Mutex::new(BootTimer::new(process_start)));
+            mmio.insert(timer.clone(), layout::BOOT_TIMER_ADDR, 0x1000)?;
+            Some(timer)
+        } else {
+            None
+        };
+        // virtio devices are attached here, appending their `virtio_mmio.device=` entries.
+        let _ = &mut cmdline;
+
+        let cmdline = cmdline.as_cstring().map_err(Error::Cmdline)?;
+        let cmdline = cmdline.to_string_lossy().into_owned();
+        let params = boot::zero_page(&kernel, cmdline.len(), initrd, config.memory)?;
+        boot::write_boot_data(&mem, &cmdline, &params)?;
+        regs::write_boot_tables(&mem).map_err(|source| Error::Regs { index: 0, source })?;
+        mptable::setup_mptable(&mem, config.cpus)?;
+        log::info!("command line: {cmdline}");
+        log::info!("{} vCPUs, {} MiB of RAM", config.cpus, config.memory >> 20);
+
+        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
+        let stop = Arc::new(AtomicBool::new(false));
+        let supported = kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(kvm_err("report supported CPUID"))?;
+        let mut vcpus = Vec::with_capacity(config.cpus.into());
+        for index in 0..config.cpus {
+            let fd = vm
+                .create_vcpu(index.into())
+                .map_err(kvm_err("create a vCPU"))?;
+            let mut cpuid = supported.clone();
+            cpuid::filter_cpuid(&mut cpuid, index, config.cpus);
+            fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+            regs::setup_common(&fd).map_err(|source| Error::Regs { index, source })?;
+            if index == 0 {
+                regs::setup_boot_cpu(&fd, kernel.entry.0)
+                    .map_err(|source| Error::Regs { index, source })?;
+            }
+            vcpus.push(Vcpu {
+                index,
+                fd,
+                pio: pio.clone(),
+                mmio: mmio.clone(),
+                exit: exit.clone(),
+                stop: stop.clone(),
+            });
+        }
+        mark("vCPUs configured");
+        for (name, at) in &timeline.marks {
+            log::info!("{:>8.1} ms  {name}", at.as_secs_f64() * 1e3);
+        }
+
+        Ok(Vmm {
+            _kvm: kvm,
+            _vm: vm,
+            _mem: mem,
+            vcpus,
+            exit,
+            event_manager,
+            serial,
+            boot_timer,
+            timeout: config.timeout,
+            process_start,
+            timeline,
+        })
+    }
+
+    /// Run until the guest or the user ends the VM; every vCPU thread is joined on return.
+    pub fn run(mut self) -> Result<RunReport, Error> {
+        let signals = block_stop_signals().map_err(io_err("cannot set up signal handling"))?;
+        self.event_manager
+            .add_subscriber(Arc::new(Mutex::new(ExitWatcher {
+                exit: self.exit.clone(),
+                signals,
+            })));
+        crate::vcpu::install_kick_handler()
+            .map_err(io_err("cannot install the vCPU kick handler"))?;
+
+        let first_entry = Arc::new(OnceLock::new());
+        let stop = self.vcpus.first().map(|v| v.stop.clone());
+        let mut threads: Vec<VcpuThread> = Vec::new();
+        for vcpu in self.vcpus.drain(..) {
+            match vcpu.start(first_entry.clone()) {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    self.exit.request(ExitReason::Fatal(format!(
+                        "cannot start a vCPU thread: {e}"
+                    )));
+                    break;
+                }
+            }
+        }
+        let deadline = self.timeout.map(|t| (Instant::now() + t, t));
+        let loop_result = loop {
+            if self.exit.reason().is_some() {
+                break Ok(());
+            }
+            if let Some((at, t)) = deadline
+                && Instant::now() >= at
+            {
+                self.exit.request(ExitReason::Timeout(t));
+                continue;
+            }
+            if let Err(e) = self.event_manager.run_with_timeout(100) {
+                break Err(Error::EventLoop(e));
+            }
+        };
+        if let Some(stop) = stop {
+            stop.store(true, std::sync::atomic::Ordering::Release);
+        }
+        for t in threads {
+            t.join();
+        }
+        loop_result?;
+
+        let start = self.process_start;
+        if let Some(at) = first_entry.get() {
+            self.timeline
+                .marks
+                .push(("first guest instruction", at.duration_since(start)));
+        }
+        let serial = self.serial.lock().unwrap_or_else(|e| e.into_inner());
+        let console = serial.uart.writer();
+        if let Some(at) = console.first_byte() {
+            self.timeline
+                .marks
+                .push(("guest's first serial byte", at.duration_since(start)));
+        }
+        let boot_time = self
+            .boot_timer
+            .as_ref()
+            .and_then(|t| t.lock().unwrap_or_else(|e| e.into_inner()).boot_time());
+        if let Some((wall, _)) = boot_time {
+            self.timeline.marks.push(("guest ready (boot timer)", wall));
+        }
+        Ok(RunReport {
+            reason: self.exit.reason().unwrap_or(ExitReason::Fatal(
+                "VM stopped for no recorded reason".into(),
+            )),
+            last_console_line: console.last_line(),
+            timeline: self.timeline.clone(),
+            boot_time,
+        })
+    }
+}
+
+fn open_kvm(path: &Path) -> Result<Kvm, Error> {
+    use std::os::unix::ffi::OsStrExt;
+    let c_path =
+        std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Error::KvmMissing {
+            path: path.to_owned(),
+        })?;
+    Kvm::new_with_path(c_path).map_err(|source| match source.errno() {
+        libc::ENOENT => Error::KvmMissing {
+            path: path.to_owned(),
+        },
+        libc::EACCES | libc::EPERM => Error::KvmPermission {
+            path: path.to_owned(),
+        },
+        _ => Error::KvmOpen {
+            path: path.to_owned(),
+            source,
+        },
+    })
+}
+
+fn check_kvm(kvm: &Kvm, cpus: u8) -> Result<(), Error> {
+    let version = kvm.get_api_version();
+    if version != 12 {
+        return Err(Error::KvmApiVersion(version));
+    }
+    let needed = [
+        (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+        (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+        (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+        (Cap::Pit2, "KVM_CAP_PIT2"),
+        (Cap::PitState2, "KVM_CAP_PIT_STATE2"),
+        (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+        (Cap::Irqfd, "KVM_CAP_IRQFD"),
+        (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+    ];
+    if let Some((_, name)) = needed.iter().find(|(cap, _)| !kvm.check_extension(*cap)) {
+        return Err(Error::KvmCap(name));
+    }
+    let max = kvm.get_max_vcpus().min(mptable::MAX_CPUS.into());
+    if usize::from(cpus) > max {
+        return Err(Error::TooManyCpus { asked: cpus, max });
+    }
+    Ok(())
+}
+
+fn setup_irqchip(vm: &VmFd) -> Result<(), Error> {
+    vm.set_tss_address(layout::KVM_TSS_ADDR)
+        .map_err(kvm_err("set the TSS address"))?;
+    vm.create_irq_chip()
+        .map_err(kvm_err("create the in-kernel irqchip"))?;
+    // KVM_PIT_SPEAKER_DUMMY: the PC speaker port is emulated (as silence) in the kernel.
+    let pit = kvm_pit_config {
+        flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit)
+        .map_err(kvm_err("create the in-kernel PIT"))?;
+    Ok(())
+}
+
+fn load_initrd(
+    mem: &GuestMem,
+    path: &Path,
+    kernel: &boot::LoadedKernel,
+) -> Result<(vm_memory::GuestAddress, u64), Error> {
+    let (addr, size) = boot::load_initrd(mem, path, kernel)?;
+    log::info!(
+        "initrd {} at {:#x}-{:#x} ({} KiB)",
+        path.display(),
+        addr.0,
+        addr.0 + size,
+        size >> 10
+    );
+    Ok((addr, size))
+}
+
+fn add_serial(
+    vm: &VmFd,
+    pio: &mut Bus,
+    event_manager: &mut EventMgr,
+) -> Result<Arc<Mutex<SerialDevice>>, Error> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("cannot create the serial irqfd"))?;
+    vm.register_irqfd(&irq, layout::SERIAL_IRQ)
+        .map_err(kvm_err("register the serial irqfd"))?;
+    let (dev, drained) = SerialDevice::new(irq, Box::new(std::io::stdout()))
+        .map_err(io_err("cannot create the serial port"))?;
+    let serial = Arc::new(Mutex::new(dev));
+    pio.insert(serial.clone(), layout::SERIAL_PORT, layout::SERIAL_PORT_LEN)?;
+    event_manager.add_subscriber(Arc::new(Mutex::new(ConsoleInput::new(
+        serial.clone(),
+        libc::STDIN_FILENO,
+        drained,
+    ))));
+    Ok(serial)
+}
+
+/// Block SIGINT, SIGTERM and SIGHUP in this thread (and the vCPU threads it will start) and
+/// return a signalfd that receives them, so the event loop handles them like any other event.
+fn block_stop_signals() -> std::io::Result<OwnedFd> {
+    // SAFETY: sigemptyset/sigaddset initialise the local set; pthread_sigmask and signalfd only
+    // read it. The returned fd is checked and then owned by the OwnedFd.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        if rc != 0 {
+            return Err(std::io::Error::from_raw_os_error(rc));
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Wakes the event loop when an exit is requested, and turns stop signals into an exit.
+struct ExitWatcher {
+    exit: Arc<ExitHandle>,
+    signals: OwnedFd,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [self.exit.eventfd().as_raw_fd(), self.signals.as_raw_fd()] {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                log::error!("cannot watch for exit events: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.fd() == self.exit.eventfd().as_raw_fd() {
+            let _ = self.exit.eventfd().read();
+            return;
+        }
+        let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
+        let size = std::mem::size_of::<libc::signalfd_siginfo>();
+        // SAFETY: reading at most `size` bytes into a buffer of exactly that size.
+        let n = unsafe { libc::read(self.signals.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+        if n == size as isize {
+            // SAFETY: the kernel wrote a whole signalfd_siginfo.
+            let info = unsafe { info.assume_init() };
+            self.exit.request(ExitReason::Signal(info.ssi_signo as i32));
+        }
+    }
+}
