@@ -1,0 +1,210 @@
+//! Helpers shared by the integration tests: run `kite` with a time limit, find guest images,
+//! and skip with a one-line reason.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn kite() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kite"));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// What a finished `kite` printed and how it ended.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Outcome {
+    /// stderr lines that are errors (not the start-up log).
+    pub fn error_lines(&self) -> Vec<&str> {
+        self.stderr
+            .lines()
+            .filter(|l| l.starts_with("kite: error:"))
+            .collect()
+    }
+}
+
+/// Run to completion, killing it (and failing the test) after `limit`.
+pub fn run(mut cmd: Command, limit: Duration) -> Outcome {
+    let start = Instant::now();
+    let mut child = cmd.spawn().expect("kite binary starts");
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = out.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let err_t = std::thread::spawn(move || {
+        let mut s = Vec::new();
+        let _ = err.read_to_end(&mut s);
+        String::from_utf8_lossy(&s).into_owned()
+    });
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let outcome = Outcome {
+        code: status.and_then(|s| s.code()),
+        stdout: out_t.join().unwrap(),
+        stderr: err_t.join().unwrap(),
+        elapsed: start.elapsed(),
+    };
+    assert!(
+        status.is_some(),
+        "kite did not finish within {limit:?}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        outcome.stdout,
+        outcome.stderr
+    );
+    outcome
+}
+
+/// Record that a test skipped itself, with a one-line reason, where the test script lists it.
+pub fn skip(test: &str, reason: &str) {
+    let line = format!("{test}: {reason}");
+    eprintln!("SKIPPED {line}");
+    if let Some(path) = std::env::var_os("KITE_SKIP_LOG") {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
+/// Why a test that needs KVM cannot run here, if it cannot.
+pub fn kvm_unavailable() -> Option<String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => None,
+        Err(e) => Some(format!("/dev/kvm is not usable ({e})")),
+    }
+}
+
+/// True on a host whose KVM emulates guest ring 0 (no vmx/svm, or the kvm_pvm module).
+pub fn host_emulates_ring0() -> bool {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let hw = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
+    let pvm = std::fs::read_to_string("/proc/modules")
+        .unwrap_or_default()
+        .contains("kvm_pvm");
+    !hw || pvm
+}
+
+/// A file from guest-images/out, if it has been built.
+pub fn guest_image(name: &str) -> Option<PathBuf> {
+    let p = root().join("guest-images/out").join(name);
+    p.exists().then_some(p)
+}
+
+/// The test guest ELF, built on first use.
+pub fn testguest() -> Result<PathBuf, String> {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = root().join("guest-images/testguest/build.sh");
+            if !script.exists() {
+                return Err("guest-images/testguest/build.sh is missing".into());
+            }
+            let out = Command::new(&script)
+                .output()
+                .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "test guest build failed:\n{}{}",
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            let elf = root().join("guest-images/out/testguest.elf");
+            if elf.exists() {
+                Ok(elf)
+            } else {
+                Err(format!("{} was not produced", elf.display()))
+            }
+        })
+        .clone()
+}
+
+pub fn path_str(p: &Path) -> &str {
+    p.to_str().expect("test paths are UTF-8")
+}
+
+/// A minimal ELF64 executable whose one segment holds `code`, loaded and entered at 1 MiB.
+pub fn tiny_elf(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x10_0000;
+    const HDR: usize = 64 + 56;
+    let mut f = Vec::new();
+    f.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&0x3eu16.to_le_bytes()); // x86-64
+    f.extend_from_slice(&1u32.to_le_bytes());
+    f.extend_from_slice(&LOAD.to_le_bytes()); // entry
+    f.extend_from_slice(&64u64.to_le_bytes()); // phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // shoff
+    f.extend_from_slice(&0u32.to_le_bytes());
+    for v in [64u16, 56, 1, 64, 0, 0] {
+        f.extend_from_slice(&v.to_le_bytes()); // ehsize, phentsize, phnum, shentsize, shnum, shstrndx
+    }
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    f.extend_from_slice(&(HDR as u64).to_le_bytes()); // offset
+    f.extend_from_slice(&LOAD.to_le_bytes()); // vaddr
+    f.extend_from_slice(&LOAD.to_le_bytes()); // paddr
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(&0x1000u64.to_le_bytes());
+    assert_eq!(f.len(), HDR);
+    f.extend_from_slice(code);
+    f
+}
+
+/// Guest code: print `text` on the serial port, then reset through the i8042.
+pub fn print_and_reset(text: &[u8]) -> Vec<u8> {
+    let mut c = vec![0x66, 0xba, 0xf8, 0x03]; // mov dx, 0x3f8
+    for &b in text {
+        c.extend_from_slice(&[0xb0, b, 0xee]); // mov al, b; out dx, al
+    }
+    c.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4]); // mov al, 0xfe; out 0x64, al; hlt
+    c
+}
+
+/// Write `bytes` to a fresh file in a per-test temporary directory.
+pub fn temp_file(test: &str, name: &str, bytes: &[u8]) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kite-test-{}-{test}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
