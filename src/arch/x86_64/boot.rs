@@ -334,6 +334,60 @@ mod tests {
         assert_eq!(detect_format(&mut Cursor::new(Vec::new())).unwrap(), None);
     }
 
+    /// A synthetic bzImage: `setup_sects` sectors of real-mode setup after the boot sector, then
+    /// the protected-mode payload.
+    fn fake_bzimage(setup_sects: u8, version: u16, xloadflags: u16, payload: &[u8]) -> Vec<u8> {
+        let mut img = vec![0u8; (usize::from(setup_sects) + 1) * 512];
+        img[0x1f1] = setup_sects;
+        img[0x1fe..0x200].copy_from_slice(&BOOT_FLAG_MAGIC.to_le_bytes());
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x206..0x208].copy_from_slice(&version.to_le_bytes());
+        img[0x211] = 1; // loadflags: LOADED_HIGH
+        img[0x214..0x218].copy_from_slice(&(HIMEM_START as u32).to_le_bytes());
+        img[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
+        img[0x236..0x238].copy_from_slice(&xloadflags.to_le_bytes());
+        img[0x238..0x23c].copy_from_slice(&255u32.to_le_bytes()); // cmdline_size
+        img.extend_from_slice(payload);
+        img
+    }
+
+    #[test]
+    fn bzimage_payload_loads_after_setup_sectors_and_enters_at_plus_0x200() {
+        let mem = crate::memory::create(64 << 20).unwrap();
+        let payload: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+        let path = std::env::temp_dir().join(format!("kite-bz-{}", std::process::id()));
+        std::fs::write(&path, fake_bzimage(3, 0x020f, XLF_KERNEL_64, &payload)).unwrap();
+        let k = load_kernel(&mem, &path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(k.format, KernelFormat::BzImage);
+        assert_eq!(k.entry, GuestAddress(HIMEM_START + 0x200));
+        assert_eq!(k.end, HIMEM_START + 4096);
+        let mut back = vec![0u8; 4096];
+        mem.read_slice(&mut back, GuestAddress(HIMEM_START))
+            .unwrap();
+        assert_eq!(back, payload);
+        let h = k.setup_header.unwrap();
+        assert_eq!(
+            ({ h.setup_sects }, { h.version }, { h.cmdline_size }),
+            (3, 0x020f, 255)
+        );
+        assert_eq!(k.cmdline_max(), 255);
+    }
+
+    #[test]
+    fn old_bzimage_protocol_is_refused() {
+        let mem = crate::memory::create(64 << 20).unwrap();
+        let path = std::env::temp_dir().join(format!("kite-bz-old-{}", std::process::id()));
+        for (version, xlf) in [(0x020b, XLF_KERNEL_64), (0x020f, 0)] {
+            std::fs::write(&path, fake_bzimage(4, version, xlf, &[0u8; 512])).unwrap();
+            assert!(
+                matches!(load_kernel(&mem, &path), Err(Error::No64BitEntry { .. })),
+                "{version:#x}"
+            );
+        }
+        std::fs::remove_file(&path).unwrap();
+    }
+
     #[test]
     fn e820_below_gap() {
         let map = e820_map(256 << 20);
