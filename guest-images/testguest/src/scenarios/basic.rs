@@ -1,0 +1,60 @@
+//! `hello`, `pio-rtt`, `mmio-rtt`.
+
+use core::fmt::Write;
+
+use super::Ctx;
+use crate::mem::mmio;
+use crate::report::{Line, Outcome};
+use crate::sys::{inb, rdtsc};
+use crate::{fail, ok};
+
+/// An I/O port no PC device claims; every access exits to the VMM.
+pub const PIO_RTT_PORT: u16 = 0x510;
+/// An address in the 32-bit MMIO window no device claims (Kite's virtio-mmio windows
+/// start at 0xd0000000).
+pub const MMIO_RTT_ADDR: u64 = 0xcfff_f000;
+pub const DEFAULT_N: u64 = 100_000;
+
+/// `ram_mib=<usable e820 RAM in MiB> cmdline=<command line, each space replaced by '+'>`
+pub fn hello(ctx: &mut Ctx) -> Outcome {
+    let mut line = Line::new();
+    let _ = write!(line, "ram_mib={} cmdline=", ctx.boot.ram_bytes() >> 20);
+    for &b in ctx.boot.cmdline() {
+        line.push(match b {
+            b' ' | b'\t' | b'\n' | b'\r' => b'+',
+            _ => b,
+        });
+    }
+    Ok(line)
+}
+
+/// Times `n` round trips through the VMM with `op`: `cycles_per_rtt=<n> n=<N>`.
+fn rtt(ctx: &mut Ctx, op: impl Fn()) -> Outcome {
+    let n = ctx.n(DEFAULT_N);
+    if n == 0 {
+        return fail!("kite_n must be at least 1");
+    }
+    for _ in 0..100 {
+        op(); // warm-up: first-exit costs (page walks, MMIO caches in the host)
+    }
+    let start = rdtsc();
+    for _ in 0..n {
+        op();
+    }
+    let cycles = rdtsc().wrapping_sub(start);
+    ok!("cycles_per_rtt={} n={}", cycles / n, n)
+}
+
+/// One-byte `in` from port 0x510 per round trip.
+pub fn pio_rtt(ctx: &mut Ctx) -> Outcome {
+    rtt(ctx, || {
+        inb(PIO_RTT_PORT);
+    })
+}
+
+/// One 4-byte read from 0xcfff_f000 per round trip.
+pub fn mmio_rtt(ctx: &mut Ctx) -> Outcome {
+    rtt(ctx, || {
+        mmio::read32(MMIO_RTT_ADDR);
+    })
+}

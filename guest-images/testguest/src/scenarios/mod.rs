@@ -1,0 +1,47 @@
+//! The scenario table. A scenario gets the boot information, the command line and the page
+//! allocator, and returns the text of its result line (see `report`).
+//!
+//! To add one: write `fn name(ctx: &mut Ctx) -> Outcome` in a module here and list it in
+//! [`SCENARIOS`].
+
+use crate::bootinfo::BootInfo;
+use crate::cmdline::Cmdline;
+use crate::mem::PageAllocator;
+use crate::report::Outcome;
+
+mod basic;
+mod bench;
+mod irq;
+mod smp;
+
+pub struct Ctx<'a> {
+    pub boot: &'a BootInfo,
+    pub cmdline: Cmdline<'a>,
+    pub pages: PageAllocator,
+}
+
+impl Ctx<'_> {
+    /// `kite_n=<N>` from the command line, or `default`.
+    pub fn n(&self, default: u64) -> u64 {
+        self.cmdline.get_u64("kite_n").unwrap_or(default)
+    }
+}
+
+pub struct Scenario {
+    pub name: &'static str,
+    pub run: fn(&mut Ctx) -> Outcome,
+}
+
+pub static SCENARIOS: &[Scenario] = &[
+    Scenario { name: "hello", run: basic::hello },
+    Scenario { name: "pio-rtt", run: basic::pio_rtt },
+    Scenario { name: "mmio-rtt", run: basic::mmio_rtt },
+    Scenario { name: "cpu", run: bench::cpu },
+    Scenario { name: "mem", run: bench::mem },
+    Scenario { name: "smp", run: smp::smp },
+    Scenario { name: "irq", run: irq::irq },
+];
+
+pub fn find(name: &[u8]) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name.as_bytes() == name)
+}
