@@ -1,0 +1,388 @@
+//! virtio-blk (virtio 1.2, section 5.2) over a raw image file: read, write, flush, get-id, and
+//! discard / write-zeroes where the host file system can punch holes / zero ranges.
+//!
+//! A request is checked whole before any byte moves: its header, the direction and size of its
+//! data, its sector range and every buffer's place in guest RAM. A bad request is answered with
+//! VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP in its status byte; a chain with no status byte to
+//! answer in puts the device into the needs-reset state.
+
+use std::io::{Seek, SeekFrom};
+
+use log::{error, warn};
+use virtio_bindings::virtio_blk::{
+    VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
+    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
+    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
+    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
+    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+};
+use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use vm_memory::Bytes;
+
+use super::chain::{Bufs, Chain, LayoutError};
+use super::device::{Active, Completion, LogLimiter, VirtioDevice, read_config_bytes};
+use super::disk::{Disk, SECTOR_SIZE};
+use crate::memory::GuestMem;
+
+pub const QUEUE_SIZE: u16 = 256;
+/// Largest single data buffer the driver may use (bounds the work of one read or write call).
+const SIZE_MAX: u32 = 1 << 20;
+/// Data buffers per request: the queue less the header and the status.
+const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
+/// Segments per discard or write-zeroes request.
+const MAX_RANGE_SEGMENTS: u32 = 16;
+/// Hint for discard granularity, in sectors (4 KiB, the usual file system block).
+const DISCARD_ALIGNMENT: u32 = 8;
+const HEADER_LEN: u64 = 16;
+const RANGE_LEN: u64 = 16;
+
+/// Why a request failed; its status byte says IOERR or UNSUPP.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("request header is {0} bytes, not 16")]
+    ShortHeader(u64),
+    #[error("request type {0} is not supported")]
+    Unsupported(u32),
+    #[error("write to a readonly disk")]
+    ReadOnly,
+    #[error(
+        "request type {kind} carries {readable} device-readable and {writable} device-writable data bytes"
+    )]
+    Direction {
+        kind: u32,
+        readable: u64,
+        writable: u64,
+    },
+    #[error("data length {0} is not a whole number of sectors")]
+    PartialSector(u64),
+    #[error("sectors {sector}+{count} are past the end of the disk ({capacity} sectors)")]
+    OutOfRange {
+        sector: u64,
+        count: u64,
+        capacity: u64,
+    },
+    #[error("{0} range segments (1 to {MAX_RANGE_SEGMENTS} of 16 bytes each are allowed)")]
+    Segments(u64),
+    #[error("range flags {0:#x} are not supported")]
+    Flags(u32),
+    #[error("guest memory access failed")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+    #[error("disk I/O failed")]
+    Io(#[from] std::io::Error),
+}
+
+impl RequestError {
+    fn status(&self) -> u8 {
+        match self {
+            Self::Unsupported(_) | Self::Flags(_) => VIRTIO_BLK_S_UNSUPP as u8,
+            _ => VIRTIO_BLK_S_IOERR as u8,
+        }
+    }
+}
+
+/// A discard or write-zeroes segment, checked against the disk.
+struct Range {
+    offset: u64,
+    len: u64,
+    unmap: bool,
+}
+
+/// The request side of the device: the disk and what it logs.
+struct Requests {
+    disk: Disk,
+    log: LogLimiter,
+}
+
+/// A virtio-blk device.
+pub struct Block {
+    requests: Requests,
+    features: u64,
+    config: Vec<u8>,
+    active: Option<Active>,
+    /// Names the device in log lines.
+    name: String,
+    /// For chains that put the device into the needs-reset state.
+    chain_log: LogLimiter,
+}
+
+fn put(config: &mut [u8], offset: usize, bytes: &[u8]) {
+    config[offset..offset + bytes.len()].copy_from_slice(bytes);
+}
+
+impl Block {
+    pub fn new(disk: Disk) -> Self {
+        let mut features =
+            (1 << VIRTIO_BLK_F_FLUSH) | (1 << VIRTIO_BLK_F_SEG_MAX) | (1 << VIRTIO_BLK_F_SIZE_MAX);
+        if disk.readonly {
+            features |= 1 << VIRTIO_BLK_F_RO;
+        }
+        if disk.punch_hole {
+            features |= 1 << VIRTIO_BLK_F_DISCARD;
+        }
+        if disk.zero_range {
+            features |= 1 << VIRTIO_BLK_F_WRITE_ZEROES;
+        }
+        // struct virtio_blk_config up to write_zeroes_may_unmap and its padding.
+        let mut config = vec![0u8; 60];
+        put(&mut config, 0, &disk.sectors.to_le_bytes());
+        put(&mut config, 8, &SIZE_MAX.to_le_bytes());
+        put(&mut config, 12, &SEG_MAX.to_le_bytes());
+        put(&mut config, 34, &1u16.to_le_bytes()); // num_queues
+        put(&mut config, 36, &u32::MAX.to_le_bytes()); // max_discard_sectors
+        put(&mut config, 40, &MAX_RANGE_SEGMENTS.to_le_bytes());
+        put(&mut config, 44, &DISCARD_ALIGNMENT.to_le_bytes());
+        put(&mut config, 48, &u32::MAX.to_le_bytes()); // max_write_zeroes_sectors
+        put(&mut config, 52, &MAX_RANGE_SEGMENTS.to_le_bytes());
+        config[56] = u8::from(disk.punch_hole); // write_zeroes_may_unmap
+        Self {
+            name: format!("virtio-blk {}", disk.path.display()),
+            requests: Requests {
+                disk,
+                log: LogLimiter::new(),
+            },
+            features,
+            config,
+            active: None,
+            chain_log: LogLimiter::new(),
+        }
+    }
+
+    /// Make everything the guest wrote durable.
+    pub fn sync(&self) -> std::io::Result<()> {
+        self.requests.disk.sync()
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        &self.requests.disk.path
+    }
+}
+
+impl Requests {
+    /// Byte offset of `count` sectors at `sector`, if they lie on the disk.
+    fn check_range(&self, sector: u64, count: u64) -> Result<u64, RequestError> {
+        let capacity = self.disk.sectors;
+        let fits = sector.checked_add(count).is_some_and(|end| end <= capacity);
+        if !fits {
+            return Err(RequestError::OutOfRange {
+                sector,
+                count,
+                capacity,
+            });
+        }
+        Ok(sector * SECTOR_SIZE)
+    }
+
+    /// Answer one chain: write its status byte and say how much of it was written.
+    fn handle(&mut self, mem: &GuestMem, chain: &Chain) -> Completion {
+        let Some(status_addr) = chain.status_addr(mem) else {
+            return Completion::Fatal(format!(
+                "request {} has no device-writable status byte in guest memory",
+                chain.head()
+            ));
+        };
+        let (status, written) = match self.execute(mem, chain) {
+            Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
+            Err(e) => {
+                if self.log.allow() {
+                    match e {
+                        RequestError::Io(ref io) => {
+                            error!("virtio-blk {}: {e}: {io}", self.disk.path.display())
+                        }
+                        _ => warn!("virtio-blk {}: bad request: {e}", self.disk.path.display()),
+                    }
+                }
+                (e.status(), 0)
+            }
+        };
+        match mem.write_obj(status, status_addr) {
+            Ok(()) => Completion::Used(written + 1),
+            Err(e) => Completion::Fatal(format!("cannot write request status: {e}")),
+        }
+    }
+
+    /// Carry out a request; returns how many data bytes went to the driver.
+    fn execute(&mut self, mem: &GuestMem, chain: &Chain) -> Result<u32, RequestError> {
+        let (readable, writable) = chain.split(mem)?;
+        // The status byte is the last writable byte; what precedes it is data for the driver.
+        let (data_in, _status) = writable
+            .split_at(writable.len().saturating_sub(1))
+            .unwrap_or_default();
+        let Some((header, data_out)) = readable.split_at(HEADER_LEN) else {
+            return Err(RequestError::ShortHeader(readable.len()));
+        };
+        let mut raw = [0u8; HEADER_LEN as usize];
+        header.read_exact(mem, &mut raw)?;
+        let kind = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
+        let sector = u64::from_le_bytes([
+            raw[8], raw[9], raw[10], raw[11], raw[12], raw[13], raw[14], raw[15],
+        ]);
+        let expect = |readable: bool, writable: bool| {
+            if (data_out.is_empty() || readable) && (data_in.is_empty() || writable) {
+                Ok(())
+            } else {
+                Err(RequestError::Direction {
+                    kind,
+                    readable: data_out.len(),
+                    writable: data_in.len(),
+                })
+            }
+        };
+        match kind {
+            VIRTIO_BLK_T_IN => {
+                expect(false, true)?;
+                let offset = self.data_range(sector, data_in.len())?;
+                self.disk.file.seek(SeekFrom::Start(offset))?;
+                for buf in data_in.iter() {
+                    mem.read_exact_volatile_from(buf.addr, &mut self.disk.file, buf.len as usize)?;
+                }
+                // The data is at most the chain's length, which the queue crate caps at u32.
+                Ok(u32::try_from(data_in.len()).unwrap_or(u32::MAX))
+            }
+            VIRTIO_BLK_T_OUT => {
+                if self.disk.readonly {
+                    return Err(RequestError::ReadOnly);
+                }
+                expect(true, false)?;
+                let offset = self.data_range(sector, data_out.len())?;
+                self.disk.file.seek(SeekFrom::Start(offset))?;
+                for buf in data_out.iter() {
+                    mem.write_all_volatile_to(buf.addr, &mut self.disk.file, buf.len as usize)?;
+                }
+                Ok(0)
+            }
+            VIRTIO_BLK_T_FLUSH => {
+                expect(false, false)?;
+                self.disk.sync()?;
+                Ok(0)
+            }
+            VIRTIO_BLK_T_GET_ID => {
+                expect(false, true)?;
+                if data_in.is_empty() {
+                    return Err(RequestError::Direction {
+                        kind,
+                        readable: 0,
+                        writable: 0,
+                    });
+                }
+                let n = data_in.write(mem, &self.disk.id)?;
+                Ok(n as u32)
+            }
+            VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
+                let discard = kind == VIRTIO_BLK_T_DISCARD;
+                let supported = if discard {
+                    self.disk.punch_hole
+                } else {
+                    self.disk.zero_range
+                };
+                if !supported {
+                    return Err(RequestError::Unsupported(kind));
+                }
+                expect(true, false)?;
+                let ranges = self.read_ranges(mem, &data_out, discard)?;
+                for r in ranges {
+                    // Zeroes may be written by punching a hole when the driver allows unmapping.
+                    let punch = discard || (r.unmap && self.disk.punch_hole);
+                    self.disk.fallocate(r.offset, r.len, punch)?;
+                }
+                Ok(0)
+            }
+            _ => Err(RequestError::Unsupported(kind)),
+        }
+    }
+
+    /// Byte offset of a read or write of `len` bytes at `sector`, checked.
+    fn data_range(&self, sector: u64, len: u64) -> Result<u64, RequestError> {
+        if !len.is_multiple_of(SECTOR_SIZE) {
+            return Err(RequestError::PartialSector(len));
+        }
+        self.check_range(sector, len / SECTOR_SIZE)
+    }
+
+    /// Parse and check every segment of a discard or write-zeroes request.
+    fn read_ranges(
+        &self,
+        mem: &GuestMem,
+        data: &Bufs,
+        discard: bool,
+    ) -> Result<Vec<Range>, RequestError> {
+        let len = data.len();
+        let count = len / RANGE_LEN;
+        if !len.is_multiple_of(RANGE_LEN) || count == 0 || count > u64::from(MAX_RANGE_SEGMENTS) {
+            return Err(RequestError::Segments(count));
+        }
+        let mut raw = vec![0u8; len as usize];
+        data.read_exact(mem, &mut raw)?;
+        let mut ranges = Vec::with_capacity(count as usize);
+        for seg in raw.chunks_exact(RANGE_LEN as usize) {
+            let mut sector = [0u8; 8];
+            sector.copy_from_slice(&seg[0..8]);
+            let sector = u64::from_le_bytes(sector);
+            let sectors = u32::from_le_bytes([seg[8], seg[9], seg[10], seg[11]]);
+            let flags = u32::from_le_bytes([seg[12], seg[13], seg[14], seg[15]]);
+            // Discard takes no flags at all; write zeroes only "unmap".
+            let allowed = if discard {
+                0
+            } else {
+                VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP
+            };
+            if flags & !allowed != 0 {
+                return Err(RequestError::Flags(flags));
+            }
+            let offset = self.check_range(sector, u64::from(sectors))?;
+            ranges.push(Range {
+                offset,
+                len: u64::from(sectors) * SECTOR_SIZE,
+                unmap: flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
+            });
+        }
+        Ok(ranges)
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        self.features
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, active: Active) {
+        self.active = Some(active);
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        // A driver that resets its disk is done with it for now: a good moment to be durable.
+        let disk = &self.requests.disk;
+        if !disk.readonly
+            && let Err(e) = disk.sync()
+        {
+            error!("cannot sync disk image {}: {e}", disk.path.display());
+        }
+    }
+
+    fn process_queue(&mut self, index: usize) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let requests = &mut self.requests;
+        active.drain_queue(index, &self.name, &mut self.chain_log, |mem, chain| {
+            requests.handle(mem, chain)
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,353 @@
+//! What a virtio device sees of the world: its queues, its configuration space and an interrupt
+//! handle. The transport ([`super::mmio`]) owns the registers; a device only implements
+//! [`VirtioDevice`] and does its work when the event loop tells it a queue was notified.
+
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
+use log::{debug, error, warn};
+use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::eventfd::EventFd;
+
+use super::chain::{Chain, read_chain};
+use crate::memory::GuestMem;
+
+/// A virtio device behind a transport.
+pub trait VirtioDevice: Send {
+    /// The virtio device ID (`VIRTIO_ID_*`).
+    fn device_type(&self) -> u32;
+    /// The largest size of each queue (each a power of two); one entry per queue.
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Device-specific feature bits offered to the driver (the transport adds its own).
+    fn features(&self) -> u64;
+    /// Read `data.len()` bytes at `offset` of the device-specific configuration space.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// The driver set DRIVER_OK: start serving `queues` (those not ready must be left alone).
+    fn activate(&mut self, active: Active);
+    /// The driver reset the device: stop using the queues and go back to the initial state.
+    fn reset(&mut self);
+    /// The driver notified queue `index`.
+    fn process_queue(&mut self, index: usize);
+}
+
+/// Shared handle to a device: the transport (vCPU threads) and the event loop both hold one.
+pub type SharedDevice = Arc<Mutex<dyn VirtioDevice>>;
+
+/// Lock a device; a poisoned lock still holds the best state there is.
+pub fn lock(device: &SharedDevice) -> MutexGuard<'_, dyn VirtioDevice + 'static> {
+    device.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Copy the bytes of `config` at `offset` into `data`; anything past the end reads as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(start..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+struct InterruptState {
+    /// InterruptStatus: VIRTIO_MMIO_INT_VRING and VIRTIO_MMIO_INT_CONFIG.
+    status: AtomicU32,
+    /// DEVICE_NEEDS_RESET, shown in the status register until the driver resets the device.
+    needs_reset: AtomicBool,
+    /// ConfigGeneration.
+    config_generation: AtomicU32,
+    /// Registered as a KVM irqfd for the device's IRQ line.
+    irq: EventFd,
+}
+
+/// How a device (and its transport) interrupts the driver.
+#[derive(Clone)]
+pub struct Interrupt(Arc<InterruptState>);
+
+impl Interrupt {
+    pub fn new(irq: EventFd) -> Self {
+        Self(Arc::new(InterruptState {
+            status: AtomicU32::new(0),
+            needs_reset: AtomicBool::new(false),
+            config_generation: AtomicU32::new(0),
+            irq,
+        }))
+    }
+
+    /// The eventfd that raises the IRQ line.
+    pub fn eventfd(&self) -> &EventFd {
+        &self.0.irq
+    }
+
+    fn raise(&self, bit: u32) {
+        self.0.status.fetch_or(bit, Ordering::SeqCst);
+        if let Err(e) = self.0.irq.write(1) {
+            debug!("virtio: cannot signal irqfd: {e}");
+        }
+    }
+
+    /// Tell the driver there are new buffers in a used ring.
+    pub fn signal_used(&self) {
+        self.raise(VIRTIO_MMIO_INT_VRING);
+    }
+
+    /// Tell the driver the configuration space changed.
+    pub fn signal_config_changed(&self) {
+        self.0.config_generation.fetch_add(1, Ordering::SeqCst);
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    /// The device is in an error state only a reset clears: set DEVICE_NEEDS_RESET and send a
+    /// configuration change notification.
+    pub fn signal_needs_reset(&self) {
+        self.0.needs_reset.store(true, Ordering::SeqCst);
+        self.raise(VIRTIO_MMIO_INT_CONFIG);
+    }
+
+    pub fn status(&self) -> u32 {
+        self.0.status.load(Ordering::SeqCst)
+    }
+
+    pub fn ack(&self, bits: u32) {
+        self.0.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    pub fn needs_reset(&self) -> bool {
+        self.0.needs_reset.load(Ordering::SeqCst)
+    }
+
+    pub fn config_generation(&self) -> u32 {
+        self.0.config_generation.load(Ordering::SeqCst)
+    }
+
+    /// Device reset: no event is pending and the error state is gone.
+    pub fn reset(&self) {
+        self.0.status.store(0, Ordering::SeqCst);
+        self.0.needs_reset.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Everything a device gets when the driver sets DRIVER_OK.
+pub struct Active {
+    pub mem: GuestMem,
+    pub queues: Vec<Queue>,
+    pub interrupt: Interrupt,
+    /// Set when the device entered the needs-reset state; it then ignores its queues.
+    broken: bool,
+}
+
+/// What a device's request handler reports back for one descriptor chain.
+pub enum Completion {
+    /// Put the chain on the used ring with this many bytes written to it.
+    Used(u32),
+    /// The chain gives no way to answer (no status byte, say): the device needs a reset.
+    Fatal(String),
+}
+
+impl Active {
+    pub fn new(mem: GuestMem, queues: Vec<Queue>, interrupt: Interrupt) -> Self {
+        Self {
+            mem,
+            queues,
+            interrupt,
+            broken: false,
+        }
+    }
+
+    fn fail(&mut self, log: &mut LogLimiter, what: &str, why: &dyn std::fmt::Display) {
+        if log.allow() {
+            warn!("{what}: {why}; the device needs a reset");
+        }
+        self.broken = true;
+        self.interrupt.signal_needs_reset();
+    }
+
+    /// Serve every available chain of queue `index` with `handle`, put them on the used ring and
+    /// interrupt the driver once. A chain that cannot be walked or answered puts the device into
+    /// the needs-reset state; until the driver resets it, the device leaves its queues alone.
+    pub fn drain_queue(
+        &mut self,
+        index: usize,
+        what: &str,
+        log: &mut LogLimiter,
+        mut handle: impl FnMut(&GuestMem, &Chain) -> Completion,
+    ) {
+        let mut used = false;
+        while !self.broken {
+            let Some(queue) = self.queues.get_mut(index).filter(|q| q.ready()) else {
+                break;
+            };
+            let max_len = usize::from(queue.size());
+            let chain = match queue.iter(&self.mem) {
+                Ok(mut avail) => avail.next(),
+                Err(e) => {
+                    self.fail(log, what, &e);
+                    break;
+                }
+            };
+            let Some(chain) = chain else { break };
+            let completion = match read_chain(chain, max_len) {
+                Ok(chain) => match handle(&self.mem, &chain) {
+                    Completion::Used(len) => queue
+                        .add_used(&self.mem, chain.head(), len)
+                        .map_err(|e| e.to_string()),
+                    Completion::Fatal(why) => Err(why),
+                },
+                Err(e) => Err(e.to_string()),
+            };
+            match completion {
+                Ok(()) => used = true,
+                Err(why) => self.fail(log, what, &why),
+            }
+        }
+        if used {
+            let notify = self
+                .queues
+                .get_mut(index)
+                .map(|q| q.needs_notification(&self.mem).unwrap_or(true));
+            if notify == Some(true) {
+                self.interrupt.signal_used();
+            }
+        }
+    }
+}
+
+/// Lets a guest-triggered message through a few times a minute, so a guest cannot flood the log.
+pub struct LogLimiter {
+    window_start: Option<Instant>,
+    in_window: u32,
+    suppressed: u64,
+}
+
+impl LogLimiter {
+    const BURST: u32 = 10;
+    const WINDOW: Duration = Duration::from_secs(60);
+
+    pub const fn new() -> Self {
+        Self {
+            window_start: None,
+            in_window: 0,
+            suppressed: 0,
+        }
+    }
+
+    /// Whether the next message may be logged.
+    pub fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        let expired = self
+            .window_start
+            .is_none_or(|start| now.duration_since(start) >= Self::WINDOW);
+        if expired {
+            if self.suppressed > 0 {
+                warn!(
+                    "virtio: {} more guest-triggered messages were suppressed",
+                    self.suppressed
+                );
+            }
+            self.window_start = Some(now);
+            self.in_window = 0;
+            self.suppressed = 0;
+        }
+        if self.in_window < Self::BURST {
+            self.in_window += 1;
+            true
+        } else {
+            self.suppressed += 1;
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+impl LogLimiter {
+    /// Messages held back in the current window.
+    pub fn suppressed(&self) -> u64 {
+        self.suppressed
+    }
+}
+
+impl Default for LogLimiter {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The event-loop side of a device: wakes it when one of its queue eventfds fires. The eventfds
+/// are also registered with KVM as ioeventfds on QueueNotify, so a guest's notification goes
+/// straight from the vCPU to this loop.
+pub struct QueueEvents {
+    device: SharedDevice,
+    events: Vec<EventFd>,
+}
+
+impl QueueEvents {
+    /// `events[i]` is the notification eventfd of queue `i`.
+    pub fn new(device: SharedDevice, events: Vec<EventFd>) -> Self {
+        Self { device, events }
+    }
+}
+
+impl MutEventSubscriber for QueueEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        for (index, event) in self.events.iter().enumerate() {
+            let data = index as u32;
+            if let Err(e) = ops.add(Events::with_data(event, data, EventSet::IN)) {
+                error!("virtio: cannot watch queue {index}'s eventfd: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let index = events.data() as usize;
+        let Some(event) = self.events.get(index) else {
+            return;
+        };
+        // Clear the eventfd first, so a notification that arrives while we work wakes us again.
+        let _ = event.read();
+        lock(&self.device).process_queue(index);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_limiter_lets_a_burst_through_then_suppresses() {
+        let mut limiter = LogLimiter::new();
+        let allowed = (0..1000).filter(|_| limiter.allow()).count();
+        assert_eq!(allowed, LogLimiter::BURST as usize);
+        assert_eq!(limiter.suppressed, 1000 - u64::from(LogLimiter::BURST));
+    }
+
+    #[test]
+    fn config_bytes_past_the_end_read_as_zero() {
+        let config = [1u8, 2, 3, 4];
+        let mut data = [0xffu8; 4];
+        read_config_bytes(&config, 2, &mut data);
+        assert_eq!(data, [3, 4, 0, 0]);
+        read_config_bytes(&config, u64::MAX, &mut data);
+        assert_eq!(data, [0; 4]);
+    }
+
+    #[test]
+    fn interrupt_status_is_set_and_acked() {
+        let interrupt = Interrupt::new(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        interrupt.signal_used();
+        assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_VRING);
+        assert_eq!(interrupt.eventfd().read().unwrap(), 1);
+        interrupt.signal_config_changed();
+        assert_eq!(interrupt.config_generation(), 1);
+        interrupt.ack(VIRTIO_MMIO_INT_VRING);
+        assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_CONFIG);
+        interrupt.signal_needs_reset();
+        assert!(interrupt.needs_reset());
+        interrupt.reset();
+        assert!(!interrupt.needs_reset());
+        assert_eq!(interrupt.status(), 0);
+    }
+}
