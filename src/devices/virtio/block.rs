@@ -17,9 +17,9 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use vm_memory::Bytes;
+use vm_memory::{Address, Bytes};
 
-use super::chain::{Bufs, Chain, LayoutError};
+use super::chain::{Buf, Bufs, Chain, LayoutError};
 use super::device::{Active, Completion, LogLimiter, VirtioDevice, read_config_bytes};
 use super::disk::{Disk, SECTOR_SIZE};
 use crate::memory::GuestMem;
@@ -197,7 +197,7 @@ impl Requests {
             }
         };
         match mem.write_obj(status, status_addr) {
-            Ok(()) => Completion::Used(written + 1),
+            Ok(()) => Completion::Used(written.saturating_add(1)),
             Err(e) => Completion::Fatal(format!("cannot write request status: {e}")),
         }
     }
@@ -235,7 +235,7 @@ impl Requests {
                 let offset = self.data_range(sector, data_in.len())?;
                 self.disk.file.seek(SeekFrom::Start(offset))?;
                 for buf in data_in.iter() {
-                    mem.read_exact_volatile_from(buf.addr, &mut self.disk.file, buf.len as usize)?;
+                    self.read_into(mem, buf)?;
                 }
                 // The data is at most the chain's length, which the queue crate caps at u32.
                 Ok(u32::try_from(data_in.len()).unwrap_or(u32::MAX))
@@ -290,6 +290,22 @@ impl Requests {
             }
             _ => Err(RequestError::Unsupported(kind)),
         }
+    }
+
+    /// Fill `buf` from the image at its current position; a read may come back short.
+    fn read_into(&mut self, mem: &GuestMem, buf: &Buf) -> Result<(), RequestError> {
+        let len = buf.len as usize;
+        let mut done = 0;
+        while done < len {
+            let addr = buf.addr.unchecked_add(done as u64);
+            let n = mem.read_volatile_from(addr, &mut self.disk.file, len - done)?;
+            if n == 0 {
+                // The image shrank under us.
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
+            done += n;
+        }
+        Ok(())
     }
 
     /// Byte offset of a read or write of `len` bytes at `sector`, checked.
@@ -363,24 +379,19 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
+        // Called on a vCPU thread: no I/O here. Requests already taken from the queue were
+        // completed before we got the lock; the disk is synced at shutdown and on drop.
         self.active = None;
-        // A driver that resets its disk is done with it for now: a good moment to be durable.
-        let disk = &self.requests.disk;
-        if !disk.readonly
-            && let Err(e) = disk.sync()
-        {
-            error!("cannot sync disk image {}: {e}", disk.path.display());
-        }
     }
 
-    fn process_queue(&mut self, index: usize) {
+    fn process_queue(&mut self, index: usize) -> bool {
         let Some(active) = self.active.as_mut() else {
-            return;
+            return false;
         };
         let requests = &mut self.requests;
         active.drain_queue(index, &self.name, &mut self.chain_log, |mem, chain| {
             requests.handle(mem, chain)
-        });
+        })
     }
 }
 

@@ -29,8 +29,9 @@ pub trait VirtioDevice: Send {
     fn activate(&mut self, active: Active);
     /// The driver reset the device: stop using the queues and go back to the initial state.
     fn reset(&mut self);
-    /// The driver notified queue `index`.
-    fn process_queue(&mut self, index: usize);
+    /// The driver notified queue `index`. Returns true if the device stopped with work possibly
+    /// left, to give other devices a turn; the caller then wakes it again later.
+    fn process_queue(&mut self, index: usize) -> bool;
 }
 
 /// Shared handle to a device: the transport (vCPU threads) and the event loop both hold one.
@@ -166,22 +167,32 @@ impl Active {
         self.interrupt.signal_needs_reset();
     }
 
-    /// Serve every available chain of queue `index` with `handle`, put them on the used ring and
+    /// Serve the available chains of queue `index` with `handle`, put them on the used ring and
     /// interrupt the driver once. A chain that cannot be walked or answered puts the device into
     /// the needs-reset state; until the driver resets it, the device leaves its queues alone.
+    ///
+    /// Serves at most a queue's worth of chains, so a driver that keeps refilling the ring cannot
+    /// keep the event loop from other devices; returns true if it stopped for that reason.
     pub fn drain_queue(
         &mut self,
         index: usize,
         what: &str,
         log: &mut LogLimiter,
         mut handle: impl FnMut(&GuestMem, &Chain) -> Completion,
-    ) {
+    ) -> bool {
         let mut used = false;
+        let mut served = 0usize;
+        let mut budget_spent = false;
         while !self.broken {
             let Some(queue) = self.queues.get_mut(index).filter(|q| q.ready()) else {
                 break;
             };
             let max_len = usize::from(queue.size());
+            if served == max_len {
+                budget_spent = true;
+                break;
+            }
+            served += 1;
             let chain = match queue.iter(&self.mem) {
                 Ok(mut avail) => avail.next(),
                 Err(e) => {
@@ -213,6 +224,7 @@ impl Active {
                 self.interrupt.signal_used();
             }
         }
+        budget_spent
     }
 }
 
@@ -308,7 +320,10 @@ impl MutEventSubscriber for QueueEvents {
         };
         // Clear the eventfd first, so a notification that arrives while we work wakes us again.
         let _ = event.read();
-        lock(&self.device).process_queue(index);
+        if lock(&self.device).process_queue(index) {
+            // Come back after the other ready devices had their turn.
+            let _ = event.write(1);
+        }
     }
 }
 

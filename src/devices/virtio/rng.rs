@@ -114,14 +114,14 @@ impl VirtioDevice for Rng {
         self.active = None;
     }
 
-    fn process_queue(&mut self, index: usize) {
+    fn process_queue(&mut self, index: usize) -> bool {
         let Some(active) = self.active.as_mut() else {
-            return;
+            return false;
         };
         let log = &mut self.log;
         active.drain_queue(index, "virtio-rng", &mut self.chain_log, |mem, chain| {
             handle(log, mem, chain)
-        });
+        })
     }
 }
 

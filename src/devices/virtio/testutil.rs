@@ -295,7 +295,12 @@ impl Guest {
     /// Ring queue `index`'s doorbell through the register file and run the event loop once.
     pub fn kick(&mut self, queue: u32) {
         self.write(super::mmio::QUEUE_NOTIFY, queue);
-        self.events.run_with_timeout(0).unwrap();
+        self.run_events();
+    }
+
+    /// Run the event loop once without waiting; returns how many events it dispatched.
+    pub fn run_events(&mut self) -> usize {
+        self.events.run_with_timeout(0).unwrap()
     }
 
     pub fn used_idx(&self, queue: usize) -> u16 {

@@ -42,8 +42,9 @@ impl VirtioDevice for Dummy {
         self.active = None;
         self.resets += 1;
     }
-    fn process_queue(&mut self, index: usize) {
+    fn process_queue(&mut self, index: usize) -> bool {
         self.processed.push(index);
+        false
     }
 }
 
@@ -320,7 +321,9 @@ fn a_queue_size_that_is_not_a_power_of_two_is_a_device_bug() {
         fn read_config(&self, _: u64, _: &mut [u8]) {}
         fn activate(&mut self, _: Active) {}
         fn reset(&mut self) {}
-        fn process_queue(&mut self, _: usize) {}
+        fn process_queue(&mut self, _: usize) -> bool {
+            false
+        }
     }
     let mem = crate::memory::create(1 << 20).unwrap();
     let irq = Interrupt::new(EventFd::new(0).unwrap());
