@@ -425,7 +425,7 @@ gdt:
     .quad 0x00cf92000000ffff    /* 0x10 kernel data */
     .quad 0x00cff2000000ffff    /* 0x18 user data, DPL 3 */
     .quad 0x00affa000000ffff    /* 0x20 user code, 64-bit, DPL 3 */
-    .word 0x67                  /* 0x28 64-bit TSS (16 bytes) */
+    .word tss_end - tss - 1     /* 0x28 64-bit TSS (16 bytes), with I/O bitmap */
     .word tss_lo16
     .byte tss_b2
     .byte 0x89
@@ -460,7 +460,12 @@ tss:
     .quad 0, 0, 0, 0, 0, 0, 0   /* IST1-7 */
     .quad 0
     .word 0
-    .word 104                   /* I/O map base past the limit: no bitmap (IOPL=3 anyway) */
+    .word 104                   /* I/O permission bitmap offset */
+/* Every port allowed. IOPL=3 alone should do, but hypervisors that keep the real IOPL at 0
+ * for the guest (the PVM KVM on the development machines) honour only this bitmap. */
+    .fill 8192, 1, 0
+    .byte 0xff                  /* the bitmap's required terminator */
+tss_end:
 
     .balign 16
 idt:

@@ -82,13 +82,17 @@ fn name() -> &'static [u8] {
     if name.is_empty() { b"-" } else { name }
 }
 
-/// Prints `KITE-TEST <name> ` once. A scenario may call it early to send these bytes
-/// while it watches them (the `irq` scenario); otherwise [`finish`] does.
+/// Prints `KITE-TEST <name> ` once; [`finish`] calls it.
 pub fn prefix() {
+    prefix_via(serial::putb);
+}
+
+/// Sends the bytes of `KITE-TEST <name> ` through `send` (which must put them on the serial
+/// port), unless the prefix was already printed. For a scenario that watches its own
+/// output (`irq`).
+pub fn prefix_via(mut send: impl FnMut(u8)) {
     if !PREFIX_DONE.swap(true, Ordering::SeqCst) {
-        serial::write_bytes(b"KITE-TEST ");
-        serial::write_bytes(name());
-        serial::putb(b' ');
+        b"KITE-TEST ".iter().chain(name()).chain(b" ").for_each(|&b| send(b));
     }
 }
 

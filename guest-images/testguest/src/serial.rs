@@ -1,7 +1,6 @@
 //! Polled output on the 16550 UART at 0x3f8 (COM1).
 
 use core::fmt;
-use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::sys::{inb, outb};
 
@@ -16,10 +15,6 @@ const LSR: u16 = 5;
 const LSR_THR_EMPTY: u8 = 0x20;
 pub const IER_THR_EMPTY: u8 = 0x02;
 
-/// When set, every byte written is followed by a read of IIR, which acknowledges the
-/// transmitter-empty interrupt so that the next byte raises it again (`irq` scenario).
-static ACK_THRE: AtomicBool = AtomicBool::new(false);
-
 pub fn init() {
     outb(COM1 + IER, 0);
     outb(COM1 + LCR, 0x80); // divisor latch: 115200 baud
@@ -27,10 +22,6 @@ pub fn init() {
     outb(COM1 + IER, 0);
     outb(COM1 + LCR, 0x03); // 8N1
     outb(COM1 + MCR, 0x0b); // DTR, RTS, OUT2 (the IRQ gate on PCs)
-}
-
-pub fn set_ack_thre(on: bool) {
-    ACK_THRE.store(on, Ordering::SeqCst);
 }
 
 pub fn putb(b: u8) {
@@ -41,9 +32,6 @@ pub fn putb(b: u8) {
         core::hint::spin_loop();
     }
     outb(COM1 + THR, b);
-    if ACK_THRE.load(Ordering::Relaxed) {
-        inb(COM1 + IIR);
-    }
 }
 
 pub fn write_bytes(s: &[u8]) {
