@@ -13,7 +13,7 @@ mod block;
 mod chain;
 mod device;
 mod disk;
-pub mod mmio;
+mod mmio;
 mod rng;
 #[cfg(test)]
 mod testutil;
@@ -28,17 +28,15 @@ use vm_allocator::{AddressAllocator, AllocPolicy, IdAllocator};
 use vm_memory::GuestAddress;
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-pub use block::Block;
-pub use device::{Interrupt, VirtioDevice};
-pub use rng::Rng;
-
 use crate::arch::x86_64::layout::{
     FIRST_DEVICE_IRQ, LAST_DEVICE_IRQ, VIRTIO_MMIO_END, VIRTIO_MMIO_SIZE, VIRTIO_MMIO_START,
 };
 use crate::bus::Bus;
 use crate::memory::GuestMem;
-use device::{QueueEvents, SharedDevice};
+use block::Block;
+use device::{Interrupt, QueueEvents, SharedDevice};
 use mmio::{MmioTransport, QUEUE_NOTIFY};
+use rng::Rng;
 
 /// A disk as the user asked for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
