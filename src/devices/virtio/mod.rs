@@ -1,10 +1,10 @@
 //! Virtio devices on the virtio-mmio transport.
 //!
 //! Each device gets a 4 KiB MMIO window and an IRQ line from [`MmioSlots`]. Its transport
-//! ([`mmio::MmioTransport`]) sits on the MMIO bus and only keeps registers, on vCPU threads.
-//! Queue notifications (writes to QueueNotify) reach the device through KVM ioeventfds, one per
-//! queue, watched by the event loop on the main thread; the device interrupts through a KVM
-//! irqfd. So a vCPU never does device work, and a device never blocks a vCPU for long.
+//! (`mmio.rs`) sits on the MMIO bus and only keeps registers, on vCPU threads. Queue
+//! notifications (writes to QueueNotify) reach the device through KVM ioeventfds, one per queue,
+//! watched by the event loop on the main thread; the device interrupts through a KVM irqfd. So
+//! device I/O happens only on the event loop, never on a vCPU thread.
 //!
 //! The VMM attaches devices with [`attach_block`] and [`attach_rng`], and calls
 //! [`BlockHandle::sync`] on every disk at shutdown.
