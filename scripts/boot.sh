@@ -11,7 +11,7 @@ cargo build --release --manifest-path "$ROOT/Cargo.toml" --quiet
 CMDLINE="console=ttyS0 reboot=k panic=1"
 EXTRA=()
 if kite_host_emulates_ring0; then
-	echo "kite: this host's KVM emulates guest ring 0 (no vmx/svm): Linux boots very slowly here, so it runs with earlyprintk and stops after 90 s"
+	echo "kite: this host's KVM emulates guest ring 0 (no vmx/svm): Linux boots very slowly here, so it runs with earlyprintk and stops at the first instruction this KVM cannot emulate, or after 90 s"
 	CMDLINE="$CMDLINE $KITE_EMULATED_RING0_CMDLINE"
 	EXTRA=(--timeout 90)
 fi
