@@ -41,6 +41,12 @@ pub struct RunArgs {
     /// Kernel command line.
     #[arg(long, value_name = "TEXT", default_value = DEFAULT_CMDLINE)]
     pub cmdline: String,
+    /// A raw disk image as the next virtio-blk device (/dev/vda, /dev/vdb, ...); repeatable.
+    #[arg(long = "disk", value_name = "PATH[,readonly]")]
+    pub disks: Vec<String>,
+    /// Do not give the guest a virtio-rng device.
+    #[arg(long)]
+    pub no_rng: bool,
     /// Log the guest's boot time when its init writes the boot-timer register.
     #[arg(long)]
     pub boot_timer: bool,
@@ -70,7 +76,12 @@ impl RunArgs {
             memory: config::parse_memory(&self.memory)?,
             cpus: config::parse_cpus(&self.cpus)?,
             cmdline: self.cmdline.clone(),
-            disks: Vec::new(),
+            disks: self
+                .disks
+                .iter()
+                .map(|d| config::parse_disk(d))
+                .collect::<Result<_, _>>()?,
+            rng: !self.no_rng,
             boot_timer: self.boot_timer,
             timeout,
         })

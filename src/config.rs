@@ -3,15 +3,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use crate::devices::virtio::DiskConfig;
+
 /// Default kernel command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
-
-/// A `--disk PATH[,readonly]`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DiskConfig {
-    pub path: PathBuf,
-    pub readonly: bool,
-}
 
 #[derive(Clone, Debug)]
 pub struct VmConfig {
@@ -22,6 +17,8 @@ pub struct VmConfig {
     pub cpus: u8,
     pub cmdline: String,
     pub disks: Vec<DiskConfig>,
+    /// Attach a virtio-rng device.
+    pub rng: bool,
     /// Log the guest's boot time when it writes the boot-timer register.
     pub boot_timer: bool,
     /// Stop the VM after this long.

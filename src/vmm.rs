@@ -19,6 +19,7 @@ use crate::config::VmConfig;
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleInput, SerialDevice};
+use crate::devices::virtio::{self, BlockHandle, MmioSlots, VirtioContext};
 use crate::exit::{ExitHandle, ExitReason};
 use crate::memory::{self, GuestMem};
 use crate::vcpu::{Vcpu, VcpuThread};
@@ -79,6 +80,8 @@ pub enum Error {
     },
     #[error("event loop failed")]
     EventLoop(#[source] event_manager::Error),
+    #[error(transparent)]
+    Virtio(#[from] virtio::Error),
     #[error("invalid kernel command line: {0:?}")]
     Cmdline(linux_loader::cmdline::Error),
 }
@@ -126,6 +129,7 @@ pub struct Vmm {
     event_manager: EventMgr,
     serial: Arc<Mutex<SerialDevice>>,
     boot_timer: Option<Arc<Mutex<BootTimer>>>,
+    disks: Vec<BlockHandle>,
     timeout: Option<Duration>,
     process_start: Instant,
     timeline: Timeline,
@@ -183,8 +187,14 @@ impl Vmm {
         } else {
             None
         };
-        // virtio devices are attached here, appending their `virtio_mmio.device=` entries.
-        let _ = &mut cmdline;
+        let disks = attach_virtio(
+            config,
+            &vm,
+            &mem,
+            &mut mmio,
+            &mut event_manager,
+            &mut cmdline,
+        )?;
 
         let cmdline = cmdline.as_cstring().map_err(Error::Cmdline)?;
         let cmdline = cmdline.to_string_lossy().into_owned();
@@ -236,6 +246,7 @@ impl Vmm {
             event_manager,
             serial,
             boot_timer,
+            disks,
             timeout: config.timeout,
             process_start,
             timeline,
@@ -287,6 +298,13 @@ impl Vmm {
         }
         for t in threads {
             t.join();
+        }
+        // Requests already taken from a queue have completed (devices finish each one under
+        // their lock); make what the guest wrote durable before Kite exits.
+        for disk in &self.disks {
+            if let Err(e) = disk.sync() {
+                log::error!("{e}");
+            }
         }
         loop_result?;
 
@@ -395,6 +413,43 @@ fn load_initrd(
         size >> 10
     );
     Ok((addr, size))
+}
+
+/// Disks first (so the guest names them vda, vdb, ... in order), then the entropy device.
+fn attach_virtio(
+    config: &VmConfig,
+    vm: &VmFd,
+    mem: &GuestMem,
+    mmio: &mut Bus,
+    event_manager: &mut EventMgr,
+    cmdline: &mut linux_loader::cmdline::Cmdline,
+) -> Result<Vec<BlockHandle>, Error> {
+    let mut slots = MmioSlots::new();
+    let mut ctx = VirtioContext {
+        vm,
+        mem,
+        mmio_bus: mmio,
+        event_manager,
+        cmdline,
+        slots: &mut slots,
+    };
+    let mut disks = Vec::new();
+    for disk in &config.disks {
+        let handle = virtio::attach_block(&mut ctx, disk)?;
+        log::info!(
+            "virtio-blk {}{} at {:#x}, IRQ {}",
+            disk.path.display(),
+            if disk.readonly { " (readonly)" } else { "" },
+            handle.placement.addr,
+            handle.placement.irq
+        );
+        disks.push(handle);
+    }
+    if config.rng {
+        let at = virtio::attach_rng(&mut ctx)?;
+        log::info!("virtio-rng at {:#x}, IRQ {}", at.addr, at.irq);
+    }
+    Ok(disks)
 }
 
 fn add_serial(

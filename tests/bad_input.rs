@@ -300,3 +300,33 @@ fn kvm_device_not_permitted() {
         errors[0]
     );
 }
+
+#[test]
+fn bad_disks() {
+    if !needs_kvm("bad_disks") {
+        return;
+    }
+    let k = good_kernel("disks");
+    let kernel = path_str(&k);
+    expect_error(
+        &["run", "--kernel", kernel, "--disk", "/nonexistent/d.img"],
+        &[],
+        &["/nonexistent/d.img"],
+    );
+    expect_error(
+        &["run", "--kernel", kernel, "--disk", "/tmp"],
+        &[],
+        &["/tmp"],
+    );
+    expect_error(
+        &["run", "--kernel", kernel, "--disk", "x.img,rw"],
+        &[],
+        &["--disk"],
+    );
+    let odd = temp_file("disks", "odd.img", &[0u8; 1000]);
+    expect_error(
+        &["run", "--kernel", kernel, "--disk", path_str(&odd)],
+        &[],
+        &["512"],
+    );
+}
