@@ -16,7 +16,7 @@ OUT=$OUT_DIR/testguest.elf
 cd "$DIR"
 unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS CARGO_BUILD_TARGET \
       CARGO_TARGET_DIR CARGO_BUILD_TARGET_DIR
-cargo build --release --offline --locked -p kite-testguest --target-dir "$DIR/target" >&2
+cargo build --release --offline -p kite-testguest --target-dir "$DIR/target" >&2
 
 BIN=$DIR/target/release/kite-testguest
 mkdir -p "$OUT_DIR"

@@ -5,8 +5,9 @@
  * (about 1.3 million instructions/s), so ring 0 only does what ring 3 cannot:
  *
  *   _start       64-bit Linux boot protocol entry (RSI = zero page): CR0/CR4, identity
- *                page tables with the USER bit over the e820 RAM, GDT, TSS, IDT, then
- *                iretq to ring 3 with IOPL=3 and IF=1.
+ *                page tables with the USER bit over the e820 RAM, GDT, TSS (with an
+ *                I/O bitmap allowing every port), IDT, then iretq to ring 3 with IOPL=3
+ *                and IF=1.
  *   isr_table    one 16-byte stub per vector. Exceptions (and any unexpected vector) go
  *                to exc_common, which records the fault and iretqs to the ring-3 reporter
  *                kite_fault (main.rs). Vectors 0x30..0x4f count device interrupts

@@ -58,3 +58,20 @@ pub fn mmio_rtt(ctx: &mut Ctx) -> Outcome {
         mmio::read32(MMIO_RTT_ADDR);
     })
 }
+
+/// Deliberately faults, to exercise the exception path: never ok. `kite_fault=ud` (default:
+/// `ud2`, vector 6), `pf` (a read of unmapped 256 GiB, vector 14) or `gp` (a privileged
+/// instruction in ring 3, vector 13). The line printed is the exception handler's:
+/// `FAIL exception vector=<n> error=<hex> rip=<hex>[ cr2=<hex>]`.
+pub fn fault(ctx: &mut Ctx) -> Outcome {
+    match ctx.cmdline.get("kite_fault").unwrap_or(b"ud") {
+        b"pf" => {
+            mmio::read32(256 << 30);
+        }
+        // SAFETY: hlt in ring 3 raises #GP, which is the point.
+        b"gp" => unsafe { core::arch::asm!("hlt") },
+        // SAFETY: ud2 raises #UD, which is the point.
+        _ => unsafe { core::arch::asm!("ud2") },
+    }
+    fail!("no exception")
+}

@@ -40,6 +40,7 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario { name: "mem", run: bench::mem },
     Scenario { name: "smp", run: smp::smp },
     Scenario { name: "irq", run: irq::irq },
+    Scenario { name: "fault", run: basic::fault },
 ];
 
 pub fn find(name: &[u8]) -> Option<&'static Scenario> {
