@@ -44,3 +44,66 @@ fn main() -> ExitCode {
     }
     ExitCode::SUCCESS
 }
+
+/// The guest's command-line parser is plain `core` code: test it here, on the host.
+#[cfg(test)]
+#[path = "../../src/cmdline.rs"]
+#[allow(dead_code)]
+mod guest_cmdline;
+
+#[cfg(test)]
+mod tests {
+    use super::guest_cmdline::{Cmdline, VirtioMmioDevice, parse_number};
+
+    #[test]
+    fn words_keys_and_quotes() {
+        let c = Cmdline::new(b"  console=ttyS0 kite_test=hello  x=\"a b\" kite_n=0x10 kite_test=other");
+        assert_eq!(c.get("kite_test"), Some(&b"hello"[..]));
+        assert_eq!(c.get("x"), Some(&b"a b"[..]));
+        assert_eq!(c.get_u64("kite_n"), Some(16));
+        assert_eq!(c.get("kite"), None);
+        assert_eq!(c.words().count(), 5);
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number(b"100000"), Some(100_000));
+        assert_eq!(parse_number(b"0xd0001000"), Some(0xd000_1000));
+        assert_eq!(parse_number(b"4K"), Some(4096));
+        assert_eq!(parse_number(b"2m"), Some(2 << 20));
+        assert_eq!(parse_number(b"12x"), None);
+        assert_eq!(parse_number(b""), None);
+        assert_eq!(parse_number(b"0x"), None);
+        assert_eq!(parse_number(b"99999999999999999999999"), None);
+    }
+
+    #[test]
+    fn virtio_mmio_entries() {
+        let c = Cmdline::new(
+            b"virtio_mmio.device=4K@0xd0001000:5 virtio_mmio.device=0x1000@0xd0002000:6:3 \
+              virtio_mmio.device=bad virtio_mmio.device=4K@0xd0003000",
+        );
+        let devs: Vec<VirtioMmioDevice> = c.virtio_mmio_devices().collect();
+        assert_eq!(
+            devs,
+            [
+                VirtioMmioDevice { size: 4096, addr: 0xd000_1000, irq: 5, id: None },
+                VirtioMmioDevice { size: 4096, addr: 0xd000_2000, irq: 6, id: Some(3) },
+            ]
+        );
+    }
+
+    #[test]
+    fn cpu_checksum_is_stable() {
+        assert_eq!(kite_workloads::cpu_workload(), 0xac29_1310_aae5_0d5b);
+    }
+
+    #[test]
+    fn mem_workload_counts_bytes() {
+        let mut buf = vec![0u8; 1 << 20];
+        kite_workloads::mem_prepare(&mut buf);
+        assert_eq!(kite_workloads::mem_workload(&mut buf), 5 << 20);
+        assert_eq!(kite_workloads::milli_ratio(3000, 1000), 3000);
+        assert_eq!(kite_workloads::milli_ratio(1, 0), 0);
+    }
+}
