@@ -1,0 +1,166 @@
+//! Every test-guest scenario under Kite: the `ok` line and sane figures. Each run has a time
+//! limit; a guest exception fails the test with the vector and RIP the guest printed.
+
+mod common;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use common::*;
+
+/// Run scenario `name` and return its key=value figures, failing with the whole output if the
+/// guest did not report `ok`.
+fn scenario(name: &str, cpus: &str, extra_cmdline: &str) -> Option<HashMap<String, String>> {
+    if let Some(reason) = kvm_unavailable() {
+        skip(&format!("testguest {name}"), &reason);
+        return None;
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = kite();
+    let cmdline = format!("kite_test={name} {extra_cmdline}");
+    cmd.args([
+        "run",
+        "--kernel",
+        path_str(&elf),
+        "--memory",
+        "256M",
+        "--cpus",
+        cpus,
+        "--cmdline",
+        cmdline.trim(),
+    ]);
+    let out = run(cmd, Duration::from_secs(120));
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("KITE-TEST "))
+        .unwrap_or_else(|| {
+            panic!(
+                "no KITE-TEST line for {name}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                out.stdout, out.stderr
+            )
+        });
+    let mut words = line.split_whitespace().skip(1);
+    assert_eq!(words.next(), Some(name), "{line}");
+    assert_eq!(
+        words.next(),
+        Some("ok"),
+        "scenario {name} failed: {line}\n{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.code,
+        Some(0),
+        "the guest ends the VM by an i8042 reset\n{}",
+        out.stderr
+    );
+    Some(
+        words
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn num(figures: &HashMap<String, String>, key: &str) -> f64 {
+    figures
+        .get(key)
+        .unwrap_or_else(|| panic!("missing {key} in {figures:?}"))
+        .parse()
+        .unwrap_or_else(|_| panic!("{key} is not a number in {figures:?}"))
+}
+
+#[test]
+fn hello_sees_command_line_and_ram() {
+    let Some(f) = scenario("hello", "1", "kite.extra=yes") else {
+        return;
+    };
+    let mib = num(&f, "ram_mib");
+    assert!(
+        (250.0..=256.0).contains(&mib),
+        "e820 RAM {mib} MiB for --memory 256M"
+    );
+    assert!(
+        f["cmdline"].contains("kite_test=hello") && f["cmdline"].contains("kite.extra=yes"),
+        "{f:?}"
+    );
+}
+
+#[test]
+fn pio_and_mmio_round_trips() {
+    for name in ["pio-rtt", "mmio-rtt"] {
+        let Some(f) = scenario(name, "1", "kite_n=2000") else {
+            return;
+        };
+        assert_eq!(num(&f, "n"), 2000.0, "{f:?}");
+        assert!(num(&f, "cycles_per_rtt") > 0.0, "{f:?}");
+    }
+}
+
+#[test]
+fn cpu_checksum_matches_the_host_build() {
+    let Some(f) = scenario("cpu", "1", "") else {
+        return;
+    };
+    assert!(num(&f, "cycles") > 0.0);
+    let host = format!("{:#018x}", kite_workloads::cpu_workload());
+    assert_eq!(f["checksum"], host, "guest and host ran the same workload");
+}
+
+#[test]
+fn mem_bandwidth() {
+    let Some(f) = scenario("mem", "1", "") else {
+        return;
+    };
+    assert!(
+        num(&f, "bytes") >= kite_workloads::MEM_BUF_BYTES as f64,
+        "{f:?}"
+    );
+    assert!(
+        num(&f, "cycles") > 0.0 && num(&f, "bytes_per_cycle") > 0.0,
+        "{f:?}"
+    );
+}
+
+#[test]
+fn smp_starts_every_cpu() {
+    for cpus in ["1", "2", "4"] {
+        let Some(f) = scenario("smp", cpus, "") else {
+            return;
+        };
+        assert_eq!(f["cpus"], cpus, "{f:?}");
+        assert_eq!(f["expected"], cpus, "{f:?}");
+    }
+}
+
+#[test]
+fn irq_through_the_ioapic() {
+    let Some(f) = scenario("irq", "1", "") else {
+        return;
+    };
+    assert!(num(&f, "irqs") > 0.0, "{f:?}");
+}
+
+#[test]
+fn unknown_scenario_fails_cleanly() {
+    if kvm_unavailable().is_some() {
+        return skip("unknown_scenario_fails_cleanly", "no usable /dev/kvm");
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = kite();
+    cmd.args([
+        "run",
+        "--kernel",
+        path_str(&elf),
+        "--memory",
+        "64M",
+        "--cmdline",
+        "kite_test=nope",
+    ]);
+    let out = run(cmd, Duration::from_secs(60));
+    assert!(
+        out.stdout.contains("KITE-TEST nope FAIL unknown scenario"),
+        "{}",
+        out.stdout
+    );
+}
