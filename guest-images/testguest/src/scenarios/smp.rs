@@ -24,7 +24,7 @@ unsafe extern "C" {
 const CHECKIN_TIMEOUT_MS: u64 = 3000;
 
 /// A 4 KiB page in e820 RAM below 1 MiB (page 0, the real-mode IVT and BDA, excluded)
-/// that holds neither the zero page nor the command line.
+/// that holds neither the zero page, the command line nor the initrd.
 fn trampoline_page(boot: &BootInfo) -> Option<u64> {
     let overlaps = |page: u64, start: u64, len: u64| start < page + 4096 && page < start + len;
     (1..0x9f).map(|n| n * 4096u64).find(|&page| {
@@ -34,6 +34,7 @@ fn trampoline_page(boot: &BootInfo) -> Option<u64> {
         in_ram
             && !overlaps(page, boot.zero_page, 4096)
             && !(boot.cmdline_addr != 0 && overlaps(page, boot.cmdline_addr, boot.cmdline().len() as u64 + 1))
+            && !boot.initrd.is_some_and(|(addr, size)| overlaps(page, addr, size))
     })
 }
 
