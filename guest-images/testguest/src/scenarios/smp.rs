@@ -27,14 +27,13 @@ const CHECKIN_TIMEOUT_MS: u64 = 3000;
 /// that holds neither the zero page, the command line nor the initrd.
 fn trampoline_page(boot: &BootInfo) -> Option<u64> {
     let overlaps = |page: u64, start: u64, len: u64| start < page + 4096 && page < start + len;
+    let cmdline = (boot.cmdline_addr != 0).then_some((boot.cmdline_addr, boot.cmdline().len() as u64 + 1));
+    let busy = [Some((boot.zero_page, 4096)), cmdline, boot.initrd];
     (1..0x9f).map(|n| n * 4096u64).find(|&page| {
         let in_ram = boot.e820().iter().any(|e| {
             e.kind == E820_RAM && e.addr <= page && page + 4096 <= e.addr.saturating_add(e.size)
         });
-        in_ram
-            && !overlaps(page, boot.zero_page, 4096)
-            && !(boot.cmdline_addr != 0 && overlaps(page, boot.cmdline_addr, boot.cmdline().len() as u64 + 1))
-            && !boot.initrd.is_some_and(|(addr, size)| overlaps(page, addr, size))
+        in_ram && !busy.iter().flatten().any(|&(start, len)| overlaps(page, start, len))
     })
 }
 
