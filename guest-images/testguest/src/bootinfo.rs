@@ -52,7 +52,11 @@ impl BootInfo {
         let n = (read_u8(zero_page + E820_ENTRIES) as usize).min(E820_MAX);
         for i in 0..n {
             let e = zero_page + E820_TABLE + 20 * i as u64;
-            info.e820[i] = E820Entry { addr: read_u64(e), size: read_u64(e + 8), kind: read_u32(e + 16) };
+            info.e820[i] = E820Entry {
+                addr: read_u64(e),
+                size: read_u64(e + 8),
+                kind: read_u32(e + 16),
+            };
         }
         info.e820_len = n;
 
@@ -60,7 +64,11 @@ impl BootInfo {
             | (read_u32(zero_page + EXT_CMD_LINE_PTR) as u64) << 32;
         if cmdline != 0 {
             let declared = read_u32(zero_page + CMDLINE_SIZE) as usize;
-            let max = if declared == 0 { CMDLINE_MAX } else { declared.min(CMDLINE_MAX) };
+            let max = if declared == 0 {
+                CMDLINE_MAX
+            } else {
+                declared.min(CMDLINE_MAX)
+            };
             let mut len = 0;
             while len < max {
                 let b = read_u8(cmdline + len as u64);
@@ -94,6 +102,10 @@ impl BootInfo {
 
     /// Total usable RAM (e820 type 1) in bytes.
     pub fn ram_bytes(&self) -> u64 {
-        self.e820().iter().filter(|e| e.kind == E820_RAM).map(|e| e.size).sum()
+        self.e820()
+            .iter()
+            .filter(|e| e.kind == E820_RAM)
+            .map(|e| e.size)
+            .sum()
     }
 }

@@ -71,7 +71,8 @@ impl<'a> Cmdline<'a> {
     /// are skipped.
     #[allow(dead_code)]
     pub fn virtio_mmio_devices(&self) -> impl Iterator<Item = VirtioMmioDevice> + 'a {
-        self.values("virtio_mmio.device").filter_map(VirtioMmioDevice::parse)
+        self.values("virtio_mmio.device")
+            .filter_map(VirtioMmioDevice::parse)
     }
 }
 
@@ -148,6 +149,11 @@ impl VirtioMmioDevice {
             [b':', rest @ ..] => Some(parse_number(rest)? as u32),
             _ => return None,
         };
-        Some(VirtioMmioDevice { size, addr, irq: u32::try_from(irq).ok()?, id })
+        Some(VirtioMmioDevice {
+            size,
+            addr,
+            irq: u32::try_from(irq).ok()?,
+            id,
+        })
     }
 }

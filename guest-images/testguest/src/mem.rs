@@ -100,7 +100,10 @@ pub struct PageAllocator {
 
 impl PageAllocator {
     pub fn new(boot: &BootInfo) -> PageAllocator {
-        let mut a = PageAllocator { free: [Range::default(); MAX_RANGES], len: 0 };
+        let mut a = PageAllocator {
+            free: [Range::default(); MAX_RANGES],
+            len: 0,
+        };
         for e in boot.e820().iter().filter(|e| e.kind == E820_RAM) {
             let start = e.addr.max(1 << 20);
             let end = e.addr.saturating_add(e.size).min(MAPPED_LIMIT);
@@ -110,13 +113,18 @@ impl PageAllocator {
             }
         }
         // link.ld defines both symbols; only their addresses are used.
-        let (img_start, img_end) =
-            (core::ptr::addr_of!(__image_start) as u64, core::ptr::addr_of!(__image_end) as u64);
+        let (img_start, img_end) = (
+            core::ptr::addr_of!(__image_start) as u64,
+            core::ptr::addr_of!(__image_end) as u64,
+        );
         a.reserve(MMIO_WINDOW.0, MMIO_WINDOW.1);
         a.reserve(img_start, img_end);
         a.reserve(boot.zero_page, boot.zero_page + PAGE_SIZE);
         if boot.cmdline_addr != 0 {
-            a.reserve(boot.cmdline_addr, boot.cmdline_addr + boot.cmdline().len() as u64 + 1);
+            a.reserve(
+                boot.cmdline_addr,
+                boot.cmdline_addr + boot.cmdline().len() as u64 + 1,
+            );
         }
         if let Some((addr, size)) = boot.initrd {
             a.reserve(addr, addr.saturating_add(size));
@@ -133,8 +141,14 @@ impl PageAllocator {
                 i += 1;
                 continue;
             }
-            let left = Range { start: r.start, end: start.max(r.start) };
-            let right = Range { start: end.min(r.end), end: r.end };
+            let left = Range {
+                start: r.start,
+                end: start.max(r.start),
+            };
+            let right = Range {
+                start: end.min(r.end),
+                end: r.end,
+            };
             let mut pieces = 0;
             if left.start < left.end {
                 self.free[i] = left;
@@ -192,6 +206,10 @@ impl PageAllocator {
 
     /// Largest contiguous free block in bytes.
     pub fn largest_free(&self) -> u64 {
-        self.free[..self.len].iter().map(|r| r.end - r.start).max().unwrap_or(0)
+        self.free[..self.len]
+            .iter()
+            .map(|r| r.end - r.start)
+            .max()
+            .unwrap_or(0)
     }
 }

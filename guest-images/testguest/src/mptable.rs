@@ -44,7 +44,9 @@ pub fn read() -> Result<MpInfo, &'static str> {
     let mpf = find_floating_pointer().ok_or("no MP floating pointer (_MP_) found")?;
     let table = read_u32(mpf + 4) as u64;
     if table == 0 {
-        return Err("MP floating pointer has no configuration table (default configurations are not supported)");
+        return Err(
+            "MP floating pointer has no configuration table (default configurations are not supported)",
+        );
     }
     if read_u32(table) != u32::from_le_bytes(*b"PCMP") {
         return Err("MP configuration table signature is not PCMP");
@@ -54,7 +56,11 @@ pub fn read() -> Result<MpInfo, &'static str> {
         return Err("MP configuration table checksum is wrong");
     }
     let entries = read_u16(table + 0x22);
-    let mut info = MpInfo { apic_ids: [0; MAX_CPUS], count: 0, bsp: None };
+    let mut info = MpInfo {
+        apic_ids: [0; MAX_CPUS],
+        count: 0,
+        bsp: None,
+    };
     let mut p = table + 0x2c;
     let end = table + length;
     for _ in 0..entries {

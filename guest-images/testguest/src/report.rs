@@ -14,7 +14,10 @@ pub struct Line {
 
 impl Line {
     pub const fn new() -> Self {
-        Line { buf: [0; 512], len: 0 }
+        Line {
+            buf: [0; 512],
+            len: 0,
+        }
     }
 
     pub fn as_bytes(&self) -> &[u8] {
@@ -92,7 +95,11 @@ pub fn prefix() {
 /// output (`irq`).
 pub fn prefix_via(mut send: impl FnMut(u8)) {
     if !PREFIX_DONE.swap(true, Ordering::SeqCst) {
-        b"KITE-TEST ".iter().chain(name()).chain(b" ").for_each(|&b| send(b));
+        b"KITE-TEST "
+            .iter()
+            .chain(name())
+            .chain(b" ")
+            .for_each(|&b| send(b));
     }
 }
 

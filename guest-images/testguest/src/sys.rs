@@ -6,14 +6,18 @@ use core::arch::asm;
 #[inline(always)]
 pub fn outb(port: u16, value: u8) {
     // SAFETY: ring 3 runs with IOPL=3; port writes have no effect on Rust memory.
-    unsafe { asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("out dx, al", in("dx") port, in("al") value, options(nomem, nostack, preserves_flags))
+    }
 }
 
 #[inline(always)]
 pub fn inb(port: u16) -> u8 {
     let value: u8;
     // SAFETY: as for `outb`.
-    unsafe { asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags)) }
+    unsafe {
+        asm!("in al, dx", in("dx") port, out("al") value, options(nomem, nostack, preserves_flags))
+    }
     value
 }
 
@@ -46,7 +50,9 @@ pub fn syscall(number: u64, a0: u64, a1: u64) -> u64 {
     let ret: u64;
     // SAFETY: the gate preserves every register but rax; the calls it offers do not
     // touch memory Rust knows about.
-    unsafe { asm!("int 0x80", inout("rax") number => ret, in("rdi") a0, in("rsi") a1, options(nostack)) }
+    unsafe {
+        asm!("int 0x80", inout("rax") number => ret, in("rdi") a0, in("rsi") a1, options(nostack))
+    }
     ret
 }
 

@@ -38,7 +38,10 @@ fn main() -> ExitCode {
             );
         }
         _ => {
-            println!("KITE-TEST {} FAIL unknown scenario", if name.is_empty() { "-" } else { &name });
+            println!(
+                "KITE-TEST {} FAIL unknown scenario",
+                if name.is_empty() { "-" } else { &name }
+            );
             return ExitCode::FAILURE;
         }
     }
@@ -57,7 +60,8 @@ mod tests {
 
     #[test]
     fn words_keys_and_quotes() {
-        let c = Cmdline::new(b"  console=ttyS0 kite_test=hello  x=\"a b\" kite_n=0x10 kite_test=other");
+        let c =
+            Cmdline::new(b"  console=ttyS0 kite_test=hello  x=\"a b\" kite_n=0x10 kite_test=other");
         assert_eq!(c.get("kite_test"), Some(&b"hello"[..]));
         assert_eq!(c.get("x"), Some(&b"a b"[..]));
         assert_eq!(c.get_u64("kite_n"), Some(16));
@@ -87,8 +91,18 @@ mod tests {
         assert_eq!(
             devs,
             [
-                VirtioMmioDevice { size: 4096, addr: 0xd000_1000, irq: 5, id: None },
-                VirtioMmioDevice { size: 4096, addr: 0xd000_2000, irq: 6, id: Some(3) },
+                VirtioMmioDevice {
+                    size: 4096,
+                    addr: 0xd000_1000,
+                    irq: 5,
+                    id: None
+                },
+                VirtioMmioDevice {
+                    size: 4096,
+                    addr: 0xd000_2000,
+                    irq: 6,
+                    id: Some(3)
+                },
             ]
         );
     }

@@ -17,7 +17,11 @@ pub fn cpu(_ctx: &mut Ctx) -> Outcome {
 /// image.
 pub fn mem(ctx: &mut Ctx) -> Outcome {
     let size = kite_workloads::MEM_BUF_BYTES as u64;
-    let addr = match ctx.pages.alloc(size, 2 << 20).or_else(|| ctx.pages.alloc(size, 4096)) {
+    let addr = match ctx
+        .pages
+        .alloc(size, 2 << 20)
+        .or_else(|| ctx.pages.alloc(size, 4096))
+    {
         Some(addr) => addr,
         None => {
             return fail!(
@@ -35,5 +39,9 @@ pub fn mem(ctx: &mut Ctx) -> Outcome {
     let bytes = kite_workloads::mem_workload(buf);
     let cycles = rdtsc().wrapping_sub(start);
     let milli = kite_workloads::milli_ratio(bytes, cycles);
-    ok!("bytes_per_cycle={}.{:03} bytes={bytes} cycles={cycles}", milli / 1000, milli % 1000)
+    ok!(
+        "bytes_per_cycle={}.{:03} bytes={bytes} cycles={cycles}",
+        milli / 1000,
+        milli % 1000
+    )
 }

@@ -33,14 +33,38 @@ pub struct Scenario {
 }
 
 pub static SCENARIOS: &[Scenario] = &[
-    Scenario { name: "hello", run: basic::hello },
-    Scenario { name: "pio-rtt", run: basic::pio_rtt },
-    Scenario { name: "mmio-rtt", run: basic::mmio_rtt },
-    Scenario { name: "cpu", run: bench::cpu },
-    Scenario { name: "mem", run: bench::mem },
-    Scenario { name: "smp", run: smp::smp },
-    Scenario { name: "irq", run: irq::irq },
-    Scenario { name: "fault", run: basic::fault },
+    Scenario {
+        name: "hello",
+        run: basic::hello,
+    },
+    Scenario {
+        name: "pio-rtt",
+        run: basic::pio_rtt,
+    },
+    Scenario {
+        name: "mmio-rtt",
+        run: basic::mmio_rtt,
+    },
+    Scenario {
+        name: "cpu",
+        run: bench::cpu,
+    },
+    Scenario {
+        name: "mem",
+        run: bench::mem,
+    },
+    Scenario {
+        name: "smp",
+        run: smp::smp,
+    },
+    Scenario {
+        name: "irq",
+        run: irq::irq,
+    },
+    Scenario {
+        name: "fault",
+        run: basic::fault,
+    },
 ];
 
 pub fn find(name: &[u8]) -> Option<&'static Scenario> {

@@ -27,13 +27,18 @@ const CHECKIN_TIMEOUT_MS: u64 = 3000;
 /// that holds neither the zero page, the command line nor the initrd.
 fn trampoline_page(boot: &BootInfo) -> Option<u64> {
     let overlaps = |page: u64, start: u64, len: u64| start < page + 4096 && page < start + len;
-    let cmdline = (boot.cmdline_addr != 0).then_some((boot.cmdline_addr, boot.cmdline().len() as u64 + 1));
+    let cmdline =
+        (boot.cmdline_addr != 0).then_some((boot.cmdline_addr, boot.cmdline().len() as u64 + 1));
     let busy = [Some((boot.zero_page, 4096)), cmdline, boot.initrd];
     (1..0x9f).map(|n| n * 4096u64).find(|&page| {
         let in_ram = boot.e820().iter().any(|e| {
             e.kind == E820_RAM && e.addr <= page && page + 4096 <= e.addr.saturating_add(e.size)
         });
-        in_ram && !busy.iter().flatten().any(|&(start, len)| overlaps(page, start, len))
+        in_ram
+            && !busy
+                .iter()
+                .flatten()
+                .any(|&(start, len)| overlaps(page, start, len))
     })
 }
 
@@ -62,7 +67,10 @@ pub fn smp(ctx: &mut Ctx) -> Outcome {
 
     LocalApic::enable();
     let me = LocalApic::id();
-    let aps = mp.apic_ids[..mp.count].iter().copied().filter(|&id| id != me);
+    let aps = mp.apic_ids[..mp.count]
+        .iter()
+        .copied()
+        .filter(|&id| id != me);
     let mut started = 0u32;
     for id in aps.clone() {
         LocalApic::send_ipi(id, ICR_INIT);

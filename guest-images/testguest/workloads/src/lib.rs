@@ -62,7 +62,9 @@ fn cpu_integer_part(seed: u64) -> u64 {
     while i < CPU_INT_ITERATIONS {
         h = mix(h ^ i);
         // A data-dependent division keeps the divider busy and defeats vectorisation.
-        acc = acc.wrapping_add(h / ((i & 0xffff) | 1)).rotate_left((h & 63) as u32);
+        acc = acc
+            .wrapping_add(h / ((i & 0xffff) | 1))
+            .rotate_left((h & 63) as u32);
         i += 1;
     }
     black_box(h ^ acc)
@@ -113,13 +115,20 @@ struct Table {
 // SAFETY: `cells` is only reached while `busy` is held (see `cpu_workload`).
 unsafe impl Sync for Table {}
 
-static TABLE: Table = Table { busy: AtomicBool::new(false), cells: UnsafeCell::new([0; CPU_TABLE_ENTRIES]) };
+static TABLE: Table = Table {
+    busy: AtomicBool::new(false),
+    cells: UnsafeCell::new([0; CPU_TABLE_ENTRIES]),
+};
 
 /// Runs the `cpu` workload (an integer part and a memory-bound pseudo-random walk over an
 /// 8 MiB table) and returns its deterministic checksum. Concurrent callers wait for each
 /// other (the table is a single static).
 pub fn cpu_workload() -> u64 {
-    while TABLE.busy.compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed).is_err() {
+    while TABLE
+        .busy
+        .compare_exchange_weak(false, true, Ordering::Acquire, Ordering::Relaxed)
+        .is_err()
+    {
         core::hint::spin_loop();
     }
     // SAFETY: `busy` is held, so this is the only reference to the table.
