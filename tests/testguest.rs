@@ -164,3 +164,46 @@ fn unknown_scenario_fails_cleanly() {
         out.stdout
     );
 }
+
+#[test]
+fn guest_exceptions_report_vector_and_rip() {
+    if kvm_unavailable().is_some() {
+        return skip(
+            "guest_exceptions_report_vector_and_rip",
+            "no usable /dev/kvm",
+        );
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    for (kind, vector) in [("ud", 6), ("gp", 13), ("pf", 14)] {
+        let mut cmd = kite();
+        let cmdline = format!("kite_test=fault kite_fault={kind}");
+        cmd.args([
+            "run",
+            "--kernel",
+            path_str(&elf),
+            "--memory",
+            "64M",
+            "--cmdline",
+            &cmdline,
+        ]);
+        let out = run(cmd, Duration::from_secs(60));
+        let line = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("KITE-TEST fault"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("FAIL exception")
+                && line.contains(&format!("vector={vector} "))
+                && line.contains("rip=0x"),
+            "{kind}: {line}\n{}",
+            out.stdout
+        );
+        assert_eq!(
+            out.code,
+            Some(0),
+            "the guest still ends the VM by reset: {}",
+            out.stderr
+        );
+    }
+}
