@@ -11,7 +11,8 @@
  *   isr_table    one 16-byte stub per vector. Exceptions (and any unexpected vector) go
  *                to exc_common, which records the fault and iretqs to the ring-3 reporter
  *                kite_fault (main.rs). Vectors 0x30..0x4f count device interrupts
- *                (irq_counts[vector - 0x30]) and EOI the LAPIC. 0x80 is the syscall
+ *                (irq_counts[vector - 0x30]), acknowledge a virtio-mmio device
+ *                registered for the pin, and EOI the LAPIC. 0x80 is the syscall
  *                gate (DPL 3). 0xff is the LAPIC spurious vector.
  *   ap_tramp_*   real-mode start-up code for application processors, copied below 1 MiB
  *                by ring 3; the AP switches to long mode, checks in and halts.
@@ -208,13 +209,25 @@ map_range:
 isr_end:
 
     .text
-/* Device interrupt: count it, EOI the local APIC. Stack: vector, 0, iret frame. */
+/* Device interrupt: if a virtio-mmio device is registered for the pin (virtio.rs),
+ * acknowledge it (read InterruptStatus, write it to InterruptACK, OR it into virtio_isr);
+ * then count it and EOI the local APIC. Stack: vector, 0, iret frame. */
 irq_common:
     push %rax
-    mov 8(%rsp), %rax
-    lock incq (irq_counts - IRQ_VECTOR_BASE * 8)(,%rax,8)
+    push %rdx
+    mov 16(%rsp), %rax
+    mov (virtio_mmio_base - IRQ_VECTOR_BASE * 8)(,%rax,8), %rdx
+    test %rdx, %rdx
+    jz 1f
+    push %rcx
+    mov 0x60(%rdx), %ecx
+    mov %ecx, 0x64(%rdx)
+    lock orl %ecx, (virtio_isr - IRQ_VECTOR_BASE * 4)(,%rax,4)
+    pop %rcx
+1:  lock incq (irq_counts - IRQ_VECTOR_BASE * 8)(,%rax,8)
     mov $LAPIC_EOI, %eax
     movl $0, (%rax)
+    pop %rdx
     pop %rax
     add $16, %rsp
     iretq
@@ -508,8 +521,12 @@ ap_checkin:     .long 0
 
     .bss
     .balign 8
-    .globl irq_counts
+    .globl irq_counts, virtio_mmio_base, virtio_isr
 irq_counts:     .skip 32 * 8
+/* Per IOAPIC pin: the virtio-mmio window to acknowledge (0: none), and the InterruptStatus
+ * bits seen. Written by ring 3 (virtio.rs) before it routes the pin. */
+virtio_mmio_base: .skip 32 * 8
+virtio_isr:     .skip 32 * 4
 
     .section .noinit, "aw", @nobits
     .balign 4096

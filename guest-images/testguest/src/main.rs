@@ -14,6 +14,7 @@ use core::panic::PanicInfo;
 
 mod apic;
 mod bootinfo;
+mod clock;
 mod cmdline;
 mod mem;
 mod mptable;
@@ -21,6 +22,7 @@ mod report;
 mod scenarios;
 mod serial;
 mod sys;
+mod virtio;
 
 core::arch::global_asm!(include_str!("entry.S"), options(att_syntax));
 

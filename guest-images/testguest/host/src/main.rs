@@ -120,4 +120,40 @@ mod tests {
         assert_eq!(kite_workloads::milli_ratio(3000, 1000), 3000);
         assert_eq!(kite_workloads::milli_ratio(1, 0), 0);
     }
+
+    #[test]
+    fn disk_pattern_is_per_sector_and_checkable() {
+        use kite_workloads::{
+            DISK_SECTOR_BYTES, disk_pattern_check, disk_pattern_fill, disk_pattern_word,
+        };
+        let mut whole = vec![0u8; 8 * DISK_SECTOR_BYTES];
+        disk_pattern_fill(3, 10, &mut whole);
+        // A piece filled on its own matches the same place of the whole.
+        let mut piece = vec![0u8; 2 * DISK_SECTOR_BYTES];
+        disk_pattern_fill(3, 13, &mut piece);
+        assert_eq!(piece, whole[3 * DISK_SECTOR_BYTES..5 * DISK_SECTOR_BYTES]);
+        let w = u64::from_le_bytes(whole[DISK_SECTOR_BYTES + 16..][..8].try_into().unwrap());
+        assert_eq!(w, disk_pattern_word(3, 11, 2));
+        assert_eq!(disk_pattern_check(3, 10, &whole), None);
+        assert_ne!(disk_pattern_check(4, 10, &whole), None);
+        assert_eq!(disk_pattern_check(3, 11, &whole), Some(0));
+        whole[5 * DISK_SECTOR_BYTES + 9] ^= 1;
+        assert_eq!(
+            disk_pattern_check(3, 10, &whole),
+            Some(5 * DISK_SECTOR_BYTES + 8)
+        );
+    }
+
+    #[test]
+    fn disk_checksum_adds_up_in_any_order() {
+        use kite_workloads::{DISK_SECTOR_BYTES, disk_checksum, disk_pattern_fill};
+        let mut disk = vec![0u8; 16 * DISK_SECTOR_BYTES];
+        disk_pattern_fill(1, 0, &mut disk);
+        let whole = disk_checksum(0, &disk);
+        let (a, b) = disk.split_at(5 * DISK_SECTOR_BYTES);
+        assert_eq!(disk_checksum(5, b).wrapping_add(disk_checksum(0, a)), whole);
+        // The sector number counts, not just the bytes.
+        assert_ne!(disk_checksum(1, &disk), whole);
+        assert_ne!(disk_checksum(0, &vec![0u8; DISK_SECTOR_BYTES]), 0);
+    }
 }

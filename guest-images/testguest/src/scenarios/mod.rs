@@ -11,7 +11,9 @@ use crate::report::Outcome;
 
 mod basic;
 mod bench;
+mod blk;
 mod irq;
+mod rng;
 mod smp;
 
 pub struct Ctx<'a> {
@@ -64,6 +66,14 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "fault",
         run: basic::fault,
+    },
+    Scenario {
+        name: "virtio-blk",
+        run: blk::virtio_blk,
+    },
+    Scenario {
+        name: "virtio-rng",
+        run: rng::virtio_rng,
     },
 ];
 

@@ -181,3 +181,60 @@ pub fn milli_ratio(bytes: u64, cycles: u64) -> u64 {
     }
     ((bytes as u128 * 1000) / cycles as u128) as u64
 }
+
+/// Bytes per disk sector in the [`disk_pattern_fill`] pattern (virtio-blk's unit).
+pub const DISK_SECTOR_BYTES: usize = 512;
+
+/// The 64-bit word at `word` (0..64) of `sector` in the disk pattern for `seed`.
+#[inline(always)]
+pub fn disk_pattern_word(seed: u64, sector: u64, word: u64) -> u64 {
+    mix(mix(seed ^ 0x6b69_7465_2d62_6c6b) ^ ((sector << 6) | word))
+}
+
+/// Fills `buf` with the deterministic disk pattern that the test guest's `virtio-blk`
+/// scenario writes, starting at sector `first_sector`: every 8-byte word (little-endian) is
+/// [`disk_pattern_word`] of its sector and its place in the sector. The host checks an
+/// image the guest wrote against the same function. `buf.len()` must be a multiple of 8;
+/// it need not be a whole number of sectors.
+pub fn disk_pattern_fill(seed: u64, first_sector: u64, buf: &mut [u8]) {
+    let s = mix(seed ^ 0x6b69_7465_2d62_6c6b);
+    for (i, chunk) in buf.chunks_exact_mut(8).enumerate() {
+        let i = i as u64;
+        let sector = first_sector + i / 64;
+        let word = mix(s ^ ((sector << 6) | (i % 64)));
+        chunk.copy_from_slice(&word.to_le_bytes());
+    }
+}
+
+/// Checks `buf` against the disk pattern (see [`disk_pattern_fill`]) from sector
+/// `first_sector`. Returns the byte offset (in `buf`) of the first 8-byte word that differs.
+pub fn disk_pattern_check(seed: u64, first_sector: u64, buf: &[u8]) -> Option<usize> {
+    let s = mix(seed ^ 0x6b69_7465_2d62_6c6b);
+    for (i, chunk) in buf.chunks_exact(8).enumerate() {
+        let n = i as u64;
+        let sector = first_sector + n / 64;
+        let word = mix(s ^ ((sector << 6) | (n % 64)));
+        if chunk != word.to_le_bytes() {
+            return Some(i * 8);
+        }
+    }
+    None
+}
+
+/// An order-independent checksum of disk contents: the wrapping sum, over every whole
+/// 512-byte sector of `buf` (the first one being sector `first_sector`), of a hash of the
+/// sector's number and bytes. Sums of pieces add up (`wrapping_add`) to the sum of the
+/// whole, in any order. The test guest reports it for data it read from a readonly disk.
+pub fn disk_checksum(first_sector: u64, buf: &[u8]) -> u64 {
+    let mut sum = 0u64;
+    for (i, sector) in buf.chunks_exact(DISK_SECTOR_BYTES).enumerate() {
+        let mut h = mix((first_sector + i as u64) ^ 0x6b69_7465_2d73_756d);
+        for chunk in sector.chunks_exact(8) {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(chunk);
+            h = mix(h ^ u64::from_le_bytes(w));
+        }
+        sum = sum.wrapping_add(h);
+    }
+    sum
+}
