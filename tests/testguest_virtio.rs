@@ -1,0 +1,298 @@
+//! The test guest's virtio scenarios under Kite: its own virtio-mmio driver against Kite's
+//! devices. virtio-blk writes a pattern the host then finds byte for byte in the image
+//! (`kite_workloads::disk_pattern_fill`, the same code the guest runs); a readonly disk refuses
+//! the write, stays as it was and reads back with the checksum the host computes; virtio-rng
+//! gives varying bytes. Every run has a time limit.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// What one run of a scenario printed.
+struct Run {
+    /// The text after `KITE-TEST <name> `: `ok key=value ...` or `FAIL reason`.
+    result: String,
+    figures: HashMap<String, String>,
+    out: Outcome,
+}
+
+impl Run {
+    fn ok(&self) -> bool {
+        self.result.starts_with("ok")
+    }
+
+    fn get(&self, key: &str) -> &str {
+        self.figures
+            .get(key)
+            .unwrap_or_else(|| panic!("no {key}= in: {}", self.result))
+    }
+
+    fn num(&self, key: &str) -> u64 {
+        self.get(key)
+            .parse()
+            .unwrap_or_else(|_| panic!("{key} is not a number in: {}", self.result))
+    }
+
+    /// Fails the test with everything kite printed unless the scenario said ok and kite ended
+    /// by the guest's reset (exit code 0).
+    fn expect_ok(&self) -> &Self {
+        assert!(
+            self.ok(),
+            "scenario failed: {}\n--- stderr ---\n{}",
+            self.result,
+            self.out.stderr
+        );
+        assert_eq!(
+            self.out.code,
+            Some(0),
+            "the guest ends the VM by an i8042 reset\n{}",
+            self.out.stderr
+        );
+        self
+    }
+}
+
+/// Runs the test guest's scenario `name` with extra `kite run` arguments and command-line
+/// words; None (after a skip line) where KVM is unusable.
+fn scenario(test: &str, name: &str, args: &[&str], words: &str) -> Option<Run> {
+    if let Some(reason) = kvm_unavailable() {
+        skip(test, &reason);
+        return None;
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let cmdline = format!("kite_test={name} {words}");
+    let mut cmd = kite();
+    cmd.args([
+        "run",
+        "--kernel",
+        path_str(&elf),
+        "--memory",
+        "256M",
+        "--cmdline",
+        cmdline.trim(),
+    ]);
+    cmd.args(args);
+    let out = run(cmd, LIMIT);
+    let prefix = format!("KITE-TEST {name} ");
+    let result = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {prefix} line\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                out.stdout, out.stderr
+            )
+        })
+        .trim_end()
+        .to_string();
+    let figures = result
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Some(Run {
+        result,
+        figures,
+        out,
+    })
+}
+
+/// A zero-filled image of `bytes` in the test's temporary directory.
+fn image(test: &str, bytes: usize) -> std::path::PathBuf {
+    temp_file(test, "disk.img", &vec![0u8; bytes])
+}
+
+fn disk_arg(path: &Path, readonly: bool) -> String {
+    if readonly {
+        format!("{},readonly", path_str(path))
+    } else {
+        path_str(path).to_string()
+    }
+}
+
+/// Where `data` (the image from sector `first`) differs from the pattern for `seed`.
+fn pattern_mismatch(seed: u64, first: u64, data: &[u8]) -> Option<String> {
+    kite_workloads::disk_pattern_check(seed, first, data).map(|off| {
+        format!(
+            "image differs from the pattern (seed {seed}) at byte {} (sector {})",
+            off as u64 + first * 512,
+            first + off as u64 / 512
+        )
+    })
+}
+
+#[test]
+fn virtio_blk_pattern_reaches_the_image() {
+    const TEST: &str = "virtio_blk_pattern_reaches_the_image";
+    let img = image(TEST, 8 << 20);
+    let disk = disk_arg(&img, false);
+    let Some(r) = scenario(TEST, "virtio-blk", &["--disk", &disk], "kite_seed=5") else {
+        return;
+    };
+    r.expect_ok();
+    assert_eq!(r.num("sectors"), 16384, "{}", r.result);
+    assert_eq!(r.get("flushed"), "1", "{}", r.result);
+    assert_eq!(r.get("wait"), "irq", "{}", r.result);
+    assert!(
+        r.num("irqs") > 0,
+        "irq mode took no interrupt: {}",
+        r.result
+    );
+    for key in ["write_cycles", "read_cycles"] {
+        assert!(r.num(key) > 0, "{}", r.result);
+    }
+    if r.num("tsc_hz") > 0 {
+        assert!(r.num("write_bytes_per_sec") > 0, "{}", r.result);
+        assert!(r.num("read_bytes_per_sec") > 0, "{}", r.result);
+    }
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(data.len(), 8 << 20);
+    if let Some(e) = pattern_mismatch(5, 0, &data) {
+        panic!("{e}");
+    }
+}
+
+#[test]
+fn virtio_blk_polled_on_part_of_the_disk() {
+    const TEST: &str = "virtio_blk_polled_on_part_of_the_disk";
+    let img = image(TEST, 8 << 20);
+    let disk = disk_arg(&img, false);
+    let words =
+        "kite_seed=77 kite_blk_mib=3 kite_virtio_wait=poll kite_blk_req=12K kite_blk_depth=7";
+    let Some(r) = scenario(TEST, "virtio-blk", &["--disk", &disk], words) else {
+        return;
+    };
+    r.expect_ok();
+    assert_eq!(r.num("sectors"), 3 * 2048, "{}", r.result);
+    assert_eq!(r.get("wait"), "poll", "{}", r.result);
+    assert_eq!(r.num("irqs"), 0, "{}", r.result);
+    assert_eq!(r.num("req_bytes"), 12 << 10, "{}", r.result);
+    let data = std::fs::read(&img).unwrap();
+    let (written, rest) = data.split_at(3 << 20);
+    if let Some(e) = pattern_mismatch(77, 0, written) {
+        panic!("{e}");
+    }
+    assert!(
+        rest.iter().all(|&b| b == 0),
+        "the guest wrote past kite_blk_mib=3"
+    );
+}
+
+#[test]
+fn virtio_blk_readonly_refuses_writes() {
+    const TEST: &str = "virtio_blk_readonly_refuses_writes";
+    // Content the guest's write (the pattern for its seed) would change.
+    let mut content = vec![0u8; 4 << 20];
+    kite_workloads::disk_pattern_fill(42, 0, &mut content);
+    let img = temp_file(TEST, "ro.img", &content);
+    let disk = disk_arg(&img, true);
+    let Some(r) = scenario(TEST, "virtio-blk", &["--disk", &disk], "kite_seed=1") else {
+        return;
+    };
+    r.expect_ok();
+    assert_eq!(r.get("readonly"), "1", "{}", r.result);
+    assert_eq!(r.num("write_status"), 1, "VIRTIO_BLK_S_IOERR: {}", r.result);
+    assert_eq!(r.num("sectors"), 8192, "{}", r.result);
+    let host_sum = format!("{:#018x}", kite_workloads::disk_checksum(0, &content));
+    assert_eq!(
+        r.get("read_sum"),
+        host_sum,
+        "what the guest read is not the image"
+    );
+    assert!(
+        std::fs::read(&img).unwrap() == content,
+        "the readonly image changed"
+    );
+}
+
+#[test]
+fn virtio_blk_throughput_modes() {
+    const TEST: &str = "virtio_blk_throughput_modes";
+    let img = image(TEST, 8 << 20);
+    let disk = disk_arg(&img, false);
+    for (mode, words, bs, ops) in [
+        ("seq", "kite_blk_mode=seq", 1 << 20, 8),
+        ("rand", "kite_blk_mode=rand kite_n=300", 4096, 300),
+        (
+            "rand",
+            "kite_blk_mode=rand kite_blk_bs=64K kite_blk_depth=1",
+            65536,
+            128,
+        ),
+    ] {
+        let Some(r) = scenario(TEST, "virtio-blk", &["--disk", &disk], words) else {
+            return;
+        };
+        r.expect_ok();
+        assert_eq!(r.get("mode"), mode, "{}", r.result);
+        assert_eq!(r.num("bs"), bs, "{}", r.result);
+        assert_eq!(r.num("ops"), ops, "{}", r.result);
+        assert_eq!(r.num("write_bytes"), ops * bs, "{}", r.result);
+        assert_eq!(r.num("read_bytes"), ops * bs, "{}", r.result);
+        for key in [
+            "write_cycles",
+            "read_cycles",
+            "depth",
+            "write_bytes_per_sec",
+            "read_bytes_per_sec",
+            "write_iops",
+            "read_iops",
+            "tsc_hz",
+            "flush_cycles",
+        ] {
+            let _ = r.num(key);
+        }
+    }
+}
+
+#[test]
+fn virtio_blk_without_a_disk_fails_cleanly() {
+    const TEST: &str = "virtio_blk_without_a_disk_fails_cleanly";
+    let Some(r) = scenario(TEST, "virtio-blk", &[], "") else {
+        return;
+    };
+    assert!(
+        r.result
+            .starts_with("FAIL no virtio-mmio device with DeviceID 2"),
+        "{}",
+        r.result
+    );
+}
+
+#[test]
+fn virtio_rng_gives_varying_bytes() {
+    const TEST: &str = "virtio_rng_gives_varying_bytes";
+    for (wait, irqs_expected) in [("irq", true), ("poll", false)] {
+        let words = format!("kite_virtio_wait={wait}");
+        let Some(r) = scenario(TEST, "virtio-rng", &[], &words) else {
+            return;
+        };
+        r.expect_ok();
+        assert_eq!(r.num("bytes"), 4096, "{}", r.result);
+        assert!(r.num("requests") >= 4, "{}", r.result);
+        assert_eq!(r.get("wait"), wait, "{}", r.result);
+        assert_eq!(r.num("irqs") > 0, irqs_expected, "{}", r.result);
+    }
+}
+
+#[test]
+fn virtio_rng_absent_with_no_rng() {
+    const TEST: &str = "virtio_rng_absent_with_no_rng";
+    let Some(r) = scenario(TEST, "virtio-rng", &["--no-rng"], "") else {
+        return;
+    };
+    assert!(
+        r.result
+            .starts_with("FAIL no virtio-mmio device with DeviceID 4"),
+        "{}",
+        r.result
+    );
+}
