@@ -1,7 +1,9 @@
 //! What a virtio device sees of the world: its queues, its configuration space and an interrupt
 //! handle. The transport ([`super::mmio`]) owns the registers; a device only implements
-//! [`VirtioDevice`] and does its work when the event loop tells it a queue was notified.
+//! [`VirtioDevice`] and does its work when the event loop tells it a queue was notified, or, for
+//! a device with host-side I/O of its own (a tap, sockets), that its backend is ready.
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -32,6 +34,15 @@ pub trait VirtioDevice: Send {
     /// The driver notified queue `index`. Returns true if the device stopped with work possibly
     /// left, to give other devices a turn; the caller then wakes it again later.
     fn process_queue(&mut self, index: usize) -> bool;
+    /// A descriptor the event loop also watches for this device, if it has host-side I/O of its
+    /// own: an epoll set of its tap or sockets, readable (level-triggered) while any of them is
+    /// ready. It stays the same for the device's lifetime.
+    fn backend_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// [`Self::backend_fd`] is readable: serve what is ready. Work left over (a full ring, a
+    /// spent budget) keeps the descriptor readable or waits for a queue notification.
+    fn process_backend(&mut self) {}
 }
 
 /// Shared handle to a device: the transport (vCPU threads) and the event loop both hold one.
@@ -134,6 +145,8 @@ pub struct Active {
     pub mem: GuestMem,
     pub queues: Vec<Queue>,
     pub interrupt: Interrupt,
+    /// The feature bits the driver accepted.
+    pub features: u64,
     /// Set when the device entered the needs-reset state; it then ignores its queues.
     broken: bool,
 }
@@ -147,13 +160,19 @@ pub enum Completion {
 }
 
 impl Active {
-    pub fn new(mem: GuestMem, queues: Vec<Queue>, interrupt: Interrupt) -> Self {
+    pub fn new(mem: GuestMem, queues: Vec<Queue>, interrupt: Interrupt, features: u64) -> Self {
         Self {
             mem,
             queues,
             interrupt,
+            features,
             broken: false,
         }
+    }
+
+    /// Whether the driver accepted feature bit `bit`.
+    pub fn has_feature(&self, bit: u32) -> bool {
+        bit < 64 && self.features & (1 << bit) != 0
     }
 
     fn fail(&mut self, log: &mut LogLimiter, what: &str, why: &dyn std::fmt::Display) {
@@ -180,48 +199,98 @@ impl Active {
         let mut used = false;
         let mut served = 0usize;
         let mut budget_spent = false;
-        while !self.broken {
-            let Some(queue) = self.queues.get_mut(index).filter(|q| q.ready()) else {
-                break;
-            };
-            let max_len = usize::from(queue.size());
+        while let Some(max_len) = self.ready_size(index) {
             if served == max_len {
                 budget_spent = true;
                 break;
             }
             served += 1;
-            let chain = match queue.iter(&self.mem) {
-                Ok(mut avail) => avail.next(),
-                Err(e) => {
-                    self.fail(log, what, &e);
-                    break;
-                }
+            let Some(chain) = self.pop_chain(index, what, log) else {
+                break;
             };
-            let Some(chain) = chain else { break };
-            let completion = match read_chain(chain, max_len) {
-                Ok(chain) => match handle(&self.mem, &chain) {
-                    Completion::Used(len) => queue
-                        .add_used(&self.mem, chain.head(), len)
-                        .map_err(|e| e.to_string()),
-                    Completion::Fatal(why) => Err(why),
-                },
-                Err(e) => Err(e.to_string()),
-            };
-            match completion {
-                Ok(()) => used = true,
-                Err(why) => self.fail(log, what, &why),
+            match handle(&self.mem, &chain) {
+                Completion::Used(len) => used |= self.add_used(index, chain.head(), len, what, log),
+                Completion::Fatal(why) => self.fail(log, what, &why),
             }
         }
         if used {
-            let notify = self
-                .queues
-                .get_mut(index)
-                .map(|q| q.needs_notification(&self.mem).unwrap_or(true));
-            if notify == Some(true) {
-                self.interrupt.signal_used();
-            }
+            self.notify_used(index);
         }
         budget_spent
+    }
+
+    /// The size of queue `index` if the device may use it: it is ready and the device is not in
+    /// the needs-reset state.
+    pub fn ready_size(&self, index: usize) -> Option<usize> {
+        if self.broken {
+            return None;
+        }
+        let queue = self.queues.get(index).filter(|q| q.ready())?;
+        Some(usize::from(queue.size()))
+    }
+
+    /// Take the next available chain of queue `index`, walked to its end. `None` when the ring
+    /// is empty or the queue unusable; a chain that cannot be walked (or a ring index that makes
+    /// no sense) puts the device into the needs-reset state.
+    pub fn pop_chain(&mut self, index: usize, what: &str, log: &mut LogLimiter) -> Option<Chain> {
+        let max_len = self.ready_size(index)?;
+        let queue = self.queues.get_mut(index)?;
+        let chain = match queue.iter(&self.mem) {
+            Ok(mut avail) => avail.next()?,
+            Err(e) => {
+                self.fail(log, what, &e);
+                return None;
+            }
+        };
+        match read_chain(chain, max_len) {
+            Ok(chain) => Some(chain),
+            Err(e) => {
+                self.fail(log, what, &e);
+                None
+            }
+        }
+    }
+
+    /// Give back the chain [`Self::pop_chain`] took last from queue `index`: it is the next one
+    /// taken again, as if it had not been touched.
+    pub fn unpop_chain(&mut self, index: usize) {
+        if let Some(queue) = self.queues.get_mut(index) {
+            let next = queue.next_avail().wrapping_sub(1);
+            queue.set_next_avail(next);
+        }
+    }
+
+    /// Put chain `head` on queue `index`'s used ring with `len` bytes written to it. Returns
+    /// false, with the device in the needs-reset state, if the used ring cannot be written.
+    pub fn add_used(
+        &mut self,
+        index: usize,
+        head: u16,
+        len: u32,
+        what: &str,
+        log: &mut LogLimiter,
+    ) -> bool {
+        let Some(queue) = self.queues.get_mut(index) else {
+            return false;
+        };
+        match queue.add_used(&self.mem, head, len) {
+            Ok(()) => true,
+            Err(e) => {
+                self.fail(log, what, &e);
+                false
+            }
+        }
+    }
+
+    /// Interrupt the driver about new used buffers in queue `index`, unless it asked not to be.
+    pub fn notify_used(&mut self, index: usize) {
+        let notify = self
+            .queues
+            .get_mut(index)
+            .map(|q| q.needs_notification(&self.mem).unwrap_or(true));
+        if notify == Some(true) {
+            self.interrupt.signal_used();
+        }
     }
 }
 
@@ -287,7 +356,8 @@ impl Default for LogLimiter {
 
 /// The event-loop side of a device: wakes it when one of its queue eventfds fires. The eventfds
 /// are also registered with KVM as ioeventfds on QueueNotify, so a guest's notification goes
-/// straight from the vCPU to this loop.
+/// straight from the vCPU to this loop. A device's backend descriptor, if it has one, is watched
+/// here too.
 pub struct QueueEvents {
     device: SharedDevice,
     events: Vec<EventFd>,
@@ -300,6 +370,9 @@ impl QueueEvents {
     }
 }
 
+/// Event data of a device's backend descriptor (queue eventfds carry their queue index).
+const BACKEND: u32 = u32::MAX;
+
 impl MutEventSubscriber for QueueEvents {
     fn init(&mut self, ops: &mut EventOps) {
         for (index, event) in self.events.iter().enumerate() {
@@ -308,9 +381,18 @@ impl MutEventSubscriber for QueueEvents {
                 error!("virtio: cannot watch queue {index}'s eventfd: {e}");
             }
         }
+        if let Some(fd) = lock(&self.device).backend_fd()
+            && let Err(e) = ops.add(Events::with_data_raw(fd, BACKEND, EventSet::IN))
+        {
+            error!("virtio: cannot watch a device's backend: {e}");
+        }
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        if events.data() == BACKEND {
+            lock(&self.device).process_backend();
+            return;
+        }
         let index = events.data() as usize;
         let Some(event) = self.events.get(index) else {
             return;

@@ -251,7 +251,12 @@ impl MmioTransport {
     fn activate(&mut self) {
         match self.build_queues() {
             Ok(queues) => {
-                let active = Active::new(self.mem.clone(), queues, self.interrupt.clone());
+                let active = Active::new(
+                    self.mem.clone(),
+                    queues,
+                    self.interrupt.clone(),
+                    self.driver_features,
+                );
                 lock(&self.device).activate(active);
             }
             Err(e) => {

@@ -6,7 +6,11 @@
 //! watched by the event loop on the main thread; the device interrupts through a KVM irqfd. So
 //! device I/O happens only on the event loop, never on a vCPU thread.
 //!
-//! The VMM attaches devices with [`attach_block`] and [`attach_rng`], and calls
+//! Devices with host-side I/O of their own (net's tap, vsock's sockets) keep those descriptors in
+//! an epoll set the event loop watches next to their queue eventfds, so that I/O happens on the
+//! event loop too.
+//!
+//! The VMM attaches devices with [`attach_block`], [`attach_rng`] and [`attach_net`], and calls
 //! [`BlockHandle::sync`] on every disk at shutdown.
 
 mod block;
@@ -14,7 +18,9 @@ mod chain;
 mod device;
 mod disk;
 mod mmio;
+mod net;
 mod rng;
+mod tap;
 #[cfg(test)]
 mod testutil;
 
@@ -36,7 +42,9 @@ use crate::memory::GuestMem;
 use block::Block;
 use device::{Interrupt, QueueEvents, SharedDevice};
 use mmio::{MmioTransport, QUEUE_NOTIFY};
+use net::Net;
 use rng::Rng;
+use tap::Tap;
 
 /// A disk as the user asked for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,10 +55,23 @@ pub struct DiskConfig {
     pub readonly: bool,
 }
 
+/// A network interface as the user asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The host tap device; opened, or created if it is missing and Kite may.
+    pub tap: String,
+    /// The guest's MAC address.
+    pub mac: [u8; 6],
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Disk(#[from] disk::Error),
+    #[error(transparent)]
+    Tap(#[from] tap::Error),
+    #[error("cannot make an epoll set for {0}")]
+    Epoll(String, #[source] std::io::Error),
     #[error("no virtio-mmio window or IRQ line is left for another device")]
     NoSlot(#[source] vm_allocator::Error),
     #[error("cannot create an eventfd")]
@@ -172,6 +193,20 @@ pub fn attach_block(ctx: &mut VirtioContext<'_>, disk: &DiskConfig) -> Result<Bl
 /// Attach a virtio-rng device fed by the host's getrandom.
 pub fn attach_rng(ctx: &mut VirtioContext<'_>) -> Result<Placement, Error> {
     attach(ctx, Arc::new(Mutex::new(Rng::new())))
+}
+
+/// Open (or create) the tap `net.tap` and attach it as a virtio-net device.
+pub fn attach_net(ctx: &mut VirtioContext<'_>, net: &NetConfig) -> Result<Placement, Error> {
+    let tap = Tap::open(&net.tap)?;
+    if tap.created() {
+        log::info!(
+            "created tap {} (it is down and goes away with Kite; bring it up to use it)",
+            net.tap
+        );
+    }
+    let device = Net::new(Box::new(tap), net.mac)
+        .map_err(|e| Error::Epoll(format!("tap {}", net.tap), e))?;
+    attach(ctx, Arc::new(Mutex::new(device)))
 }
 
 fn eventfd() -> Result<EventFd, Error> {

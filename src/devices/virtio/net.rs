@@ -1,0 +1,427 @@
+//! virtio-net (virtio 1.2, section 5.1) over a tap device: one receive and one transmit queue,
+//! the MAC address in the configuration space, and checksum / TCP segmentation offloads passed
+//! through the 12-byte `virtio_net_hdr_v1` that the tap reads and writes in front of each frame.
+//!
+//! Receive is driven by the tap: when it has a frame and the driver has posted a buffer, the
+//! frame (header included) is copied into that buffer. When the receive ring is empty the device
+//! stops watching the tap, and so leaves frames queued in the kernel, until the driver notifies
+//! the receive queue; nothing is dropped for want of a buffer. A frame larger than the buffer
+//! the driver posted is dropped (and logged, rate-limited); the buffer is kept for the next one.
+//!
+//! Transmit gathers each chain (header and frame) and writes it to the tap as one frame. A chain
+//! that cannot be walked puts the device into the needs-reset state, as for every device; a chain
+//! whose buffers are unusable (device-writable, outside guest RAM, too short or too long) is
+//! returned unsent, with a rate-limited log line.
+//!
+//! The tap sits in an epoll set of the device's own, which the event loop watches
+//! ([`VirtioDevice::backend_fd`]); all of this runs on the event loop.
+
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+
+use log::{error, warn};
+use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
+use virtio_bindings::virtio_net::{
+    VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
+    VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
+};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+
+use super::chain::Chain;
+use super::device::{Active, LogLimiter, VirtioDevice, read_config_bytes};
+use super::tap::{Tap, VNET_HDR_LEN};
+use crate::memory::GuestMem;
+
+pub const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+/// The largest frame a tap hands over or takes: a 64 KiB GSO packet, an Ethernet header with a
+/// VLAN tag, and the virtio-net header.
+pub const MAX_FRAME: usize = VNET_HDR_LEN + 65535 + 18;
+const ETH_HLEN: usize = 14;
+/// Offset of `num_buffers` in the header: the tap leaves it alone, the device sets it to 1.
+const NUM_BUFFERS: usize = 10;
+
+/// The offloads the device offers: the tap takes partial checksums and TSO frames from the
+/// driver, and can hand them to a driver that accepts them.
+const FEATURES: u64 = (1 << VIRTIO_NET_F_MAC)
+    | (1 << VIRTIO_NET_F_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_CSUM)
+    | (1 << VIRTIO_NET_F_GUEST_TSO4)
+    | (1 << VIRTIO_NET_F_GUEST_TSO6)
+    | (1 << VIRTIO_NET_F_HOST_TSO4)
+    | (1 << VIRTIO_NET_F_HOST_TSO6);
+
+/// Where a virtio-net device's frames go: a tap, or in tests a socket pair. Each read and write
+/// is one frame with its virtio-net header in front.
+pub trait NetBackend: AsRawFd + Send {
+    /// Read one frame into `buf`; `WouldBlock` when none is waiting.
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize>;
+    /// Write one frame.
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize>;
+    /// Which offloads (`TUN_F_*`) the driver takes on frames we hand it.
+    fn set_offload(&mut self, flags: u32) -> io::Result<()>;
+    /// Names the backend in log lines.
+    fn name(&self) -> &str;
+}
+
+impl NetBackend for Tap {
+    fn read_frame(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        Tap::read_frame(self, buf)
+    }
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
+        Tap::write_frame(self, frame)
+    }
+    fn set_offload(&mut self, flags: u32) -> io::Result<()> {
+        Tap::set_offload(self, flags)
+    }
+    fn name(&self) -> &str {
+        Tap::name(self)
+    }
+}
+
+/// The tap offloads matching the features the driver accepted: what it can take on receive.
+fn tap_offload(active: &Active) -> u32 {
+    let mut flags = 0;
+    // The kernel only takes TSO together with checksum offload, as the spec makes drivers do.
+    if active.has_feature(VIRTIO_NET_F_GUEST_CSUM) {
+        flags |= libc::TUN_F_CSUM;
+        if active.has_feature(VIRTIO_NET_F_GUEST_TSO4) {
+            flags |= libc::TUN_F_TSO4;
+        }
+        if active.has_feature(VIRTIO_NET_F_GUEST_TSO6) {
+            flags |= libc::TUN_F_TSO6;
+        }
+    }
+    flags
+}
+
+/// Why a transmit chain was returned unsent.
+#[derive(Debug, thiserror::Error)]
+enum TxError {
+    #[error(transparent)]
+    Layout(#[from] super::chain::LayoutError),
+    #[error("transmit chain has {0} device-writable bytes")]
+    Writable(u64),
+    #[error("frame of {0} bytes is shorter than a virtio-net and an Ethernet header")]
+    Short(u64),
+    #[error("frame of {0} bytes is longer than {MAX_FRAME}")]
+    Long(u64),
+    #[error("guest memory access failed")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// Why a receive chain was returned empty.
+#[derive(Debug, thiserror::Error)]
+enum RxError {
+    #[error(transparent)]
+    Layout(#[from] super::chain::LayoutError),
+    #[error("receive chain has {0} device-readable bytes")]
+    Readable(u64),
+    #[error("receive buffer of {0} bytes cannot hold a virtio-net header")]
+    Short(u64),
+}
+
+/// A virtio-net device.
+pub struct Net {
+    backend: Box<dyn NetBackend>,
+    config: [u8; 6],
+    active: Option<Active>,
+    /// Holds the backend's descriptor; watched by the event loop.
+    epoll: Epoll,
+    /// What the epoll set waits for on the backend now.
+    watching: EventSet,
+    /// The receive ring was empty: wait for the driver's notification before reading the tap.
+    rx_waiting: bool,
+    /// Transmit waits for the backend to be writable: it took no more frames, or there are
+    /// chains left from a spent budget.
+    tx_blocked: bool,
+    /// The backend failed for good (the tap was deleted); it is no longer watched.
+    backend_gone: bool,
+    frame: Vec<u8>,
+    /// Names the device in log lines.
+    name: String,
+    log: LogLimiter,
+    chain_log: LogLimiter,
+}
+
+impl Net {
+    pub fn new(backend: Box<dyn NetBackend>, mac: [u8; 6]) -> io::Result<Self> {
+        let epoll = Epoll::new()?;
+        epoll.ctl(
+            ControlOperation::Add,
+            backend.as_raw_fd(),
+            EpollEvent::new(EventSet::empty(), 0),
+        )?;
+        Ok(Self {
+            name: format!("virtio-net {}", backend.name()),
+            backend,
+            config: mac,
+            active: None,
+            epoll,
+            watching: EventSet::empty(),
+            rx_waiting: true,
+            tx_blocked: false,
+            backend_gone: false,
+            frame: vec![0u8; MAX_FRAME],
+            log: LogLimiter::new(),
+            chain_log: LogLimiter::new(),
+        })
+    }
+
+    /// Make the epoll set wait for what the device can act on now.
+    fn update_watch(&mut self) {
+        if self.backend_gone {
+            return;
+        }
+        let mut want = EventSet::empty();
+        if self.active.is_some() && !self.rx_waiting {
+            want |= EventSet::IN;
+        }
+        if self.active.is_some() && self.tx_blocked {
+            want |= EventSet::OUT;
+        }
+        if want == self.watching {
+            return;
+        }
+        let fd = self.backend.as_raw_fd();
+        match self
+            .epoll
+            .ctl(ControlOperation::Modify, fd, EpollEvent::new(want, 0))
+        {
+            Ok(()) => self.watching = want,
+            Err(e) => error!("{}: cannot watch the backend: {e}", self.name),
+        }
+    }
+
+    /// Copy frames from the backend into the driver's receive buffers while both last, at most
+    /// a ring's worth per turn (level-triggered, the tap wakes us again for the rest).
+    fn receive(&mut self) {
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let mut used = false;
+        for _ in 0..QUEUE_SIZE {
+            let Some(chain) = active.pop_chain(RX, &self.name, &mut self.chain_log) else {
+                // Wait for the driver to post buffers; the frames stay in the tap meanwhile.
+                self.rx_waiting = true;
+                break;
+            };
+            let writable = match rx_buffers(&active.mem, &chain) {
+                Ok(w) => w,
+                Err(e) => {
+                    if self.log.allow() {
+                        warn!("{}: {e}; buffer returned unused", self.name);
+                    }
+                    used |= active.add_used(RX, chain.head(), 0, &self.name, &mut self.chain_log);
+                    continue;
+                }
+            };
+            let n = match self.backend.read_frame(&mut self.frame) {
+                Ok(n) => n,
+                Err(e) => {
+                    active.unpop_chain(RX);
+                    if e.kind() != io::ErrorKind::WouldBlock && self.log.allow() {
+                        warn!("{}: cannot read a frame: {e}", self.name);
+                    }
+                    break;
+                }
+            };
+            if n < VNET_HDR_LEN || n as u64 > writable.len() {
+                // Keep the buffer for the next frame.
+                active.unpop_chain(RX);
+                if self.log.allow() {
+                    warn!(
+                        "{}: dropped a {n}-byte frame: the driver's receive buffer holds {} bytes",
+                        self.name,
+                        writable.len()
+                    );
+                }
+                continue;
+            }
+            self.frame[NUM_BUFFERS..NUM_BUFFERS + 2].copy_from_slice(&1u16.to_le_bytes());
+            let len = match writable.write(&active.mem, &self.frame[..n]) {
+                Ok(len) => len as u32,
+                Err(e) => {
+                    if self.log.allow() {
+                        warn!("{}: cannot write a received frame: {e}", self.name);
+                    }
+                    0
+                }
+            };
+            used |= active.add_used(RX, chain.head(), len, &self.name, &mut self.chain_log);
+        }
+        if used {
+            active.notify_used(RX);
+        }
+    }
+
+    /// Send the driver's transmit chains to the backend, at most a ring's worth per turn.
+    /// Returns true if the budget ran out with chains possibly left.
+    fn transmit(&mut self) -> bool {
+        let Some(active) = self.active.as_mut() else {
+            return false;
+        };
+        if self.tx_blocked {
+            return false;
+        }
+        let mut used = false;
+        let mut budget_spent = true;
+        for _ in 0..QUEUE_SIZE {
+            let Some(chain) = active.pop_chain(TX, &self.name, &mut self.chain_log) else {
+                budget_spent = false;
+                break;
+            };
+            match gather(&active.mem, &chain, &mut self.frame) {
+                Ok(n) => match self.backend.write_frame(&self.frame[..n]) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        // Try this chain again once the backend is writable.
+                        active.unpop_chain(TX);
+                        self.tx_blocked = true;
+                        budget_spent = false;
+                        break;
+                    }
+                    Err(e) => {
+                        // EIO: the tap is down; the frame is lost as on a cable unplugged.
+                        if self.log.allow() {
+                            warn!("{}: frame not sent: {e}", self.name);
+                        }
+                    }
+                },
+                Err(e) => {
+                    if self.log.allow() {
+                        warn!("{}: {e}; frame not sent", self.name);
+                    }
+                }
+            }
+            used |= active.add_used(TX, chain.head(), 0, &self.name, &mut self.chain_log);
+        }
+        if used {
+            active.notify_used(TX);
+        }
+        budget_spent
+    }
+}
+
+/// The device-writable buffers of a receive chain, checked.
+fn rx_buffers(mem: &GuestMem, chain: &Chain) -> Result<super::chain::Bufs, RxError> {
+    let (readable, writable) = chain.split(mem)?;
+    if !readable.is_empty() {
+        return Err(RxError::Readable(readable.len()));
+    }
+    if writable.len() < VNET_HDR_LEN as u64 {
+        return Err(RxError::Short(writable.len()));
+    }
+    Ok(writable)
+}
+
+/// Copy a transmit chain (header and frame) into `frame`; returns its length.
+fn gather(mem: &GuestMem, chain: &Chain, frame: &mut [u8]) -> Result<usize, TxError> {
+    let (readable, writable) = chain.split(mem)?;
+    if !writable.is_empty() {
+        return Err(TxError::Writable(writable.len()));
+    }
+    let len = readable.len();
+    if len < (VNET_HDR_LEN + ETH_HLEN) as u64 {
+        return Err(TxError::Short(len));
+    }
+    if len > frame.len() as u64 {
+        return Err(TxError::Long(len));
+    }
+    let len = len as usize;
+    readable.read_exact(mem, &mut frame[..len])?;
+    Ok(len)
+}
+
+impl VirtioDevice for Net {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        FEATURES
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, active: Active) {
+        let flags = tap_offload(&active);
+        if let Err(e) = self.backend.set_offload(flags)
+            && self.log.allow()
+        {
+            error!("{}: cannot set offloads {flags:#x}: {e}", self.name);
+        }
+        self.active = Some(active);
+        self.rx_waiting = false;
+        self.tx_blocked = false;
+        self.update_watch();
+    }
+
+    fn reset(&mut self) {
+        self.active = None;
+        self.rx_waiting = true;
+        self.tx_blocked = false;
+        self.update_watch();
+    }
+
+    fn process_queue(&mut self, index: usize) -> bool {
+        let more = match index {
+            RX => {
+                // The driver posted receive buffers: take frames again.
+                self.rx_waiting = false;
+                self.receive();
+                false
+            }
+            TX => self.transmit(),
+            _ => false,
+        };
+        self.update_watch();
+        more
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.epoll.as_raw_fd())
+    }
+
+    fn process_backend(&mut self) {
+        let mut events = [EpollEvent::default(); 1];
+        let ready = match self.epoll.wait(0, &mut events) {
+            Ok(n) => events.get(..n).unwrap_or_default(),
+            Err(_) => &[],
+        };
+        for event in ready {
+            let set = event.event_set();
+            if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
+                error!("{}: the backend failed; the network is gone", self.name);
+                let fd = self.backend.as_raw_fd();
+                let _ = self
+                    .epoll
+                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                self.backend_gone = true;
+                return;
+            }
+            if set.contains(EventSet::OUT) {
+                self.tx_blocked = false;
+                if self.transmit() {
+                    // Chains left over: come back when the (level-triggered) backend is
+                    // writable.
+                    self.tx_blocked = true;
+                }
+            }
+            if set.contains(EventSet::IN) {
+                self.receive();
+            }
+        }
+        self.update_watch();
+    }
+}
+
+#[cfg(test)]
+mod tests;
