@@ -29,11 +29,9 @@ use crate::cmdline::{Cmdline, VirtioMmioDevice};
 use crate::mem::{MMIO_WINDOW, PAGE_SIZE, PageAllocator, mmio};
 use crate::sys::rdtsc;
 
-#[allow(dead_code)]
 pub const ID_NET: u32 = 1;
 pub const ID_BLOCK: u32 = 2;
 pub const ID_RNG: u32 = 4;
-#[allow(dead_code)]
 pub const ID_VSOCK: u32 = 19;
 
 pub const F_VERSION_1: u64 = 1 << 32;
@@ -533,7 +531,6 @@ pub struct Queue {
 
 impl Queue {
     /// Free descriptors.
-    #[allow(dead_code)]
     pub fn free(&self) -> u16 {
         self.free_len
     }

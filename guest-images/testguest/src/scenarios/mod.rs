@@ -13,8 +13,10 @@ mod basic;
 mod bench;
 mod blk;
 mod irq;
+mod net;
 mod rng;
 mod smp;
+mod vsock;
 
 pub struct Ctx<'a> {
     pub boot: &'a BootInfo,
@@ -74,6 +76,14 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "virtio-rng",
         run: rng::virtio_rng,
+    },
+    Scenario {
+        name: "virtio-net",
+        run: net::virtio_net,
+    },
+    Scenario {
+        name: "virtio-vsock",
+        run: vsock::virtio_vsock,
     },
 ];
 
