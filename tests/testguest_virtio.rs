@@ -296,3 +296,239 @@ fn virtio_rng_absent_with_no_rng() {
         r.result
     );
 }
+
+/// Why `kite run` cannot take `option` (e.g. `--net`), if it cannot.
+fn kite_lacks(option: &str) -> Option<String> {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kite"))
+        .args(["run", "--help"])
+        .output()
+        .ok()?;
+    let help = String::from_utf8_lossy(&out.stdout);
+    (!help.contains(option)).then(|| format!("kite run has no {option} option"))
+}
+
+/// A network namespace of the test's own, deleted on drop.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    /// Makes the namespace, or says why it cannot (not root, no `ip`).
+    fn create(tag: &str) -> Result<Netns, String> {
+        let name = format!("kite-{tag}-{}", std::process::id());
+        let out = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot make a network namespace: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Netns { name })
+    }
+
+    /// Runs a command inside the namespace; its stderr on failure.
+    fn exec(&self, args: &[&str]) -> Result<String, String> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run ip netns exec: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kite` with `args`, run inside the namespace.
+    fn kite(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, env!("CARGO_BIN_EXE_kite")])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    }
+}
+
+/// Moves the calling thread into network namespace `name` (for sockets that must live there).
+fn enter_netns(name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: setns on an open namespace file; it changes only this thread's namespace.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A UDP echo server at `addr` inside `ns`, on a thread of its own, until `stop` is set.
+/// Returns once it is listening; the thread returns the datagrams it echoed.
+fn udp_echo(
+    ns: &Netns,
+    addr: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<u64, String>> {
+    use std::sync::atomic::Ordering;
+    let ns = ns.name.clone();
+    let addr = addr.to_string();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let result = (|| {
+            let socket = enter_netns(&ns)
+                .and_then(|()| std::net::UdpSocket::bind(&addr))
+                .map_err(|e| format!("UDP echo server at {addr}: {e}"));
+            let socket = match socket {
+                Ok(s) => s,
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e.clone()));
+                    return Err(e);
+                }
+            };
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .map_err(|e| e.to_string())?;
+            let _ = ready_tx.send(Ok(()));
+            let mut buf = [0u8; 65536];
+            let mut echoed = 0u64;
+            while !stop.load(Ordering::SeqCst) {
+                match socket.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        socket
+                            .send_to(&buf[..n], from)
+                            .map_err(|e| format!("echo to {from}: {e}"))?;
+                        echoed += 1;
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(e) => return Err(format!("UDP echo server: {e}")),
+                }
+            }
+            Ok(echoed)
+        })();
+        result
+    });
+    if let Ok(Err(e)) = ready_rx.recv_timeout(Duration::from_secs(10)) {
+        panic!("{e}");
+    }
+    handle
+}
+
+/// The result line of scenario `name` in `out`, split into the text after the name and its
+/// key=value figures.
+fn result_of(name: &str, out: Outcome) -> Run {
+    let prefix = format!("KITE-TEST {name} ");
+    let result = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .unwrap_or_else(|| {
+            panic!(
+                "no {prefix} line\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                out.stdout, out.stderr
+            )
+        })
+        .trim_end()
+        .to_string();
+    let figures = result
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Run {
+        result,
+        figures,
+        out,
+    }
+}
+
+#[test]
+fn virtio_net_echoes_udp_through_a_tap() {
+    const TEST: &str = "virtio_net_echoes_udp_through_a_tap";
+    if let Some(reason) = kvm_unavailable().or_else(|| kite_lacks("--net")) {
+        return skip(TEST, &reason);
+    }
+    let ns = match Netns::create("net") {
+        Ok(ns) => ns,
+        Err(reason) => return skip(TEST, &reason),
+    };
+    let tap = "ktap0";
+    for step in [
+        &["ip", "link", "set", "lo", "up"][..],
+        &["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
+        &["ip", "addr", "add", "10.0.2.2/24", "dev", tap],
+        &["ip", "link", "set", tap, "up"],
+    ] {
+        if let Err(e) = ns.exec(step) {
+            return skip(TEST, &format!("cannot set up the tap: {e}"));
+        }
+    }
+    // Fewer unrelated frames (router solicitations and the like) on the link.
+    let _ = ns.exec(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv6.conf.{tap}.disable_ipv6=1"),
+    ]);
+    let tap_mac = ns
+        .exec(&["cat", &format!("/sys/class/net/{tap}/address")])
+        .unwrap()
+        .trim()
+        .to_string();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let echo = udp_echo(&ns, "10.0.2.2:7777", stop.clone());
+
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let guest_mac = "52:54:00:4b:49:54";
+    let net = format!("tap={tap},mac={guest_mac}");
+    let frames = 300;
+    let mut runs = Vec::new();
+    for wait in ["irq", "poll"] {
+        let cmdline = format!(
+            "kite_test=virtio-net kite_n={frames} kite_virtio_wait={wait} kite_net_ip=10.0.2.15 kite_net_peer=10.0.2.2 kite_net_port=7777"
+        );
+        let cmd = ns.kite(&[
+            "run",
+            "--kernel",
+            path_str(&elf),
+            "--memory",
+            "256M",
+            "--no-rng",
+            "--net",
+            &net,
+            "--cmdline",
+            &cmdline,
+        ]);
+        let r = result_of("virtio-net", run(cmd, LIMIT));
+        r.expect_ok();
+        assert_eq!(r.num("frames"), frames, "{}", r.result);
+        assert_eq!(r.get("mac"), guest_mac, "{}", r.result);
+        assert_eq!(r.get("peer_mac"), tap_mac, "{}", r.result);
+        assert_eq!(r.get("wait"), wait, "{}", r.result);
+        assert!(r.num("bytes") > 0 && r.num("cycles") > 0, "{}", r.result);
+        runs.push(r);
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let echoed = echo.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        echoed,
+        2 * frames,
+        "the host echoed {echoed} datagrams for two runs of {frames}"
+    );
+}
