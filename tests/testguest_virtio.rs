@@ -7,7 +7,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
@@ -531,4 +531,100 @@ fn virtio_net_echoes_udp_through_a_tap() {
         2 * frames,
         "the host echoed {echoed} datagrams for two runs of {frames}"
     );
+}
+
+/// A Unix-socket echo server at `path`: serves connections one after another, echoing every
+/// byte until the client closes, until `stop` is set. The thread returns the bytes echoed.
+fn unix_echo(
+    path: &Path,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<u64, String>> {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .unwrap_or_else(|e| panic!("cannot listen at {}: {e}", path.display()));
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let mut echoed = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            let mut conn = match listener.accept() {
+                Ok((conn, _)) => conn,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                }
+                Err(e) => return Err(format!("accept: {e}")),
+            };
+            conn.set_nonblocking(false).map_err(|e| e.to_string())?;
+            conn.set_read_timeout(Some(Duration::from_millis(100)))
+                .map_err(|e| e.to_string())?;
+            let mut buf = [0u8; 65536];
+            loop {
+                match conn.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        conn.write_all(&buf[..n])
+                            .map_err(|e| format!("echo write: {e}"))?;
+                        echoed += n as u64;
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut =>
+                    {
+                        if stop.load(Ordering::SeqCst) {
+                            break;
+                        }
+                    }
+                    Err(e) => return Err(format!("echo read: {e}")),
+                }
+            }
+        }
+        Ok(echoed)
+    })
+}
+
+#[test]
+fn virtio_vsock_echoes_through_a_unix_socket() {
+    const TEST: &str = "virtio_vsock_echoes_through_a_unix_socket";
+    if let Some(reason) = kvm_unavailable().or_else(|| kite_lacks("--vsock")) {
+        return skip(TEST, &reason);
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let dir = temp_file(TEST, "placeholder", b"");
+    let socket = dir.with_file_name("v.sock");
+    let port = 5201;
+    let listen = PathBuf::from(format!("{}_{port}", path_str(&socket)));
+    let _ = std::fs::remove_file(&listen);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let echo = unix_echo(&listen, stop.clone());
+    let vsock = format!("cid=7,socket={}", path_str(&socket));
+    let mut total = 0;
+    for (wait, bytes, chunk) in [("irq", 300_000u64, 4096), ("poll", 100_000, 1000)] {
+        let cmdline = format!(
+            "kite_test=virtio-vsock kite_vsock_port={port} kite_vsock_bytes={bytes} kite_vsock_chunk={chunk} kite_virtio_wait={wait} kite_seed=3"
+        );
+        let mut cmd = kite();
+        cmd.args([
+            "run",
+            "--kernel",
+            path_str(&elf),
+            "--memory",
+            "256M",
+            "--no-rng",
+            "--vsock",
+            &vsock,
+            "--cmdline",
+            &cmdline,
+        ]);
+        let r = result_of("virtio-vsock", run(cmd, LIMIT));
+        r.expect_ok();
+        assert_eq!(r.num("bytes"), bytes, "{}", r.result);
+        assert_eq!(r.num("echoed"), bytes, "{}", r.result);
+        assert_eq!(r.num("guest_cid"), 7, "{}", r.result);
+        assert_eq!(r.get("wait"), wait, "{}", r.result);
+        total += bytes;
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let echoed = echo.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(echoed, total, "bytes the host echoed");
 }
