@@ -22,6 +22,11 @@ pub struct Cli {
 pub enum Command {
     /// Boot a kernel and attach its serial console to this terminal.
     Run(RunArgs),
+    /// Measure what a VM costs against the bare host: each workload on the host and in a VM.
+    Bench(crate::bench::BenchArgs),
+    /// Run one benchmark workload as a plain host process (the host side of `kite bench`).
+    #[command(hide = true)]
+    Workload(crate::bench::host::WorkloadArgs),
 }
 
 #[derive(Args, Debug)]
@@ -53,6 +58,9 @@ pub struct RunArgs {
     /// Stop the VM after this many seconds (exit code 124).
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
+    /// Print the whole start-up timeline and memory figures on stderr at the end (kite bench).
+    #[arg(long, hide = true)]
+    pub timeline: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -2,6 +2,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod arch;
+pub mod bench;
 pub mod bus;
 pub mod cli;
 pub mod config;

@@ -72,6 +72,18 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
             for (name, at) in &report.timeline.marks {
                 log::debug!("{:>8.1} ms  {name}", at.as_secs_f64() * 1e3);
             }
+            if let Some(m) = &report.memory {
+                let mib = |b: u64| b as f64 / f64::from(1 << 20);
+                log::info!(
+                    "memory: {:.1} MiB VMM overhead (peak RSS {:.1} MiB less {:.1} MiB of guest RAM touched)",
+                    mib(m.overhead()),
+                    mib(m.peak_rss),
+                    mib(m.guest_resident)
+                );
+            }
+            if args.timeline {
+                kite::bench::timeline::print(&report, process_start);
+            }
             reason.exit_code()
         }
         Err(e) => {
@@ -105,6 +117,14 @@ fn main() -> ExitCode {
     init_logging();
     let code = match &cli.command {
         Command::Run(args) => run(args, process_start),
+        Command::Bench(args) => match kite::bench::run(args) {
+            Ok(_) => 0,
+            Err(e) => {
+                eprintln!("kite: error: {}", chain(&e));
+                e.exit_code()
+            }
+        },
+        Command::Workload(args) => kite::bench::host::main(args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

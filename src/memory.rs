@@ -24,6 +24,8 @@ pub enum Error {
         #[source]
         source: kvm_ioctls::Error,
     },
+    #[error("cannot measure memory use")]
+    Usage(#[source] std::io::Error),
 }
 
 /// The RAM ranges `(start, size)` for `size` bytes of guest memory: below the gap, and the rest
@@ -68,6 +70,67 @@ pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<(), Error> {
     Ok(())
 }
 
+/// What the Kite process holds in memory, for telling the VMM's own cost apart from the guest's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryUsage {
+    /// Peak resident set size of the whole process (VmHWM), bytes.
+    pub peak_rss: u64,
+    /// Guest RAM pages resident in this process, bytes: what the guest (and the loader) touched.
+    pub guest_resident: u64,
+}
+
+impl MemoryUsage {
+    /// The VMM's own share: peak RSS less the guest RAM that is resident.
+    pub fn overhead(&self) -> u64 {
+        self.peak_rss.saturating_sub(self.guest_resident)
+    }
+}
+
+/// Measure [`MemoryUsage`] now; call it when the guest has stopped (it only grows until then).
+pub fn usage(mem: &GuestMem) -> Result<MemoryUsage, Error> {
+    let status = std::fs::read_to_string("/proc/self/status").map_err(Error::Usage)?;
+    let peak_rss = vm_hwm(&status)
+        .ok_or_else(|| Error::Usage(std::io::Error::other("no VmHWM line in /proc/self/status")))?;
+    Ok(MemoryUsage {
+        peak_rss,
+        guest_resident: resident_bytes(mem).map_err(Error::Usage)?,
+    })
+}
+
+/// The `VmHWM:` figure of a /proc/<pid>/status text, in bytes.
+fn vm_hwm(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let mut words = line["VmHWM:".len()..].split_whitespace();
+    let kib: u64 = words.next()?.parse().ok()?;
+    (words.next() == Some("kB")).then_some(kib * 1024)
+}
+
+/// Bytes of guest RAM backed by resident pages, counted page by page with mincore(2).
+pub fn resident_bytes(mem: &GuestMem) -> std::io::Result<u64> {
+    // SAFETY: sysconf has no memory effects.
+    let page = match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        n if n > 0 => n as usize,
+        _ => 4096,
+    };
+    let mut total = 0u64;
+    for region in mem.iter() {
+        let Ok(host) = mem.get_host_address(region.start_addr()) else {
+            continue;
+        };
+        let len = region.len() as usize;
+        let mut vec = vec![0u8; len.div_ceil(page)];
+        // SAFETY: `host..host + len` is one mapping owned by `mem` (mmap returns page-aligned
+        // addresses), and `vec` has one byte per page of it, which is all mincore writes.
+        let rc = unsafe { libc::mincore(host.cast(), len, vec.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let pages = vec.iter().filter(|&&b| b & 1 != 0).count() as u64;
+        total += pages * page as u64;
+    }
+    Ok(total)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -91,6 +154,31 @@ mod tests {
             ]
         );
         assert_eq!(ram_ranges(MMIO_GAP_START).len(), 1);
+    }
+
+    #[test]
+    fn resident_bytes_counts_the_pages_touched() {
+        use vm_memory::Bytes;
+        let mem = create(16 << 20).unwrap();
+        let before = resident_bytes(&mem).unwrap();
+        for i in 0..64u64 {
+            mem.write_obj(1u8, GuestAddress(i * 4096 + (1 << 20)))
+                .unwrap();
+        }
+        let after = resident_bytes(&mem).unwrap();
+        assert!(after >= before + 64 * 4096, "{before} -> {after}");
+        assert!(after <= 16 << 20);
+    }
+
+    #[test]
+    fn usage_reads_the_peak_rss() {
+        let mem = create(4 << 20).unwrap();
+        let u = usage(&mem).unwrap();
+        assert!(u.peak_rss > 0);
+        assert_eq!(u.overhead(), u.peak_rss.saturating_sub(u.guest_resident));
+        let status = "Name:\tkite\nVmPeak:\t  100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t1 kB\n";
+        assert_eq!(vm_hwm(status), Some(2 << 20));
+        assert_eq!(vm_hwm("VmHWM: lots"), None);
     }
 
     #[test]

@@ -118,6 +118,8 @@ pub struct RunReport {
     pub last_console_line: String,
     pub timeline: Timeline,
     pub boot_time: Option<(Duration, Duration)>,
+    /// Peak RSS and guest RAM touched, measured when the vCPUs have stopped.
+    pub memory: Option<memory::MemoryUsage>,
 }
 
 pub struct Vmm {
@@ -307,6 +309,9 @@ impl Vmm {
             }
         }
         loop_result?;
+        let memory = memory::usage(&self._mem)
+            .map_err(|e| log::debug!("{e}"))
+            .ok();
 
         let start = self.process_start;
         if let Some(at) = first_entry.get() {
@@ -335,6 +340,7 @@ impl Vmm {
             last_console_line: console.last_line(),
             timeline: self.timeline.clone(),
             boot_time,
+            memory,
         })
     }
 }

@@ -1,0 +1,343 @@
+//! `kite bench`: what a VM costs against bare metal, measured side by side.
+//!
+//! Each workload runs on the host as a plain process (`kite workload <name>`, see [`host`]) and
+//! inside a Kite VM (the test guest, built from the same source), alternating host, guest, host,
+//! guest so that drift of the machine hits both sides. The table shows median, min and max of
+//! each side and the guest/host ratio; `--json` keeps every raw sample, `--svg` draws the ratios.
+//!
+//! Files: [`workloads`] (what runs, which rows), [`runner`] (children with time limits, finding
+//! the test guest), [`line`] and [`timeline`] (what children print), [`stats`], [`report`]
+//! (rows, JSON), [`table`], [`svg`].
+
+pub mod host;
+pub mod line;
+pub mod report;
+pub mod runner;
+pub mod stats;
+pub mod svg;
+pub mod table;
+pub mod timeline;
+pub mod workloads;
+
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+
+use report::{RawRun, Report, Row, Status};
+use workloads::{Ctx, Outcome, Sample, Side, Workload};
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Workloads to run (default: all): cpu, mem, pio-rtt, mmio-rtt, startup, virtio-blk,
+    /// virtio-net.
+    #[arg(value_name = "WORKLOAD")]
+    pub workloads: Vec<String>,
+    /// Runs of each side of each workload.
+    #[arg(long, value_name = "N", default_value = "5")]
+    pub runs: String,
+    /// Write every raw sample and the summaries as JSON here.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+    /// Write a bar chart of the guest/host ratios as SVG here.
+    #[arg(long, value_name = "PATH")]
+    pub svg: Option<PathBuf>,
+    /// The test guest ELF (default: guest-images/out/testguest.elf, built if needed).
+    #[arg(long, value_name = "PATH")]
+    pub guest: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("unknown workload {0:?}; choose from {names}", names = workloads::names().join(", "))]
+    UnknownWorkload(String),
+    #[error("invalid --runs {0:?}: give a whole number from 1 to 1000")]
+    Runs(String),
+    #[error("cannot find Kite's own executable")]
+    Exe(#[source] std::io::Error),
+    #[error(transparent)]
+    Runner(#[from] runner::Error),
+    #[error("cannot create the scratch disk image {}", .path.display())]
+    Disk {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write {}", .path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0} failed (see the table)")]
+    Failed(String),
+}
+
+impl Error {
+    /// 2 for what the user gave, 1 for a failed bench.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::UnknownWorkload(_) | Error::Runs(_) => 2,
+            Error::Runner(runner::Error::GuestMissing(_) | runner::Error::NoGuest) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Size of the scratch disk image virtio-blk reads and writes on both sides.
+pub const DISK_BYTES: u64 = 64 << 20;
+
+/// TSC ticks per second: rdtsc against CLOCK_MONOTONIC over about 100 ms.
+pub fn measure_tsc_hz() -> f64 {
+    let (t0, c0) = (timeline::monotonic_ns(), host::rdtsc());
+    std::thread::sleep(Duration::from_millis(100));
+    let (t1, c1) = (timeline::monotonic_ns(), host::rdtsc());
+    let ns = t1.saturating_sub(t0).max(1);
+    c1.wrapping_sub(c0) as f64 * 1e9 / ns as f64
+}
+
+/// The progress line on stderr: rewritten in place on a terminal, one line per run otherwise.
+struct Progress {
+    tty: bool,
+    total: usize,
+    done: usize,
+}
+
+impl Progress {
+    fn show(&mut self, text: &str) {
+        self.done += 1;
+        let line = format!("kite bench [{}/{}] {text}", self.done, self.total);
+        let mut err = std::io::stderr().lock();
+        let _ = if self.tty {
+            write!(err, "\r\x1b[K{line}")
+        } else {
+            writeln!(err, "{line}")
+        };
+        let _ = err.flush();
+    }
+
+    fn finish(&self) {
+        if self.tty {
+            let _ = write!(std::io::stderr(), "\r\x1b[K");
+        }
+    }
+}
+
+/// A scratch directory, removed with everything in it when dropped.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A fresh disk image of [`DISK_BYTES`] filled with non-zero data (no holes), in `dir`.
+fn make_disk(dir: &Path) -> Result<PathBuf, Error> {
+    let path = dir.join("disk.img");
+    let err = |source| Error::Disk {
+        path: path.clone(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let mut file = std::fs::File::create(&path).map_err(err)?;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..DISK_BYTES / chunk.len() as u64 {
+        for word in chunk.chunks_exact_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            word.copy_from_slice(&x.to_le_bytes());
+        }
+        file.write_all(&chunk).map_err(err)?;
+    }
+    Ok(path)
+}
+
+fn parse_args(args: &BenchArgs) -> Result<(Vec<Workload>, u32), Error> {
+    let runs = args
+        .runs
+        .parse::<u32>()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| Error::Runs(args.runs.clone()))?;
+    let mut chosen = Vec::new();
+    for name in &args.workloads {
+        let selected = workloads::from_name(name);
+        if selected.is_empty() {
+            return Err(Error::UnknownWorkload(name.clone()));
+        }
+        for w in selected {
+            if !chosen.contains(&w) {
+                chosen.push(w);
+            }
+        }
+    }
+    if chosen.is_empty() {
+        chosen = workloads::ALL.to_vec();
+    }
+    Ok((chosen, runs))
+}
+
+/// Run every side of `w` `runs` times, interleaved, and make its rows.
+fn bench_workload(
+    ctx: &Ctx,
+    w: Workload,
+    runs: u32,
+    progress: &mut Progress,
+    raw: &mut Vec<RawRun>,
+) -> Vec<Row> {
+    if let Some(why) = w.unavailable() {
+        progress.total -= w.sides().len() * runs as usize;
+        return vec![Row::without_figures(w.label(), Status::NotAvailable(why))];
+    }
+    let mut host: Vec<Sample> = Vec::new();
+    let mut guest: Vec<Sample> = Vec::new();
+    for run in 1..=runs {
+        for &side in w.sides() {
+            progress.show(&format!(
+                "{}: {} run {run} of {runs}",
+                w.label(),
+                side.name()
+            ));
+            match workloads::run_once(ctx, w, side) {
+                Outcome::Done(s) => {
+                    raw.push(RawRun {
+                        workload: w.label().into(),
+                        side: side.name(),
+                        run,
+                        line: s.line.clone(),
+                        wall_ms: s.wall_ms,
+                    });
+                    match side {
+                        Side::Host => host.push(s),
+                        Side::Guest => guest.push(s),
+                    }
+                }
+                Outcome::NotAvailable(why) => {
+                    return vec![Row::without_figures(w.label(), Status::NotAvailable(why))];
+                }
+                Outcome::Failed(why) => {
+                    let why = format!("{} run {run}: {why}", side.name());
+                    return vec![Row::without_figures(w.label(), Status::Failed(why))];
+                }
+            }
+        }
+    }
+    workloads::rows(ctx, w, &host, &guest)
+}
+
+/// The whole `kite bench`: runs, then the table on stdout and the files asked for.
+pub fn run(args: &BenchArgs) -> Result<Report, Error> {
+    let (chosen, runs) = parse_args(args)?;
+    let exe = std::env::current_exe().map_err(Error::Exe)?;
+    let guest = runner::find_guest(args.guest.as_deref())?;
+    let scratch = Scratch(std::env::temp_dir().join(format!("kite-bench-{}", std::process::id())));
+    let disk = if chosen.iter().any(|w| w.needs_disk()) {
+        Some(make_disk(&scratch.0)?)
+    } else {
+        None
+    };
+    let ctx = Ctx {
+        exe: &exe,
+        guest: &guest,
+        disk: disk.as_deref(),
+        tsc_hz: measure_tsc_hz(),
+    };
+    let mut progress = Progress {
+        tty: std::io::stderr().is_terminal(),
+        total: chosen.iter().map(|w| w.sides().len()).sum::<usize>() * runs as usize,
+        done: 0,
+    };
+    let mut report = Report {
+        runs,
+        tsc_hz: ctx.tsc_hz,
+        guest_image: guest.display().to_string(),
+        ..Report::default()
+    };
+    for &w in &chosen {
+        let rows = bench_workload(&ctx, w, runs, &mut progress, &mut report.raw);
+        report.rows.extend(rows);
+    }
+    progress.finish();
+    drop(scratch);
+
+    print!("{}", table::render(&report));
+    let _ = std::io::stdout().flush();
+    let write = |path: &PathBuf, text: String| {
+        std::fs::write(path, text).map_err(|source| Error::Write {
+            path: path.clone(),
+            source,
+        })
+    };
+    if let Some(path) = &args.json {
+        write(path, report::to_json(&report))?;
+    }
+    if let Some(path) = &args.svg {
+        write(path, svg::render(&report))?;
+    }
+    let failed: Vec<&str> = report.failures().map(|r| r.workload.as_str()).collect();
+    if !failed.is_empty() {
+        return Err(Error::Failed(failed.join(", ")));
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(workloads: &[&str], runs: &str) -> BenchArgs {
+        BenchArgs {
+            workloads: workloads.iter().map(|s| s.to_string()).collect(),
+            runs: runs.into(),
+            json: None,
+            svg: None,
+            guest: None,
+        }
+    }
+
+    #[test]
+    fn workloads_default_to_all_and_are_checked() {
+        let (w, runs) = parse_args(&args(&[], "5")).unwrap();
+        assert_eq!(w, workloads::ALL);
+        assert_eq!(runs, 5);
+        let (w, _) = parse_args(&args(&["cpu", "pio-rtt", "cpu", "virtio-blk"], "1")).unwrap();
+        assert_eq!(
+            w,
+            [
+                Workload::Cpu,
+                Workload::PioRtt,
+                Workload::BlkRand,
+                Workload::BlkSeq
+            ]
+        );
+        let e = parse_args(&args(&["gpu"], "1")).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, virtio-blk, virtio-net"
+        );
+        assert_eq!(e.exit_code(), 2);
+        for bad in ["0", "-1", "x", "1001"] {
+            assert!(matches!(parse_args(&args(&[], bad)), Err(Error::Runs(_))));
+        }
+    }
+
+    #[test]
+    fn tsc_frequency_is_plausible() {
+        let hz = measure_tsc_hz();
+        assert!((1e8..1e10).contains(&hz), "{hz}");
+    }
+
+    #[test]
+    fn scratch_disk_has_the_size_and_goes_away() {
+        let dir = std::env::temp_dir().join(format!("kite-bench-test-{}", std::process::id()));
+        let scratch = Scratch(dir.clone());
+        let disk = make_disk(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&disk).unwrap().len(), DISK_BYTES);
+        drop(scratch);
+        assert!(!dir.exists());
+    }
+}

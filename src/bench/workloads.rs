@@ -1,0 +1,741 @@
+//! The workloads of `kite bench`: what runs on each side, and which rows each one makes.
+//!
+//! The host side is `kite workload <name>` (this same executable, as a plain process); the guest
+//! side is `kite run --timeline` on the test guest with `kite_test=<scenario>`. Both print a
+//! `KITE-TEST` line, parsed alike.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use super::line::{self, TestLine};
+use super::report::{Row, Status};
+use super::runner;
+use super::timeline::{self, RunTimeline};
+
+/// Guest RAM for every guest run (the `mem` scenario needs 64 MiB free above the image).
+pub const GUEST_MEMORY: &str = "256M";
+/// Exits per `pio-rtt`/`mmio-rtt` run: enough to average out, short where an exit costs ~25 µs.
+pub const RTT_EXITS: u64 = 20_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Cpu,
+    Mem,
+    PioRtt,
+    MmioRtt,
+    Startup,
+    /// virtio-blk, 4 KiB requests at random places.
+    BlkRand,
+    /// virtio-blk, 1 MiB requests in order.
+    BlkSeq,
+    VirtioNet,
+}
+
+pub const ALL: [Workload; 8] = [
+    Workload::Cpu,
+    Workload::Mem,
+    Workload::PioRtt,
+    Workload::MmioRtt,
+    Workload::Startup,
+    Workload::BlkRand,
+    Workload::BlkSeq,
+    Workload::VirtioNet,
+];
+
+/// The names `kite bench` takes, in order (`virtio-blk` stands for both of its workloads).
+pub fn names() -> Vec<&'static str> {
+    let mut names: Vec<&str> = ALL.iter().map(|w| w.name()).collect();
+    names.dedup();
+    names
+}
+
+/// The workloads a name on the command line selects.
+pub fn from_name(name: &str) -> Vec<Workload> {
+    ALL.into_iter().filter(|w| w.name() == name).collect()
+}
+
+/// A virtio-blk throughput run: the guest's `kite_blk_mode`, bytes per request, requests per
+/// direction. One request at a time (`kite_blk_depth=1`), as the host side does.
+pub struct BlkParams {
+    pub mode: &'static str,
+    pub bs: u64,
+    pub ops: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Host,
+    Guest,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Host => "host",
+            Side::Guest => "guest",
+        }
+    }
+}
+
+/// The start-up milestones of `kite run`'s timeline, in order.
+const PHASES: [&str; 6] = [
+    "KVM VM created",
+    "guest RAM ready",
+    "kernel loaded",
+    "vCPUs configured",
+    "first guest instruction",
+    "guest's first serial byte",
+];
+const BOOT_TIMER_MARK: &str = "guest ready (boot timer)";
+
+impl Workload {
+    /// The name `kite bench` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Cpu => "cpu",
+            Workload::Mem => "mem",
+            Workload::PioRtt => "pio-rtt",
+            Workload::MmioRtt => "mmio-rtt",
+            Workload::Startup => "startup",
+            Workload::BlkRand | Workload::BlkSeq => "virtio-blk",
+            Workload::VirtioNet => "virtio-net",
+        }
+    }
+
+    /// The name in the table and the progress line.
+    pub fn label(self) -> &'static str {
+        match self {
+            Workload::BlkRand => "virtio-blk 4k-rand",
+            Workload::BlkSeq => "virtio-blk 1m-seq",
+            w => w.name(),
+        }
+    }
+
+    /// The test guest's `kite_test=` scenario.
+    fn scenario(self) -> &'static str {
+        match self {
+            Workload::Startup => "hello",
+            w => w.name(),
+        }
+    }
+
+    pub fn blk(self) -> Option<BlkParams> {
+        match self {
+            Workload::BlkRand => Some(BlkParams {
+                mode: "rand",
+                bs: 4096,
+                ops: 4096,
+            }),
+            Workload::BlkSeq => Some(BlkParams {
+                mode: "seq",
+                bs: 1 << 20,
+                ops: super::DISK_BYTES >> 20,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn sides(self) -> &'static [Side] {
+        match self {
+            Workload::Cpu | Workload::Mem | Workload::BlkRand | Workload::BlkSeq => {
+                &[Side::Host, Side::Guest]
+            }
+            _ => &[Side::Guest],
+        }
+    }
+
+    /// Scenarios others may not have written yet: a guest without them makes an n/a row.
+    fn optional(self) -> bool {
+        matches!(
+            self,
+            Workload::BlkRand | Workload::BlkSeq | Workload::VirtioNet
+        )
+    }
+
+    /// Time limit of one child run.
+    fn limit(self) -> Duration {
+        Duration::from_secs(match self {
+            Workload::Startup => 30,
+            Workload::BlkRand | Workload::BlkSeq | Workload::VirtioNet => 180,
+            _ => 120,
+        })
+    }
+
+    pub fn needs_disk(self) -> bool {
+        self.blk().is_some()
+    }
+
+    /// Why this workload cannot run with this build of Kite, before anything is started.
+    pub fn unavailable(self) -> Option<String> {
+        (self == Workload::VirtioNet && !kite_run_has("net")).then(|| {
+            "kite run has no virtio-net device yet (no --net option to give the guest one)".into()
+        })
+    }
+}
+
+/// Whether `kite run` takes `--<long>`.
+fn kite_run_has(long: &str) -> bool {
+    use clap::CommandFactory;
+    crate::cli::Cli::command()
+        .find_subcommand("run")
+        .is_some_and(|c| c.get_arguments().any(|a| a.get_long() == Some(long)))
+}
+
+/// What one bench run needs to start children.
+pub struct Ctx<'a> {
+    /// Kite's own executable.
+    pub exe: &'a Path,
+    pub guest: &'a Path,
+    /// The scratch disk image for virtio-blk.
+    pub disk: Option<&'a Path>,
+    pub tsc_hz: f64,
+}
+
+/// One child run's result.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    pub line: String,
+    pub values: Vec<(String, String)>,
+    pub numbers: BTreeMap<String, f64>,
+    /// Spawn to exit, ms.
+    pub wall_ms: f64,
+    /// Spawn to the arrival of the result line, ms.
+    pub line_ms: f64,
+    /// Spawn to Kite's process start, ms (guest runs with a timeline only).
+    pub exec_ms: Option<f64>,
+    pub timeline: RunTimeline,
+}
+
+pub enum Outcome {
+    Done(Sample),
+    NotAvailable(String),
+    Failed(String),
+}
+
+fn command(ctx: &Ctx, w: Workload, side: Side) -> Command {
+    let mut cmd = Command::new(ctx.exe);
+    match side {
+        Side::Host => {
+            cmd.args(["workload", w.name()]);
+            if let (Some(blk), Some(disk)) = (w.blk(), ctx.disk) {
+                cmd.arg("--disk").arg(disk);
+                cmd.args(["--blk-mode", blk.mode]);
+                cmd.args(["--blk-bs", &blk.bs.to_string(), "--n", &blk.ops.to_string()]);
+            }
+        }
+        Side::Guest => {
+            let mut cmdline = format!("kite_test={}", w.scenario());
+            if matches!(w, Workload::PioRtt | Workload::MmioRtt) {
+                cmdline.push_str(&format!(" kite_n={RTT_EXITS}"));
+            }
+            if let Some(blk) = w.blk() {
+                cmdline.push_str(&format!(
+                    " kite_blk_mode={} kite_blk_bs={} kite_blk_depth=1 kite_n={}",
+                    blk.mode, blk.bs, blk.ops
+                ));
+            }
+            cmd.arg("run").arg("--kernel").arg(ctx.guest).args([
+                "--memory",
+                GUEST_MEMORY,
+                "--timeline",
+                "--cmdline",
+                &cmdline,
+            ]);
+            if w == Workload::Startup {
+                cmd.arg("--boot-timer");
+            }
+            if let (true, Some(disk)) = (w.needs_disk(), ctx.disk) {
+                cmd.arg("--disk").arg(disk);
+            }
+        }
+    }
+    cmd
+}
+
+/// Run one side of `w` once and read its result line.
+pub fn run_once(ctx: &Ctx, w: Workload, side: Side) -> Outcome {
+    let out = match runner::run(command(ctx, w, side), w.limit()) {
+        Ok(out) => out,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let found = out
+        .lines
+        .iter()
+        .find_map(|(at, l)| Some((*at, l, line::parse(l).filter(|t| t.name() == w.scenario())?)));
+    let Some((at, text, result)) = found else {
+        let last = out.last_stderr_line();
+        return Outcome::Failed(format!(
+            "no KITE-TEST {} line; the child ended with {}{}{}",
+            w.scenario(),
+            out.status,
+            if last.is_empty() { "" } else { ": " },
+            last
+        ));
+    };
+    let values = match result {
+        TestLine::Fail { reason, .. } if reason == "unknown scenario" && w.optional() => {
+            return Outcome::NotAvailable(format!(
+                "the test guest has no {} scenario yet (it said: FAIL unknown scenario)",
+                w.scenario()
+            ));
+        }
+        // Kite has no network back end the bench could give the guest: any FAIL means n/a.
+        TestLine::Fail { reason, .. } if w == Workload::VirtioNet => {
+            return Outcome::NotAvailable(format!("the guest said: FAIL {reason}"));
+        }
+        TestLine::Fail { reason, .. } => return Outcome::Failed(format!("FAIL {reason}")),
+        TestLine::Ok { values, .. } => values,
+    };
+    if !out.status.success() {
+        return Outcome::Failed(format!(
+            "it printed an ok line but ended with {}: {}",
+            out.status,
+            out.last_stderr_line()
+        ));
+    }
+    let timeline = timeline::parse(&out.stderr);
+    let ms_since_spawn = |ns: u64| ns.saturating_sub(out.spawned_ns) as f64 / 1e6;
+    Outcome::Done(Sample {
+        line: text.clone(),
+        numbers: line::numbers(&values),
+        values,
+        wall_ms: out.wall_ms(),
+        line_ms: ms_since_spawn(at),
+        exec_ms: timeline.start_ns.map(ms_since_spawn),
+        timeline,
+    })
+}
+
+/// Samples of `key`, in run order; `None` if some sample lacks it.
+fn column(samples: &[Sample], key: &str) -> Option<Vec<f64>> {
+    samples
+        .iter()
+        .map(|s| s.numbers.get(key).copied())
+        .collect()
+}
+
+fn failed(w: Workload, why: String) -> Vec<Row> {
+    vec![Row::without_figures(w.label(), Status::Failed(why))]
+}
+
+/// The rows of `w` from its samples (host and guest, in run order).
+pub fn rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Row> {
+    let name = w.label();
+    match w {
+        Workload::Cpu | Workload::Mem => {
+            if w == Workload::Cpu {
+                let sums = host
+                    .iter()
+                    .chain(guest)
+                    .map(|s| line::value(&s.values, "checksum"));
+                let sums: Vec<_> = sums.collect();
+                if sums.windows(2).any(|p| p[0] != p[1]) {
+                    return failed(w, format!("the checksums differ between runs: {sums:?}"));
+                }
+            }
+            let (Some(h), Some(g)) = (column(host, "cycles"), column(guest, "cycles")) else {
+                return failed(w, "a result line has no cycles=".into());
+            };
+            let mcycles = |v: Vec<f64>| v.into_iter().map(|c| c / 1e6).collect();
+            let wall = |s: &[Sample]| s.iter().map(|s| s.wall_ms).collect();
+            vec![
+                Row::new(
+                    name,
+                    &format!("{name}: workload (TSC)"),
+                    "Mcycles",
+                    mcycles(h),
+                    mcycles(g),
+                ),
+                Row::new(
+                    name,
+                    &format!("{name}: whole process, wall"),
+                    "ms",
+                    wall(host),
+                    wall(guest),
+                ),
+            ]
+        }
+        Workload::PioRtt | Workload::MmioRtt => {
+            let Some(c) = column(guest, "cycles_per_rtt") else {
+                return failed(w, "a result line has no cycles_per_rtt=".into());
+            };
+            let ns = c.iter().map(|c| c / ctx.tsc_hz * 1e9).collect();
+            vec![
+                Row::new(name, &format!("{name}: one exit"), "cycles", Vec::new(), c),
+                Row::new(name, &format!("{name}: one exit"), "ns", Vec::new(), ns),
+            ]
+        }
+        Workload::Startup => startup_rows(guest),
+        Workload::BlkRand | Workload::BlkSeq => blk_rows(ctx, w, host, guest),
+        Workload::VirtioNet => generic_rows(name, host, guest),
+    }
+}
+
+/// Per-request write and read times and the flush, on both sides.
+fn blk_rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Row> {
+    let label = w.label();
+    let per = |samples: &[Sample], key: &str, scale: f64| -> Option<Vec<f64>> {
+        samples
+            .iter()
+            .map(|s| {
+                let ops = s.numbers.get("ops").copied().filter(|&n| n > 0.0)?;
+                let cycles = s.numbers.get(key)?;
+                let per = if key == "flush_cycles" { 1.0 } else { ops };
+                Some(cycles / per / ctx.tsc_hz * scale)
+            })
+            .collect()
+    };
+    let mut rows = Vec::new();
+    for (key, what, unit, scale) in [
+        ("write_cycles", "write, one request", "µs", 1e6),
+        ("read_cycles", "read, one request", "µs", 1e6),
+        ("flush_cycles", "flush after the writes", "ms", 1e3),
+    ] {
+        match (per(host, key, scale), per(guest, key, scale)) {
+            (Some(h), Some(g)) => {
+                rows.push(Row::new(label, &format!("{label}: {what}"), unit, h, g))
+            }
+            _ => return failed(w, format!("a result line has no ops= or {key}=")),
+        }
+    }
+    rows
+}
+
+/// Start-up milestones in ms after `kite run` was spawned, then Kite's memory figures.
+fn startup_rows(guest: &[Sample]) -> Vec<Row> {
+    let w = Workload::Startup.name();
+    let Some(exec) = guest
+        .iter()
+        .map(|s| s.exec_ms)
+        .collect::<Option<Vec<f64>>>()
+    else {
+        return failed(
+            Workload::Startup,
+            "kite run --timeline printed no timeline".into(),
+        );
+    };
+    let mut rows = vec![Row::new(
+        w,
+        "start: Kite's main() runs",
+        "ms",
+        Vec::new(),
+        exec.clone(),
+    )];
+    for phase in PHASES {
+        let at: Option<Vec<f64>> = guest
+            .iter()
+            .zip(&exec)
+            .map(|(s, e)| Some(e + s.timeline.mark(phase)?))
+            .collect();
+        match at {
+            Some(v) => rows.push(Row::new(w, &format!("start: {phase}"), "ms", Vec::new(), v)),
+            None => rows.push(Row::without_figures(
+                w,
+                Status::NotAvailable(format!("start: no \"{phase}\" mark in the timeline")),
+            )),
+        }
+    }
+    let timer: Option<Vec<f64>> = guest
+        .iter()
+        .zip(&exec)
+        .map(|(s, e)| Some(e + s.timeline.mark(BOOT_TIMER_MARK)?))
+        .collect();
+    match timer {
+        Some(v) => rows.push(Row::new(
+            w,
+            "start: guest ready (boot timer)",
+            "ms",
+            Vec::new(),
+            v,
+        )),
+        None => rows.push(Row::new(
+            w,
+            "start: guest ready (result line read)",
+            "ms",
+            Vec::new(),
+            guest.iter().map(|s| s.line_ms).collect(),
+        )),
+    }
+    rows.push(Row::new(
+        w,
+        "start: VM stopped, process exited",
+        "ms",
+        Vec::new(),
+        guest.iter().map(|s| s.wall_ms).collect(),
+    ));
+    let Some(mem) = guest
+        .iter()
+        .map(|s| s.timeline.memory)
+        .collect::<Option<Vec<(u64, u64)>>>()
+    else {
+        rows.push(Row::without_figures(
+            "vmm memory",
+            Status::Failed("kite run --timeline printed no memory figures".into()),
+        ));
+        return rows;
+    };
+    let mib = |f: fn(&(u64, u64)) -> u64| -> Vec<f64> {
+        mem.iter().map(|m| f(m) as f64 / (1 << 20) as f64).collect()
+    };
+    rows.push(Row::new(
+        w,
+        "vmm memory: overhead (peak RSS - guest RAM touched)",
+        "MiB",
+        Vec::new(),
+        mib(|m| m.0.saturating_sub(m.1)),
+    ));
+    rows.push(Row::new(
+        w,
+        "vmm memory: peak RSS (VmHWM)",
+        "MiB",
+        Vec::new(),
+        mib(|m| m.0),
+    ));
+    rows.push(Row::new(
+        w,
+        "vmm memory: guest RAM touched (mincore)",
+        "MiB",
+        Vec::new(),
+        mib(|m| m.1),
+    ));
+    rows
+}
+
+/// One row per numeric key either side reports (a run count `n` aside); keys both sides report
+/// get a ratio.
+fn generic_rows(name: &str, host: &[Sample], guest: &[Sample]) -> Vec<Row> {
+    let mut keys: Vec<&String> = host
+        .iter()
+        .chain(guest)
+        .flat_map(|s| s.numbers.keys())
+        .filter(|k| *k != "n")
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut rows = Vec::new();
+    for key in keys {
+        let h = column(host, key).unwrap_or_default();
+        let g = column(guest, key).unwrap_or_default();
+        let unit = key.rsplit_once('_').map_or("", |(_, u)| u);
+        rows.push(Row::new(name, &format!("{name}: {key}"), unit, h, g));
+    }
+    if rows.is_empty() {
+        rows.push(Row::without_figures(
+            name,
+            Status::Failed("the result lines have no figures".into()),
+        ));
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(line_text: &str, wall_ms: f64) -> Sample {
+        let Some(TestLine::Ok { values, .. }) = line::parse(line_text) else {
+            panic!("{line_text}")
+        };
+        Sample {
+            line: line_text.into(),
+            numbers: line::numbers(&values),
+            values,
+            wall_ms,
+            line_ms: wall_ms - 1.0,
+            exec_ms: Some(1.5),
+            timeline: RunTimeline::default(),
+        }
+    }
+
+    fn ctx() -> Ctx<'static> {
+        Ctx {
+            exe: Path::new("kite"),
+            guest: Path::new("guest.elf"),
+            disk: None,
+            tsc_hz: 2e9,
+        }
+    }
+
+    #[test]
+    fn names_select_workloads() {
+        for w in ALL {
+            assert!(from_name(w.name()).contains(&w));
+        }
+        assert_eq!(
+            from_name("virtio-blk"),
+            [Workload::BlkRand, Workload::BlkSeq]
+        );
+        assert!(from_name("nope").is_empty());
+        assert_eq!(names().len(), 7);
+    }
+
+    #[test]
+    fn cpu_rows_compare_cycles_and_wall_time() {
+        let host = [sample(
+            "KITE-TEST cpu ok cycles=400000000 checksum=0xab",
+            200.0,
+        )];
+        let guest = [sample(
+            "KITE-TEST cpu ok cycles=500000000 checksum=0xab",
+            300.0,
+        )];
+        let rows = rows(&ctx(), Workload::Cpu, &host, &guest);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].host, [400.0]);
+        assert!((rows[0].ratio().unwrap().median - 1.25).abs() < 1e-12);
+        assert_eq!(rows[1].unit, "ms");
+        assert!((rows[1].ratio().unwrap().median - 1.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_checksum_mismatch_is_an_error() {
+        let host = [sample("KITE-TEST cpu ok cycles=4 checksum=0xab", 1.0)];
+        let guest = [sample("KITE-TEST cpu ok cycles=5 checksum=0xac", 1.0)];
+        let rows = rows(&ctx(), Workload::Cpu, &host, &guest);
+        assert!(matches!(&rows[0].status, Status::Failed(m) if m.contains("checksums differ")));
+    }
+
+    #[test]
+    fn rtt_rows_convert_cycles_with_the_tsc_frequency() {
+        let guest = [
+            sample("KITE-TEST pio-rtt ok cycles_per_rtt=50000 n=20000", 600.0),
+            sample("KITE-TEST pio-rtt ok cycles_per_rtt=70000 n=20000", 700.0),
+        ];
+        let rows = rows(&ctx(), Workload::PioRtt, &[], &guest);
+        assert_eq!(rows[0].guest, [50000.0, 70000.0]);
+        assert_eq!(rows[1].guest, [25000.0, 35000.0]);
+        assert_eq!(rows[1].unit, "ns");
+        assert!(rows[0].host.is_empty() && rows[0].ratio().is_none());
+    }
+
+    #[test]
+    fn startup_rows_follow_the_timeline() {
+        let mut s = sample("KITE-TEST hello ok ram_mib=255", 40.0);
+        s.timeline = timeline::parse(
+            "kite: timeline: process start at 5 ns CLOCK_MONOTONIC\n\
+             kite: timeline:    0.500 ms  KVM VM created\n\
+             kite: timeline:    5.000 ms  guest RAM ready\n\
+             kite: timeline:    5.200 ms  kernel loaded\n\
+             kite: timeline:    5.800 ms  vCPUs configured\n\
+             kite: timeline:    6.000 ms  first guest instruction\n\
+             kite: timeline:   16.000 ms  guest's first serial byte\n\
+             kite: timeline: memory: peak RSS 20971520 bytes, guest RAM resident 10485760 bytes\n",
+        );
+        let rows = startup_rows(&[s]);
+        let get = |n: &str| {
+            rows.iter()
+                .find(|r| r.name == n)
+                .unwrap_or_else(|| panic!("{n} in {rows:?}"))
+        };
+        assert_eq!(get("start: Kite's main() runs").guest, [1.5]);
+        assert_eq!(get("start: KVM VM created").guest, [2.0]);
+        assert_eq!(get("start: guest's first serial byte").guest, [17.5]);
+        assert_eq!(get("start: guest ready (result line read)").guest, [39.0]);
+        assert_eq!(get("start: VM stopped, process exited").guest, [40.0]);
+        assert_eq!(
+            get("vmm memory: overhead (peak RSS - guest RAM touched)").guest,
+            [10.0]
+        );
+        assert!(rows.iter().all(|r| r.status == Status::Ok));
+    }
+
+    #[test]
+    fn startup_without_a_timeline_is_an_error() {
+        let mut s = sample("KITE-TEST hello ok ram_mib=255", 40.0);
+        s.exec_ms = None;
+        let rows = startup_rows(&[s]);
+        assert!(matches!(rows[0].status, Status::Failed(_)));
+    }
+
+    #[test]
+    fn generic_rows_pair_the_keys_both_sides_report() {
+        let host = [sample(
+            "KITE-TEST virtio-blk ok rand4k_read_cycles=100 only_host_ns=5",
+            1.0,
+        )];
+        let guest = [sample(
+            "KITE-TEST virtio-blk ok rand4k_read_cycles=300 n=7 sum=0x1",
+            1.0,
+        )];
+        let rows = generic_rows("virtio-blk", &host, &guest);
+        assert_eq!(rows.len(), 2, "{rows:?}");
+        assert_eq!(rows[1].name, "virtio-blk: rand4k_read_cycles");
+        assert_eq!(rows[1].unit, "cycles");
+        assert_eq!(rows[1].ratio().unwrap().median, 3.0);
+        assert_eq!(rows[0].name, "virtio-blk: only_host_ns");
+        assert!(rows[0].guest.is_empty());
+    }
+
+    #[test]
+    fn blk_rows_are_times_per_request_on_both_sides() {
+        let host = [sample(
+            "KITE-TEST virtio-blk ok mode=rand bs=4096 depth=1 ops=100 write_cycles=2000000 \
+             flush_cycles=4000000 read_cycles=1000000",
+            1.0,
+        )];
+        let guest = [sample(
+            "KITE-TEST virtio-blk ok mode=rand bs=4096 depth=1 ops=100 readonly=0 \
+             write_cycles=8000000 write_iops=5 flush_cycles=6000000 read_cycles=4000000 \
+             tsc_hz=2000000000 tsc_src=pit",
+            1.0,
+        )];
+        let rows = rows(&ctx(), Workload::BlkRand, &host, &guest);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].name, "virtio-blk 4k-rand: write, one request");
+        // 2e6 cycles / 100 requests at 2 GHz = 10 µs.
+        assert_eq!(rows[0].host, [10.0]);
+        assert_eq!(rows[0].guest, [40.0]);
+        assert_eq!(rows[1].guest, [20.0]);
+        assert_eq!(rows[2].unit, "ms");
+        assert_eq!(rows[2].host, [2.0]);
+        assert!((rows[2].ratio().unwrap().median - 1.5).abs() < 1e-12);
+        let bad = [sample("KITE-TEST virtio-blk ok mode=rand", 1.0)];
+        let rows = super::rows(&ctx(), Workload::BlkSeq, &bad, &bad);
+        assert!(matches!(rows[0].status, Status::Failed(_)));
+        assert_eq!(rows[0].workload, "virtio-blk 1m-seq");
+    }
+
+    #[test]
+    fn guest_command_boots_the_scenario_with_a_timeline() {
+        let c = ctx();
+        let cmd = command(&c, Workload::MmioRtt, Side::Guest);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(args[0], "run");
+        assert!(args.iter().any(|a| a == "--timeline"));
+        assert!(args.iter().any(|a| a == "kite_test=mmio-rtt kite_n=20000"));
+        let cmd = command(&c, Workload::Cpu, Side::Host);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(args, ["workload", "cpu"]);
+        let c = Ctx {
+            disk: Some(Path::new("/tmp/d.img")),
+            ..ctx()
+        };
+        let cmd = command(&c, Workload::BlkSeq, Side::Guest);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        assert!(
+            args.windows(2)
+                .any(|p| p[0] == "--disk" && p[1] == "/tmp/d.img")
+        );
+        assert!(args.iter().any(|a| a
+            == "kite_test=virtio-blk kite_blk_mode=seq kite_blk_bs=1048576 kite_blk_depth=1 kite_n=64"));
+        let cmd = command(&c, Workload::BlkRand, Side::Host);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(
+            args,
+            [
+                "workload",
+                "virtio-blk",
+                "--disk",
+                "/tmp/d.img",
+                "--blk-mode",
+                "rand",
+                "--blk-bs",
+                "4096",
+                "--n",
+                "4096"
+            ]
+        );
+    }
+}
