@@ -641,7 +641,10 @@ impl Queue {
                         core::hint::spin_loop();
                     }
                     // SAFETY: static of entry.S, only accessed atomically.
-                    let isr = unsafe { virtio_isr[self.irq as usize].load(Ordering::SeqCst) };
+                    // Take the configuration-change bit: each one is looked at once.
+                    let isr = unsafe {
+                        virtio_isr[self.irq as usize].fetch_and(!INT_CONFIG, Ordering::SeqCst)
+                    };
                     if isr & INT_CONFIG != 0
                         && mmio::read32(self.base + STATUS) & S_NEEDS_RESET != 0
                     {
