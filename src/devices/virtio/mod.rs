@@ -146,6 +146,16 @@ impl Default for MmioSlots {
 /// The event loop every device's queue events go to.
 pub type EventLoop = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
 
+/// What the micro-benchmarks in `benches/` drive directly (queue handling, request parsing, the
+/// register file); not part of the interface the VMM uses.
+#[doc(hidden)]
+pub mod bench_api {
+    pub use super::block::Block;
+    pub use super::device::{Active, Completion, Interrupt, LogLimiter, VirtioDevice};
+    pub use super::disk::Disk;
+    pub use super::mmio::MmioTransport;
+}
+
 /// What attaching a virtio device touches.
 pub struct VirtioContext<'a> {
     pub vm: &'a VmFd,
