@@ -12,7 +12,14 @@
 #
 # Slow results are cached outside the checkout, under
 #   ${KITE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kite}
-# in directories named after a hash of their inputs, so a second run only copies.
+# in directories named after a hash of their inputs, so a second run only copies:
+#   kernel/<key>/     vmlinux, bzImage, kernel.config; key = sha256 of the installed
+#                     linux-source-6.1 version, the option lines of kernel.config and
+#                     the source text of the kernel_* functions below
+#   initramfs/<key>/  initramfs.cpio.gz; key = sha256 of the installed busybox-static
+#                     version, guest-images/init and the text of initramfs_build
+#   src/              the unpacked kernel tree, only while a kernel build runs
+# guest-images/out/ is refreshed from the cache on every run.
 # Missing Debian packages are installed with apt-get (needs root or sudo).
 #
 # Usage: guest-images/build.sh        (from any directory)
@@ -155,8 +162,8 @@ kernel_cache_key() {
 	{
 		echo "kite guest kernel"
 		echo "package $KERNEL_SRC_PKG $(pkg_version "$KERNEL_SRC_PKG")"
-		echo "--- fragment"
-		cat -- "$FRAGMENT"
+		echo "--- fragment (option lines only)"
+		grep -E '^(CONFIG_[A-Za-z0-9_]+=|# CONFIG_[A-Za-z0-9_]+ is not set)' -- "$FRAGMENT"
 		echo "--- recipe"
 		declare -f kernel_unpack_source kernel_check_config kernel_build
 	} | sha256sum | cut -c1-24
