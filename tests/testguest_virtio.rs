@@ -389,40 +389,37 @@ fn udp_echo(
     let addr = addr.to_string();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let handle = std::thread::spawn(move || {
-        let result = (|| {
-            let socket = enter_netns(&ns)
-                .and_then(|()| std::net::UdpSocket::bind(&addr))
-                .map_err(|e| format!("UDP echo server at {addr}: {e}"));
-            let socket = match socket {
-                Ok(s) => s,
-                Err(e) => {
-                    let _ = ready_tx.send(Err(e.clone()));
-                    return Err(e);
-                }
-            };
-            socket
-                .set_read_timeout(Some(Duration::from_millis(50)))
-                .map_err(|e| e.to_string())?;
-            let _ = ready_tx.send(Ok(()));
-            let mut buf = [0u8; 65536];
-            let mut echoed = 0u64;
-            while !stop.load(Ordering::SeqCst) {
-                match socket.recv_from(&mut buf) {
-                    Ok((n, from)) => {
-                        socket
-                            .send_to(&buf[..n], from)
-                            .map_err(|e| format!("echo to {from}: {e}"))?;
-                        echoed += 1;
-                    }
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::WouldBlock
-                            || e.kind() == std::io::ErrorKind::TimedOut => {}
-                    Err(e) => return Err(format!("UDP echo server: {e}")),
-                }
+        let socket = enter_netns(&ns)
+            .and_then(|()| std::net::UdpSocket::bind(&addr))
+            .map_err(|e| format!("UDP echo server at {addr}: {e}"));
+        let socket = match socket {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = ready_tx.send(Err(e.clone()));
+                return Err(e);
             }
-            Ok(echoed)
-        })();
-        result
+        };
+        socket
+            .set_read_timeout(Some(Duration::from_millis(50)))
+            .map_err(|e| e.to_string())?;
+        let _ = ready_tx.send(Ok(()));
+        let mut buf = [0u8; 65536];
+        let mut echoed = 0u64;
+        while !stop.load(Ordering::SeqCst) {
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    socket
+                        .send_to(&buf[..n], from)
+                        .map_err(|e| format!("echo to {from}: {e}"))?;
+                    echoed += 1;
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(format!("UDP echo server: {e}")),
+            }
+        }
+        Ok(echoed)
     });
     if let Ok(Err(e)) = ready_rx.recv_timeout(Duration::from_secs(10)) {
         panic!("{e}");
