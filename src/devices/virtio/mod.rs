@@ -10,8 +10,8 @@
 //! an epoll set the event loop watches next to their queue eventfds, so that I/O happens on the
 //! event loop too.
 //!
-//! The VMM attaches devices with [`attach_block`], [`attach_rng`] and [`attach_net`], and calls
-//! [`BlockHandle::sync`] on every disk at shutdown.
+//! The VMM attaches devices with [`attach_block`], [`attach_rng`], [`attach_net`] and
+//! [`attach_vsock`], and calls [`BlockHandle::sync`] on every disk at shutdown.
 
 mod block;
 mod chain;
@@ -23,6 +23,7 @@ mod rng;
 mod tap;
 #[cfg(test)]
 mod testutil;
+mod vsock;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -45,6 +46,7 @@ use mmio::{MmioTransport, QUEUE_NOTIFY};
 use net::Net;
 use rng::Rng;
 use tap::Tap;
+use vsock::Vsock;
 
 /// A disk as the user asked for it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,12 +66,23 @@ pub struct NetConfig {
     pub mac: [u8; 6],
 }
 
+/// A vsock device as the user asked for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context ID (3 or more).
+    pub cid: u32,
+    /// Kite listens here for host programs; guest connections to host port P go to `<socket>_P`.
+    pub socket: PathBuf,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     Disk(#[from] disk::Error),
     #[error(transparent)]
     Tap(#[from] tap::Error),
+    #[error(transparent)]
+    Vsock(#[from] vsock::Error),
     #[error("cannot make an epoll set for {0}")]
     Epoll(String, #[source] std::io::Error),
     #[error("no virtio-mmio window or IRQ line is left for another device")]
@@ -216,6 +229,12 @@ pub fn attach_net(ctx: &mut VirtioContext<'_>, net: &NetConfig) -> Result<Placem
     }
     let device = Net::new(Box::new(tap), net.mac)
         .map_err(|e| Error::Epoll(format!("tap {}", net.tap), e))?;
+    attach(ctx, Arc::new(Mutex::new(device)))
+}
+
+/// Attach a virtio-vsock device for guest CID `vsock.cid`, listening on `vsock.socket`.
+pub fn attach_vsock(ctx: &mut VirtioContext<'_>, vsock: &VsockConfig) -> Result<Placement, Error> {
+    let device = Vsock::new(vsock.cid, &vsock.socket)?;
     attach(ctx, Arc::new(Mutex::new(device)))
 }
 

@@ -1,0 +1,875 @@
+//! virtio-vsock (virtio 1.2, section 5.10) with the host side in user space, on Unix sockets:
+//!
+//! - a guest connecting to host CID 2, port P is connected to the Unix socket `<socket>_P`;
+//! - a host program connecting to `<socket>` (Kite listens there) and writing `CONNECT <port>\n`
+//!   is connected to that guest port, and reads `OK <host port>\n` once the guest accepts.
+//!
+//! Stream sockets only. Data flows under the spec's credit scheme: the device never sends the
+//! guest more than the buffer the guest advertised ([`conn::Conn::credit`]), advertises a
+//! buffer of its own per connection, and tells the guest when it has room again. A packet the
+//! device cannot act on (an unknown operation, a bad length, another socket type, another host
+//! CID, a port nobody listens on, a connection that does not exist) is answered with RST. A chain
+//! whose buffers are unusable is returned with a rate-limited log line; one that cannot be walked
+//! puts the device into the needs-reset state, as for every device.
+//!
+//! The listening socket, every connection's stream and a wake-up eventfd sit in the device's own
+//! epoll set, which the event loop watches next to the queue eventfds: everything here runs on
+//! the event loop. Connections' streams are edge-triggered, and the device remembers what they
+//! reported; when it stops early (no receive buffers, no credit, a spent budget) it is woken by
+//! the driver's notification, the guest's credit, or its own eventfd.
+
+mod conn;
+mod packet;
+mod unix;
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::io::{self, Read};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+
+use log::{debug, error, warn};
+use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+
+use super::chain::{Bufs, Chain, LayoutError};
+use super::device::{Active, LogLimiter, VirtioDevice, read_config_bytes};
+use crate::memory::GuestMem;
+use conn::{Conn, State};
+use packet::{
+    HDR_LEN, HOST_CID, Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
+    OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
+
+pub const QUEUE_SIZE: u16 = 256;
+const RX: usize = 0;
+const TX: usize = 1;
+/// VIRTIO_VSOCK_F_STREAM: stream sockets (also implied when no type feature is negotiated).
+const F_STREAM: u64 = 1 << 0;
+/// Largest payload in one packet, either way.
+const MAX_PAYLOAD: usize = 64 << 10;
+/// Connections (and host programs still to send their CONNECT line) at once.
+const MAX_CONNS: usize = 1024;
+/// Packets without payload waiting for receive buffers; past this the device stops taking the
+/// guest's packets, which are what make more of them.
+const MAX_CONTROL: usize = 1024;
+const MAX_LINE: usize = 32;
+/// Host ports Kite gives host-initiated connections start here.
+const FIRST_HOST_PORT: u32 = 1 << 30;
+const LISTENER: u64 = 0;
+const WAKE: u64 = 1;
+const FIRST_TOKEN: u64 = 2;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("vsock guest CID {0} is reserved: use 3 or more (and less than 4294967295)")]
+    Cid(u32),
+    #[error("vsock socket {} already exists (remove it if no VM uses it)", .0.display())]
+    Exists(PathBuf),
+    #[error("cannot listen on vsock socket {}", .path.display())]
+    Bind {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot set up the vsock device's epoll set")]
+    Epoll(#[source] io::Error),
+}
+
+/// A packet the device has for the guest that carries no payload.
+enum Control {
+    /// On a live connection: built when sent, so it carries the credit of that moment.
+    Conn { token: u64, op: u16, flags: u32 },
+    /// For a connection that is gone (a reset).
+    Raw(Header),
+}
+
+/// Why a chain from the guest was returned unread.
+#[derive(Debug, thiserror::Error)]
+enum ChainUse {
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+    #[error("chain has {0} device-writable bytes on the transmit queue")]
+    Writable(u64),
+    #[error("chain has {0} device-readable bytes on the receive queue")]
+    Readable(u64),
+    #[error("chain of {0} bytes is shorter than a packet header")]
+    Short(u64),
+    #[error("guest memory access failed")]
+    Memory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// What reading a connection's host data gave.
+enum Data {
+    /// A packet of this many bytes (header and payload) is ready.
+    Packet(usize),
+    /// Nothing to send now (no data, end of file, an error): the connection's state says which.
+    Nothing,
+    /// The receive buffer cannot hold more than a header.
+    NoRoom,
+}
+
+/// A virtio-vsock device.
+pub struct Vsock {
+    cid: u64,
+    config: [u8; 8],
+    path: PathBuf,
+    listener: UnixListener,
+    epoll: Epoll,
+    wake: EventFd,
+    active: Option<Active>,
+    /// Connections by epoll token, and the tokens of those with ports by (guest, host) port.
+    conns: BTreeMap<u64, Conn>,
+    ports: HashMap<(u32, u32), u64>,
+    next_token: u64,
+    next_host_port: u32,
+    control: VecDeque<Control>,
+    /// The connection whose data went to the guest last; the next one after it goes first.
+    cursor: u64,
+    /// One packet: header and payload.
+    pkt: Vec<u8>,
+    name: String,
+    log: LogLimiter,
+    chain_log: LogLimiter,
+}
+
+/// `<socket>_<port>`: where a guest's connection to host port `port` goes.
+fn port_path(socket: &Path, port: u32) -> PathBuf {
+    let mut name = socket.as_os_str().to_owned();
+    name.push(format!("_{port}"));
+    PathBuf::from(name)
+}
+
+impl Vsock {
+    /// A device for guest CID `cid`, listening for host programs on `socket`.
+    pub fn new(cid: u32, socket: &Path) -> Result<Self, Error> {
+        if cid < 3 || cid == u32::MAX {
+            return Err(Error::Cid(cid));
+        }
+        if socket.symlink_metadata().is_ok() {
+            return Err(Error::Exists(socket.to_path_buf()));
+        }
+        let bind_error = |source| Error::Bind {
+            path: socket.to_path_buf(),
+            source,
+        };
+        let listener = UnixListener::bind(socket).map_err(bind_error)?;
+        let device = Self::with_listener(cid, socket, listener);
+        if device.is_err() {
+            let _ = std::fs::remove_file(socket);
+        }
+        device
+    }
+
+    fn with_listener(cid: u32, socket: &Path, listener: UnixListener) -> Result<Self, Error> {
+        listener.set_nonblocking(true).map_err(Error::Epoll)?;
+        let epoll = Epoll::new().map_err(Error::Epoll)?;
+        let wake = EventFd::new(EFD_NONBLOCK).map_err(Error::Epoll)?;
+        for (fd, token) in [(listener.as_raw_fd(), LISTENER), (wake.as_raw_fd(), WAKE)] {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    fd,
+                    EpollEvent::new(EventSet::IN, token),
+                )
+                .map_err(Error::Epoll)?;
+        }
+        Ok(Self {
+            cid: u64::from(cid),
+            config: u64::from(cid).to_le_bytes(),
+            path: socket.to_path_buf(),
+            listener,
+            epoll,
+            wake,
+            active: None,
+            conns: BTreeMap::new(),
+            ports: HashMap::new(),
+            next_token: FIRST_TOKEN,
+            next_host_port: FIRST_HOST_PORT,
+            control: VecDeque::new(),
+            cursor: 0,
+            pkt: vec![0u8; HDR_LEN + MAX_PAYLOAD],
+            name: format!("virtio-vsock {}", socket.display()),
+            log: LogLimiter::new(),
+            chain_log: LogLimiter::new(),
+        })
+    }
+
+    /// Do what can be done: the guest's packets first (they may queue answers), then packets
+    /// for the guest. If work is left, come back through the wake-up eventfd.
+    fn work(&mut self) {
+        if self.active.is_none() {
+            return;
+        }
+        let tx_left = self.process_tx();
+        let rx_left = self.pump();
+        let tx_can_go_on = tx_left && self.control.len() < MAX_CONTROL;
+        if (tx_can_go_on || rx_left)
+            && let Err(e) = self.wake.write(1)
+        {
+            error!("{}: cannot wake itself: {e}", self.name);
+        }
+    }
+
+    /// Read and act on the guest's packets, a ring's worth at most. Returns true if it stopped
+    /// with packets possibly left.
+    fn process_tx(&mut self) -> bool {
+        let mut used = false;
+        let mut left = true;
+        for _ in 0..QUEUE_SIZE {
+            if self.control.len() >= MAX_CONTROL {
+                break;
+            }
+            let packet = {
+                let Some(active) = self.active.as_mut() else {
+                    break;
+                };
+                let Some(chain) = active.pop_chain(TX, &self.name, &mut self.chain_log) else {
+                    left = false;
+                    break;
+                };
+                let packet = read_packet(&active.mem, &chain, &mut self.pkt);
+                used |= active.add_used(TX, chain.head(), 0, &self.name, &mut self.chain_log);
+                packet
+            };
+            match packet {
+                Ok((hdr, payload)) => self.handle(hdr, payload),
+                Err(e) => {
+                    if self.log.allow() {
+                        warn!("{}: {e}; packet dropped", self.name);
+                    }
+                }
+            }
+        }
+        if used && let Some(active) = self.active.as_mut() {
+            active.notify_used(TX);
+        }
+        left
+    }
+
+    /// Answer the guest's packet `hdr` with RST; a connection on its ports is gone with it.
+    fn reset_guest(&mut self, hdr: &Header, why: &str) {
+        if let Some(&token) = self.ports.get(&(hdr.src_port, hdr.dst_port)) {
+            self.remove(token);
+        }
+        if self.log.allow() {
+            debug!(
+                "{}: reset {}:{} -> {}:{} (op {}): {why}",
+                self.name, hdr.src_cid, hdr.src_port, hdr.dst_cid, hdr.dst_port, hdr.op
+            );
+        }
+        self.control.push_back(Control::Raw(hdr.reset_reply()));
+    }
+
+    /// Act on one packet from the guest; `payload` is how many bytes followed its header.
+    fn handle(&mut self, hdr: Header, payload: u64) {
+        if hdr.src_cid != self.cid {
+            if self.log.allow() {
+                warn!(
+                    "{}: packet from CID {}, not the guest's; dropped",
+                    self.name, hdr.src_cid
+                );
+            }
+            return;
+        }
+        let key = (hdr.src_port, hdr.dst_port);
+        if hdr.op == OP_RST {
+            // Never answer a reset.
+            if let Some(&token) = self.ports.get(&key) {
+                self.remove(token);
+            }
+            return;
+        }
+        if hdr.dst_cid != HOST_CID {
+            return self.reset_guest(&hdr, "no such CID");
+        }
+        if hdr.kind != TYPE_STREAM {
+            return self.reset_guest(&hdr, "not a stream socket");
+        }
+        let len = hdr.len as usize;
+        if len > MAX_PAYLOAD || hdr.len as u64 > payload || (hdr.op != OP_RW && len != 0) {
+            if self.log.allow() {
+                warn!(
+                    "{}: packet (op {}) says {} payload bytes and carries {payload}",
+                    self.name, hdr.op, hdr.len
+                );
+            }
+            return self.reset_guest(&hdr, "bad length");
+        }
+        match hdr.op {
+            OP_REQUEST => self.connect_to_host(&hdr),
+            OP_RESPONSE | OP_SHUTDOWN | OP_RW | OP_CREDIT_UPDATE | OP_CREDIT_REQUEST => {
+                let Some(&token) = self.ports.get(&key) else {
+                    return self.reset_guest(&hdr, "no such connection");
+                };
+                self.on_connection(token, &hdr);
+            }
+            _ => {
+                if self.log.allow() {
+                    warn!("{}: unknown operation {}", self.name, hdr.op);
+                }
+                self.reset_guest(&hdr, "unknown operation");
+            }
+        }
+    }
+
+    /// A packet on an existing connection.
+    fn on_connection(&mut self, token: u64, hdr: &Header) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        conn.peer_credit(hdr);
+        match hdr.op {
+            OP_RESPONSE => {
+                if !matches!(conn.state, State::Connecting) {
+                    return self.reset_conn(token);
+                }
+                conn.state = State::Established;
+                conn.say(format!("OK {}\n", conn.host_port).as_bytes());
+            }
+            OP_SHUTDOWN => conn.guest_shutdown |= hdr.flags & SHUTDOWN_BOTH,
+            OP_RW => {
+                let data = &self.pkt[HDR_LEN..HDR_LEN + hdr.len as usize];
+                if !conn.is_established() || conn.guest_shutdown & SHUTDOWN_SEND != 0 {
+                    return self.reset_conn(token);
+                }
+                if !conn.take_from_guest(data) {
+                    if self.log.allow() {
+                        warn!(
+                            "{}: guest sent past the credit it was given; connection reset",
+                            self.name
+                        );
+                    }
+                    return self.reset_conn(token);
+                }
+            }
+            OP_CREDIT_REQUEST if !conn.credit_update_queued => {
+                conn.credit_update_queued = true;
+                self.control.push_back(Control::Conn {
+                    token,
+                    op: OP_CREDIT_UPDATE,
+                    flags: 0,
+                });
+            }
+            // CREDIT_UPDATE: the credit noted above is all it carries.
+            _ => {}
+        }
+        self.flush(token);
+        self.settle(token);
+    }
+
+    /// The guest connects to host port `hdr.dst_port`: connect to `<socket>_<port>`.
+    fn connect_to_host(&mut self, hdr: &Header) {
+        let key = (hdr.src_port, hdr.dst_port);
+        if self.ports.contains_key(&key) {
+            return self.reset_guest(hdr, "connection exists");
+        }
+        if self.conns.len() >= MAX_CONNS {
+            return self.reset_guest(hdr, "too many connections");
+        }
+        let path = port_path(&self.path, hdr.dst_port);
+        let stream = match unix::connect(&path) {
+            Ok(stream) => stream,
+            Err(e) => {
+                let why = format!("{}: {e}", path.display());
+                return self.reset_guest(hdr, &why);
+            }
+        };
+        let Some(token) = self.register(&stream) else {
+            return self.reset_guest(hdr, "cannot watch the stream");
+        };
+        let mut conn = Conn::new(stream, State::Established, hdr.src_port, hdr.dst_port);
+        conn.peer_credit(hdr);
+        self.conns.insert(token, conn);
+        self.ports.insert(key, token);
+        self.control.push_back(Control::Conn {
+            token,
+            op: OP_RESPONSE,
+            flags: 0,
+        });
+    }
+
+    /// Watch `stream` (edge-triggered); returns its token.
+    fn register(&mut self, stream: &impl AsRawFd) -> Option<u64> {
+        let token = self.next_token;
+        let events =
+            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+        let added = self.epoll.ctl(
+            ControlOperation::Add,
+            stream.as_raw_fd(),
+            EpollEvent::new(events, token),
+        );
+        if let Err(e) = added {
+            error!("{}: cannot watch a connection: {e}", self.name);
+            return None;
+        }
+        self.next_token += 1;
+        Some(token)
+    }
+
+    /// Forget a connection, closing its host stream.
+    fn remove(&mut self, token: u64) {
+        let Some(conn) = self.conns.remove(&token) else {
+            return;
+        };
+        if !matches!(conn.state, State::HostLine(_)) {
+            self.ports.remove(&(conn.guest_port, conn.host_port));
+        }
+        if let Some(stream) = &conn.stream {
+            let _ = self.epoll.ctl(
+                ControlOperation::Delete,
+                stream.as_raw_fd(),
+                EpollEvent::default(),
+            );
+        }
+    }
+
+    /// Close a connection on both sides: the host's stream, and RST to the guest.
+    fn reset_conn(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if !matches!(conn.state, State::HostLine(_)) {
+            let hdr = conn.header(self.cid, OP_RST, 0, 0);
+            self.control.push_back(Control::Raw(Header {
+                buf_alloc: 0,
+                fwd_cnt: 0,
+                ..hdr
+            }));
+        }
+        self.remove(token);
+    }
+
+    /// Write what the guest sent to the host; a host that is gone resets the connection.
+    fn flush(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        if let Err(e) = conn.flush() {
+            debug!("{}: host side of a connection failed: {e}", self.name);
+            self.reset_conn(token);
+        }
+    }
+
+    /// After anything happened on a connection: close what is finished, tell the guest what it
+    /// must know (the host's shutdown, room in our buffer).
+    fn settle(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        match conn.state {
+            State::HostLine(_) => return,
+            State::Connecting if conn.hung_up => return self.reset_conn(token),
+            State::Connecting => return,
+            State::Established => {}
+        }
+        // The guest is done both ways: once what it sent is out (or cannot go out), close, and
+        // confirm with RST.
+        if conn.guest_shutdown == SHUTDOWN_BOTH && (!conn.has_data_for_host() || conn.hung_up) {
+            return self.reset_conn(token);
+        }
+        let eof = conn.host_eof || (conn.hung_up && conn.guest_shutdown & SHUTDOWN_RCV != 0);
+        if eof {
+            let flags = SHUTDOWN_SEND | if conn.hung_up { SHUTDOWN_RCV } else { 0 };
+            if flags & !conn.host_shutdown != 0 {
+                conn.host_shutdown |= flags;
+                let flags = conn.host_shutdown;
+                self.control.push_back(Control::Conn {
+                    token,
+                    op: OP_SHUTDOWN,
+                    flags,
+                });
+            }
+            if conn.host_shutdown == SHUTDOWN_BOTH && !conn.has_data_for_host() {
+                // Nothing more goes either way on the host side; wait for the guest's RST.
+                if let Some(stream) = conn.stream.take() {
+                    let _ = self.epoll.ctl(
+                        ControlOperation::Delete,
+                        stream.as_raw_fd(),
+                        EpollEvent::default(),
+                    );
+                }
+            }
+        }
+        if conn.needs_credit_update() && !conn.credit_update_queued {
+            conn.credit_update_queued = true;
+            self.control.push_back(Control::Conn {
+                token,
+                op: OP_CREDIT_UPDATE,
+                flags: 0,
+            });
+        }
+    }
+
+    /// Accept host programs; each then sends its CONNECT line.
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    // No driver to ask, or too many: the host program sees its socket close.
+                    if self.active.is_none() || self.conns.len() >= MAX_CONNS {
+                        continue;
+                    }
+                    if stream.set_nonblocking(true).is_err() {
+                        continue;
+                    }
+                    if let Some(token) = self.register(&stream) {
+                        let conn = Conn::new(stream, State::HostLine(Vec::new()), 0, 0);
+                        self.conns.insert(token, conn);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    if self.log.allow() {
+                        error!("{}: cannot accept a connection: {e}", self.name);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Read a host program's `CONNECT <port>\n`, a byte at a time so that nothing after it is
+    /// taken; then ask the guest.
+    fn read_line(&mut self, token: u64) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let (Some(stream), State::HostLine(line)) = (conn.stream.as_mut(), &mut conn.state) else {
+            return;
+        };
+        let mut byte = [0u8; 1];
+        loop {
+            match stream.read(&mut byte) {
+                Ok(1) if byte[0] == b'\n' => break,
+                Ok(1) if line.len() < MAX_LINE => line.push(byte[0]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    conn.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // End of file, an error or a line too long: hang up.
+                _ => return self.remove(token),
+            }
+        }
+        let port = std::str::from_utf8(line)
+            .ok()
+            .and_then(|l| l.trim_end_matches('\r').strip_prefix("CONNECT "))
+            .and_then(|p| p.parse::<u32>().ok());
+        let Some(port) = port else {
+            if self.log.allow() {
+                warn!("{}: host program sent no CONNECT <port> line", self.name);
+            }
+            return self.remove(token);
+        };
+        let host_port = self.free_host_port();
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        conn.state = State::Connecting;
+        conn.guest_port = port;
+        conn.host_port = host_port;
+        self.ports.insert((port, host_port), token);
+        self.control.push_back(Control::Conn {
+            token,
+            op: OP_REQUEST,
+            flags: 0,
+        });
+    }
+
+    fn free_host_port(&mut self) -> u32 {
+        loop {
+            let port = self.next_host_port;
+            self.next_host_port = if port >= u32::MAX - 1 {
+                FIRST_HOST_PORT
+            } else {
+                port + 1
+            };
+            // At most MAX_CONNS ports are taken, so this ends.
+            if !self.ports.keys().any(|&(_, host)| host == port) {
+                return port;
+            }
+        }
+    }
+
+    /// A connection's stream reported `events`.
+    fn stream_event(&mut self, token: u64, events: EventSet) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let failed = EventSet::HANG_UP | EventSet::ERROR;
+        if events.intersects(EventSet::IN | EventSet::READ_HANG_UP | failed) {
+            conn.readable = true;
+        }
+        if events.intersects(EventSet::OUT | failed) {
+            conn.writable = true;
+        }
+        if events.intersects(failed) {
+            conn.hung_up = true;
+        }
+        if matches!(conn.state, State::HostLine(_)) {
+            return self.read_line(token);
+        }
+        self.flush(token);
+        self.settle(token);
+    }
+
+    /// The next connection with host data for the guest, round-robin.
+    fn next_sender(&self) -> Option<u64> {
+        let after = self.conns.range(self.cursor + 1..);
+        let before = self.conns.range(..=self.cursor);
+        after
+            .chain(before)
+            .find(|(_, c)| c.can_send_data())
+            .map(|(&t, _)| t)
+    }
+
+    fn control_header(&mut self, control: &Control) -> Option<Header> {
+        match *control {
+            Control::Raw(hdr) => Some(hdr),
+            Control::Conn { token, op, flags } => {
+                let conn = self.conns.get_mut(&token)?;
+                if op == OP_CREDIT_UPDATE {
+                    conn.credit_update_queued = false;
+                }
+                Some(conn.header(self.cid, op, flags, 0))
+            }
+        }
+    }
+
+    /// Fill the driver's receive buffers: control packets first, then host data, while there
+    /// are buffers, at most a ring's worth. Returns true if it stopped with work possibly left.
+    fn pump(&mut self) -> bool {
+        let mut used = false;
+        let mut left = false;
+        let mut budget = QUEUE_SIZE;
+        loop {
+            let control = self.control.pop_front();
+            let sender = match control {
+                Some(_) => None,
+                None => match self.next_sender() {
+                    Some(token) => Some(token),
+                    None => break,
+                },
+            };
+            if budget == 0 {
+                left = true;
+                if let Some(c) = control {
+                    self.control.push_front(c);
+                }
+                break;
+            }
+            budget -= 1;
+            let Some(active) = self.active.as_mut() else {
+                break;
+            };
+            let Some(chain) = active.pop_chain(RX, &self.name, &mut self.chain_log) else {
+                // No buffers: the driver's notification brings us back.
+                if let Some(c) = control {
+                    self.control.push_front(c);
+                }
+                break;
+            };
+            let bufs = match rx_buffers(&active.mem, &chain) {
+                Ok(bufs) => bufs,
+                Err(e) => {
+                    if self.log.allow() {
+                        warn!("{}: {e}; buffer returned unused", self.name);
+                    }
+                    used |= active.add_used(RX, chain.head(), 0, &self.name, &mut self.chain_log);
+                    if let Some(c) = control {
+                        self.control.push_front(c);
+                    }
+                    continue;
+                }
+            };
+            let len = match (control, sender) {
+                (Some(control), _) => {
+                    let Some(hdr) = self.control_header(&control) else {
+                        // Its connection is gone.
+                        self.unpop_rx();
+                        continue;
+                    };
+                    self.pkt[..HDR_LEN].copy_from_slice(&hdr.encode());
+                    HDR_LEN
+                }
+                (None, Some(token)) => match self.read_data(token, bufs.len()) {
+                    Data::Packet(len) => len,
+                    Data::NoRoom => {
+                        if self.log.allow() {
+                            warn!("{}: receive buffer has no room for data", self.name);
+                        }
+                        0
+                    }
+                    Data::Nothing => {
+                        self.unpop_rx();
+                        self.flush(token);
+                        self.settle(token);
+                        continue;
+                    }
+                },
+                (None, None) => break,
+            };
+            let Some(active) = self.active.as_mut() else {
+                break;
+            };
+            let written = match bufs.write(&active.mem, &self.pkt[..len]) {
+                Ok(n) => n as u32,
+                Err(e) => {
+                    if self.log.allow() {
+                        warn!("{}: cannot write a packet: {e}", self.name);
+                    }
+                    0
+                }
+            };
+            used |= active.add_used(RX, chain.head(), written, &self.name, &mut self.chain_log);
+        }
+        if used && let Some(active) = self.active.as_mut() {
+            active.notify_used(RX);
+        }
+        left
+    }
+
+    fn unpop_rx(&mut self) {
+        if let Some(active) = self.active.as_mut() {
+            active.unpop_chain(RX);
+        }
+    }
+
+    /// Read host data of connection `token` into a packet for a buffer of `room` bytes.
+    fn read_data(&mut self, token: u64, room: u64) -> Data {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return Data::Nothing;
+        };
+        let room = usize::try_from(room.saturating_sub(HDR_LEN as u64)).unwrap_or(usize::MAX);
+        if room == 0 {
+            return Data::NoRoom;
+        }
+        // Never more than the guest has room for (can_send_data made sure it has some).
+        let max = room.min(MAX_PAYLOAD).min(conn.credit() as usize);
+        match conn.read_host(&mut self.pkt[HDR_LEN..HDR_LEN + max]) {
+            Ok(0) => Data::Nothing,
+            Ok(n) => {
+                // n <= MAX_PAYLOAD
+                let hdr = conn.header(self.cid, OP_RW, 0, n as u32);
+                conn.sent(n as u32);
+                self.pkt[..HDR_LEN].copy_from_slice(&hdr.encode());
+                self.cursor = token;
+                Data::Packet(HDR_LEN + n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Data::Nothing,
+            Err(e) => {
+                debug!("{}: host side of a connection failed: {e}", self.name);
+                conn.host_eof = true;
+                conn.hung_up = true;
+                Data::Nothing
+            }
+        }
+    }
+}
+
+/// The header of a packet from the guest and how many payload bytes follow it. An RW payload
+/// of a sane length is copied into `pkt` after the header.
+fn read_packet(mem: &GuestMem, chain: &Chain, pkt: &mut [u8]) -> Result<(Header, u64), ChainUse> {
+    let (readable, writable) = chain.split(mem)?;
+    if !writable.is_empty() {
+        return Err(ChainUse::Writable(writable.len()));
+    }
+    let Some((head, payload)) = readable.split_at(HDR_LEN as u64) else {
+        return Err(ChainUse::Short(readable.len()));
+    };
+    let mut raw = [0u8; HDR_LEN];
+    head.read_exact(mem, &mut raw)?;
+    let hdr = Header::decode(&raw);
+    let len = hdr.len as usize;
+    if hdr.op == OP_RW && len <= MAX_PAYLOAD && len as u64 <= payload.len() {
+        payload.read_exact(mem, &mut pkt[HDR_LEN..HDR_LEN + len])?;
+    }
+    Ok((hdr, payload.len()))
+}
+
+/// The device-writable buffers of a receive chain, checked.
+fn rx_buffers(mem: &GuestMem, chain: &Chain) -> Result<Bufs, ChainUse> {
+    let (readable, writable) = chain.split(mem)?;
+    if !readable.is_empty() {
+        return Err(ChainUse::Readable(readable.len()));
+    }
+    if writable.len() < HDR_LEN as u64 {
+        return Err(ChainUse::Short(writable.len()));
+    }
+    Ok(writable)
+}
+
+impl Drop for Vsock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl VirtioDevice for Vsock {
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_VSOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        // receive, transmit, event
+        &[QUEUE_SIZE, QUEUE_SIZE, QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        F_STREAM
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn activate(&mut self, active: Active) {
+        self.active = Some(active);
+    }
+
+    fn reset(&mut self) {
+        // Every connection goes; host programs see their sockets close.
+        self.active = None;
+        let tokens: Vec<u64> = self.conns.keys().copied().collect();
+        for token in tokens {
+            self.remove(token);
+        }
+        self.control.clear();
+    }
+
+    fn process_queue(&mut self, index: usize) -> bool {
+        // The event queue only ever holds buffers for events this device does not send.
+        if index == RX || index == TX {
+            self.work();
+        }
+        false
+    }
+
+    fn backend_fd(&self) -> Option<RawFd> {
+        Some(self.epoll.as_raw_fd())
+    }
+
+    fn process_backend(&mut self) {
+        let mut events = [EpollEvent::default(); 64];
+        let ready = match self.epoll.wait(0, &mut events) {
+            Ok(n) => events.get(..n).unwrap_or_default(),
+            Err(_) => &[],
+        };
+        for event in ready {
+            match event.data() {
+                LISTENER => self.accept(),
+                WAKE => {
+                    let _ = self.wake.read();
+                }
+                token => self.stream_event(token, event.event_set()),
+            }
+        }
+        self.work();
+    }
+}
+
+#[cfg(test)]
+mod tests;
