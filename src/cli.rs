@@ -49,6 +49,14 @@ pub struct RunArgs {
     /// A raw disk image as the next virtio-blk device (/dev/vda, /dev/vdb, ...); repeatable.
     #[arg(long = "disk", value_name = "PATH[,readonly]")]
     pub disks: Vec<String>,
+    /// A virtio-net device on host tap NAME (created if missing and Kite may); repeatable.
+    /// Without mac=, a random locally administered MAC.
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    pub nets: Vec<String>,
+    /// A virtio-vsock device with guest CID N; Kite listens on PATH for `CONNECT <port>`, and
+    /// the guest's connections to host port P go to PATH_P.
+    #[arg(long, value_name = "cid=N,socket=PATH")]
+    pub vsock: Option<String>,
     /// Do not give the guest a virtio-rng device.
     #[arg(long)]
     pub no_rng: bool,
@@ -89,6 +97,12 @@ impl RunArgs {
                 .iter()
                 .map(|d| config::parse_disk(d))
                 .collect::<Result<_, _>>()?,
+            nets: self
+                .nets
+                .iter()
+                .map(|n| config::parse_net(n))
+                .collect::<Result<_, _>>()?,
+            vsock: self.vsock.as_deref().map(config::parse_vsock).transpose()?,
             rng: !self.no_rng,
             boot_timer: self.boot_timer,
             timeout,

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::devices::virtio::DiskConfig;
+pub use crate::devices::virtio::{DiskConfig, NetConfig, VsockConfig};
 
 /// Default kernel command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -17,6 +17,10 @@ pub struct VmConfig {
     pub cpus: u8,
     pub cmdline: String,
     pub disks: Vec<DiskConfig>,
+    /// Network interfaces, each on a host tap.
+    pub nets: Vec<NetConfig>,
+    /// A vsock device (one guest CID).
+    pub vsock: Option<VsockConfig>,
     /// Attach a virtio-rng device.
     pub rng: bool,
     /// Log the guest's boot time when it writes the boot-timer register.
@@ -37,6 +41,14 @@ pub enum Error {
     CpusSyntax(String),
     #[error("invalid --disk '{0}': use PATH or PATH,readonly")]
     DiskSyntax(String),
+    #[error("invalid --net '{0}': use tap=NAME or tap=NAME,mac=02:00:00:00:00:01")]
+    NetSyntax(String),
+    #[error("invalid MAC address '{0}' in --net: use six hex bytes, unicast (even first byte)")]
+    Mac(String),
+    #[error("invalid --vsock '{0}': use cid=N,socket=PATH")]
+    VsockSyntax(String),
+    #[error("--vsock cid={0} is reserved: use 3 or more (below 4294967295)")]
+    VsockCid(u32),
 }
 
 /// Parse a memory size: a number with an optional K, M, G or T suffix (optionally followed by
@@ -91,9 +103,157 @@ pub fn parse_disk(text: &str) -> Result<DiskConfig, Error> {
     })
 }
 
+/// Split `key=value,key=value`; `None` if a part has no `=` or a key repeats.
+fn options(text: &str) -> Option<Vec<(&str, &str)>> {
+    let mut out: Vec<(&str, &str)> = Vec::new();
+    for part in text.split(',') {
+        let (key, value) = part.split_once('=')?;
+        if out.iter().any(|&(k, _)| k == key) {
+            return None;
+        }
+        out.push((key, value));
+    }
+    Some(out)
+}
+
+/// Parse `tap=NAME[,mac=MAC]`; without a MAC, a locally administered one is made up.
+pub fn parse_net(text: &str) -> Result<NetConfig, Error> {
+    let syntax = || Error::NetSyntax(text.to_string());
+    let (mut tap, mut mac) = (None, None);
+    for (key, value) in options(text).ok_or_else(syntax)? {
+        match key {
+            "tap" if !value.is_empty() => tap = Some(value.to_string()),
+            "mac" => mac = Some(parse_mac(value)?),
+            _ => return Err(syntax()),
+        }
+    }
+    let tap = tap.ok_or_else(syntax)?;
+    let mac = mac.unwrap_or_else(|| random_mac(&tap));
+    Ok(NetConfig { tap, mac })
+}
+
+/// Parse `aa:bb:cc:dd:ee:ff` (or with `-`), a unicast address.
+pub fn parse_mac(text: &str) -> Result<[u8; 6], Error> {
+    let bad = || Error::Mac(text.to_string());
+    let mut mac = [0u8; 6];
+    let mut parts = text.split([':', '-']);
+    for byte in &mut mac {
+        let part = parts.next().filter(|p| p.len() == 2).ok_or_else(bad)?;
+        *byte = u8::from_str_radix(part, 16).map_err(|_| bad())?;
+    }
+    if parts.next().is_some() || mac[0] & 1 != 0 || mac == [0; 6] {
+        return Err(bad());
+    }
+    Ok(mac)
+}
+
+/// A random, locally administered, unicast MAC address.
+fn random_mac(tap: &str) -> [u8; 6] {
+    use std::hash::{BuildHasher, Hasher};
+    // RandomState is seeded from the host's randomness, differently in each process.
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write(tap.as_bytes());
+    let bits = hasher.finish().to_le_bytes();
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&bits[..6]);
+    mac[0] = (mac[0] & 0xfc) | 0x02;
+    mac
+}
+
+/// Parse `cid=N,socket=PATH`.
+pub fn parse_vsock(text: &str) -> Result<VsockConfig, Error> {
+    let syntax = || Error::VsockSyntax(text.to_string());
+    let (mut cid, mut socket) = (None, None);
+    for (key, value) in options(text).ok_or_else(syntax)? {
+        match key {
+            "cid" => cid = Some(value.parse::<u32>().map_err(|_| syntax())?),
+            "socket" if !value.is_empty() => socket = Some(PathBuf::from(value)),
+            _ => return Err(syntax()),
+        }
+    }
+    let (cid, socket) = cid.zip(socket).ok_or_else(syntax)?;
+    if cid < 3 || cid == u32::MAX {
+        return Err(Error::VsockCid(cid));
+    }
+    Ok(VsockConfig { cid, socket })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nets() {
+        assert_eq!(
+            parse_net("tap=tap0,mac=02:aB:00:00:00:01"),
+            Ok(NetConfig {
+                tap: "tap0".into(),
+                mac: [2, 0xab, 0, 0, 0, 1]
+            })
+        );
+        assert_eq!(
+            parse_net("mac=02-00-00-00-00-09,tap=t").unwrap().mac,
+            [2, 0, 0, 0, 0, 9]
+        );
+        let a = parse_net("tap=tap0").unwrap();
+        assert_eq!(a.tap, "tap0");
+        assert_eq!(a.mac[0] & 3, 2, "made-up MAC is not local unicast");
+        for bad in [
+            "",
+            "tap0",
+            "tap=",
+            "mac=02:00:00:00:00:01",
+            "tap=a,tap=b",
+            "tap=a,x=1",
+            "tap=a,",
+        ] {
+            assert_eq!(parse_net(bad), Err(Error::NetSyntax(bad.into())), "{bad:?}");
+        }
+        for bad in [
+            "01:00:00:00:00:01",
+            "00:00:00:00:00:00",
+            "02:00:00:00:00",
+            "02:00:00:00:00:01:02",
+            "02:00:00:00:00:1",
+            "02:00:00:00:00:zz",
+        ] {
+            assert_eq!(
+                parse_net(&format!("tap=t,mac={bad}")),
+                Err(Error::Mac(bad.into()))
+            );
+        }
+    }
+
+    #[test]
+    fn vsocks() {
+        assert_eq!(
+            parse_vsock("cid=3,socket=/tmp/v.sock"),
+            Ok(VsockConfig {
+                cid: 3,
+                socket: "/tmp/v.sock".into()
+            })
+        );
+        assert_eq!(parse_vsock("socket=v,cid=42").unwrap().cid, 42);
+        assert_eq!(parse_vsock("cid=2,socket=v"), Err(Error::VsockCid(2)));
+        assert_eq!(
+            parse_vsock("cid=4294967295,socket=v"),
+            Err(Error::VsockCid(u32::MAX))
+        );
+        for bad in [
+            "",
+            "cid=3",
+            "socket=v",
+            "cid=x,socket=v",
+            "cid=3,socket=",
+            "cid=3,socket=v,y=1",
+        ] {
+            assert_eq!(
+                parse_vsock(bad),
+                Err(Error::VsockSyntax(bad.into())),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn memory_sizes() {

@@ -421,7 +421,8 @@ fn load_initrd(
     Ok((addr, size))
 }
 
-/// Disks first (so the guest names them vda, vdb, ... in order), then the entropy device.
+/// Disks first (so the guest names them vda, vdb, ... in order), then the entropy device, then
+/// network interfaces and vsock.
 fn attach_virtio(
     config: &VmConfig,
     vm: &VmFd,
@@ -454,6 +455,26 @@ fn attach_virtio(
     if config.rng {
         let at = virtio::attach_rng(&mut ctx)?;
         log::info!("virtio-rng at {:#x}, IRQ {}", at.addr, at.irq);
+    }
+    for net in &config.nets {
+        let at = virtio::attach_net(&mut ctx, net)?;
+        let mac = net.mac.map(|b| format!("{b:02x}")).join(":");
+        log::info!(
+            "virtio-net on tap {} (MAC {mac}) at {:#x}, IRQ {}",
+            net.tap,
+            at.addr,
+            at.irq
+        );
+    }
+    if let Some(vsock) = &config.vsock {
+        let at = virtio::attach_vsock(&mut ctx, vsock)?;
+        log::info!(
+            "virtio-vsock CID {} on {} at {:#x}, IRQ {}",
+            vsock.cid,
+            vsock.socket.display(),
+            at.addr,
+            at.irq
+        );
     }
     Ok(disks)
 }
