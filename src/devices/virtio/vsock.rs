@@ -121,6 +121,8 @@ pub struct Vsock {
     active: Option<Active>,
     /// Connections by epoll token, and the tokens of those with ports by (guest, host) port.
     conns: BTreeMap<u64, Conn>,
+    /// Connections a device reset dropped, closed on the event loop.
+    retired: Vec<Conn>,
     ports: HashMap<(u32, u32), u64>,
     next_token: u64,
     next_host_port: u32,
@@ -166,12 +168,18 @@ impl Vsock {
         listener.set_nonblocking(true).map_err(Error::Epoll)?;
         let epoll = Epoll::new().map_err(Error::Epoll)?;
         let wake = EventFd::new(EFD_NONBLOCK).map_err(Error::Epoll)?;
-        for (fd, token) in [(listener.as_raw_fd(), LISTENER), (wake.as_raw_fd(), WAKE)] {
+        // The listener is edge-triggered: accept() runs until it would block, and one that
+        // fails (out of descriptors) waits for the next connection instead of spinning.
+        let watch = [
+            (listener.as_raw_fd(), LISTENER, EventSet::EDGE_TRIGGERED),
+            (wake.as_raw_fd(), WAKE, EventSet::empty()),
+        ];
+        for (fd, token, mode) in watch {
             epoll
                 .ctl(
                     ControlOperation::Add,
                     fd,
-                    EpollEvent::new(EventSet::IN, token),
+                    EpollEvent::new(EventSet::IN | mode, token),
                 )
                 .map_err(Error::Epoll)?;
         }
@@ -184,6 +192,7 @@ impl Vsock {
             wake,
             active: None,
             conns: BTreeMap::new(),
+            retired: Vec::new(),
             ports: HashMap::new(),
             next_token: FIRST_TOKEN,
             next_host_port: FIRST_HOST_PORT,
@@ -831,13 +840,16 @@ impl VirtioDevice for Vsock {
     }
 
     fn reset(&mut self) {
-        // Every connection goes; host programs see their sockets close.
+        // Every connection goes; host programs see their sockets close when the event loop
+        // drops them (this runs on a vCPU thread).
         self.active = None;
-        let tokens: Vec<u64> = self.conns.keys().copied().collect();
-        for token in tokens {
-            self.remove(token);
-        }
+        self.retired
+            .extend(std::mem::take(&mut self.conns).into_values());
+        self.ports.clear();
         self.control.clear();
+        if let Err(e) = self.wake.write(1) {
+            error!("{}: cannot wake the event loop: {e}", self.name);
+        }
     }
 
     fn process_queue(&mut self, index: usize) -> bool {
@@ -853,6 +865,8 @@ impl VirtioDevice for Vsock {
     }
 
     fn process_backend(&mut self) {
+        // Closing a stream also takes it out of the epoll set.
+        self.retired.clear();
         let mut events = [EpollEvent::default(); 64];
         let ready = match self.epoll.wait(0, &mut events) {
             Ok(n) => events.get(..n).unwrap_or_default(),

@@ -623,6 +623,8 @@ fn a_reset_device_drops_every_connection() {
     let (_l, mut host) = t.guest_connects(1234, 1 << 16);
     let (mut host2, _) = t.host_connects(52);
     t.g.write(0x70, 0);
+    // The vCPU thread only hands them over; the event loop closes them.
+    assert_eq!(t.g.run_events(), 1);
     assert_eq!(host.read(&mut [0u8; 4]).unwrap(), 0);
     assert_eq!(host2.read(&mut [0u8; 4]).unwrap(), 0);
     // While the driver is away, host programs are turned away at once.
