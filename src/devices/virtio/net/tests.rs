@@ -179,6 +179,25 @@ fn a_transmitted_frame_reaches_the_backend_intact_with_its_header() {
 }
 
 #[test]
+fn indirect_descriptor_tables_work_both_ways() {
+    let Setup { mut g, host, .. } = setup();
+    let f = [&[0u8; 12][..], &frame(500, MAC, 8)].concat();
+    let a = g.buf(&f[..12]);
+    let b = g.buf(&f[12..]);
+    g.push_indirect(1, &[Desc::r(a, 12), Desc::r(b, 500)]);
+    g.kick(1);
+    assert_eq!(host_recv(&host).unwrap(), f);
+    let h = g.alloc(12);
+    let d = g.alloc(1514);
+    g.push_indirect(0, &[Desc::w(h, 12), Desc::w(d, 1514)]);
+    g.kick(0);
+    host.send(&f).unwrap();
+    g.run_events();
+    assert_eq!(g.used(0, 0).1, 512);
+    assert_eq!(g.bytes(d, 500), f[12..]);
+}
+
+#[test]
 fn a_received_frame_reaches_the_guest_buffer() {
     let Setup { mut g, host, .. } = setup();
     let (buf, head) = post_rx(&mut g, 1526);
@@ -325,8 +344,9 @@ fn malformed_transmit_chains_are_returned_unsent() {
     let w = g.alloc(64);
     // A device-writable buffer in a transmit chain.
     refused_tx(&mut g, &host, &[Desc::r(a, 72), Desc::w(w, 64)]);
-    // Only device-writable.
+    // Only device-writable; device-readable after device-writable.
     refused_tx(&mut g, &host, &[Desc::w(w, 64)]);
+    refused_tx(&mut g, &host, &[Desc::w(w, 64), Desc::r(a, 72)]);
     // Shorter than a virtio-net header and an Ethernet header.
     refused_tx(&mut g, &host, &[Desc::r(a, 25)]);
     refused_tx(&mut g, &host, &[Desc::r(a, 0)]);
