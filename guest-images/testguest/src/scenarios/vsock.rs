@@ -131,19 +131,19 @@ impl Vsock {
         let mut rx = dev.setup_queue(0, (2 * RX_BUFS) as u16, &mut ctx.pages)?;
         let tx = dev.setup_queue(1, (2 * TX_SLOTS) as u16, &mut ctx.pages)?;
         let mut event = dev.setup_queue(2, EVENT_BUFS as u16, &mut ctx.pages)?;
-        let per = 64 + DATA;
-        let mut arena = Arena::new(
+        let mut headers = Arena::new(
             &mut ctx.pages,
-            (RX_BUFS + TX_SLOTS) as u64 * (per + 64) + 4096,
+            (RX_BUFS + TX_SLOTS + EVENT_BUFS) as u64 * 64,
         )?;
+        let mut data = Arena::new(&mut ctx.pages, (RX_BUFS + TX_SLOTS) as u64 * DATA)?;
         let mut rx_bufs = [(0, 0); RX_BUFS];
         for b in rx_bufs.iter_mut() {
-            *b = (arena.take(HDR, 64)?, arena.take(DATA, 4096)?);
+            *b = (headers.take(HDR, 64)?, data.take(DATA, 4096)?);
         }
         let mut tx_bufs = [(0, 0); TX_SLOTS];
         let mut tx_free = [0u8; TX_SLOTS];
         for (i, b) in tx_bufs.iter_mut().enumerate() {
-            *b = (arena.take(HDR, 64)?, arena.take(DATA, 4096)?);
+            *b = (headers.take(HDR, 64)?, data.take(DATA, 4096)?);
             tx_free[i] = i as u8;
         }
         let mut rx_of = [0u8; virtio::MAX_QUEUE];
@@ -155,7 +155,7 @@ impl Vsock {
             rx_of[head as usize] = i as u8;
         }
         for _ in 0..event.size.min(EVENT_BUFS as u16) {
-            let e = arena.take(8, 8)?;
+            let e = headers.take(8, 8)?;
             event.post(&[Buf::inp(e, 8)])?;
         }
         dev.driver_ok()?;
