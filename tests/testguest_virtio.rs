@@ -2,7 +2,10 @@
 //! devices. virtio-blk writes a pattern the host then finds byte for byte in the image
 //! (`kite_workloads::disk_pattern_fill`, the same code the guest runs); a readonly disk refuses
 //! the write, stays as it was and reads back with the checksum the host computes; virtio-rng
-//! gives varying bytes. Every run has a time limit.
+//! gives varying bytes; virtio-net resolves and talks to a UDP echo server on the host side of a
+//! tap in a network namespace the test makes; virtio-vsock connects to a Unix-socket echo server
+//! on `<socket>_<port>`. Every run has a time limit; what the machine does not allow (KVM,
+//! network namespaces) is skipped with a one-line reason.
 
 mod common;
 
