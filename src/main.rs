@@ -54,6 +54,16 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
     drop(terminal);
     match result {
         Ok(report) => {
+            // Before the exit reason, which stays the last line.
+            if let Some(m) = &report.memory {
+                let mib = |b: u64| b as f64 / f64::from(1 << 20);
+                log::info!(
+                    "memory: {:.1} MiB VMM overhead (peak RSS {:.1} MiB less {:.1} MiB of guest RAM touched)",
+                    mib(m.overhead()),
+                    mib(m.peak_rss),
+                    mib(m.guest_resident)
+                );
+            }
             let reason = &report.reason;
             let text = reason.describe();
             match reason {
@@ -71,15 +81,6 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
             }
             for (name, at) in &report.timeline.marks {
                 log::debug!("{:>8.1} ms  {name}", at.as_secs_f64() * 1e3);
-            }
-            if let Some(m) = &report.memory {
-                let mib = |b: u64| b as f64 / f64::from(1 << 20);
-                log::info!(
-                    "memory: {:.1} MiB VMM overhead (peak RSS {:.1} MiB less {:.1} MiB of guest RAM touched)",
-                    mib(m.overhead()),
-                    mib(m.peak_rss),
-                    mib(m.guest_resident)
-                );
             }
             if args.timeline {
                 kite::bench::timeline::print(&report, process_start);
