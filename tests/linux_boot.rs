@@ -248,3 +248,120 @@ fn linux_boots_to_init() {
     assert_eq!(code, Some(0), "{err}");
     assert!(err.contains("guest boot time:"), "{err}");
 }
+
+/// Skip reason for the full-boot tests on this host, if any; else the images.
+fn full_boot_images(test: &str) -> Option<(String, String)> {
+    if host_emulates_ring0() {
+        skip(
+            test,
+            "this host's KVM emulates guest ring 0 (no vmx/svm), so Linux takes minutes to boot; runs on hardware KVM hosts",
+        );
+        return None;
+    }
+    images(test)
+}
+
+#[test]
+fn linux_mounts_ext4_root_from_virtio_blk() {
+    let test = "linux_mounts_ext4_root_from_virtio_blk";
+    let Some((kernel, initrd)) = full_boot_images(test) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("kite-ext4-{}", std::process::id()));
+    let content = dir.join("content");
+    std::fs::create_dir_all(&content).unwrap();
+    let word = format!("hello-from-ext4-{}", std::process::id());
+    std::fs::write(content.join("kite-hello.txt"), &word).unwrap();
+    let img = dir.join("root.ext4");
+    let mkfs = std::process::Command::new("mke2fs")
+        .args([
+            "-q",
+            "-F",
+            "-t",
+            "ext4",
+            "-d",
+            path_str(&content),
+            path_str(&img),
+            "16M",
+        ])
+        .output();
+    match mkfs {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            return skip(
+                test,
+                &format!(
+                    "mke2fs failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+            );
+        }
+        Err(e) => return skip(test, &format!("mke2fs (e2fsprogs) is not available: {e}")),
+    }
+    let disk = path_str(&img).to_string();
+    let mut g = Guest::start(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--memory",
+        "256M",
+        "--disk",
+        &disk,
+        "--cmdline",
+        "console=ttyS0 reboot=k panic=1 root=/dev/vda kite_test=ext4",
+    ]);
+    let code = g.wait_exit(Duration::from_secs(60));
+    let (out, err) = (g.out(), g.err());
+    assert!(
+        out.contains(&format!("KITE-GUEST ext4 ok {word}")),
+        "{out}\n{err}"
+    );
+    assert_eq!(code, Some(0), "{err}");
+}
+
+#[test]
+fn linux_brings_eth0_up_and_pings_the_host() {
+    let test = "linux_brings_eth0_up_and_pings_the_host";
+    let Some((kernel, initrd)) = full_boot_images(test) else {
+        return;
+    };
+    let ns = match Netns::create("ping") {
+        Ok(ns) => ns,
+        Err(reason) => return skip(test, &reason),
+    };
+    let tap = "kping0";
+    for step in [
+        &["ip", "link", "set", "lo", "up"][..],
+        &["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
+        &["ip", "addr", "add", "10.0.2.2/24", "dev", tap],
+        &["ip", "link", "set", tap, "up"],
+    ] {
+        if let Err(e) = ns.exec(step) {
+            return skip(test, &format!("cannot set up the tap: {e}"));
+        }
+    }
+    let net = format!("tap={tap}");
+    let cmd = ns.kite(&[
+        "run",
+        "--kernel",
+        &kernel,
+        "--initrd",
+        &initrd,
+        "--memory",
+        "256M",
+        "--net",
+        &net,
+        "--cmdline",
+        "console=ttyS0 reboot=k panic=1 kite_test=ping kite_ip=10.0.2.15/24 kite_peer=10.0.2.2",
+    ]);
+    let out = run(cmd, Duration::from_secs(60));
+    assert!(
+        out.stdout.contains("KITE-GUEST ping ok"),
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}

@@ -208,3 +208,73 @@ pub fn temp_file(test: &str, name: &str, bytes: &[u8]) -> PathBuf {
     std::fs::write(&p, bytes).unwrap();
     p
 }
+
+/// A network namespace of the test's own, deleted on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    /// Makes the namespace, or says why it cannot (not root, no `ip`).
+    pub fn create(tag: &str) -> Result<Netns, String> {
+        let name = format!("kite-{tag}-{}", std::process::id());
+        let out = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| format!("cannot run ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "cannot make a network namespace: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(Netns { name })
+    }
+
+    /// Runs a command inside the namespace; its stderr on failure.
+    pub fn exec(&self, args: &[&str]) -> Result<String, String> {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .map_err(|e| format!("cannot run ip netns exec: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "{}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// `kite` with `args`, run inside the namespace.
+    pub fn kite(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", &self.name, env!("CARGO_BIN_EXE_kite")])
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    }
+}
+
+/// Moves the calling thread into network namespace `name` (for sockets that must live there).
+pub fn enter_netns(name: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::File::open(format!("/run/netns/{name}"))?;
+    // SAFETY: setns on an open namespace file; it changes only this thread's namespace.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
