@@ -10,6 +10,9 @@
 //! as Kite's virtio-blk back end does, and the flush is an fdatasync, as the device's FLUSH is.
 //! It prints the guest's keys: `mode= bs= depth=1 ops= write_bytes= write_cycles= flush_cycles=
 //! read_bytes= read_cycles=`.
+//!
+//! `virtio-net` sends `n` UDP datagrams of `net_bytes` bytes to the echo server at `peer`, one at
+//! a time (the guest's `kite_net_window=1`), and checks each echo; `frames= cycles=` as the guest.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -19,7 +22,7 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct WorkloadArgs {
-    /// cpu, mem or virtio-blk.
+    /// cpu, mem, virtio-blk or virtio-net.
     #[arg(value_name = "NAME")]
     pub name: String,
     /// virtio-blk: the file to write and read (the image the guest gets as its disk).
@@ -31,9 +34,16 @@ pub struct WorkloadArgs {
     /// virtio-blk: bytes per request (default 4096 for rand, 1 MiB for seq).
     #[arg(long, value_name = "BYTES")]
     pub blk_bs: Option<u64>,
-    /// virtio-blk: requests per direction (default: file size / bs, at most 8192 for rand).
+    /// virtio-blk: requests per direction (default: file size / bs, at most 8192 for rand);
+    /// virtio-net: datagrams (default 256).
     #[arg(long, value_name = "N")]
     pub n: Option<u64>,
+    /// virtio-net: UDP payload bytes (4 to 1472).
+    #[arg(long, value_name = "BYTES", default_value = "64")]
+    pub net_bytes: usize,
+    /// virtio-net: the UDP echo server.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "10.0.2.2:7777")]
+    pub peer: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +60,16 @@ pub enum Error {
     },
     #[error("--blk-mode must be seq or rand")]
     Mode,
+    #[error("UDP echo with {peer}")]
+    Net {
+        peer: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("echo {0} came back different")]
+    Echo(u64),
+    #[error("--net-bytes must be from 4 to 1472")]
+    NetBytes,
     #[error("--blk-bs must be a multiple of 512 from 512 to the file's size, and --n positive")]
     Size,
 }
@@ -83,6 +103,7 @@ pub fn run(args: &WorkloadArgs) -> Result<String, Error> {
             ))
         }
         "virtio-blk" => blk(args),
+        "virtio-net" => net(args),
         _ => Err(Error::Unknown),
     }
 }
@@ -180,6 +201,39 @@ fn blk(args: &WorkloadArgs) -> Result<String, Error> {
     ))
 }
 
+fn net(args: &WorkloadArgs) -> Result<String, Error> {
+    let len = args.net_bytes;
+    if !(4..=1472).contains(&len) {
+        return Err(Error::NetBytes);
+    }
+    let err = |source| Error::Net {
+        peer: args.peer.clone(),
+        source,
+    };
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(err)?;
+    socket.connect(&args.peer).map_err(err)?;
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(2)))
+        .map_err(err)?;
+    let n = args.n.unwrap_or(256);
+    let mut out = vec![0u8; len];
+    let mut back = vec![0u8; len + 1];
+    let start = rdtsc();
+    for seq in 0..n {
+        out[..4].copy_from_slice(&(seq as u32).to_le_bytes());
+        for (i, b) in out[4..].iter_mut().enumerate() {
+            *b = (seq as u8).wrapping_add(i as u8);
+        }
+        socket.send(&out).map_err(err)?;
+        let got = socket.recv(&mut back).map_err(err)?;
+        if back[..got] != out[..] {
+            return Err(Error::Echo(seq));
+        }
+    }
+    let cycles = rdtsc().wrapping_sub(start);
+    Ok(format!("frames={n} cycles={cycles} window=1 payload={len}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +246,8 @@ mod tests {
             blk_mode: "rand".into(),
             blk_bs: None,
             n: None,
+            net_bytes: 64,
+            peer: "10.0.2.2:7777".into(),
         }
     }
 
@@ -200,6 +256,28 @@ mod tests {
         assert!(matches!(run(&args("nope", None)), Err(Error::Unknown)));
         assert_eq!(Error::Unknown.to_string(), "unknown scenario");
         assert!(matches!(run(&args("virtio-blk", None)), Err(Error::NoDisk)));
+    }
+
+    #[test]
+    fn net_times_udp_echoes() {
+        let server = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let peer = server.local_addr().unwrap().to_string();
+        let echo = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            for _ in 0..10 {
+                let (n, from) = server.recv_from(&mut buf).unwrap();
+                server.send_to(&buf[..n], from).unwrap();
+            }
+        });
+        let mut a = args("virtio-net", None);
+        a.peer = peer;
+        a.n = Some(10);
+        let text = run(&a).unwrap();
+        echo.join().unwrap();
+        assert!(text.starts_with("frames=10 cycles="), "{text}");
+        assert!(text.ends_with(" window=1 payload=64"), "{text}");
+        a.net_bytes = 2;
+        assert!(matches!(run(&a), Err(Error::NetBytes)));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod host;
 pub mod line;
+pub mod net;
 pub mod report;
 pub mod runner;
 pub mod stats;
@@ -240,10 +241,16 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
     } else {
         None
     };
+    // virtio-net's namespace, tap and echo server; without them its row is n/a, saying why.
+    let net = match chosen.iter().find(|w| w.needs_net()) {
+        Some(w) if w.unavailable().is_none() => Some(net::NetSetup::create()),
+        _ => None,
+    };
     let ctx = Ctx {
         exe: &exe,
         guest: &guest,
         disk: disk.as_deref(),
+        net: net.as_ref().and_then(|n| n.as_ref().ok()),
         tsc_hz: measure_tsc_hz(),
     };
     let mut progress = Progress {
@@ -258,11 +265,20 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
         ..Report::default()
     };
     for &w in &chosen {
+        if let (true, Some(Err(why))) = (w.needs_net(), &net) {
+            progress.total -= w.sides().len() * runs as usize;
+            let why = format!("cannot set up its network (needs root and ip): {why}");
+            report
+                .rows
+                .push(Row::without_figures(w.label(), Status::NotAvailable(why)));
+            continue;
+        }
         let rows = bench_workload(&ctx, w, runs, &mut progress, &mut report.raw);
         report.rows.extend(rows);
     }
     progress.finish();
     drop(scratch);
+    drop(net);
 
     print!("{}", table::render(&report));
     let _ = std::io::stdout().flush();

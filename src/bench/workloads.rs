@@ -10,6 +10,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::line::{self, TestLine};
+use super::net::{self, NetSetup};
 use super::report::{Row, Status};
 use super::runner;
 use super::timeline::{self, RunTimeline};
@@ -18,6 +19,11 @@ use super::timeline::{self, RunTimeline};
 pub const GUEST_MEMORY: &str = "256M";
 /// Exits per `pio-rtt`/`mmio-rtt` run: enough to average out, short where an exit costs ~25 µs.
 pub const RTT_EXITS: u64 = 20_000;
+/// UDP datagrams per `virtio-net` run, one at a time, and their payload size.
+pub const NET_FRAMES: u64 = 1000;
+pub const NET_BYTES: u64 = 64;
+/// The guest's MAC address on the bench's tap.
+const GUEST_MAC: &str = "52:54:00:4b:49:54";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
@@ -139,9 +145,11 @@ impl Workload {
 
     pub fn sides(self) -> &'static [Side] {
         match self {
-            Workload::Cpu | Workload::Mem | Workload::BlkRand | Workload::BlkSeq => {
-                &[Side::Host, Side::Guest]
-            }
+            Workload::Cpu
+            | Workload::Mem
+            | Workload::BlkRand
+            | Workload::BlkSeq
+            | Workload::VirtioNet => &[Side::Host, Side::Guest],
             _ => &[Side::Guest],
         }
     }
@@ -173,6 +181,10 @@ impl Workload {
             "kite run has no virtio-net device yet (no --net option to give the guest one)".into()
         })
     }
+
+    pub fn needs_net(self) -> bool {
+        self == Workload::VirtioNet
+    }
 }
 
 /// Whether `kite run` takes `--<long>`.
@@ -190,6 +202,8 @@ pub struct Ctx<'a> {
     pub guest: &'a Path,
     /// The scratch disk image for virtio-blk.
     pub disk: Option<&'a Path>,
+    /// The namespace, tap and echo server for virtio-net.
+    pub net: Option<&'a NetSetup>,
     pub tsc_hz: f64,
 }
 
@@ -224,6 +238,11 @@ fn command(ctx: &Ctx, w: Workload, side: Side) -> Command {
                 cmd.args(["--blk-mode", blk.mode]);
                 cmd.args(["--blk-bs", &blk.bs.to_string(), "--n", &blk.ops.to_string()]);
             }
+            if w.needs_net() {
+                let peer = format!("{}:{}", net::PEER_IP, net::PEER_PORT);
+                cmd.args(["--n", &NET_FRAMES.to_string()]);
+                cmd.args(["--net-bytes", &NET_BYTES.to_string(), "--peer", &peer]);
+            }
         }
         Side::Guest => {
             let mut cmdline = format!("kite_test={}", w.scenario());
@@ -243,6 +262,17 @@ fn command(ctx: &Ctx, w: Workload, side: Side) -> Command {
                 "--cmdline",
                 &cmdline,
             ]);
+            if w.needs_net() {
+                cmdline.push_str(&format!(
+                    " kite_n={NET_FRAMES} kite_net_window=1 kite_net_bytes={NET_BYTES} \
+                     kite_net_ip={} kite_net_peer={} kite_net_port={}",
+                    net::GUEST_IP,
+                    net::PEER_IP,
+                    net::PEER_PORT
+                ));
+                cmd.arg("--net")
+                    .arg(format!("tap={},mac={GUEST_MAC}", net::TAP));
+            }
             if w == Workload::Startup {
                 cmd.arg("--boot-timer");
             }
@@ -251,7 +281,10 @@ fn command(ctx: &Ctx, w: Workload, side: Side) -> Command {
             }
         }
     }
-    cmd
+    match (w.needs_net(), ctx.net) {
+        (true, Some(setup)) => setup.wrap(&cmd),
+        _ => cmd,
+    }
 }
 
 /// Run one side of `w` once and read its result line.
@@ -280,10 +313,6 @@ pub fn run_once(ctx: &Ctx, w: Workload, side: Side) -> Outcome {
                 "the test guest has no {} scenario yet (it said: FAIL unknown scenario)",
                 w.scenario()
             ));
-        }
-        // Kite has no network back end the bench could give the guest: any FAIL means n/a.
-        TestLine::Fail { reason, .. } if w == Workload::VirtioNet => {
-            return Outcome::NotAvailable(format!("the guest said: FAIL {reason}"));
         }
         TestLine::Fail { reason, .. } => return Outcome::Failed(format!("FAIL {reason}")),
         TestLine::Ok { values, .. } => values,
@@ -369,7 +398,27 @@ pub fn rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Ro
         }
         Workload::Startup => startup_rows(guest),
         Workload::BlkRand | Workload::BlkSeq => blk_rows(ctx, w, host, guest),
-        Workload::VirtioNet => generic_rows(name, host, guest),
+        Workload::VirtioNet => {
+            let rtt = |samples: &[Sample]| -> Option<Vec<f64>> {
+                samples
+                    .iter()
+                    .map(|s| {
+                        let frames = s.numbers.get("frames").copied().filter(|&n| n > 0.0)?;
+                        Some(s.numbers.get("cycles")? / frames / ctx.tsc_hz * 1e6)
+                    })
+                    .collect()
+            };
+            match (rtt(host), rtt(guest)) {
+                (Some(h), Some(g)) => vec![Row::new(
+                    name,
+                    &format!("{name}: UDP echo of {NET_BYTES} bytes, round trip"),
+                    "µs",
+                    h,
+                    g,
+                )],
+                _ => failed(w, "a result line has no frames= or cycles=".into()),
+            }
+        }
     }
 }
 
@@ -503,33 +552,6 @@ fn startup_rows(guest: &[Sample]) -> Vec<Row> {
     rows
 }
 
-/// One row per numeric key either side reports (a run count `n` aside); keys both sides report
-/// get a ratio.
-fn generic_rows(name: &str, host: &[Sample], guest: &[Sample]) -> Vec<Row> {
-    let mut keys: Vec<&String> = host
-        .iter()
-        .chain(guest)
-        .flat_map(|s| s.numbers.keys())
-        .filter(|k| *k != "n")
-        .collect();
-    keys.sort();
-    keys.dedup();
-    let mut rows = Vec::new();
-    for key in keys {
-        let h = column(host, key).unwrap_or_default();
-        let g = column(guest, key).unwrap_or_default();
-        let unit = key.rsplit_once('_').map_or("", |(_, u)| u);
-        rows.push(Row::new(name, &format!("{name}: {key}"), unit, h, g));
-    }
-    if rows.is_empty() {
-        rows.push(Row::without_figures(
-            name,
-            Status::Failed("the result lines have no figures".into()),
-        ));
-    }
-    rows
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -554,6 +576,7 @@ mod tests {
             exe: Path::new("kite"),
             guest: Path::new("guest.elf"),
             disk: None,
+            net: None,
             tsc_hz: 2e9,
         }
     }
@@ -650,22 +673,29 @@ mod tests {
     }
 
     #[test]
-    fn generic_rows_pair_the_keys_both_sides_report() {
+    fn net_rows_are_round_trips_on_both_sides() {
         let host = [sample(
-            "KITE-TEST virtio-blk ok rand4k_read_cycles=100 only_host_ns=5",
+            "KITE-TEST virtio-net ok frames=1000 cycles=20000000 window=1",
             1.0,
         )];
         let guest = [sample(
-            "KITE-TEST virtio-blk ok rand4k_read_cycles=300 n=7 sum=0x1",
+            "KITE-TEST virtio-net ok frames=1000 frames_per_sec=5 bytes=212000 cycles=400000000 \
+             window=1 mac=52:54:00:4b:49:54 tsc_hz=2000000000",
             1.0,
         )];
-        let rows = generic_rows("virtio-blk", &host, &guest);
-        assert_eq!(rows.len(), 2, "{rows:?}");
-        assert_eq!(rows[1].name, "virtio-blk: rand4k_read_cycles");
-        assert_eq!(rows[1].unit, "cycles");
-        assert_eq!(rows[1].ratio().unwrap().median, 3.0);
-        assert_eq!(rows[0].name, "virtio-blk: only_host_ns");
-        assert!(rows[0].guest.is_empty());
+        let rows = rows(&ctx(), Workload::VirtioNet, &host, &guest);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].unit, "µs");
+        // 2e7 cycles / 1000 frames at 2 GHz = 10 µs.
+        assert_eq!(rows[0].host, [10.0]);
+        assert_eq!(rows[0].guest, [200.0]);
+        let rows = super::rows(
+            &ctx(),
+            Workload::VirtioNet,
+            &host,
+            &[sample("KITE-TEST virtio-net ok", 1.0)],
+        );
+        assert!(matches!(rows[0].status, Status::Failed(_)));
     }
 
     #[test]
