@@ -1,6 +1,7 @@
-//! The SVG chart: one horizontal bar per row that has a guest/host ratio (the ratio of the
-//! medians), with a whisker from the smallest to the largest per-run ratio, and a line at 1 (as
-//! fast as the host). Written as plain text; no plotting library.
+//! The SVG chart: one horizontal bar per row that has a guest/host ratio, on a log scale (ratios
+//! here run from about 1 to over 100): the bar goes from 1 (as on the host) to the ratio of the
+//! medians, the whisker from the smallest to the largest per-run ratio. Written as plain text; no
+//! plotting library.
 
 use std::fmt::Write;
 
@@ -31,15 +32,35 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// A round step for the axis ticks, about `span / 5`.
-fn tick_step(span: f64) -> f64 {
-    let raw = span / 5.0;
-    let magnitude = 10f64.powf(raw.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|m| m * magnitude)
-        .find(|&s| s >= raw)
-        .unwrap_or(10.0 * magnitude)
+/// The axis range: every ratio and whisker, 1, and at least a factor of 4 overall.
+fn axis(values: impl Iterator<Item = f64>) -> (f64, f64) {
+    let (mut lo, mut hi) = (1.0f64, 1.0f64);
+    for v in values.filter(|v| v.is_finite() && *v > 0.0) {
+        lo = lo.min(v);
+        hi = hi.max(v);
+    }
+    let (mut lo, mut hi) = (lo / 1.25, hi * 1.25);
+    while hi / lo < 4.0 {
+        lo /= 1.25;
+        hi *= 1.25;
+    }
+    (lo, hi)
+}
+
+/// Tick values 1, 2, 5 times powers of ten within `lo..=hi`.
+fn ticks(lo: f64, hi: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let first = lo.log10().floor() as i32;
+    let last = hi.log10().ceil() as i32;
+    for e in first..=last {
+        for m in [1.0, 2.0, 5.0] {
+            let t = m * 10f64.powi(e);
+            if t >= lo && t <= hi {
+                out.push(t);
+            }
+        }
+    }
+    out
 }
 
 /// The chart for `report` (rows without a ratio are left out; a note says so when none has one).
@@ -51,14 +72,9 @@ pub fn render(report: &Report) -> String {
         .filter_map(|r| Some((r, r.ratio()?)))
         .filter(|(_, s)| s.median.is_finite() && s.min.is_finite() && s.max.is_finite())
         .collect();
-    let top_value = bars
-        .iter()
-        .map(|(_, s)| s.max.max(s.median))
-        .fold(1.0f64, f64::max)
-        * 1.08;
-    let step = tick_step(top_value);
-    let axis_max = (top_value / step).ceil() * step;
-    let x = |v: f64| PLOT_X + (v.max(0.0) / axis_max) * PLOT_W;
+    let (lo, hi) = axis(bars.iter().flat_map(|(_, s)| [s.min, s.median, s.max]));
+    let span = (hi / lo).ln();
+    let x = |v: f64| PLOT_X + ((v.max(lo).min(hi) / lo).ln() / span) * PLOT_W;
     let plot_h = ROW_H * bars.len().max(1) as f64;
     let height = TOP + plot_h + BOTTOM;
 
@@ -74,8 +90,8 @@ pub fn render(report: &Report) -> String {
     );
     let _ = writeln!(
         s,
-        "<text x=\"{}\" y=\"24\" font-size=\"16\" font-weight=\"bold\">Kite: guest / host \
-         (bar: ratio of medians; whisker: min..max of {} paired runs)</text>",
+        "<text x=\"{}\" y=\"24\" font-size=\"16\" font-weight=\"bold\">Kite: guest / host, \
+         log scale (bar: ratio of medians; whisker: min..max of {} paired runs)</text>",
         10.0, report.runs
     );
     let _ = writeln!(
@@ -84,8 +100,7 @@ pub fn render(report: &Report) -> String {
          costs more</text>"
     );
     // Grid and axis labels.
-    let mut tick = 0.0;
-    while tick <= axis_max + step / 2.0 {
+    for tick in ticks(lo, hi) {
         let tx = x(tick);
         let _ = writeln!(
             s,
@@ -98,7 +113,6 @@ pub fn render(report: &Report) -> String {
             TOP + plot_h + 18.0,
             trim_number(tick)
         );
-        tick += step;
     }
     if bars.is_empty() {
         let _ = writeln!(
@@ -118,12 +132,20 @@ pub fn render(report: &Report) -> String {
             mid + 4.5,
             escape(&row.name)
         );
+        let (one, at) = (x(1.0), x(r.median));
+        // Blue: the VM costs more than the host; green: less.
+        let fill = if r.median >= 1.0 {
+            "#4c78a8"
+        } else {
+            "#59a14f"
+        };
         let _ = writeln!(
             s,
-            "<rect x=\"{PLOT_X}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" \
-             fill=\"#4c78a8\"><title>{}: {:.3} ({:.3}..{:.3})</title></rect>",
+            "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" \
+             fill=\"{fill}\"><title>{}: {:.3} ({:.3}..{:.3})</title></rect>",
+            one.min(at),
             y + 5.0,
-            x(r.median) - PLOT_X,
+            (at - one).abs().max(1.0),
             ROW_H - 10.0,
             escape(&row.name),
             r.median,
@@ -162,7 +184,7 @@ pub fn render(report: &Report) -> String {
 }
 
 fn trim_number(v: f64) -> String {
-    let t = format!("{v:.2}");
+    let t = format!("{v:.3}");
     t.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
@@ -244,9 +266,15 @@ mod tests {
     }
 
     #[test]
-    fn ticks_are_round() {
-        for (span, step) in [(1.08, 0.25), (2.0, 0.5), (9.0, 2.0), (30.0, 10.0)] {
-            assert!((tick_step(span) - step).abs() < 1e-9, "{span}");
+    fn log_axis_covers_every_value_and_one() {
+        let (lo, hi) = axis([0.9, 1.1, 136.0].into_iter());
+        assert!(lo < 0.9 && hi > 136.0);
+        let (lo, hi) = axis([1.0, 1.01, f64::NAN].into_iter());
+        assert!(lo < 1.0 && hi > 1.0 && hi / lo >= 4.0);
+        let t = ticks(0.7, 160.0);
+        assert_eq!(t.len(), 7, "{t:?}");
+        for (got, want) in t.iter().zip([1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0]) {
+            assert!((got - want).abs() < 1e-9, "{t:?}");
         }
         assert_eq!(trim_number(1.50), "1.5");
         assert_eq!(trim_number(2.0), "2");
