@@ -86,6 +86,17 @@ impl Error {
     }
 }
 
+/// An error and its sources on one line.
+fn chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        text = format!("{text}: {e}");
+        source = e.source();
+    }
+    text
+}
+
 /// Size of the scratch disk image virtio-blk reads and writes on both sides.
 pub const DISK_BYTES: u64 = 64 << 20;
 
@@ -267,7 +278,10 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
     for &w in &chosen {
         if let (true, Some(Err(why))) = (w.needs_net(), &net) {
             progress.total -= w.sides().len() * runs as usize;
-            let why = format!("cannot set up its network (needs root and ip): {why}");
+            let why = format!(
+                "cannot set up its network (needs root and ip): {}",
+                chain(why)
+            );
             report
                 .rows
                 .push(Row::without_figures(w.label(), Status::NotAvailable(why)));

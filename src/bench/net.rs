@@ -18,6 +18,20 @@ pub const PEER_PORT: u16 = 7777;
 pub const GUEST_IP: &str = "10.0.2.15";
 pub const TAP: &str = "kbench0";
 
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot run ip")]
+    Spawn(#[source] std::io::Error),
+    #[error("ip {args} failed: {stderr}")]
+    Ip { args: String, stderr: String },
+    #[error("cannot enter network namespace {0}")]
+    Enter(String, #[source] std::io::Error),
+    #[error("cannot start the UDP echo server at {PEER_IP}:{PEER_PORT}")]
+    Echo(#[source] std::io::Error),
+    #[error("the UDP echo server did not start within 10 s")]
+    EchoTimeout,
+}
+
 /// A namespace with a tap and an echo server; both go away on drop.
 pub struct NetSetup {
     pub netns: String,
@@ -25,25 +39,24 @@ pub struct NetSetup {
     echo: Option<JoinHandle<()>>,
 }
 
-fn ip(args: &[&str]) -> Result<(), String> {
+fn ip(args: &[&str]) -> Result<(), Error> {
     let out = Command::new("ip")
         .args(args)
         .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
+        .map_err(Error::Spawn)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(Error::Ip {
+            args: args.join(" "),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
 impl NetSetup {
-    /// Make the namespace, the tap and the echo server; the error says why not (one line).
-    pub fn create() -> Result<NetSetup, String> {
+    /// Make the namespace, the tap and the echo server.
+    pub fn create() -> Result<NetSetup, Error> {
         let netns = format!("kite-bench-{}", std::process::id());
         ip(&["netns", "add", &netns])?;
         // From here on, drop deletes the namespace (and the tap in it).
@@ -83,7 +96,7 @@ impl NetSetup {
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(setup),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err("the UDP echo server did not start".into()),
+            Err(_) => Err(Error::EchoTimeout),
         }
     }
 
@@ -109,21 +122,17 @@ impl Drop for NetSetup {
 }
 
 /// Move this thread into namespace `ns` and bind the echo server's socket there.
-fn enter_and_bind(ns: &str) -> Result<UdpSocket, String> {
-    let file = std::fs::File::open(format!("/run/netns/{ns}"))
-        .map_err(|e| format!("cannot open network namespace {ns}: {e}"))?;
+fn enter_and_bind(ns: &str) -> Result<UdpSocket, Error> {
+    let enter = |e| Error::Enter(ns.to_string(), e);
+    let file = std::fs::File::open(format!("/run/netns/{ns}")).map_err(enter)?;
     // SAFETY: setns with a namespace file descriptor we hold open; it moves only this thread.
     if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-        return Err(format!(
-            "cannot enter network namespace {ns}: {}",
-            std::io::Error::last_os_error()
-        ));
+        return Err(enter(std::io::Error::last_os_error()));
     }
-    let socket = UdpSocket::bind((PEER_IP, PEER_PORT))
-        .map_err(|e| format!("UDP echo server at {PEER_IP}:{PEER_PORT}: {e}"))?;
+    let socket = UdpSocket::bind((PEER_IP, PEER_PORT)).map_err(Error::Echo)?;
     socket
         .set_read_timeout(Some(Duration::from_millis(50)))
-        .map_err(|e| format!("UDP echo server: {e}"))?;
+        .map_err(Error::Echo)?;
     Ok(socket)
 }
 
