@@ -215,14 +215,7 @@ fn linux_early_log_shows_our_boot_data() {
 #[test]
 fn linux_boots_to_init() {
     let test = "linux_boots_to_init";
-    if host_emulates_ring0() {
-        skip(
-            test,
-            "this host's KVM emulates guest ring 0 (no vmx/svm), so Linux takes minutes to boot; runs on hardware KVM hosts",
-        );
-        return;
-    }
-    let Some((kernel, initrd)) = images(test) else {
+    let Some((kernel, initrd)) = full_boot_images(test) else {
         return;
     };
     let mut g = Guest::start(&[
@@ -327,21 +320,11 @@ fn linux_brings_eth0_up_and_pings_the_host() {
     let Some((kernel, initrd)) = full_boot_images(test) else {
         return;
     };
-    let ns = match Netns::create("ping") {
+    let tap = "kping0";
+    let ns = match Netns::with_tap("ping", tap) {
         Ok(ns) => ns,
         Err(reason) => return skip(test, &reason),
     };
-    let tap = "kping0";
-    for step in [
-        &["ip", "link", "set", "lo", "up"][..],
-        &["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
-        &["ip", "addr", "add", "10.0.2.2/24", "dev", tap],
-        &["ip", "link", "set", tap, "up"],
-    ] {
-        if let Err(e) = ns.exec(step) {
-            return skip(test, &format!("cannot set up the tap: {e}"));
-        }
-    }
     let net = format!("tap={tap}");
     let cmd = ns.kite(&[
         "run",

@@ -395,21 +395,11 @@ fn virtio_net_echoes_udp_through_a_tap() {
     if let Some(reason) = kvm_unavailable().or_else(|| kite_lacks("--net")) {
         return skip(TEST, &reason);
     }
-    let ns = match Netns::create("net") {
+    let tap = "ktap0";
+    let ns = match Netns::with_tap("net", tap) {
         Ok(ns) => ns,
         Err(reason) => return skip(TEST, &reason),
     };
-    let tap = "ktap0";
-    for step in [
-        &["ip", "link", "set", "lo", "up"][..],
-        &["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
-        &["ip", "addr", "add", "10.0.2.2/24", "dev", tap],
-        &["ip", "link", "set", tap, "up"],
-    ] {
-        if let Err(e) = ns.exec(step) {
-            return skip(TEST, &format!("cannot set up the tap: {e}"));
-        }
-    }
     // Fewer unrelated frames (router solicitations and the like) on the link.
     let _ = ns.exec(&[
         "sysctl",

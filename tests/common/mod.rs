@@ -232,6 +232,21 @@ impl Netns {
         Ok(Netns { name })
     }
 
+    /// A namespace holding tap `tap`, up, with the host side's address 10.0.2.2/24.
+    pub fn with_tap(tag: &str, tap: &str) -> Result<Netns, String> {
+        let ns = Netns::create(tag)?;
+        for step in [
+            &["ip", "link", "set", "lo", "up"][..],
+            &["ip", "tuntap", "add", "dev", tap, "mode", "tap"],
+            &["ip", "addr", "add", "10.0.2.2/24", "dev", tap],
+            &["ip", "link", "set", tap, "up"],
+        ] {
+            ns.exec(step)
+                .map_err(|e| format!("cannot set up the tap: {e}"))?;
+        }
+        Ok(ns)
+    }
+
     /// Runs a command inside the namespace; its stderr on failure.
     pub fn exec(&self, args: &[&str]) -> Result<String, String> {
         let out = std::process::Command::new("ip")
