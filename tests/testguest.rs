@@ -142,6 +142,34 @@ fn irq_through_the_ioapic() {
 }
 
 #[test]
+fn console_input_reaches_the_guest() {
+    if kvm_unavailable().is_some() {
+        return skip("console_input_reaches_the_guest", "no usable /dev/kvm");
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = kite();
+    cmd.args([
+        "run",
+        "--kernel",
+        path_str(&elf),
+        "--memory",
+        "64M",
+        "--cmdline",
+        "kite_test=echo",
+    ]);
+    // More than the UART's 64-byte FIFO, so Kite must hold input back until the guest reads.
+    let text = "typed on the host ".repeat(8);
+    let out = run_with_input(
+        cmd,
+        Some(format!("{text}\n").into_bytes()),
+        Duration::from_secs(60),
+    );
+    let want = format!("KITE-TEST echo ok text={}", text.replace(' ', "+"));
+    assert!(out.stdout.contains(&want), "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+}
+
+#[test]
 fn unknown_scenario_fails_cleanly() {
     if kvm_unavailable().is_some() {
         return skip("unknown_scenario_fails_cleanly", "no usable /dev/kvm");

@@ -40,9 +40,22 @@ impl Outcome {
 }
 
 /// Run to completion, killing it (and failing the test) after `limit`.
-pub fn run(mut cmd: Command, limit: Duration) -> Outcome {
+pub fn run(cmd: Command, limit: Duration) -> Outcome {
+    run_with_input(cmd, None, limit)
+}
+
+/// As [`run`], with `input` written to the child's stdin (then closed).
+pub fn run_with_input(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration) -> Outcome {
     let start = Instant::now();
+    if input.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
     let mut child = cmd.spawn().expect("kite binary starts");
+    if let (Some(input), Some(mut stdin)) = (input, child.stdin.take()) {
+        std::thread::spawn(move || {
+            let _ = std::io::Write::write_all(&mut stdin, &input);
+        });
+    }
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out_t = std::thread::spawn(move || {

@@ -13,6 +13,8 @@ const LCR: u16 = 3;
 const MCR: u16 = 4;
 const LSR: u16 = 5;
 const LSR_THR_EMPTY: u8 = 0x20;
+const LSR_DATA_READY: u8 = 0x01;
+const RBR: u16 = 0; // receiver buffer register (read)
 pub const IER_THR_EMPTY: u8 = 0x02;
 
 pub fn init() {
@@ -32,6 +34,11 @@ pub fn putb(b: u8) {
         core::hint::spin_loop();
     }
     outb(COM1 + THR, b);
+}
+
+/// The next received byte, if one is waiting.
+pub fn try_getb() -> Option<u8> {
+    (inb(COM1 + LSR) & LSR_DATA_READY != 0).then(|| inb(COM1 + RBR))
 }
 
 pub fn write_bytes(s: &[u8]) {

@@ -1,11 +1,12 @@
-//! `hello`, `pio-rtt`, `mmio-rtt`.
+//! `hello`, `echo`, `pio-rtt`, `mmio-rtt`.
 
 use core::fmt::Write;
 
 use super::Ctx;
 use crate::mem::mmio;
 use crate::report::{Line, Outcome};
-use crate::sys::{inb, rdtsc};
+use crate::serial;
+use crate::sys::{inb, ms_to_ticks, rdtsc};
 use crate::{fail, ok};
 
 /// An I/O port no PC device claims; every access exits to the VMM.
@@ -26,6 +27,23 @@ pub fn hello(ctx: &mut Ctx) -> Outcome {
         });
     }
     Ok(line)
+}
+
+/// Reads one line typed on the console (polling the UART, up to 10 s):
+/// `text=<the line, each space replaced by '+'>`.
+pub fn echo(_ctx: &mut Ctx) -> Outcome {
+    let deadline = rdtsc().wrapping_add(ms_to_ticks(10_000));
+    let mut line = Line::new();
+    let _ = write!(line, "text=");
+    loop {
+        match serial::try_getb() {
+            Some(b'\n' | b'\r') => return Ok(line),
+            Some(b' ') => line.push(b'+'),
+            Some(b) => line.push(b),
+            None if rdtsc() > deadline => return fail!("no input line within 10 s"),
+            None => core::hint::spin_loop(),
+        }
+    }
 }
 
 /// Times `n` round trips through the VMM with `op`: `cycles_per_rtt=<n> n=<N>`.

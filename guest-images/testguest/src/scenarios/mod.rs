@@ -42,6 +42,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: basic::hello,
     },
     Scenario {
+        name: "echo",
+        run: basic::echo,
+    },
+    Scenario {
         name: "pio-rtt",
         run: basic::pio_rtt,
     },
