@@ -8,58 +8,17 @@ use std::time::Duration;
 
 use common::*;
 
-/// Run scenario `name` and return its key=value figures, failing with the whole output if the
-/// guest did not report `ok`.
+/// Run scenario `name` on `cpus` vCPUs and return its key=value figures, failing with the whole
+/// output if the guest did not report `ok`.
 fn scenario(name: &str, cpus: &str, extra_cmdline: &str) -> Option<HashMap<String, String>> {
-    if let Some(reason) = kvm_unavailable() {
-        skip(&format!("testguest {name}"), &reason);
-        return None;
-    }
-    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let mut cmd = kite();
-    let cmdline = format!("kite_test={name} {extra_cmdline}");
-    cmd.args([
-        "run",
-        "--kernel",
-        path_str(&elf),
-        "--memory",
-        "256M",
-        "--cpus",
-        cpus,
-        "--cmdline",
-        cmdline.trim(),
-    ]);
-    let out = run(cmd, Duration::from_secs(120));
-    let line = out
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("KITE-TEST "))
-        .unwrap_or_else(|| {
-            panic!(
-                "no KITE-TEST line for {name}\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                out.stdout, out.stderr
-            )
-        });
-    let mut words = line.split_whitespace().skip(1);
-    assert_eq!(words.next(), Some(name), "{line}");
-    assert_eq!(
-        words.next(),
-        Some("ok"),
-        "scenario {name} failed: {line}\n{}",
-        out.stderr
-    );
-    assert_eq!(
-        out.code,
-        Some(0),
-        "the guest ends the VM by an i8042 reset\n{}",
-        out.stderr
-    );
-    Some(
-        words
-            .filter_map(|w| w.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
-    )
+    let run = common::scenario(
+        &format!("testguest {name}"),
+        name,
+        &["--cpus", cpus],
+        extra_cmdline,
+    )?;
+    run.expect_ok();
+    Some(run.figures)
 }
 
 fn num(figures: &HashMap<String, String>, key: &str) -> f64 {

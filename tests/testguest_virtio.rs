@@ -9,104 +9,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
-
-/// What one run of a scenario printed.
-struct Run {
-    /// The text after `KITE-TEST <name> `: `ok key=value ...` or `FAIL reason`.
-    result: String,
-    figures: HashMap<String, String>,
-    out: Outcome,
-}
-
-impl Run {
-    fn ok(&self) -> bool {
-        self.result.starts_with("ok")
-    }
-
-    fn get(&self, key: &str) -> &str {
-        self.figures
-            .get(key)
-            .unwrap_or_else(|| panic!("no {key}= in: {}", self.result))
-    }
-
-    fn num(&self, key: &str) -> u64 {
-        self.get(key)
-            .parse()
-            .unwrap_or_else(|_| panic!("{key} is not a number in: {}", self.result))
-    }
-
-    /// Fails the test with everything kite printed unless the scenario said ok and kite ended
-    /// by the guest's reset (exit code 0).
-    fn expect_ok(&self) -> &Self {
-        assert!(
-            self.ok(),
-            "scenario failed: {}\n--- stderr ---\n{}",
-            self.result,
-            self.out.stderr
-        );
-        assert_eq!(
-            self.out.code,
-            Some(0),
-            "the guest ends the VM by an i8042 reset\n{}",
-            self.out.stderr
-        );
-        self
-    }
-}
-
-/// Runs the test guest's scenario `name` with extra `kite run` arguments and command-line
-/// words; None (after a skip line) where KVM is unusable.
-fn scenario(test: &str, name: &str, args: &[&str], words: &str) -> Option<Run> {
-    if let Some(reason) = kvm_unavailable() {
-        skip(test, &reason);
-        return None;
-    }
-    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let cmdline = format!("kite_test={name} {words}");
-    let mut cmd = kite();
-    cmd.args([
-        "run",
-        "--kernel",
-        path_str(&elf),
-        "--memory",
-        "256M",
-        "--cmdline",
-        cmdline.trim(),
-    ]);
-    cmd.args(args);
-    let out = run(cmd, LIMIT);
-    let prefix = format!("KITE-TEST {name} ");
-    let result = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| {
-            panic!(
-                "no {prefix} line\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                out.stdout, out.stderr
-            )
-        })
-        .trim_end()
-        .to_string();
-    let figures = result
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Some(Run {
-        result,
-        figures,
-        out,
-    })
-}
 
 /// A zero-filled image of `bytes` in the test's temporary directory.
 fn image(test: &str, bytes: usize) -> std::path::PathBuf {
