@@ -125,7 +125,7 @@ pub struct RunReport {
 pub struct Vmm {
     _kvm: Kvm,
     _vm: VmFd,
-    _mem: GuestMem,
+    mem: GuestMem,
     vcpus: Vec<Vcpu>,
     exit: Arc<ExitHandle>,
     event_manager: EventMgr,
@@ -244,7 +244,7 @@ impl Vmm {
         Ok(Vmm {
             _kvm: kvm,
             _vm: vm,
-            _mem: mem,
+            mem,
             vcpus,
             exit,
             event_manager,
@@ -311,7 +311,7 @@ impl Vmm {
             }
         }
         loop_result?;
-        let memory = memory::usage(&self._mem)
+        let memory = memory::usage(&self.mem)
             .map_err(|e| log::debug!("{e}"))
             .ok();
 
