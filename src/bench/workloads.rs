@@ -255,13 +255,6 @@ fn command(ctx: &Ctx, w: Workload, side: Side) -> Command {
                     blk.mode, blk.bs, blk.ops
                 ));
             }
-            cmd.arg("run").arg("--kernel").arg(ctx.guest).args([
-                "--memory",
-                GUEST_MEMORY,
-                "--timeline",
-                "--cmdline",
-                &cmdline,
-            ]);
             if w.needs_net() {
                 cmdline.push_str(&format!(
                     " kite_n={NET_FRAMES} kite_net_window=1 kite_net_bytes={NET_BYTES} \
@@ -270,6 +263,15 @@ fn command(ctx: &Ctx, w: Workload, side: Side) -> Command {
                     net::PEER_IP,
                     net::PEER_PORT
                 ));
+            }
+            cmd.arg("run").arg("--kernel").arg(ctx.guest).args([
+                "--memory",
+                GUEST_MEMORY,
+                "--timeline",
+                "--cmdline",
+                &cmdline,
+            ]);
+            if w.needs_net() {
                 cmd.arg("--net")
                     .arg(format!("tap={},mac={GUEST_MAC}", net::TAP));
             }
@@ -592,6 +594,26 @@ mod tests {
         );
         assert!(from_name("nope").is_empty());
         assert_eq!(names().len(), 7);
+    }
+
+    #[test]
+    fn the_guest_gets_the_net_settings_the_host_side_uses() {
+        let cmd = command(&ctx(), Workload::VirtioNet, Side::Guest);
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = args.iter().position(|a| a == "--cmdline").unwrap();
+        let cmdline = &args[at + 1];
+        for word in [
+            "kite_test=virtio-net".to_string(),
+            format!("kite_n={NET_FRAMES}"),
+            "kite_net_window=1".to_string(),
+            format!("kite_net_bytes={NET_BYTES}"),
+            format!("kite_net_peer={}", net::PEER_IP),
+        ] {
+            assert!(cmdline.split(' ').any(|w| w == word), "{word} in {cmdline}");
+        }
     }
 
     #[test]
