@@ -25,6 +25,12 @@ pub enum LayoutError {
     OutsideMemory { addr: u64, len: u32 },
     #[error("a device-readable buffer follows a device-writable one")]
     ReadableAfterWritable,
+    #[error("{0} device-readable bytes in a chain the device only writes to")]
+    Readable(u64),
+    #[error("{0} device-writable bytes in a chain the device only reads")]
+    Writable(u64),
+    #[error("chain of {len} bytes is shorter than the {min} it needs")]
+    Short { len: u64, min: u64 },
 }
 
 /// A descriptor chain that was walked to its end.
@@ -95,6 +101,34 @@ impl Chain {
         }
         Ok((Bufs(readable), Bufs(writable)))
     }
+
+    /// The buffers of a chain the device only writes to (a receive buffer, an entropy
+    /// request), at least `min_len` bytes of them.
+    pub fn writable_only(&self, mem: &GuestMem, min_len: u64) -> Result<Bufs, LayoutError> {
+        let (readable, writable) = self.split(mem)?;
+        if !readable.is_empty() {
+            return Err(LayoutError::Readable(readable.len()));
+        }
+        at_least(writable, min_len)
+    }
+
+    /// The buffers of a chain the device only reads (a frame or packet to send on), at least
+    /// `min_len` bytes of them.
+    pub fn readable_only(&self, mem: &GuestMem, min_len: u64) -> Result<Bufs, LayoutError> {
+        let (readable, writable) = self.split(mem)?;
+        if !writable.is_empty() {
+            return Err(LayoutError::Writable(writable.len()));
+        }
+        at_least(readable, min_len)
+    }
+}
+
+fn at_least(bufs: Bufs, min: u64) -> Result<Bufs, LayoutError> {
+    let len = bufs.len();
+    if len < min {
+        return Err(LayoutError::Short { len, min });
+    }
+    Ok(bufs)
 }
 
 /// One guest buffer.
@@ -218,6 +252,29 @@ mod tests {
         assert_eq!(tail, bufs(&[(0x2000, 6)]));
         assert!(b.split_at(17).is_none());
         assert_eq!(b.split_at(16).unwrap().1.len(), 0);
+    }
+
+    #[test]
+    fn one_way_chains_refuse_the_other_direction_and_short_ones() {
+        let mem = crate::memory::create(1 << 20).unwrap();
+        let write = virtio_bindings::virtio_ring::VRING_DESC_F_WRITE as u16;
+        let chain = |descs: &[(u64, u32, u16)]| Chain {
+            head: 0,
+            descs: descs
+                .iter()
+                .map(|&(a, l, f)| Descriptor::new(a, l, f, 0))
+                .collect(),
+        };
+        let rx = chain(&[(0x1000, 8, write), (0x2000, 8, write)]);
+        assert_eq!(rx.writable_only(&mem, 16).unwrap().len(), 16);
+        assert_eq!(
+            rx.writable_only(&mem, 17),
+            Err(LayoutError::Short { len: 16, min: 17 })
+        );
+        assert_eq!(rx.readable_only(&mem, 0), Err(LayoutError::Writable(16)));
+        let tx = chain(&[(0x1000, 4, 0), (0x2000, 0, write)]);
+        assert_eq!(tx.readable_only(&mem, 4).unwrap().len(), 4);
+        assert_eq!(tx.writable_only(&mem, 0), Err(LayoutError::Readable(4)));
     }
 
     #[test]

@@ -27,7 +27,7 @@ use virtio_bindings::virtio_net::{
 };
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
-use super::chain::Chain;
+use super::chain::{Chain, LayoutError};
 use super::device::{Active, LogLimiter, VirtioDevice, read_config_bytes};
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::memory::GuestMem;
@@ -100,26 +100,11 @@ fn tap_offload(active: &Active) -> u32 {
 #[derive(Debug, thiserror::Error)]
 enum TxError {
     #[error(transparent)]
-    Layout(#[from] super::chain::LayoutError),
-    #[error("transmit chain has {0} device-writable bytes")]
-    Writable(u64),
-    #[error("frame of {0} bytes is shorter than a virtio-net and an Ethernet header")]
-    Short(u64),
+    Layout(#[from] LayoutError),
     #[error("frame of {0} bytes is longer than {MAX_FRAME}")]
     Long(u64),
     #[error("guest memory access failed")]
     Memory(#[from] vm_memory::GuestMemoryError),
-}
-
-/// Why a receive chain was returned empty.
-#[derive(Debug, thiserror::Error)]
-enum RxError {
-    #[error(transparent)]
-    Layout(#[from] super::chain::LayoutError),
-    #[error("receive chain has {0} device-readable bytes")]
-    Readable(u64),
-    #[error("receive buffer of {0} bytes cannot hold a virtio-net header")]
-    Short(u64),
 }
 
 /// A virtio-net device.
@@ -207,7 +192,8 @@ impl Net {
                 self.rx_waiting = true;
                 break;
             };
-            let writable = match rx_buffers(&active.mem, &chain) {
+            // A receive buffer holds at least the virtio-net header.
+            let writable = match chain.writable_only(&active.mem, VNET_HDR_LEN as u64) {
                 Ok(w) => w,
                 Err(e) => {
                     if self.log.allow() {
@@ -304,28 +290,11 @@ impl Net {
     }
 }
 
-/// The device-writable buffers of a receive chain, checked.
-fn rx_buffers(mem: &GuestMem, chain: &Chain) -> Result<super::chain::Bufs, RxError> {
-    let (readable, writable) = chain.split(mem)?;
-    if !readable.is_empty() {
-        return Err(RxError::Readable(readable.len()));
-    }
-    if writable.len() < VNET_HDR_LEN as u64 {
-        return Err(RxError::Short(writable.len()));
-    }
-    Ok(writable)
-}
-
-/// Copy a transmit chain (header and frame) into `frame`; returns its length.
+/// Copy a transmit chain (header and frame, at least a virtio-net and an Ethernet header) into
+/// `frame`; returns its length.
 fn gather(mem: &GuestMem, chain: &Chain, frame: &mut [u8]) -> Result<usize, TxError> {
-    let (readable, writable) = chain.split(mem)?;
-    if !writable.is_empty() {
-        return Err(TxError::Writable(writable.len()));
-    }
+    let readable = chain.readable_only(mem, (VNET_HDR_LEN + ETH_HLEN) as u64)?;
     let len = readable.len();
-    if len < (VNET_HDR_LEN + ETH_HLEN) as u64 {
-        return Err(TxError::Short(len));
-    }
     if len > frame.len() as u64 {
         return Err(TxError::Long(len));
     }

@@ -33,7 +33,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
-use super::chain::{Bufs, Chain, LayoutError};
+use super::chain::{Chain, LayoutError};
 use super::device::{Active, LogLimiter, VirtioDevice, read_config_bytes};
 use crate::memory::GuestMem;
 use conn::{Conn, State};
@@ -90,10 +90,6 @@ enum Control {
 enum ChainUse {
     #[error(transparent)]
     Layout(#[from] LayoutError),
-    #[error("chain has {0} device-writable bytes on the transmit queue")]
-    Writable(u64),
-    #[error("chain has {0} device-readable bytes on the receive queue")]
-    Readable(u64),
     #[error("chain of {0} bytes is shorter than a packet header")]
     Short(u64),
     #[error("guest memory access failed")]
@@ -681,7 +677,8 @@ impl Vsock {
                 }
                 break;
             };
-            let bufs = match rx_buffers(&active.mem, &chain) {
+            // A receive buffer holds at least a packet header.
+            let bufs = match chain.writable_only(&active.mem, HDR_LEN as u64) {
                 Ok(bufs) => bufs,
                 Err(e) => {
                     if self.log.allow() {
@@ -782,10 +779,7 @@ impl Vsock {
 /// The header of a packet from the guest and how many payload bytes follow it. An RW payload
 /// of a sane length is copied into `pkt` after the header.
 fn read_packet(mem: &GuestMem, chain: &Chain, pkt: &mut [u8]) -> Result<(Header, u64), ChainUse> {
-    let (readable, writable) = chain.split(mem)?;
-    if !writable.is_empty() {
-        return Err(ChainUse::Writable(writable.len()));
-    }
+    let readable = chain.readable_only(mem, 0)?;
     let Some((head, payload)) = readable.split_at(HDR_LEN as u64) else {
         return Err(ChainUse::Short(readable.len()));
     };
@@ -797,18 +791,6 @@ fn read_packet(mem: &GuestMem, chain: &Chain, pkt: &mut [u8]) -> Result<(Header,
         payload.read_exact(mem, &mut pkt[HDR_LEN..HDR_LEN + len])?;
     }
     Ok((hdr, payload.len()))
-}
-
-/// The device-writable buffers of a receive chain, checked.
-fn rx_buffers(mem: &GuestMem, chain: &Chain) -> Result<Bufs, ChainUse> {
-    let (readable, writable) = chain.split(mem)?;
-    if !readable.is_empty() {
-        return Err(ChainUse::Readable(readable.len()));
-    }
-    if writable.len() < HDR_LEN as u64 {
-        return Err(ChainUse::Short(writable.len()));
-    }
-    Ok(writable)
 }
 
 impl Drop for Vsock {
