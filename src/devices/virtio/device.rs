@@ -3,7 +3,8 @@
 //! [`VirtioDevice`] and does its work when the event loop tells it a queue was notified, or, for
 //! a device with host-side I/O of its own (a tap, sockets), that its backend is ready.
 
-use std::os::fd::RawFd;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -12,6 +13,7 @@ use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error, warn};
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet as EpollSet};
 use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{Chain, read_chain};
@@ -367,6 +369,48 @@ impl QueueEvents {
     /// `events[i]` is the notification eventfd of queue `i`.
     pub fn new(device: SharedDevice, events: Vec<EventFd>) -> Self {
         Self { device, events }
+    }
+}
+
+/// The epoll set behind [`VirtioDevice::backend_fd`]: a device's host-side descriptors, each
+/// reported with a token the device chooses.
+pub struct BackendSet(Epoll);
+
+impl BackendSet {
+    pub fn new() -> io::Result<Self> {
+        Epoll::new().map(Self)
+    }
+
+    /// Watch `fd` for `events`, reported with `token`.
+    pub fn add(&self, fd: RawFd, events: EpollSet, token: u64) -> io::Result<()> {
+        self.0
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(events, token))
+    }
+
+    /// Watch `fd`, already in the set, for `events` instead.
+    pub fn modify(&self, fd: RawFd, events: EpollSet, token: u64) -> io::Result<()> {
+        self.0
+            .ctl(ControlOperation::Modify, fd, EpollEvent::new(events, token))
+    }
+
+    /// Stop watching `fd` (closing it does too).
+    pub fn remove(&self, fd: RawFd) {
+        let _ = self
+            .0
+            .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+    }
+
+    /// What is ready now, without waiting: at most `events.len()` entries of it.
+    pub fn ready<'a>(&self, events: &'a mut [EpollEvent]) -> &'a [EpollEvent] {
+        let n = self.0.wait(0, events).unwrap_or(0);
+        let events: &'a [EpollEvent] = events;
+        events.get(..n).unwrap_or_default()
+    }
+}
+
+impl AsRawFd for BackendSet {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
     }
 }
 

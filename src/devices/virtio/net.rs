@@ -25,10 +25,10 @@ use virtio_bindings::virtio_net::{
     VIRTIO_NET_F_CSUM, VIRTIO_NET_F_GUEST_CSUM, VIRTIO_NET_F_GUEST_TSO4, VIRTIO_NET_F_GUEST_TSO6,
     VIRTIO_NET_F_HOST_TSO4, VIRTIO_NET_F_HOST_TSO6, VIRTIO_NET_F_MAC,
 };
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
 use super::chain::{Chain, LayoutError};
-use super::device::{Active, LogLimiter, VirtioDevice, read_config_bytes};
+use super::device::{Active, BackendSet, LogLimiter, VirtioDevice, read_config_bytes};
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::memory::GuestMem;
 
@@ -113,7 +113,7 @@ pub struct Net {
     config: [u8; 6],
     active: Option<Active>,
     /// Holds the backend's descriptor; watched by the event loop.
-    epoll: Epoll,
+    epoll: BackendSet,
     /// What the epoll set waits for on the backend now.
     watching: EventSet,
     /// The receive ring was empty: wait for the driver's notification before reading the tap.
@@ -132,12 +132,8 @@ pub struct Net {
 
 impl Net {
     pub fn new(backend: Box<dyn NetBackend>, mac: [u8; 6]) -> io::Result<Self> {
-        let epoll = Epoll::new()?;
-        epoll.ctl(
-            ControlOperation::Add,
-            backend.as_raw_fd(),
-            EpollEvent::new(EventSet::empty(), 0),
-        )?;
+        let epoll = BackendSet::new()?;
+        epoll.add(backend.as_raw_fd(), EventSet::empty(), 0)?;
         Ok(Self {
             name: format!("virtio-net {}", backend.name()),
             backend,
@@ -169,11 +165,7 @@ impl Net {
         if want == self.watching {
             return;
         }
-        let fd = self.backend.as_raw_fd();
-        match self
-            .epoll
-            .ctl(ControlOperation::Modify, fd, EpollEvent::new(want, 0))
-        {
+        match self.epoll.modify(self.backend.as_raw_fd(), want, 0) {
             Ok(()) => self.watching = want,
             Err(e) => error!("{}: cannot watch the backend: {e}", self.name),
         }
@@ -361,18 +353,11 @@ impl VirtioDevice for Net {
 
     fn process_backend(&mut self) {
         let mut events = [EpollEvent::default(); 1];
-        let ready = match self.epoll.wait(0, &mut events) {
-            Ok(n) => events.get(..n).unwrap_or_default(),
-            Err(_) => &[],
-        };
-        for event in ready {
+        for event in self.epoll.ready(&mut events) {
             let set = event.event_set();
             if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
                 error!("{}: the backend failed; the network is gone", self.name);
-                let fd = self.backend.as_raw_fd();
-                let _ = self
-                    .epoll
-                    .ctl(ControlOperation::Delete, fd, EpollEvent::default());
+                self.epoll.remove(self.backend.as_raw_fd());
                 self.backend_gone = true;
                 return;
             }

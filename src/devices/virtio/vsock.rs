@@ -30,11 +30,11 @@ use std::path::{Path, PathBuf};
 
 use log::{debug, error, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
-use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use super::chain::{Chain, LayoutError};
-use super::device::{Active, LogLimiter, VirtioDevice, read_config_bytes};
+use super::device::{Active, BackendSet, LogLimiter, VirtioDevice, read_config_bytes};
 use crate::memory::GuestMem;
 use conn::{Conn, State};
 use packet::{
@@ -112,7 +112,7 @@ pub struct Vsock {
     config: [u8; 8],
     path: PathBuf,
     listener: UnixListener,
-    epoll: Epoll,
+    epoll: BackendSet,
     wake: EventFd,
     active: Option<Active>,
     /// Connections by epoll token, and the tokens of those with ports by (guest, host) port.
@@ -162,7 +162,7 @@ impl Vsock {
 
     fn with_listener(cid: u32, socket: &Path, listener: UnixListener) -> Result<Self, Error> {
         listener.set_nonblocking(true).map_err(Error::Epoll)?;
-        let epoll = Epoll::new().map_err(Error::Epoll)?;
+        let epoll = BackendSet::new().map_err(Error::Epoll)?;
         let wake = EventFd::new(EFD_NONBLOCK).map_err(Error::Epoll)?;
         // The listener is edge-triggered: accept() runs until it would block, and one that
         // fails (out of descriptors) waits for the next connection instead of spinning.
@@ -172,11 +172,7 @@ impl Vsock {
         ];
         for (fd, token, mode) in watch {
             epoll
-                .ctl(
-                    ControlOperation::Add,
-                    fd,
-                    EpollEvent::new(EventSet::IN | mode, token),
-                )
+                .add(fd, EventSet::IN | mode, token)
                 .map_err(Error::Epoll)?;
         }
         Ok(Self {
@@ -400,12 +396,7 @@ impl Vsock {
         let token = self.next_token;
         let events =
             EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        let added = self.epoll.ctl(
-            ControlOperation::Add,
-            stream.as_raw_fd(),
-            EpollEvent::new(events, token),
-        );
-        if let Err(e) = added {
+        if let Err(e) = self.epoll.add(stream.as_raw_fd(), events, token) {
             error!("{}: cannot watch a connection: {e}", self.name);
             return None;
         }
@@ -422,11 +413,7 @@ impl Vsock {
             self.ports.remove(&(conn.guest_port, conn.host_port));
         }
         if let Some(stream) = &conn.stream {
-            let _ = self.epoll.ctl(
-                ControlOperation::Delete,
-                stream.as_raw_fd(),
-                EpollEvent::default(),
-            );
+            self.epoll.remove(stream.as_raw_fd());
         }
     }
 
@@ -489,11 +476,7 @@ impl Vsock {
             if conn.host_shutdown == SHUTDOWN_BOTH && !conn.has_data_for_host() {
                 // Nothing more goes either way on the host side; wait for the guest's RST.
                 if let Some(stream) = conn.stream.take() {
-                    let _ = self.epoll.ctl(
-                        ControlOperation::Delete,
-                        stream.as_raw_fd(),
-                        EpollEvent::default(),
-                    );
+                    self.epoll.remove(stream.as_raw_fd());
                 }
             }
         }
@@ -850,11 +833,7 @@ impl VirtioDevice for Vsock {
         // Closing a stream also takes it out of the epoll set.
         self.retired.clear();
         let mut events = [EpollEvent::default(); 64];
-        let ready = match self.epoll.wait(0, &mut events) {
-            Ok(n) => events.get(..n).unwrap_or_default(),
-            Err(_) => &[],
-        };
-        for event in ready {
+        for event in self.epoll.ready(&mut events) {
             match event.data() {
                 LISTENER => self.accept(),
                 WAKE => {
