@@ -159,6 +159,9 @@ pub enum Completion {
     Used(u32),
     /// The chain gives no way to answer (no status byte, say): the device needs a reset.
     Fatal(String),
+    /// The device cannot take the chain now (its backend is full): leave it on the ring, as if
+    /// it had not been taken, and stop; the device comes back when it can.
+    Later,
 }
 
 impl Active {
@@ -188,6 +191,7 @@ impl Active {
     /// Serve the available chains of queue `index` with `handle`, put them on the used ring and
     /// interrupt the driver once. A chain that cannot be walked or answered puts the device into
     /// the needs-reset state; until the driver resets it, the device leaves its queues alone.
+    /// A chain the handler leaves for later ends the turn.
     ///
     /// Serves at most a queue's worth of chains, so a driver that keeps refilling the ring cannot
     /// keep the event loop from other devices; returns true if it stopped for that reason.
@@ -213,6 +217,10 @@ impl Active {
             match handle(&self.mem, &chain) {
                 Completion::Used(len) => used |= self.add_used(index, chain.head(), len, what, log),
                 Completion::Fatal(why) => self.fail(log, what, &why),
+                Completion::Later => {
+                    self.unpop_chain(index);
+                    break;
+                }
             }
         }
         if used {

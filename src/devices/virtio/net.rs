@@ -28,7 +28,7 @@ use virtio_bindings::virtio_net::{
 use vmm_sys_util::epoll::{EpollEvent, EventSet};
 
 use super::chain::{Chain, LayoutError};
-use super::device::{Active, BackendSet, LogLimiter, VirtioDevice, read_config_bytes};
+use super::device::{Active, BackendSet, Completion, LogLimiter, VirtioDevice, read_config_bytes};
 use super::tap::{Tap, VNET_HDR_LEN};
 use crate::memory::GuestMem;
 
@@ -243,22 +243,15 @@ impl Net {
         if self.tx_blocked {
             return false;
         }
-        let mut used = false;
-        let mut budget_spent = true;
-        for _ in 0..QUEUE_SIZE {
-            let Some(chain) = active.pop_chain(TX, &self.name, &mut self.chain_log) else {
-                budget_spent = false;
-                break;
-            };
-            match gather(&active.mem, &chain, &mut self.frame) {
+        let mut blocked = false;
+        let budget_spent = active.drain_queue(TX, &self.name, &mut self.chain_log, |mem, chain| {
+            match gather(mem, chain, &mut self.frame) {
                 Ok(n) => match self.backend.write_frame(&self.frame[..n]) {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Try this chain again once the backend is writable.
-                        active.unpop_chain(TX);
-                        self.tx_blocked = true;
-                        budget_spent = false;
-                        break;
+                        blocked = true;
+                        return Completion::Later;
                     }
                     Err(e) => {
                         // EIO: the tap is down; the frame is lost as on a cable unplugged.
@@ -273,11 +266,9 @@ impl Net {
                     }
                 }
             }
-            used |= active.add_used(TX, chain.head(), 0, &self.name, &mut self.chain_log);
-        }
-        if used {
-            active.notify_used(TX);
-        }
+            Completion::Used(0)
+        });
+        self.tx_blocked = blocked;
         budget_spent
     }
 }
