@@ -121,11 +121,7 @@ pub fn main(args: &WorkloadArgs) -> i32 {
             0
         }
         Err(e) => {
-            let mut text = e.to_string();
-            if let Some(source) = std::error::Error::source(&e) {
-                text = format!("{text}: {source}");
-            }
-            println!("KITE-TEST {name} FAIL {text}");
+            println!("KITE-TEST {name} FAIL {}", super::chain(&e));
             1
         }
     }
