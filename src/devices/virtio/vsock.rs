@@ -78,6 +78,7 @@ pub enum Error {
 }
 
 /// A packet the device has for the guest that carries no payload.
+#[derive(Clone, Copy)]
 enum Control {
     /// On a live connection: built when sent, so it carries the credit of that moment.
     Conn { token: u64, op: u16, flags: u32 },
@@ -94,6 +95,13 @@ enum ChainUse {
     Short(u64),
     #[error("guest memory access failed")]
     Memory(#[from] vm_memory::GuestMemoryError),
+}
+
+/// What the receive queue's next buffer is for.
+enum Next {
+    Control(Control),
+    /// Host data of this connection.
+    Data(u64),
 }
 
 /// What reading a connection's host data gave.
@@ -634,19 +642,16 @@ impl Vsock {
         let mut left = false;
         let mut budget = QUEUE_SIZE;
         loop {
-            let control = self.control.pop_front();
-            let sender = match control {
-                Some(_) => None,
+            // Control packets go first; each leaves the queue only once it has a buffer.
+            let next = match self.control.front() {
+                Some(&control) => Next::Control(control),
                 None => match self.next_sender() {
-                    Some(token) => Some(token),
+                    Some(token) => Next::Data(token),
                     None => break,
                 },
             };
             if budget == 0 {
                 left = true;
-                if let Some(c) = control {
-                    self.control.push_front(c);
-                }
                 break;
             }
             budget -= 1;
@@ -655,9 +660,6 @@ impl Vsock {
             };
             let Some(chain) = active.pop_chain(RX, &self.name, &mut self.chain_log) else {
                 // No buffers: the driver's notification brings us back.
-                if let Some(c) = control {
-                    self.control.push_front(c);
-                }
                 break;
             };
             // A receive buffer holds at least a packet header.
@@ -668,14 +670,12 @@ impl Vsock {
                         warn!("{}: {e}; buffer returned unused", self.name);
                     }
                     used |= active.add_used(RX, chain.head(), 0, &self.name, &mut self.chain_log);
-                    if let Some(c) = control {
-                        self.control.push_front(c);
-                    }
                     continue;
                 }
             };
-            let len = match (control, sender) {
-                (Some(control), _) => {
+            let len = match next {
+                Next::Control(control) => {
+                    self.control.pop_front();
                     let Some(hdr) = self.control_header(&control) else {
                         // Its connection is gone.
                         self.unpop_rx();
@@ -684,7 +684,7 @@ impl Vsock {
                     self.pkt[..HDR_LEN].copy_from_slice(&hdr.encode());
                     HDR_LEN
                 }
-                (None, Some(token)) => match self.read_data(token, bufs.len()) {
+                Next::Data(token) => match self.read_data(token, bufs.len()) {
                     Data::Packet(len) => len,
                     Data::NoRoom => {
                         if self.log.allow() {
@@ -699,7 +699,6 @@ impl Vsock {
                         continue;
                     }
                 },
-                (None, None) => break,
             };
             let Some(active) = self.active.as_mut() else {
                 break;
