@@ -151,6 +151,8 @@ pub struct Active {
     pub features: u64,
     /// Set when the device entered the needs-reset state; it then ignores its queues.
     broken: bool,
+    /// Per queue: chains went on the used ring since the driver was last interrupted about it.
+    unnotified: Vec<bool>,
 }
 
 /// What a device's request handler reports back for one descriptor chain.
@@ -168,6 +170,7 @@ impl Active {
     pub fn new(mem: GuestMem, queues: Vec<Queue>, interrupt: Interrupt, features: u64) -> Self {
         Self {
             mem,
+            unnotified: vec![false; queues.len()],
             queues,
             interrupt,
             features,
@@ -189,7 +192,7 @@ impl Active {
     }
 
     /// Serve the available chains of queue `index` with `handle`, put them on the used ring and
-    /// interrupt the driver once. A chain that cannot be walked or answered puts the device into
+    /// interrupt the driver once, if any went there. A chain that cannot be walked or answered puts the device into
     /// the needs-reset state; until the driver resets it, the device leaves its queues alone.
     /// A chain the handler leaves for later ends the turn.
     ///
@@ -202,7 +205,6 @@ impl Active {
         log: &mut LogLimiter,
         mut handle: impl FnMut(&GuestMem, &Chain) -> Completion,
     ) -> bool {
-        let mut used = false;
         let mut served = 0usize;
         let mut budget_spent = false;
         while let Some(max_len) = self.ready_size(index) {
@@ -215,7 +217,7 @@ impl Active {
                 break;
             };
             match handle(&self.mem, &chain) {
-                Completion::Used(len) => used |= self.add_used(index, chain.head(), len, what, log),
+                Completion::Used(len) => self.add_used(index, chain.head(), len, what, log),
                 Completion::Fatal(why) => self.fail(log, what, &why),
                 Completion::Later => {
                     self.unpop_chain(index);
@@ -223,9 +225,7 @@ impl Active {
                 }
             }
         }
-        if used {
-            self.notify_used(index);
-        }
+        self.notify_used(index);
         budget_spent
     }
 
@@ -270,8 +270,9 @@ impl Active {
         }
     }
 
-    /// Put chain `head` on queue `index`'s used ring with `len` bytes written to it. Returns
-    /// false, with the device in the needs-reset state, if the used ring cannot be written.
+    /// Put chain `head` on queue `index`'s used ring with `len` bytes written to it; the
+    /// driver hears of it at the next [`Self::notify_used`]. If the used ring cannot be
+    /// written, the device enters the needs-reset state.
     pub fn add_used(
         &mut self,
         index: usize,
@@ -279,26 +280,27 @@ impl Active {
         len: u32,
         what: &str,
         log: &mut LogLimiter,
-    ) -> bool {
-        let Some(queue) = self.queues.get_mut(index) else {
-            return false;
+    ) {
+        let (Some(queue), Some(unnotified)) =
+            (self.queues.get_mut(index), self.unnotified.get_mut(index))
+        else {
+            return;
         };
         match queue.add_used(&self.mem, head, len) {
-            Ok(()) => true,
-            Err(e) => {
-                self.fail(log, what, &e);
-                false
-            }
+            Ok(()) => *unnotified = true,
+            Err(e) => self.fail(log, what, &e),
         }
     }
 
-    /// Interrupt the driver about new used buffers in queue `index`, unless it asked not to be.
+    /// Interrupt the driver about the chains put on queue `index`'s used ring since the last
+    /// call, if there are any and it did not ask not to be.
     pub fn notify_used(&mut self, index: usize) {
-        let notify = self
-            .queues
-            .get_mut(index)
-            .map(|q| q.needs_notification(&self.mem).unwrap_or(true));
-        if notify == Some(true) {
+        let (Some(queue), Some(unnotified)) =
+            (self.queues.get_mut(index), self.unnotified.get_mut(index))
+        else {
+            return;
+        };
+        if std::mem::take(unnotified) && queue.needs_notification(&self.mem).unwrap_or(true) {
             self.interrupt.signal_used();
         }
     }

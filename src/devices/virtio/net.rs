@@ -177,7 +177,6 @@ impl Net {
         let Some(active) = self.active.as_mut() else {
             return;
         };
-        let mut used = false;
         for _ in 0..QUEUE_SIZE {
             let Some(chain) = active.pop_chain(RX, &self.name, &mut self.chain_log) else {
                 // Wait for the driver to post buffers; the frames stay in the tap meanwhile.
@@ -191,7 +190,7 @@ impl Net {
                     if self.log.allow() {
                         warn!("{}: {e}; buffer returned unused", self.name);
                     }
-                    used |= active.add_used(RX, chain.head(), 0, &self.name, &mut self.chain_log);
+                    active.add_used(RX, chain.head(), 0, &self.name, &mut self.chain_log);
                     continue;
                 }
             };
@@ -227,11 +226,9 @@ impl Net {
                     0
                 }
             };
-            used |= active.add_used(RX, chain.head(), len, &self.name, &mut self.chain_log);
+            active.add_used(RX, chain.head(), len, &self.name, &mut self.chain_log);
         }
-        if used {
-            active.notify_used(RX);
-        }
+        active.notify_used(RX);
     }
 
     /// Send the driver's transmit chains to the backend, at most a ring's worth per turn.

@@ -224,7 +224,6 @@ impl Vsock {
     /// Read and act on the guest's packets, a ring's worth at most. Returns true if it stopped
     /// with packets possibly left.
     fn process_tx(&mut self) -> bool {
-        let mut used = false;
         let mut left = true;
         for _ in 0..QUEUE_SIZE {
             if self.control.len() >= MAX_CONTROL {
@@ -239,7 +238,7 @@ impl Vsock {
                     break;
                 };
                 let packet = read_packet(&active.mem, &chain, &mut self.pkt);
-                used |= active.add_used(TX, chain.head(), 0, &self.name, &mut self.chain_log);
+                active.add_used(TX, chain.head(), 0, &self.name, &mut self.chain_log);
                 packet
             };
             match packet {
@@ -251,7 +250,7 @@ impl Vsock {
                 }
             }
         }
-        if used && let Some(active) = self.active.as_mut() {
+        if let Some(active) = self.active.as_mut() {
             active.notify_used(TX);
         }
         left
@@ -638,7 +637,6 @@ impl Vsock {
     /// Fill the driver's receive buffers: control packets first, then host data, while there
     /// are buffers, at most a ring's worth. Returns true if it stopped with work possibly left.
     fn pump(&mut self) -> bool {
-        let mut used = false;
         let mut left = false;
         let mut budget = QUEUE_SIZE;
         loop {
@@ -669,7 +667,7 @@ impl Vsock {
                     if self.log.allow() {
                         warn!("{}: {e}; buffer returned unused", self.name);
                     }
-                    used |= active.add_used(RX, chain.head(), 0, &self.name, &mut self.chain_log);
+                    active.add_used(RX, chain.head(), 0, &self.name, &mut self.chain_log);
                     continue;
                 }
             };
@@ -712,9 +710,9 @@ impl Vsock {
                     0
                 }
             };
-            used |= active.add_used(RX, chain.head(), written, &self.name, &mut self.chain_log);
+            active.add_used(RX, chain.head(), written, &self.name, &mut self.chain_log);
         }
-        if used && let Some(active) = self.active.as_mut() {
+        if let Some(active) = self.active.as_mut() {
             active.notify_used(RX);
         }
         left
