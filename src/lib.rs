@@ -12,3 +12,19 @@ pub mod memory;
 pub mod terminal;
 pub mod vcpu;
 pub mod vmm;
+
+/// An error and its sources on one line, each source once (a message that already contains its
+/// source's text is not repeated).
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(e) = source {
+        let s = e.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = e.source();
+    }
+    text
+}

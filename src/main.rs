@@ -19,33 +19,18 @@ fn init_logging() {
         .init();
 }
 
-/// The error and its sources on one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        let s = e.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = e.source();
-    }
-    text
-}
-
 fn run(args: &RunArgs, process_start: Instant) -> i32 {
     let config = match args.to_config() {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("kite: error: {}", chain(&e));
+            eprintln!("kite: error: {}", kite::error_chain(&e));
             return 2;
         }
     };
     let vmm = match kite::vmm::Vmm::new(&config, process_start) {
         Ok(v) => v,
         Err(e) => {
-            eprintln!("kite: error: {}", chain(&e));
+            eprintln!("kite: error: {}", kite::error_chain(&e));
             return e.exit_code();
         }
     };
@@ -88,7 +73,7 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
             reason.exit_code()
         }
         Err(e) => {
-            eprintln!("kite: error: {}", chain(&e));
+            eprintln!("kite: error: {}", kite::error_chain(&e));
             1
         }
     }
@@ -121,7 +106,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => match kite::bench::run(args) {
             Ok(_) => 0,
             Err(e) => {
-                eprintln!("kite: error: {}", chain(&e));
+                eprintln!("kite: error: {}", kite::error_chain(&e));
                 e.exit_code()
             }
         },

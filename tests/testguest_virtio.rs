@@ -268,35 +268,6 @@ fn udp_echo(
     handle
 }
 
-/// The result line of scenario `name` in `out`, split into the text after the name and its
-/// key=value figures.
-fn result_of(name: &str, out: Outcome) -> Run {
-    let prefix = format!("KITE-TEST {name} ");
-    let result = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| {
-            panic!(
-                "no {prefix} line\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                out.stdout, out.stderr
-            )
-        })
-        .trim_end()
-        .to_string();
-    let figures = result
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Run {
-        result,
-        figures,
-        out,
-    }
-}
-
 #[test]
 fn virtio_net_echoes_udp_through_a_tap() {
     const TEST: &str = "virtio_net_echoes_udp_through_a_tap";
@@ -343,7 +314,7 @@ fn virtio_net_echoes_udp_through_a_tap() {
             "--cmdline",
             &cmdline,
         ]);
-        let r = result_of("virtio-net", run(cmd, LIMIT));
+        let r = Run::parse("virtio-net", run(cmd, LIMIT));
         r.expect_ok();
         assert_eq!(r.num("frames"), frames, "{}", r.result);
         assert_eq!(r.get("mac"), guest_mac, "{}", r.result);
@@ -444,7 +415,7 @@ fn virtio_vsock_echoes_through_a_unix_socket() {
             "--cmdline",
             &cmdline,
         ]);
-        let r = result_of("virtio-vsock", run(cmd, LIMIT));
+        let r = Run::parse("virtio-vsock", run(cmd, LIMIT));
         r.expect_ok();
         assert_eq!(r.num("bytes"), bytes, "{}", r.result);
         assert_eq!(r.num("echoed"), bytes, "{}", r.result);

@@ -121,7 +121,7 @@ pub fn main(args: &WorkloadArgs) -> i32 {
             0
         }
         Err(e) => {
-            println!("KITE-TEST {name} FAIL {}", super::chain(&e));
+            println!("KITE-TEST {name} FAIL {}", crate::error_chain(&e));
             1
         }
     }

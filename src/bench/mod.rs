@@ -86,17 +86,6 @@ impl Error {
     }
 }
 
-/// An error and its sources on one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        text = format!("{text}: {e}");
-        source = e.source();
-    }
-    text
-}
-
 /// Size of the scratch disk image virtio-blk reads and writes on both sides.
 pub const DISK_BYTES: u64 = 64 << 20;
 
@@ -280,7 +269,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
             progress.total -= w.sides().len() * runs as usize;
             let why = format!(
                 "cannot set up its network (needs root and ip): {}",
-                chain(why)
+                crate::error_chain(why)
             );
             report
                 .rows

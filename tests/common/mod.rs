@@ -318,6 +318,35 @@ pub struct Run {
 }
 
 impl Run {
+    /// The result line of scenario `name` in `out`, split into the text after the name and its
+    /// key=value figures; fails the test with everything kite printed if there is none.
+    pub fn parse(name: &str, out: Outcome) -> Run {
+        let prefix = format!("KITE-TEST {name} ");
+        let result = out
+            .stdout
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no {prefix} line\n--- stdout ---\n{}\n--- stderr ---\n{}",
+                    out.stdout, out.stderr
+                )
+            })
+            .trim_end()
+            .to_string();
+        let figures = result
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Run {
+            result,
+            figures,
+            out,
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.result.starts_with("ok")
     }
@@ -380,29 +409,5 @@ pub fn scenario(test: &str, name: &str, args: &[&str], words: &str) -> Option<Ru
         cmdline.trim(),
     ]);
     cmd.args(args);
-    let out = run(cmd, Duration::from_secs(120));
-    let prefix = format!("KITE-TEST {name} ");
-    let result = out
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .unwrap_or_else(|| {
-            panic!(
-                "no {prefix} line\n--- stdout ---\n{}\n--- stderr ---\n{}",
-                out.stdout, out.stderr
-            )
-        })
-        .trim_end()
-        .to_string();
-    let figures = result
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Some(Run {
-        result,
-        figures,
-        out,
-    })
+    Some(Run::parse(name, run(cmd, Duration::from_secs(120))))
 }
