@@ -198,8 +198,13 @@ impl Net {
                 Ok(n) => n,
                 Err(e) => {
                     active.unpop_chain(RX);
-                    if e.kind() != io::ErrorKind::WouldBlock && self.log.allow() {
-                        warn!("{}: cannot read a frame: {e}", self.name);
+                    if e.kind() != io::ErrorKind::WouldBlock {
+                        // A lasting error would leave the tap readable forever and spin the
+                        // event loop: stop watching it until the driver posts buffers again.
+                        self.rx_waiting = true;
+                        if self.log.allow() {
+                            warn!("{}: cannot read a frame: {e}", self.name);
+                        }
                     }
                     break;
                 }

@@ -500,3 +500,47 @@ fn frames_pass_through_a_real_tap_both_ways() {
     assert_eq!(g.bytes(b, 12), received([0; 12], &[]));
     assert_eq!(g.bytes(b + 12, 300), reply);
 }
+
+/// A backend that is always readable but whose reads always fail, as a broken tap might.
+struct Broken(UnixDatagram);
+
+impl AsRawFd for Broken {
+    fn as_raw_fd(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+}
+
+impl NetBackend for Broken {
+    fn read_frame(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
+        Err(io::Error::from_raw_os_error(libc::EIO))
+    }
+    fn write_frame(&mut self, frame: &[u8]) -> io::Result<usize> {
+        Ok(frame.len())
+    }
+    fn set_offload(&mut self, _flags: u32) -> io::Result<()> {
+        Ok(())
+    }
+    fn name(&self) -> &str {
+        "broken"
+    }
+}
+
+#[test]
+fn a_failing_backend_read_does_not_spin_the_event_loop() {
+    let (dev, host) = UnixDatagram::pair().unwrap();
+    dev.set_nonblocking(true).unwrap();
+    host.send(b"makes the backend readable for good").unwrap();
+    let net = Net::new(Box::new(Broken(dev)), MAC).unwrap();
+    let mut g = Guest::new(Arc::new(Mutex::new(net)));
+    g.start(QSIZE);
+    post_rx(&mut g, 1526);
+    g.kick(0);
+    g.run_events();
+    assert_eq!(
+        g.run_events(),
+        0,
+        "device keeps waking on a backend it cannot read"
+    );
+    assert_eq!(g.used_idx(0), 0, "the buffer stays with the device");
+    assert!(!g.needs_reset());
+}
