@@ -87,15 +87,22 @@ fn main() -> ExitCode {
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            // `kite` alone: the help, on stderr, as a usage error.
+            let _ = e.print();
+            return ExitCode::from(2);
+        }
         Err(e) => {
-            // Clap's message on one line; its usage hint is left out.
-            let text = e.kind().to_string();
-            let first = e.to_string();
-            let first = first
+            // Clap's message on one line (it may continue on indented lines); the usage and
+            // the hint after it are left out.
+            let text = e.to_string();
+            let first = text
                 .lines()
-                .next()
-                .unwrap_or(&text)
-                .trim_start_matches("error: ");
+                .take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage:"))
+                .map(str::trim)
+                .collect::<Vec<_>>()
+                .join(" ");
+            let first = first.trim_start_matches("error: ");
             eprintln!("kite: error: {first} (see kite --help)");
             return ExitCode::from(2);
         }

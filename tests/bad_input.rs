@@ -330,3 +330,15 @@ fn bad_disks() {
         &["512"],
     );
 }
+
+#[test]
+fn missing_kernel_option_and_no_command() {
+    expect_error(&["run"], &[], &["required", "--kernel <PATH>"]);
+    let out = run(kite(), Duration::from_secs(30));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Usage: kite <COMMAND>"),
+        "{}",
+        out.stderr
+    );
+}
