@@ -17,6 +17,11 @@
 //! the event loop. Connections' streams are edge-triggered, and the device remembers what they
 //! reported; when it stops early (no receive buffers, no credit, a spent budget) it is woken by
 //! the driver's notification, the guest's credit, or its own eventfd.
+//!
+//! Nothing waits forever: a host program has [`Timeouts::line`] to send its CONNECT line, the
+//! guest [`Timeouts::connect`] to answer a REQUEST and [`Timeouts::close`] to confirm with RST
+//! once both sides have shut down; then the connection is reset. A timerfd in the same epoll set,
+//! armed for the earliest deadline, brings the event loop back for them.
 
 mod conn;
 mod packet;
@@ -27,11 +32,13 @@ use std::io::{self, Read};
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_VSOCK;
 use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
+use vmm_sys_util::timerfd::TimerFd;
 
 use super::chain::{Chain, LayoutError};
 use super::device::{Active, BackendSet, LogLimiter, VirtioDevice, read_config_bytes};
@@ -59,7 +66,25 @@ const MAX_LINE: usize = 32;
 const FIRST_HOST_PORT: u32 = 1 << 30;
 const LISTENER: u64 = 0;
 const WAKE: u64 = 1;
-const FIRST_TOKEN: u64 = 2;
+const TIMER: u64 = 2;
+const FIRST_TOKEN: u64 = 3;
+
+/// How long the device waits for the other side before it resets a connection.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    /// For a host program's `CONNECT <port>\n` line.
+    line: Duration,
+    /// For the guest's answer to a REQUEST.
+    connect: Duration,
+    /// For the guest's RST after both sides shut down (virtio 1.2, 5.10.6.6).
+    close: Duration,
+}
+
+const TIMEOUTS: Timeouts = Timeouts {
+    line: Duration::from_secs(5),
+    connect: Duration::from_secs(2),
+    close: Duration::from_secs(2),
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -75,6 +100,8 @@ pub enum Error {
     },
     #[error("cannot set up the vsock device's epoll set")]
     Epoll(#[source] io::Error),
+    #[error("cannot create the vsock device's timer")]
+    Timer(#[source] io::Error),
 }
 
 /// A packet the device has for the guest that carries no payload.
@@ -122,6 +149,10 @@ pub struct Vsock {
     listener: UnixListener,
     epoll: BackendSet,
     wake: EventFd,
+    /// Fires at `armed`, at or before every connection's deadline.
+    timer: TimerFd,
+    armed: Option<Instant>,
+    timeouts: Timeouts,
     active: Option<Active>,
     /// Connections by epoll token, and the tokens of those with ports by (guest, host) port.
     conns: BTreeMap<u64, Conn>,
@@ -172,11 +203,13 @@ impl Vsock {
         listener.set_nonblocking(true).map_err(Error::Epoll)?;
         let epoll = BackendSet::new().map_err(Error::Epoll)?;
         let wake = EventFd::new(EFD_NONBLOCK).map_err(Error::Epoll)?;
+        let timer = TimerFd::new().map_err(|e| Error::Timer(e.into()))?;
         // The listener is edge-triggered: accept() runs until it would block, and one that
         // fails (out of descriptors) waits for the next connection instead of spinning.
         let watch = [
             (listener.as_raw_fd(), LISTENER, EventSet::EDGE_TRIGGERED),
             (wake.as_raw_fd(), WAKE, EventSet::empty()),
+            (timer.as_raw_fd(), TIMER, EventSet::empty()),
         ];
         for (fd, token, mode) in watch {
             epoll
@@ -190,6 +223,9 @@ impl Vsock {
             listener,
             epoll,
             wake,
+            timer,
+            armed: None,
+            timeouts: TIMEOUTS,
             active: None,
             conns: BTreeMap::new(),
             retired: Vec::new(),
@@ -334,6 +370,7 @@ impl Vsock {
                     return self.reset_conn(token);
                 }
                 conn.state = State::Established;
+                conn.deadline = None;
                 conn.say(format!("OK {}\n", conn.host_port).as_bytes());
             }
             OP_SHUTDOWN => conn.guest_shutdown |= hdr.flags & SHUTDOWN_BOTH,
@@ -469,6 +506,7 @@ impl Vsock {
             return self.reset_conn(token);
         }
         let eof = conn.host_eof || (conn.hung_up && conn.guest_shutdown & SHUTDOWN_RCV != 0);
+        let mut closed = false;
         if eof {
             let flags = SHUTDOWN_SEND | if conn.hung_up { SHUTDOWN_RCV } else { 0 };
             if flags & !conn.host_shutdown != 0 {
@@ -484,6 +522,7 @@ impl Vsock {
                 // Nothing more goes either way on the host side; wait for the guest's RST.
                 if let Some(stream) = conn.stream.take() {
                     self.epoll.remove(stream.as_raw_fd());
+                    closed = true;
                 }
             }
         }
@@ -494,6 +533,9 @@ impl Vsock {
                 op: OP_CREDIT_UPDATE,
                 flags: 0,
             });
+        }
+        if closed {
+            self.set_deadline(token, self.timeouts.close);
         }
     }
 
@@ -512,6 +554,7 @@ impl Vsock {
                     if let Some(token) = self.register(&stream) {
                         let conn = Conn::new(stream, State::HostLine(Vec::new()), 0, 0);
                         self.conns.insert(token, conn);
+                        self.set_deadline(token, self.timeouts.line);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -572,6 +615,59 @@ impl Vsock {
             op: OP_REQUEST,
             flags: 0,
         });
+        self.set_deadline(token, self.timeouts.connect);
+    }
+
+    /// Reset connection `token` if it is still waiting `after` from now.
+    fn set_deadline(&mut self, token: u64, after: Duration) {
+        let Some(conn) = self.conns.get_mut(&token) else {
+            return;
+        };
+        let at = Instant::now() + after;
+        conn.deadline = Some(at);
+        if self.armed.is_none_or(|armed| at < armed) {
+            self.arm(Some(at));
+        }
+    }
+
+    /// Set the timer to fire at `at`, or never. Setting it also clears an expiry not yet read,
+    /// so the timerfd is never read.
+    fn arm(&mut self, at: Option<Instant>) {
+        // A zero time would disarm it: a deadline already past fires at once instead.
+        let after = at.map_or(Duration::ZERO, |at| {
+            at.saturating_duration_since(Instant::now())
+                .max(Duration::from_nanos(1))
+        });
+        match self.timer.reset(after, None) {
+            Ok(()) => self.armed = at,
+            Err(e) => error!("{}: cannot set its timer: {e}", self.name),
+        }
+    }
+
+    /// The timer fired: reset the connections whose deadline passed, then arm it for the next.
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let due: Vec<u64> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.deadline.is_some_and(|at| at <= now))
+            .map(|(&token, _)| token)
+            .collect();
+        for token in due {
+            if let Some(conn) = self.conns.get(&token)
+                && self.log.allow()
+            {
+                let what = match conn.state {
+                    State::HostLine(_) => "a host program sent no CONNECT line",
+                    State::Connecting => "the guest did not answer a connection request",
+                    State::Established => "the guest did not confirm a close",
+                };
+                debug!("{}: {what} in time; connection reset", self.name);
+            }
+            self.reset_conn(token);
+        }
+        let next = self.conns.values().filter_map(|c| c.deadline).min();
+        self.arm(next);
     }
 
     fn free_host_port(&mut self) -> u32 {
@@ -830,14 +926,19 @@ impl VirtioDevice for Vsock {
         // Closing a stream also takes it out of the epoll set.
         self.retired.clear();
         let mut events = [EpollEvent::default(); 64];
+        let mut expired = false;
         for event in self.epoll.ready(&mut events) {
             match event.data() {
                 LISTENER => self.accept(),
                 WAKE => {
                     let _ = self.wake.read();
                 }
+                TIMER => expired = true,
                 token => self.stream_event(token, event.event_set()),
             }
+        }
+        if expired {
+            self.expire();
         }
         self.work();
     }

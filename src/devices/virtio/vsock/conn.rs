@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::net::Shutdown;
 use std::os::unix::net::UnixStream;
+use std::time::Instant;
 
 use super::packet::{HOST_CID, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 
@@ -52,6 +53,9 @@ pub struct Conn {
     pub host_shutdown: u32,
     write_shut: bool,
     pub credit_update_queued: bool,
+    /// When the device resets the connection if the other side has not acted by then (a
+    /// CONNECT line, the guest's answer, the guest's RST after a close).
+    pub deadline: Option<Instant>,
 }
 
 impl Conn {
@@ -77,6 +81,7 @@ impl Conn {
             host_shutdown: 0,
             write_shut: false,
             credit_update_queued: false,
+            deadline: None,
         }
     }
 

@@ -1,8 +1,9 @@
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use vmm_sys_util::epoll::{ControlOperation, Epoll};
 use vmm_sys_util::tempdir::TempDir;
 
 use super::conn::BUF_ALLOC;
@@ -17,6 +18,7 @@ const RX_BUF: u32 = HDR_LEN as u32 + 4096;
 /// The test plays the guest's vsock driver.
 struct T {
     g: Guest,
+    dev: Arc<Mutex<Vsock>>,
     _dir: TempDir,
     path: PathBuf,
     /// Receive buffers by head index, and the used entries already looked at.
@@ -27,11 +29,12 @@ struct T {
 fn setup() -> T {
     let dir = TempDir::new().unwrap();
     let path = dir.as_path().join("v.sock");
-    let dev = Vsock::new(CID as u32, &path).unwrap();
-    let mut g = Guest::new(Arc::new(Mutex::new(dev)));
+    let dev = Arc::new(Mutex::new(Vsock::new(CID as u32, &path).unwrap()));
+    let mut g = Guest::new(dev.clone());
     g.start(QSIZE);
     T {
         g,
+        dev,
         _dir: dir,
         path,
         rx_bufs: HashMap::new(),
@@ -145,7 +148,43 @@ impl T {
         let (req, _) = self.recv_one();
         (host, req)
     }
+
+    fn dev(&self) -> std::sync::MutexGuard<'_, Vsock> {
+        self.dev.lock().unwrap()
+    }
+
+    /// Run the event loop as Kite does, sleeping until the device's epoll set has something,
+    /// until `done` holds of the device. Fails after a few seconds.
+    fn run_until(&mut self, done: impl Fn(&Vsock) -> bool) {
+        let start = Instant::now();
+        let epoll = Epoll::new().unwrap();
+        let fd = self.dev().epoll.as_raw_fd();
+        epoll
+            .ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, 0))
+            .unwrap();
+        let mut events = [EpollEvent::default(); 1];
+        while !done(&self.dev()) {
+            let left = Duration::from_secs(5).saturating_sub(start.elapsed());
+            assert!(!left.is_zero(), "the device never got there");
+            epoll.wait(left.as_millis() as i32, &mut events).unwrap();
+            self.g.run_events();
+        }
+    }
 }
+
+/// The deadlines of a test: `short` for one kind, an hour for the others.
+fn timeouts(short: impl Fn(&mut Timeouts) -> &mut Duration) -> Timeouts {
+    let hour = Duration::from_secs(3600);
+    let mut t = Timeouts {
+        line: hour,
+        connect: hour,
+        close: hour,
+    };
+    *short(&mut t) = SHORT;
+    t
+}
+
+const SHORT: Duration = Duration::from_millis(200);
 
 fn read_n(stream: &mut UnixStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
@@ -634,4 +673,90 @@ fn a_reset_device_drops_every_connection() {
         .unwrap();
     t.g.run_events();
     assert_eq!(host3.read(&mut [0u8; 4]).unwrap(), 0);
+}
+
+#[test]
+fn a_host_connect_the_guest_never_answers_is_reset_after_its_deadline() {
+    let mut t = setup();
+    t.dev().timeouts = timeouts(|t| &mut t.connect);
+    // A host program still to send its line: its (later) deadline must not hold up the other.
+    let _quiet = UnixStream::connect(&t.path).unwrap();
+    let (mut answered, req1) = t.host_connects(52);
+    t.send(pkt(OP_RESPONSE, 52, req1.src_port), &[]);
+    assert!(t.recv().is_empty());
+    let ok = format!("OK {}\n", req1.src_port);
+    assert_eq!(read_n(&mut answered, ok.len()), ok.as_bytes());
+    let start = Instant::now();
+    let (mut host, req) = t.host_connects(53);
+    assert_eq!(t.dev().conns.len(), 3);
+
+    t.run_until(|d| d.conns.len() == 2);
+    assert!(start.elapsed() >= SHORT, "reset before its deadline");
+    let (rst, _) = t.recv_one();
+    assert_eq!(
+        (rst.op, rst.src_port, rst.dst_port, rst.dst_cid),
+        (OP_RST, req.src_port, 53, CID)
+    );
+    // The host program sees its socket close without an OK; the slot and the ports are free.
+    assert_eq!(host.read(&mut [0u8; 16]).unwrap(), 0);
+    assert_eq!(t.dev().conns.len(), 2);
+    assert!(!t.dev().ports.contains_key(&(53, req.src_port)));
+    // The timer does not fire again for nothing.
+    assert_eq!(t.g.run_events(), 0);
+    // A late answer finds no connection; the answered one is untouched.
+    expect_reset(&mut t, pkt(OP_RESPONSE, 53, req.src_port), &[]);
+    t.send_rw(52, req1.src_port, b"still here", 0);
+    assert_eq!(read_n(&mut answered, 10), b"still here");
+}
+
+#[test]
+fn a_host_program_that_sends_no_connect_line_is_closed_after_its_deadline() {
+    let mut t = setup();
+    t.dev().timeouts = timeouts(|t| &mut t.line);
+    t.post_rx(4);
+    let start = Instant::now();
+    let mut silent = UnixStream::connect(&t.path).unwrap();
+    let mut partial = UnixStream::connect(&t.path).unwrap();
+    partial.write_all(b"CONNECT 5").unwrap();
+    assert!(t.recv().is_empty());
+    assert_eq!(t.dev().conns.len(), 2);
+
+    t.run_until(|d| d.conns.is_empty());
+    assert!(start.elapsed() >= SHORT, "closed before its deadline");
+    assert!(
+        t.recv().is_empty(),
+        "the guest heard of a connection never asked for"
+    );
+    for host in [&mut silent, &mut partial] {
+        host.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+        assert_eq!(host.read(&mut [0u8; 16]).unwrap(), 0);
+    }
+    assert_eq!(t.g.run_events(), 0);
+}
+
+#[test]
+fn a_close_the_guest_never_confirms_is_reset_after_its_deadline() {
+    let mut t = setup();
+    t.dev().timeouts = timeouts(|t| &mut t.close);
+    let (listener, host) = t.guest_connects(1234, 1 << 16);
+    let start = Instant::now();
+    drop(host);
+    let (shut, _) = t.recv_one();
+    assert_eq!((shut.op, shut.flags), (OP_SHUTDOWN, SHUTDOWN_BOTH));
+    assert_eq!(
+        t.dev().conns.len(),
+        1,
+        "closed before the guest had its time"
+    );
+
+    t.run_until(|d| d.conns.is_empty());
+    assert!(start.elapsed() >= SHORT, "reset before its deadline");
+    let (rst, _) = t.recv_one();
+    assert_eq!((rst.op, rst.src_port, rst.dst_port), (OP_RST, 1234, 1000));
+    assert!(t.dev().ports.is_empty());
+    assert_eq!(t.g.run_events(), 0);
+    // The guest may use the same ports again.
+    t.send(pkt(OP_REQUEST, 1000, 1234), &[]);
+    assert_eq!(t.recv_one().0.op, OP_RESPONSE);
+    assert!(listener.accept().is_ok());
 }
