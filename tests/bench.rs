@@ -1,10 +1,15 @@
 //! `kite bench` end to end: one run of `cpu` and `pio-rtt` on the host and in a VM, with a time
 //! limit; the table must have their rows with positive figures, and the JSON and SVG must be
-//! written.
+//! written. And a bench interrupted in the middle of a run: it must leave nothing behind.
 
 mod common;
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader, Read};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use common::*;
 
@@ -79,4 +84,159 @@ fn bench_rejects_an_unknown_workload() {
             "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, virtio-blk, virtio-net"
         ]
     );
+}
+
+fn netns_exists(name: &str) -> bool {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip runs");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .any(|l| l.split_whitespace().next() == Some(name))
+}
+
+/// Whether any process of process group `pgid` is left.
+fn group_alive(pgid: i32) -> bool {
+    // SAFETY: kill() with signal 0 only checks that the processes exist; it takes no memory.
+    unsafe { libc::kill(-pgid, 0) == 0 }
+}
+
+fn signal(target: i32, signal: i32) {
+    // SAFETY: kill() takes no memory; the target is our child (or its process group), which has
+    // not been waited for yet.
+    assert_eq!(unsafe { libc::kill(target, signal) }, 0);
+}
+
+/// A bench started in a process group of its own, as a shell starts a job; killed (the whole
+/// group) and its namespace and scratch directory removed when dropped, whatever the test saw.
+struct Job {
+    child: Child,
+    pgid: i32,
+    netns: String,
+    scratch: PathBuf,
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        if group_alive(self.pgid) {
+            // SAFETY: as in `signal`; failure only means the group is gone.
+            unsafe { libc::kill(-self.pgid, libc::SIGKILL) };
+        }
+        let _ = self.child.wait();
+        if netns_exists(&self.netns) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.netns])
+                .output();
+        }
+        let _ = std::fs::remove_dir_all(&self.scratch);
+    }
+}
+
+/// `kite bench` of virtio-net and virtio-blk gets `sig` during its first virtio-net guest run,
+/// sent to its whole process group (as a terminal sends Ctrl-C) or to the bench alone (as `kill`
+/// does): it must end within a time limit with 128+N and one line saying it was interrupted,
+/// with no process of its group left (the VM got the signal too, or from the bench), and neither
+/// its network namespace nor its scratch directory left behind.
+fn interrupted_bench_cleans_up(test: &str, sig: i32, name: &str, whole_group: bool) {
+    if let Some(reason) = kvm_unavailable() {
+        skip(test, &reason);
+        return;
+    }
+    // A namespace of this test's own, made and deleted at once: can it make one?
+    if let Err(reason) = Netns::create(&format!("probe-{}", name.to_lowercase())) {
+        skip(test, &format!("needs ip netns: {reason}"));
+        return;
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = kite();
+    cmd.args(["bench", "--runs", "3", "--guest", path_str(&elf)])
+        .args(["virtio-net", "virtio-blk"])
+        .process_group(0);
+    let mut child = cmd.spawn().expect("kite starts");
+    let pid = child.id();
+    let stderr = child.stderr.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut job = Job {
+        child,
+        pgid: pid as i32,
+        netns: format!("kite-bench-{pid}"),
+        scratch: std::env::temp_dir().join(format!("kite-bench-{pid}")),
+    };
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+
+    // Progress lines come before each run starts.
+    let mut seen = Vec::new();
+    let limit = Instant::now() + Duration::from_secs(120);
+    while !seen
+        .iter()
+        .any(|l: &String| l.contains("virtio-net: guest run 1 of 3"))
+    {
+        let left = limit.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) => seen.push(line),
+            Err(_) => panic!("no virtio-net guest run within 120 s:\n{}", seen.join("\n")),
+        }
+    }
+    assert!(netns_exists(&job.netns), "no namespace {}", job.netns);
+    assert!(job.scratch.is_dir(), "no {}", job.scratch.display());
+    signal(if whole_group { -job.pgid } else { job.pgid }, sig);
+    let before_signal = seen.len();
+
+    let limit = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = job.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < limit, "still running 30 s after {name}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // The rest of its stderr (the pipe closes as it exits).
+    while let Ok(line) = lines.recv_timeout(Duration::from_secs(10)) {
+        seen.push(line);
+    }
+    let stderr = seen.join("\n");
+    assert_eq!(status.code(), Some(128 + sig), "{stderr}");
+    let errors: Vec<&String> = seen
+        .iter()
+        .filter(|l| l.starts_with("kite: error:"))
+        .collect();
+    assert_eq!(
+        errors,
+        [&format!(
+            "kite: error: interrupted by {name}; stopped without a report"
+        )],
+        "{stderr}"
+    );
+    assert!(!group_alive(job.pgid), "a process of the bench outlived it");
+    // (A guest run takes far longer than the test takes to send the signal.)
+    assert!(
+        !seen[before_signal..]
+            .iter()
+            .any(|l| l.starts_with("kite bench [")),
+        "a run started after the signal:\n{stderr}"
+    );
+    assert_eq!(out.join().unwrap(), "", "a report after the signal");
+    assert!(!netns_exists(&job.netns), "namespace {} left", job.netns);
+    assert!(!job.scratch.exists(), "{} left", job.scratch.display());
+}
+
+#[test]
+fn bench_interrupted_by_ctrl_c_cleans_up() {
+    interrupted_bench_cleans_up("bench Ctrl-C", libc::SIGINT, "SIGINT", true);
+}
+
+#[test]
+fn bench_stopped_by_sigterm_cleans_up() {
+    interrupted_bench_cleans_up("bench SIGTERM", libc::SIGTERM, "SIGTERM", false);
 }

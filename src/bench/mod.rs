@@ -5,11 +5,15 @@
 //! guest so that drift of the machine hits both sides. The table shows median, min and max of
 //! each side and the guest/host ratio; `--json` keeps every raw sample, `--svg` draws the ratios.
 //!
+//! Ctrl-C, SIGTERM or SIGHUP ends it early ([`interrupt`]): the running child stops, no new
+//! one starts, and the namespace and scratch directory go as on a normal end (their guards drop).
+//!
 //! Files: [`workloads`] (what runs, which rows), [`runner`] (children with time limits, finding
 //! the test guest), [`line`] and [`timeline`] (what children print), [`stats`], [`report`]
 //! (rows, JSON), [`table`], [`svg`].
 
 pub mod host;
+pub mod interrupt;
 pub mod line;
 pub mod net;
 pub mod report;
@@ -57,8 +61,12 @@ pub enum Error {
     Runs(String),
     #[error("cannot find Kite's own executable")]
     Exe(#[source] std::io::Error),
+    #[error("cannot catch SIGINT, SIGTERM and SIGHUP")]
+    Signals(#[source] std::io::Error),
+    #[error("interrupted by {}; stopped without a report", interrupt::name(*.0))]
+    Interrupted(i32),
     #[error(transparent)]
-    Runner(#[from] runner::Error),
+    Runner(runner::Error),
     #[error("cannot create the scratch disk image {}", .path.display())]
     Disk {
         path: PathBuf,
@@ -76,14 +84,29 @@ pub enum Error {
 }
 
 impl Error {
-    /// 2 for what the user gave, 1 for a failed bench.
+    /// 2 for what the user gave, 128+N after signal N, 1 for a failed bench.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::UnknownWorkload(_) | Error::Runs(_) => 2,
             Error::Runner(runner::Error::GuestMissing(_) | runner::Error::NoGuest) => 2,
+            Error::Interrupted(signal) => 128 + signal,
             _ => 1,
         }
     }
+}
+
+impl From<runner::Error> for Error {
+    fn from(e: runner::Error) -> Self {
+        match e {
+            runner::Error::Interrupted(signal) => Error::Interrupted(signal),
+            e => Error::Runner(e),
+        }
+    }
+}
+
+/// Err once the bench was interrupted.
+fn stop_if_interrupted() -> Result<(), Error> {
+    interrupt::received().map_or(Ok(()), |signal| Err(Error::Interrupted(signal)))
 }
 
 /// Size of the scratch disk image virtio-blk reads and writes on both sides.
@@ -117,8 +140,11 @@ impl Progress {
         };
         let _ = err.flush();
     }
+}
 
-    fn finish(&self) {
+impl Drop for Progress {
+    /// Clear the progress line on a terminal, however the bench ends.
+    fn drop(&mut self) {
         if self.tty {
             let _ = write!(std::io::stderr(), "\r\x1b[K");
         }
@@ -198,6 +224,9 @@ fn bench_workload(
     let mut guest: Vec<Sample> = Vec::new();
     for run in 1..=runs {
         for &side in w.sides() {
+            if interrupt::received().is_some() {
+                return Vec::new();
+            }
             progress.show(&format!(
                 "{}: {} run {run} of {runs}",
                 w.label(),
@@ -233,8 +262,11 @@ fn bench_workload(
 /// The whole `kite bench`: runs, then the table on stdout and the files asked for.
 pub fn run(args: &BenchArgs) -> Result<Report, Error> {
     let (chosen, runs) = parse_args(args)?;
+    interrupt::catch().map_err(Error::Signals)?;
     let exe = std::env::current_exe().map_err(Error::Exe)?;
     let guest = runner::find_guest(args.guest.as_deref())?;
+    // From here on, however this returns, the guards remove the namespace and the scratch
+    // directory.
     let scratch = Scratch(std::env::temp_dir().join(format!("kite-bench-{}", std::process::id())));
     let disk = if chosen.iter().any(|w| w.needs_disk()) {
         Some(make_disk(&scratch.0)?)
@@ -265,6 +297,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
         ..Report::default()
     };
     for &w in &chosen {
+        stop_if_interrupted()?;
         if let (true, Some(Err(why))) = (w.needs_net(), &net) {
             progress.total -= w.sides().len() * runs as usize;
             let why = format!(
@@ -279,7 +312,9 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
         let rows = bench_workload(&ctx, w, runs, &mut progress, &mut report.raw);
         report.rows.extend(rows);
     }
-    progress.finish();
+    // A run cut short by the signal is no result.
+    stop_if_interrupted()?;
+    drop(progress);
     drop(scratch);
     drop(net);
 

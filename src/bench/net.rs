@@ -57,14 +57,14 @@ fn ip(args: &[&str]) -> Result<(), Error> {
 impl NetSetup {
     /// Make the namespace, the tap and the echo server.
     pub fn create() -> Result<NetSetup, Error> {
-        let netns = format!("kite-bench-{}", std::process::id());
-        ip(&["netns", "add", &netns])?;
-        // From here on, drop deletes the namespace (and the tap in it).
+        // Drop deletes the namespace (and the tap in it), even if `ip netns add` seems to fail:
+        // it may have made it and then been stopped by a Ctrl-C.
         let mut setup = NetSetup {
-            netns,
+            netns: format!("kite-bench-{}", std::process::id()),
             stop: Arc::new(AtomicBool::new(false)),
             echo: None,
         };
+        ip(&["netns", "add", &setup.netns])?;
         let ns = setup.netns.clone();
         let addr = format!("{PEER_IP}/24");
         for step in [

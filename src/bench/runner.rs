@@ -1,14 +1,20 @@
 //! Child processes for `kite bench`: each runs with a time limit and is killed past it; its
 //! stdout lines are time-stamped as they arrive, on the clock `kite run --timeline` reports its
-//! own start on. Also: finding (and building) the test guest.
+//! own start on. Once the bench is interrupted, none starts, and the running one gets the signal
+//! too (if the terminal did not send it to the whole process group already). Also: finding (and
+//! building) the test guest.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::interrupt;
 use super::timeline::monotonic_ns;
+
+/// How long an interrupted child has to exit on the signal before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -22,6 +28,8 @@ pub enum Error {
     Timeout(Duration),
     #[error("cannot wait for a child process")]
     Wait(#[source] std::io::Error),
+    #[error("interrupted by {}", interrupt::name(*.0))]
+    Interrupted(i32),
     #[error(
         "cannot find the test guest; run kite bench in the Kite repository (it looks for guest-images/out/testguest.elf and builds it with guest-images/testguest/build.sh) or give --guest PATH"
     )]
@@ -82,8 +90,20 @@ fn read_lines(pipe: impl Read + Send + 'static) -> JoinHandle<(Vec<(u64, String)
 }
 
 /// Run `cmd` (stdin from /dev/null, stdout and stderr captured) to its end; kill it past
-/// `limit`.
-pub fn run(mut cmd: Command, limit: Duration) -> Result<Output, Error> {
+/// `limit`. Not once the bench is interrupted: then it stops the child and says so.
+pub fn run(cmd: Command, limit: Duration) -> Result<Output, Error> {
+    run_unless(cmd, limit, interrupt::received)
+}
+
+/// [`run`], with `interrupted` saying whether (and by which signal) the bench was interrupted.
+fn run_unless(
+    mut cmd: Command,
+    limit: Duration,
+    interrupted: impl Fn() -> Option<i32>,
+) -> Result<Output, Error> {
+    if let Some(signal) = interrupted() {
+        return Err(Error::Interrupted(signal));
+    }
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -98,6 +118,10 @@ pub fn run(mut cmd: Command, limit: Duration) -> Result<Output, Error> {
     let (status, exited_ns) = loop {
         if let Some(status) = child.try_wait().map_err(Error::Wait)? {
             break (status, monotonic_ns());
+        }
+        if let Some(signal) = interrupted() {
+            stop(&mut child, signal);
+            return Err(Error::Interrupted(signal));
         }
         if start.elapsed() > limit {
             let _ = child.kill();
@@ -128,6 +152,25 @@ pub fn run(mut cmd: Command, limit: Duration) -> Result<Output, Error> {
     })
 }
 
+/// Pass `signal` on to `child` (which may have it already) and wait for it to exit; kill it if
+/// it is still there after [`STOP_GRACE`].
+fn stop(child: &mut Child, signal: i32) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill() takes no memory; `pid` is our child, not yet waited for, so it cannot
+        // have been reused.
+        unsafe { libc::kill(pid, signal) };
+    }
+    let start = Instant::now();
+    while start.elapsed() < STOP_GRACE {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The test guest to boot: `explicit` if given, else `guest-images/out/testguest.elf` of the
 /// repository this is run in (the current directory or one above it, then the one Kite's own
 /// executable was built in), rebuilt first with its build script (quick when nothing changed)
@@ -156,6 +199,7 @@ pub fn find_guest(explicit: Option<&Path>) -> Result<PathBuf, Error> {
     let script = root.join("guest-images/testguest/build.sh");
     match build_guest(&script) {
         Ok(built) => Ok(built),
+        Err(e @ Error::Interrupted(_)) => Err(e),
         Err(e) if elf.is_file() => {
             log::warn!("{e}; using the test guest already built");
             Ok(elf)
@@ -169,8 +213,10 @@ fn build_guest(script: &Path) -> Result<PathBuf, Error> {
         script: script.to_path_buf(),
         detail,
     };
-    let out =
-        run(Command::new(script), Duration::from_secs(600)).map_err(|e| failed(e.to_string()))?;
+    let out = run(Command::new(script), Duration::from_secs(600)).map_err(|e| match e {
+        Error::Interrupted(_) => e,
+        e => failed(e.to_string()),
+    })?;
     if !out.status.success() {
         return Err(failed(format!(
             "{}; {}",
@@ -222,6 +268,44 @@ mod tests {
         let err = run(sh("exec sleep 30"), Duration::from_millis(100)).unwrap_err();
         assert!(matches!(err, Error::Timeout(_)), "{err}");
         assert!(start.elapsed() < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn an_interrupted_run_passes_the_signal_on_and_starts_nothing_more() {
+        use std::cell::Cell;
+        let polls = Cell::new(0);
+        // The signal comes while the child runs (after the check before spawning).
+        let after_spawn = || {
+            polls.set(polls.get() + 1);
+            (polls.get() > 1).then_some(libc::SIGTERM)
+        };
+        let start = Instant::now();
+        let err =
+            run_unless(sh("exec sleep 30"), Duration::from_secs(30), after_spawn).unwrap_err();
+        assert!(matches!(err, Error::Interrupted(libc::SIGTERM)), "{err}");
+        assert_eq!(err.to_string(), "interrupted by SIGTERM");
+        assert!(
+            start.elapsed() < STOP_GRACE,
+            "the child did not get the signal"
+        );
+
+        // A child that ignores it is killed after a grace period. The signal comes once the
+        // child has said (by making `ready`) that it ignores it.
+        let ready = std::env::temp_dir().join(format!("kite-runner-{}-a", std::process::id()));
+        let script = format!("trap '' TERM; touch {}; exec sleep 30", ready.display());
+        let start = Instant::now();
+        let when_ready = || ready.exists().then_some(libc::SIGTERM);
+        let err = run_unless(sh(&script), Duration::from_secs(30), when_ready).unwrap_err();
+        let _ = std::fs::remove_file(&ready);
+        assert!(matches!(err, Error::Interrupted(_)), "{err}");
+        assert!((STOP_GRACE..Duration::from_secs(10)).contains(&start.elapsed()));
+
+        // Once interrupted, nothing starts.
+        let marker = std::env::temp_dir().join(format!("kite-runner-{}-b", std::process::id()));
+        let script = format!("touch {}", marker.display());
+        let err = run_unless(sh(&script), Duration::from_secs(10), || Some(libc::SIGINT));
+        assert!(matches!(err, Err(Error::Interrupted(libc::SIGINT))));
+        assert!(!marker.exists(), "a child started after the signal");
     }
 
     #[test]
