@@ -385,7 +385,13 @@ fn check_kvm(kvm: &Kvm, cpus: u8) -> Result<(), Error> {
     if let Some((_, name)) = needed.iter().find(|(cap, _)| !kvm.check_extension(*cap)) {
         return Err(Error::KvmCap(name));
     }
-    let max = kvm.get_max_vcpus().min(mptable::MAX_CPUS.into());
+    check_cpus(cpus, kvm.get_max_vcpus())
+}
+
+/// `cpus` vCPUs are allowed if both KVM (`kvm_max`, its KVM_CAP_MAX_VCPUS) and the MP table
+/// ([`mptable::MAX_CPUS`]) allow that many.
+fn check_cpus(cpus: u8, kvm_max: usize) -> Result<(), Error> {
+    let max = kvm_max.min(mptable::MAX_CPUS.into());
     if usize::from(cpus) > max {
         return Err(Error::TooManyCpus { asked: cpus, max });
     }
@@ -553,5 +559,46 @@ impl MutEventSubscriber for ExitWatcher {
             let info = unsafe { info.assume_init() };
             self.exit.request(ExitReason::Signal(info.ssi_signo as i32));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpus_up_to_the_mp_table_limit_when_kvm_allows_more() {
+        for cpus in [1, 37, 38, 64, 254] {
+            assert!(check_cpus(cpus, 1024).is_ok(), "{cpus}");
+        }
+        let err = check_cpus(255, 1024).unwrap_err();
+        assert!(matches!(
+            err,
+            Error::TooManyCpus {
+                asked: 255,
+                max: 254
+            }
+        ));
+        assert_eq!(
+            err.to_string(),
+            "--cpus 255 is more than 254, the most this host's KVM and Kite's MP table allow"
+        );
+    }
+
+    #[test]
+    fn cpus_up_to_kvm_limit_when_lower() {
+        assert!(check_cpus(2, 2).is_ok());
+        assert!(matches!(
+            check_cpus(3, 2),
+            Err(Error::TooManyCpus { asked: 3, max: 2 })
+        ));
+        assert!(check_cpus(200, 240).is_ok());
+        assert!(matches!(
+            check_cpus(241, 240),
+            Err(Error::TooManyCpus {
+                asked: 241,
+                max: 240
+            })
+        ));
     }
 }

@@ -198,23 +198,18 @@ fn memory_too_small_for_the_kernel() {
     );
 }
 
+/// 254 vCPUs is Kite's own limit (xAPIC ids), enforced by the parser. KVM's limit, when lower,
+/// is checked when the VM is built (`vmm::check_cpus`, unit-tested there): KVM_CAP_MAX_VCPUS
+/// is usually higher (1024 on the development host), so that path is not reachable from here.
 #[test]
 fn cpus_zero_and_too_many() {
-    expect_error(&["run", "--kernel", "k", "--cpus", "0"], &[], &["--cpus"]);
-    expect_error(
-        &["run", "--kernel", "k", "--cpus", "1000"],
-        &[],
-        &["--cpus"],
-    );
-    if !needs_kvm("cpus_zero_and_too_many") {
-        return;
+    for cpus in ["0", "255", "1000"] {
+        expect_error(
+            &["run", "--kernel", "k", "--cpus", cpus],
+            &[],
+            &[&format!("invalid --cpus '{cpus}'"), "1 to 254"],
+        );
     }
-    let k = good_kernel("cpus");
-    expect_error(
-        &["run", "--kernel", path_str(&k), "--cpus", "200"],
-        &[],
-        &["--cpus 200", "most"],
-    );
 }
 
 #[test]

@@ -18,8 +18,14 @@ pub const PD_COUNT: u64 = 4;
 pub const CMDLINE_ADDR: u64 = 0x20000;
 /// Largest command line (with its NUL) the x86 kernel accepts (COMMAND_LINE_SIZE).
 pub const CMDLINE_MAX_SIZE: usize = 2048;
-/// Start of the extended BIOS data area, where the MP table lives; usable low RAM ends here.
+/// Start of the extended BIOS data area, where the MP floating pointer lives; usable low RAM
+/// ends here.
 pub const EBDA_START: u64 = 0x9fc00;
+/// The MP configuration table, at the start of the BIOS area 0xf0000-0xfffff: not e820 RAM, so
+/// the kernel never reuses it.
+pub const MPTABLE_CONFIG_ADDR: u64 = 0xf_0000;
+/// End of the BIOS area (and of the first MiB).
+pub const BIOS_AREA_END: u64 = 0x10_0000;
 /// Start of RAM above the legacy hole; the kernel is loaded here or above.
 pub const HIMEM_START: u64 = 0x10_0000;
 

@@ -1,18 +1,24 @@
 //! The Intel MultiProcessor Specification (version 1.4) tables that tell the guest kernel how many
 //! vCPUs there are and how the interrupt controllers are wired.
 //!
-//! Everything is written into the first kilobyte of the extended BIOS data area
-//! ([`layout::EBDA_START`]), where the kernel scans for the floating pointer:
+//! The floating pointer goes where the kernel scans for it, the first kilobyte of the extended
+//! BIOS data area; the configuration table it points to goes in the BIOS area, which has room
+//! for it whatever the number of vCPUs:
 //!
 //! ```text
-//! EBDA_START        MP floating pointer structure ("_MP_", 16 bytes)
-//! EBDA_START + 16   MP configuration table header ("PCMP", 44 bytes), followed by its entries:
-//!                   one processor entry per vCPU, the ISA bus, the IOAPIC, one I/O interrupt
-//!                   assignment per IOAPIC pin, and ExtINT/NMI on LINT0/LINT1 of every local APIC
+//! EBDA_START            MP floating pointer structure ("_MP_", 16 bytes); its physical
+//!                       address field holds MPTABLE_CONFIG_ADDR
+//! MPTABLE_CONFIG_ADDR   MP configuration table header ("PCMP", 44 bytes), followed by its
+//! (0xf0000)             entries: one processor entry per vCPU, the ISA bus, the IOAPIC, one
+//!                       I/O interrupt assignment per IOAPIC pin, and ExtINT/NMI on LINT0/LINT1
+//!                       of every local APIC
 //! ```
 //!
-//! All of it has to end below 0xa0000 (the legacy video hole), which bounds the number of vCPUs
-//! to [`MAX_CPUS`].
+//! Neither area is e820 RAM ([`super::boot::e820_map`]: RAM is `[0, EBDA_START)` and from
+//! 1 MiB), so the kernel does not reuse them. The number of vCPUs is bounded by the 8-bit xAPIC
+//! ids, not by room: [`MAX_CPUS`] vCPUs take ids `0..MAX_CPUS`, the IOAPIC the next one, and
+//! 0xff is the broadcast id. The configuration table for that many takes 5,348 bytes of the
+//! BIOS area's 64 KiB.
 
 use std::mem::size_of;
 
@@ -25,7 +31,7 @@ use crate::memory::GuestMem;
 pub enum Error {
     #[error("the MP table needs at least one vCPU")]
     NoCpus,
-    #[error("{0} vCPUs do not fit in the MP table (at most {MAX_CPUS})")]
+    #[error("the MP table describes at most {MAX_CPUS} vCPUs (xAPIC ids), not {0}")]
     TooManyCpus(u8),
     #[error("could not write the MP {what} at {addr:#x} into guest memory")]
     Write {
@@ -36,8 +42,9 @@ pub enum Error {
     },
 }
 
-/// First address past the area the tables may use: the start of the legacy video hole.
-const MPTABLE_END: u64 = 0xa0000;
+/// Where the MP floating pointer goes, and the bytes the kernel scans for it from there.
+const MPF_ADDR: u64 = layout::EBDA_START;
+const MPF_SCAN_LEN: u64 = 1024;
 
 const MPF_SIGNATURE: [u8; 4] = *b"_MP_";
 const MPC_SIGNATURE: [u8; 4] = *b"PCMP";
@@ -189,27 +196,33 @@ const _: () = assert!(size_of::<MpInterrupt>() == 8);
 /// Number of local interrupt assignment entries (ExtINT on LINT0, NMI on LINT1).
 const LOCAL_INTERRUPTS: usize = 2;
 
-/// Bytes the whole structure takes for `num_cpus` vCPUs, floating pointer included.
-const fn mptable_size(num_cpus: usize) -> usize {
-    size_of::<MpFloatingPointer>()
-        + size_of::<MpConfigHeader>()
+/// Bytes the configuration table (header and entries) takes for `num_cpus` vCPUs.
+const fn config_table_size(num_cpus: usize) -> usize {
+    size_of::<MpConfigHeader>()
         + num_cpus * size_of::<MpProcessor>()
         + size_of::<MpBus>()
         + size_of::<MpIoApic>()
         + (layout::IOAPIC_PINS as usize + LOCAL_INTERRUPTS) * size_of::<MpInterrupt>()
 }
 
-const fn max_cpus() -> u8 {
-    let space = (MPTABLE_END - layout::EBDA_START) as usize;
-    let fixed = mptable_size(0);
-    assert!(fixed <= space);
-    let fit = (space - fixed) / size_of::<MpProcessor>();
-    // Local APIC ids 0..num_cpus and the IOAPIC id num_cpus must all stay below 0xff.
-    if fit > 254 { 254 } else { fit as u8 }
-}
+/// The most vCPUs the MP table describes: their local APIC ids are `0..MAX_CPUS`, the IOAPIC
+/// takes id `MAX_CPUS`, and 0xff ([`ALL_LOCAL_APICS`]) is the broadcast id.
+pub const MAX_CPUS: u8 = 254;
 
-/// The most vCPUs the MP table can describe.
-pub const MAX_CPUS: u8 = max_cpus();
+// The IOAPIC's id, the one after the last vCPU's, stays below the broadcast id.
+const _: () = assert!(MAX_CPUS < ALL_LOCAL_APICS);
+// The floating pointer lies on a 16-byte boundary (the kernel's scan step) in the EBDA's first
+// kilobyte, below the legacy video hole at 0xa0000.
+const _: () = assert!(MPF_ADDR.is_multiple_of(16));
+const _: () = assert!(MPF_ADDR + MPF_SCAN_LEN <= 0xa0000);
+// The configuration table for MAX_CPUS fits in the BIOS area, which is not RAM for the kernel
+// (above the EBDA, below 1 MiB) and is reachable by the floating pointer's 32-bit address.
+const _: () = assert!(
+    layout::MPTABLE_CONFIG_ADDR + config_table_size(MAX_CPUS as usize) as u64
+        <= layout::BIOS_AREA_END
+);
+const _: () = assert!(layout::MPTABLE_CONFIG_ADDR >= 0xa0000);
+const _: () = assert!(layout::BIOS_AREA_END <= layout::HIMEM_START);
 
 /// Sum of the bytes of `obj`, modulo 256.
 fn byte_sum<T: ByteValued>(obj: &T) -> u8 {
@@ -249,9 +262,9 @@ fn write<T: ByteValued>(
     })
 }
 
-/// Write the MP floating pointer and configuration table for `num_cpus` vCPUs (local APIC ids
-/// `0..num_cpus`, vCPU 0 the bootstrap processor, IOAPIC id `num_cpus`) at
-/// [`layout::EBDA_START`].
+/// Write the MP floating pointer (at [`layout::EBDA_START`]) and configuration table (at
+/// [`layout::MPTABLE_CONFIG_ADDR`]) for `num_cpus` vCPUs: local APIC ids `0..num_cpus`, vCPU 0
+/// the bootstrap processor, IOAPIC id `num_cpus`.
 pub fn setup_mptable(mem: &GuestMem, num_cpus: u8) -> Result<(), Error> {
     if num_cpus == 0 {
         return Err(Error::NoCpus);
@@ -261,8 +274,8 @@ pub fn setup_mptable(mem: &GuestMem, num_cpus: u8) -> Result<(), Error> {
     }
     let ioapic_id = num_cpus;
 
-    let mpf_addr = GuestAddress(layout::EBDA_START);
-    let header_addr = mpf_addr.unchecked_add(size_of::<MpFloatingPointer>() as u64);
+    let mpf_addr = GuestAddress(MPF_ADDR);
+    let header_addr = GuestAddress(layout::MPTABLE_CONFIG_ADDR);
     let mut entries = EntryWriter {
         mem,
         addr: header_addr.unchecked_add(size_of::<MpConfigHeader>() as u64),
@@ -334,8 +347,8 @@ pub fn setup_mptable(mem: &GuestMem, num_cpus: u8) -> Result<(), Error> {
 
     let table_end = entries.addr;
     debug_assert_eq!(
-        table_end.raw_value() - mpf_addr.raw_value(),
-        mptable_size(num_cpus as usize) as u64
+        table_end.raw_value() - header_addr.raw_value(),
+        config_table_size(num_cpus as usize) as u64
     );
     let mut header = MpConfigHeader {
         signature: MPC_SIGNATURE,
@@ -392,15 +405,28 @@ mod tests {
             .expect("no _MP_ signature in the EBDA")
     }
 
-    /// Check everything `setup_mptable(mem, num_cpus)` should have written.
+    /// Whether `[addr, addr + len)` overlaps RAM in the e820 map of a `mem_size` guest.
+    fn overlaps_e820_ram(mem_size: u64, addr: u64, len: u64) -> bool {
+        crate::arch::x86_64::boot::e820_map(mem_size)
+            .iter()
+            .any(|e| addr < { e.addr } + { e.size } && { e.addr } < addr + len)
+    }
+
+    /// Check everything `setup_mptable(mem, num_cpus)` should have written, reaching the
+    /// configuration table the way the kernel does: through the floating pointer.
     fn check(mem: &GuestMem, num_cpus: u8) {
         let mpf_addr = find_mpf(mem);
         let mpf: MpFloatingPointer = mem.read_obj(GuestAddress(mpf_addr)).unwrap();
         assert_eq!({ mpf.length }, 1);
         assert_eq!({ mpf.spec_rev }, 4);
+        assert_eq!(
+            mpf.feature1, 0,
+            "a configuration table, not a default configuration"
+        );
         assert_eq!(sum_bytes(mem, mpf_addr, 16), 0);
 
         let table = u64::from(mpf.physical_address);
+        assert_eq!(table, layout::MPTABLE_CONFIG_ADDR);
         let header: MpConfigHeader = mem.read_obj(GuestAddress(table)).unwrap();
         assert_eq!(header.signature, *b"PCMP");
         assert_eq!({ header.spec_rev }, 4);
@@ -410,8 +436,13 @@ mod tests {
             length,
             44 + 20 * num_cpus as usize + 8 + 8 + 8 * (layout::IOAPIC_PINS as usize + 2)
         );
-        assert!(table + length as u64 <= 0xa0000);
+        assert!((0xf0000..0x100000).contains(&table));
+        assert!(table + length as u64 <= 0x100000);
         assert_eq!(sum_bytes(mem, table, length), 0);
+        for mem_size in [2 << 20, 256 << 20, 4 << 30] {
+            assert!(!overlaps_e820_ram(mem_size, mpf_addr, 16));
+            assert!(!overlaps_e820_ram(mem_size, table, length as u64));
+        }
 
         let mut processors = Vec::new();
         let mut ioapics = Vec::new();
@@ -500,11 +531,33 @@ mod tests {
     }
 
     #[test]
+    fn more_cpus_than_the_ebda_holds() {
+        // 37 was the most when the whole table lived in the EBDA's last kilobyte.
+        for cpus in [37, 38, 64, 128] {
+            let mem = memory();
+            setup_mptable(&mem, cpus).unwrap();
+            check(&mem, cpus);
+        }
+    }
+
+    #[test]
     fn most_cpus() {
+        assert_eq!(MAX_CPUS, 254);
         let mem = memory();
         setup_mptable(&mem, MAX_CPUS).unwrap();
+        // `check` also sees the IOAPIC at id 254, below the broadcast id 255.
         check(&mem, MAX_CPUS);
-        assert!(mptable_size(MAX_CPUS as usize) as u64 <= 0xa0000 - layout::EBDA_START);
+        // The figure the module documentation gives, well within the BIOS area's 64 KiB.
+        assert_eq!(config_table_size(254), 5348);
+    }
+
+    #[test]
+    fn a_smaller_table_over_a_larger_one_checks_out() {
+        // Length, entry count and checksum come from what was written, not what lies around.
+        let mem = memory();
+        setup_mptable(&mem, MAX_CPUS).unwrap();
+        setup_mptable(&mem, 3).unwrap();
+        check(&mem, 3);
     }
 
     #[test]
@@ -514,20 +567,29 @@ mod tests {
 
     #[test]
     fn too_many_cpus_is_an_error() {
+        // MAX_CPUS + 1 is 255, the broadcast id: the only u8 above the limit.
         let mem = memory();
-        assert!(matches!(
-            setup_mptable(&mem, MAX_CPUS + 1),
-            Err(Error::TooManyCpus(n)) if n == MAX_CPUS + 1
-        ));
-        assert!(matches!(
-            setup_mptable(&mem, 255),
-            Err(Error::TooManyCpus(255))
-        ));
+        let err = setup_mptable(&mem, MAX_CPUS + 1).unwrap_err();
+        assert!(matches!(err, Error::TooManyCpus(255)));
+        assert_eq!(
+            err.to_string(),
+            "the MP table describes at most 254 vCPUs (xAPIC ids), not 255"
+        );
     }
 
     #[test]
     fn memory_without_the_ebda_is_an_error() {
         let mem = crate::memory::create(0x8_0000).unwrap();
         assert!(matches!(setup_mptable(&mem, 1), Err(Error::Write { .. })));
+    }
+
+    #[test]
+    fn memory_without_the_bios_area_is_an_error() {
+        // RAM up to the video hole: room for the floating pointer, none for the table.
+        let mem = crate::memory::create(0xa_0000).unwrap();
+        assert!(matches!(
+            setup_mptable(&mem, 1),
+            Err(Error::Write { addr, .. }) if addr >= layout::MPTABLE_CONFIG_ADDR
+        ));
     }
 }
