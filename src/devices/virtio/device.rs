@@ -5,14 +5,15 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use event_manager::{EventOps, EventSet, Events, MutEventSubscriber};
 use log::{debug, error, warn};
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
+use vm_memory::{Address, Bytes, GuestAddress};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet as EpollSet};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -167,7 +168,19 @@ pub enum Completion {
 }
 
 impl Active {
+    /// With EVENT_IDX negotiated (the transport set the queues' event-index mode), each ready
+    /// queue starts out asking the driver to notify it of the first buffer it posts, whatever the
+    /// device area held before.
     pub fn new(mem: GuestMem, queues: Vec<Queue>, interrupt: Interrupt, features: u64) -> Self {
+        let mut queues = queues;
+        for queue in queues
+            .iter_mut()
+            .filter(|q| q.ready() && q.event_idx_enabled())
+        {
+            if let Err(e) = queue.enable_notification(&mem) {
+                debug!("virtio: cannot write a queue's avail_event: {e}");
+            }
+        }
         Self {
             mem,
             unnotified: vec![false; queues.len()],
@@ -242,11 +255,32 @@ impl Active {
     /// Take the next available chain of queue `index`, walked to its end. `None` when the ring
     /// is empty or the queue unusable; a chain that cannot be walked (or a ring index that makes
     /// no sense) puts the device into the needs-reset state.
+    ///
+    /// With EVENT_IDX, the driver notifies the queue only when its available index passes
+    /// avail_event, which the device moves here alone: finding the ring empty, it sets
+    /// avail_event to the next entry it will take (the driver notifies when it posts that one)
+    /// and looks once more for a buffer posted meanwhile, which the driver may not notify. While
+    /// the ring holds buffers the device has not taken, avail_event stays behind and the driver
+    /// does not notify. So a device stopping with buffers left must come back by itself (a spent
+    /// budget, a backend that wakes it), or call [`Self::notify_on_next_post`]. Without
+    /// EVENT_IDX nothing is written: the driver notifies every buffer.
     pub fn pop_chain(&mut self, index: usize, what: &str, log: &mut LogLimiter) -> Option<Chain> {
         let max_len = self.ready_size(index)?;
         let queue = self.queues.get_mut(index)?;
-        let chain = match queue.iter(&self.mem) {
-            Ok(mut avail) => avail.next()?,
+        let mut next = next_chain(queue, &self.mem);
+        if matches!(next, Ok(None)) && queue.event_idx_enabled() {
+            next = match queue.enable_notification(&self.mem) {
+                // Posted between the look and avail_event: take it (its notification may
+                // never come), with notifications off again while the device is busy.
+                Ok(true) => queue
+                    .disable_notification(&self.mem)
+                    .and_then(|()| next_chain(queue, &self.mem)),
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            };
+        }
+        let chain = match next {
+            Ok(chain) => chain?,
             Err(e) => {
                 self.fail(log, what, &e);
                 return None;
@@ -259,6 +293,38 @@ impl Active {
                 None
             }
         }
+    }
+
+    /// For a device that stops taking buffers from queue `index` while the driver still has
+    /// some posted there, and waits for the driver to post another: with EVENT_IDX, set
+    /// avail_event to the driver's available index, so that its next buffer is notified.
+    /// Returns true if the driver posted one meanwhile (that one may not be notified: act as if
+    /// it were). Without EVENT_IDX every buffer is notified and this does nothing.
+    pub fn notify_on_next_post(&mut self, index: usize) -> bool {
+        let Some(queue) = self
+            .queues
+            .get(index)
+            .filter(|q| q.ready() && q.event_idx_enabled())
+        else {
+            return false;
+        };
+        let mem = &self.mem;
+        let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
+            return false;
+        };
+        // avail_event follows the used ring's entries (virtio 1.2, 2.7.8); the transport
+        // checked that it lies in guest memory.
+        let at = GuestAddress(queue.used_ring()).checked_add(4 + 8 * u64::from(queue.size()));
+        let stored = at.is_some_and(|at| mem.store(avail.0.to_le(), at, Ordering::Relaxed).is_ok());
+        if !stored {
+            return false;
+        }
+        // The driver reads avail_event after writing its index: both sides order the write
+        // before the read, so either it sees the new avail_event or this sees its new index.
+        fence(Ordering::SeqCst);
+        queue
+            .avail_idx(mem, Ordering::Acquire)
+            .is_ok_and(|now| now != avail)
     }
 
     /// Give back the chain [`Self::pop_chain`] took last from queue `index`: it is the next one
@@ -304,6 +370,14 @@ impl Active {
             self.interrupt.signal_used();
         }
     }
+}
+
+/// The next available chain of `queue`, if any.
+fn next_chain<'a>(
+    queue: &mut Queue,
+    mem: &'a GuestMem,
+) -> Result<Option<DescriptorChain<&'a GuestMem>>, virtio_queue::Error> {
+    Ok(queue.iter(mem)?.next())
 }
 
 /// Lets a guest-triggered message through a few times a minute, so a guest cannot flood the log.

@@ -11,7 +11,7 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_FAILED, VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_NEEDS_RESET,
     VIRTIO_F_VERSION_1,
 };
-use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
@@ -55,8 +55,10 @@ const MAGIC: u32 = 0x7472_6976; // "virt"
 /// "KITE", read as little-endian bytes.
 const VENDOR: u32 = 0x4554_494b;
 
-/// Feature bits the transport itself offers, on top of the device's.
-const TRANSPORT_FEATURES: u64 = (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC);
+/// Feature bits the transport itself offers, on top of the device's. With EVENT_IDX accepted,
+/// every queue runs in event-index mode ([`super::device::Active`] does the suppression).
+const TRANSPORT_FEATURES: u64 =
+    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX);
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum Error {
@@ -200,6 +202,7 @@ impl MmioTransport {
     }
 
     fn build_queues(&self) -> Result<Vec<Queue>, QueueError> {
+        let event_idx = self.driver_features & (1 << VIRTIO_RING_F_EVENT_IDX) != 0;
         let mut queues = Vec::with_capacity(self.queues.len());
         for (index, (regs, &max)) in self.queues.iter().zip(&self.max_sizes).enumerate() {
             let mut queue = <Queue as QueueT>::new(max).map_err(|_| QueueError::Size {
@@ -241,6 +244,8 @@ impl MmioTransport {
                 queue
                     .try_set_used_ring_address(GuestAddress(regs.device))
                     .map_err(|_| area_error("device area", regs.device))?;
+                // used_event and avail_event lie inside the areas checked above.
+                queue.set_event_idx(event_idx);
                 queue.set_ready(true);
             }
             queues.push(queue);

@@ -200,8 +200,9 @@ impl Net {
                     active.unpop_chain(RX);
                     if e.kind() != io::ErrorKind::WouldBlock {
                         // A lasting error would leave the tap readable forever and spin the
-                        // event loop: stop watching it until the driver posts buffers again.
-                        self.rx_waiting = true;
+                        // event loop: stop watching it until the driver posts buffers again
+                        // (with EVENT_IDX, asking it to notify the next one).
+                        self.rx_waiting = !active.notify_on_next_post(RX);
                         if self.log.allow() {
                             warn!("{}: cannot read a frame: {e}", self.name);
                         }

@@ -9,7 +9,9 @@ use virtio_bindings::virtio_config::{
     VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
     VIRTIO_CONFIG_S_FEATURES_OK,
 };
-use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
+use virtio_bindings::virtio_ring::{
+    VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE,
+};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -171,9 +173,22 @@ impl Guest {
         self.queues[i] = q;
     }
 
-    /// The whole start-up: every offered feature, every queue with `size` entries, DRIVER_OK.
+    /// The whole start-up: every offered feature but EVENT_IDX (the driver notifies every buffer
+    /// and wants every interrupt), every queue with `size` entries, DRIVER_OK.
     pub fn start(&mut self, size: u16) {
-        let features = self.device_features();
+        self.start_with(size, false);
+    }
+
+    /// [`Self::start`] with EVENT_IDX accepted too.
+    pub fn start_event_idx(&mut self, size: u16) {
+        self.start_with(size, true);
+    }
+
+    fn start_with(&mut self, size: u16, event_idx: bool) {
+        let offered = self.device_features();
+        let bit = 1u64 << VIRTIO_RING_F_EVENT_IDX;
+        assert_ne!(offered & bit, 0, "EVENT_IDX not offered");
+        let features = if event_idx { offered } else { offered & !bit };
         assert!(self.negotiate(features));
         let n = super::device::lock(&self.device).queue_max_sizes().len();
         for i in 0..n {
@@ -315,6 +330,49 @@ impl Guest {
         let id: u32 = self.mem.read_obj(GuestAddress(at)).unwrap();
         let len: u32 = self.mem.read_obj(GuestAddress(at + 4)).unwrap();
         (id, len)
+    }
+
+    /// EVENT_IDX: write used_event (after the available ring), the used index past which the
+    /// driver wants an interrupt.
+    pub fn set_used_event(&mut self, queue: usize, idx: u16) {
+        let q = &self.queues[queue];
+        let at = q.avail + 4 + 2 * u64::from(q.size);
+        self.mem.write_obj(idx, GuestAddress(at)).unwrap();
+    }
+
+    /// EVENT_IDX: avail_event (after the used ring), the available index past which the device
+    /// wants a notification.
+    pub fn avail_event(&self, queue: usize) -> u16 {
+        let q = &self.queues[queue];
+        let at = q.used + 4 + 8 * u64::from(q.size);
+        self.mem.read_obj(GuestAddress(at)).unwrap()
+    }
+
+    /// The available index the driver published last.
+    pub fn avail_idx(&self, queue: usize) -> u16 {
+        self.queues[queue].avail_idx
+    }
+
+    /// EVENT_IDX: whether a driver that moved the available index from `old` to where it is now
+    /// must notify the device (avail_event lies in `old..new`, wrapping), as Linux decides.
+    pub fn kick_wanted(&self, queue: usize, old: u16) -> bool {
+        let new = self.avail_idx(queue);
+        let event = self.avail_event(queue);
+        new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+    }
+
+    /// EVENT_IDX: post `descs` and notify the device only if it asked to be (see
+    /// [`Self::kick_wanted`]); the event loop runs either way. Returns the head and whether the
+    /// driver notified.
+    pub fn post(&mut self, queue: usize, descs: &[Desc]) -> (u16, bool) {
+        let old = self.avail_idx(queue);
+        let head = self.push(queue, descs);
+        let kicked = self.kick_wanted(queue, old);
+        if kicked {
+            self.write(super::mmio::QUEUE_NOTIFY, queue as u32);
+        }
+        self.run_events();
+        (head, kicked)
     }
 
     /// Whether the irqfd fired since the last call.

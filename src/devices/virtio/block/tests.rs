@@ -138,6 +138,38 @@ fn read_returns_the_image_data() {
 }
 
 #[test]
+fn event_idx_read_and_write_requests_complete() {
+    let f = image();
+    let disk = Disk::open(f.as_path(), false).unwrap();
+    let mut g = Guest::new(Arc::new(Mutex::new(Block::new(disk))));
+    g.start_event_idx(QSIZE);
+    // A write, then a read of the same sector, each posted and notified as the device asks.
+    let h = header(&mut g, VIRTIO_BLK_T_OUT, 5);
+    let d = g.buf(&[0x5a; 512]);
+    let s = g.alloc(1);
+    let (head, kicked) = g.post(0, &[Desc::r(h, 16), Desc::r(d, 512), Desc::w(s, 1)]);
+    assert!(kicked);
+    assert_eq!(g.used_idx(0), 1);
+    assert_eq!(g.used(0, 0), (u32::from(head), 1));
+    assert_eq!(g.bytes(s, 1)[0], OK);
+    assert_eq!(sector(&f, 5), [0x5a; 512]);
+    assert!(g.irq_fired());
+    assert_eq!(g.avail_event(0), 1);
+
+    let h = header(&mut g, VIRTIO_BLK_T_IN, 5);
+    let d = g.alloc(512);
+    let s = g.alloc(1);
+    g.set_used_event(0, 1);
+    let (head, kicked) = g.post(0, &[Desc::r(h, 16), Desc::w(d, 512), Desc::w(s, 1)]);
+    assert!(kicked);
+    assert_eq!(g.used(0, 1), (u32::from(head), 513));
+    assert_eq!(g.bytes(s, 1)[0], OK);
+    assert_eq!(g.bytes(d, 512), [0x5a; 512]);
+    assert!(g.irq_fired());
+    assert!(!g.needs_reset());
+}
+
+#[test]
 fn write_reaches_only_its_own_sectors() {
     let f = image();
     let before = whole(&f);

@@ -6,6 +6,9 @@ use virtio_bindings::virtio_config::{
 };
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
+use vm_memory::{Bytes, GuestAddress};
+
 use super::*;
 use crate::devices::virtio::device::read_config_bytes;
 use crate::devices::virtio::testutil::Guest;
@@ -149,6 +152,32 @@ fn driver_ok_hands_the_configured_queues_to_the_device() {
     assert_eq!(q[0].avail_ring(), 0x1_4000);
     assert_eq!(q[0].used_ring(), 0x1_8000);
     assert!(!q[1].ready(), "queue 1 was never set up");
+}
+
+#[test]
+fn event_idx_is_offered_and_the_queues_follow_what_the_driver_accepted() {
+    let (mut g, dummy) = guest();
+    let event_idx = 1u64 << VIRTIO_RING_F_EVENT_IDX;
+    assert_ne!(g.device_features() & event_idx, 0);
+    g.start(8);
+    {
+        let d = dummy.lock().unwrap();
+        let q = &d.active.as_ref().expect("device activated").queues;
+        assert!(q.iter().all(|q| !q.event_idx_enabled()));
+    }
+    // Without EVENT_IDX the device area is left alone at DRIVER_OK; with it, avail_event asks
+    // for the first buffer.
+    for (features, want) in [(VERSION_1, 0x1234), (VERSION_1 | event_idx, 0)] {
+        assert!(g.negotiate(features));
+        g.setup_queue(0, 8);
+        let avail_event = GuestAddress(0x1_8000 + 4 + 8 * 8);
+        g.mem.write_obj(0x1234u16, avail_event).unwrap();
+        g.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
+        assert_eq!(g.avail_event(0), want);
+        let d = dummy.lock().unwrap();
+        let q = &d.active.as_ref().expect("device activated").queues;
+        assert_eq!(q[0].event_idx_enabled(), features & event_idx != 0);
+    }
 }
 
 #[test]

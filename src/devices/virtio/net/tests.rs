@@ -544,3 +544,79 @@ fn a_failing_backend_read_does_not_spin_the_event_loop() {
     assert_eq!(g.used_idx(0), 0, "the buffer stays with the device");
     assert!(!g.needs_reset());
 }
+
+#[test]
+fn event_idx_receive_asks_for_buffers_only_when_it_ran_out() {
+    let (dev, host) = UnixDatagram::pair().unwrap();
+    dev.set_nonblocking(true).unwrap();
+    let fake = Fake {
+        sock: dev,
+        offload: Arc::new(AtomicU32::new(0)),
+    };
+    let net = Net::new(Box::new(fake), MAC).unwrap();
+    let mut g = Guest::new(Arc::new(Mutex::new(net)));
+    g.start_event_idx(QSIZE);
+    let f = [&[0u8; 12][..], &frame(100, [2, 0, 0, 0, 0, 9], 1)].concat();
+
+    // Two buffers, notified; no frame yet, so the device does not ask for more.
+    let old = g.avail_idx(0);
+    post_rx(&mut g, 1526);
+    post_rx(&mut g, 1526);
+    assert!(g.kick_wanted(0, old));
+    g.kick(0);
+    let behind = g.avail_event(0);
+    host.send(&f).unwrap();
+    g.run_events();
+    assert_eq!(g.used_idx(0), 1);
+    assert!(g.irq_fired());
+    assert_eq!(
+        g.avail_event(0),
+        behind,
+        "asked for buffers while it had one"
+    );
+    let (_, kicked) = {
+        let buf = g.alloc(1526);
+        g.post(0, &[Desc::w(buf, 1526)])
+    };
+    assert!(!kicked);
+
+    // Frames use up the ring: the device asks for the next buffer, which brings the last frame.
+    for _ in 0..3 {
+        host.send(&f).unwrap();
+    }
+    g.run_events();
+    assert_eq!(g.used_idx(0), 3);
+    assert_eq!(g.avail_event(0), g.avail_idx(0));
+    let buf = g.alloc(1526);
+    let (_, kicked) = g.post(0, &[Desc::w(buf, 1526)]);
+    assert!(kicked);
+    assert_eq!(g.used_idx(0), 4);
+    assert_eq!(g.bytes(buf + 12, f.len() - 12), f[12..]);
+}
+
+#[test]
+fn event_idx_a_failing_backend_read_waits_for_the_next_posted_buffer() {
+    let (dev, host) = UnixDatagram::pair().unwrap();
+    dev.set_nonblocking(true).unwrap();
+    host.send(b"makes the backend readable for good").unwrap();
+    let net = Net::new(Box::new(Broken(dev)), MAC).unwrap();
+    let mut g = Guest::new(Arc::new(Mutex::new(net)));
+    g.start_event_idx(QSIZE);
+    let old = g.avail_idx(0);
+    post_rx(&mut g, 1526);
+    assert!(g.kick_wanted(0, old));
+    g.kick(0);
+    g.run_events();
+    assert_eq!(
+        g.run_events(),
+        0,
+        "device keeps waking on a backend it cannot read"
+    );
+    assert_eq!(g.used_idx(0), 0, "the buffer stays with the device");
+    // The device paused until the driver posts another buffer, and asked to hear of it although
+    // the one it holds is still untaken.
+    let buf = g.alloc(1526);
+    let (_, kicked) = g.post(0, &[Desc::w(buf, 1526)]);
+    assert!(kicked);
+    assert!(!g.needs_reset());
+}
