@@ -17,6 +17,14 @@
 //! * `poll`: the driver sets VIRTQ_AVAIL_F_NO_INTERRUPT on its queues, leaves the IOAPIC pin
 //!   masked and spins on the used ring's index.
 //!
+//! With `kite_virtio_event_idx=1` the driver also wants VIRTIO_RING_F_EVENT_IDX (bit 29;
+//! section 2.7.10) and, if the device offers it, uses the event indices instead of the ring
+//! flags: it writes `used_event` (after the available ring) to ask for an interrupt for the
+//! next completion only when it is about to wait for one, and notifies only when
+//! `vring_need_event(avail_event, new, old)` holds for the `avail_event` the device wrote
+//! (after the used ring). In `poll` mode `used_event` trails the used index, so the device has
+//! no reason to interrupt.
+//!
 //! Set-up order (section 3.1.1): reset (and wait for Status to read 0), ACKNOWLEDGE, DRIVER,
 //! feature negotiation (VIRTIO_F_VERSION_1 is required: legacy devices are refused),
 //! FEATURES_OK and its read-back, queue set-up, DRIVER_OK.
@@ -35,6 +43,9 @@ pub const ID_RNG: u32 = 4;
 pub const ID_VSOCK: u32 = 19;
 
 pub const F_VERSION_1: u64 = 1 << 32;
+/// VIRTIO_RING_F_EVENT_IDX: `used_event` / `avail_event` instead of the ring flags.
+pub const F_EVENT_IDX_BIT: u32 = 29;
+pub const F_EVENT_IDX: u64 = 1 << F_EVENT_IDX_BIT;
 
 // Registers (offsets in the device's window).
 const MAGIC_VALUE: u64 = 0x000;
@@ -181,6 +192,22 @@ impl Wait {
     }
 }
 
+/// Ring features the driver wants besides a scenario's own: VIRTIO_RING_F_EVENT_IDX with
+/// `kite_virtio_event_idx=1` (`0` or absent: none).
+pub fn ring_features(cmdline: &Cmdline) -> Result<u64, &'static str> {
+    match cmdline.get("kite_virtio_event_idx") {
+        None | Some(b"0") => Ok(0),
+        Some(b"1") => Ok(F_EVENT_IDX),
+        Some(_) => Err("kite_virtio_event_idx must be 0 or 1"),
+    }
+}
+
+/// The spec's `vring_need_event`: whether moving an index from `old` to `new` passed
+/// `event`, i.e. `event` is in `[old, new)` (modulo 2^16).
+pub fn need_event(event: u16, new: u16, old: u16) -> bool {
+    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
+}
+
 /// The `n`-th (from 0) declared virtio-mmio device whose DeviceID is `device_id`. Entries
 /// outside the 32-bit MMIO window (which is all the guest maps for devices) and windows
 /// without the virtio magic are skipped.
@@ -298,6 +325,11 @@ impl Device {
         self.features & (1u64 << feature_bit) != 0
     }
 
+    /// 1 if VIRTIO_RING_F_EVENT_IDX was negotiated, else 0 (for result lines).
+    pub fn event_idx(&self) -> u8 {
+        self.has(F_EVENT_IDX_BIT) as u8
+    }
+
     #[allow(dead_code)]
     pub fn status(&self) -> u32 {
         self.read(STATUS)
@@ -376,8 +408,15 @@ impl Device {
         let used = pages
             .alloc_pages_zeroed(pages_for(6 + 8 * n))
             .ok_or(Error::OutOfMemory("a used ring"))?;
+        let event_idx = self.has(F_EVENT_IDX_BIT);
         if self.wait == Wait::Poll {
-            write16(avail, AVAIL_F_NO_INTERRUPT);
+            if event_idx {
+                // The device ignores the flags: used_event trails the used index instead
+                // (0xffff: the device's first completion, 0 -> 1, does not pass it).
+                write16(avail + 4 + 2 * n, 0xffff);
+            } else {
+                write16(avail, AVAIL_F_NO_INTERRUPT);
+            }
         }
         self.write(QUEUE_NUM, size);
         self.write(QUEUE_DESC_LOW, desc as u32);
@@ -404,7 +443,9 @@ impl Device {
             free_len: size as u16,
             chain_len: [0; MAX_QUEUE],
             avail_idx: 0,
+            kicked_idx: 0,
             last_used: 0,
+            event_idx,
             irq: self.irq,
             wait: self.wait,
             base: self.base,
@@ -522,8 +563,12 @@ pub struct Queue {
     chain_len: [u16; MAX_QUEUE],
     /// Our copy of avail.idx.
     avail_idx: u16,
+    /// avail.idx at the last [`Queue::kick`] (the `old` of `vring_need_event`).
+    kicked_idx: u16,
     /// used.idx up to which we have taken completions.
     last_used: u16,
+    /// VIRTIO_RING_F_EVENT_IDX was negotiated.
+    event_idx: bool,
     irq: u8,
     wait: Wait,
     base: u64,
@@ -583,14 +628,30 @@ impl Queue {
         Ok(head)
     }
 
-    /// Notifies the device of new available buffers, unless it said (VIRTQ_USED_F_NO_NOTIFY)
-    /// it does not need it.
-    pub fn kick(&self) {
-        // The index store must be visible before we read the device's flag (store-load).
+    /// Notifies the device of new available buffers, unless it said it does not need it:
+    /// VIRTQ_USED_F_NO_NOTIFY, or with EVENT_IDX an `avail_event` that the buffers posted
+    /// since the last kick did not pass.
+    pub fn kick(&mut self) {
+        // The index store must be visible before we read the device's flag or avail_event
+        // (store-load).
         fence(Ordering::SeqCst);
-        if read16(self.used) & USED_F_NO_NOTIFY == 0 {
+        let old = self.kicked_idx;
+        self.kicked_idx = self.avail_idx;
+        let notify = if self.event_idx {
+            let avail_event = read16(self.used + 4 + 8 * self.size as u64);
+            need_event(avail_event, self.avail_idx, old)
+        } else {
+            read16(self.used) & USED_F_NO_NOTIFY == 0
+        };
+        if notify {
             mmio::write32(self.notify, self.index as u32);
         }
+    }
+
+    /// With EVENT_IDX: writes `used_event`, the used index past which the device is to
+    /// interrupt.
+    fn set_used_event(&self, event: u16) {
+        write16(self.avail + 4 + 2 * self.size as u64, event);
     }
 
     /// Takes the next completion off the used ring, if any: (head id, bytes written by the
@@ -611,6 +672,10 @@ impl Queue {
         }
         let id = id as u16;
         self.last_used = self.last_used.wrapping_add(1);
+        if self.event_idx && self.wait == Wait::Poll {
+            // Keep used_event just behind what the device has already passed: no interrupt.
+            self.set_used_event(self.last_used.wrapping_sub(1));
+        }
         // Walk the chain to free it.
         let mut d = id;
         for _ in 0..self.chain_len[id as usize] {
@@ -637,6 +702,16 @@ impl Queue {
                     }
                 }
                 Wait::Irq => {
+                    if self.event_idx {
+                        // An interrupt for the next completion (used.idx passing last_used),
+                        // then look again: one that landed before the device could see
+                        // used_event would not interrupt.
+                        self.set_used_event(self.last_used);
+                        fence(Ordering::SeqCst);
+                        if let Some(done) = self.pop_used()? {
+                            return Ok(done);
+                        }
+                    }
                     while irq_count(self.irq) == seen && rdtsc() < deadline {
                         core::hint::spin_loop();
                     }

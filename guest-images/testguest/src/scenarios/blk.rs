@@ -75,7 +75,11 @@ impl Blk {
     /// cannot hold that many requests).
     fn open(ctx: &mut Ctx, wait: Wait, depth: usize, buf_bytes: u64) -> Result<Blk, Line> {
         let entry = virtio::find(&ctx.cmdline, ID_BLOCK, 0)?;
-        let wanted = (1 << F_SIZE_MAX) | (1 << F_SEG_MAX) | (1 << F_RO) | (1 << F_FLUSH);
+        let ring = match virtio::ring_features(&ctx.cmdline) {
+            Ok(f) => f,
+            Err(e) => return fail!("{e}"),
+        };
+        let wanted = (1 << F_SIZE_MAX) | (1 << F_SEG_MAX) | (1 << F_RO) | (1 << F_FLUSH) | ring;
         let mut dev = Device::init(entry, ID_BLOCK, wanted, wait)?;
         let capacity = dev.config_u64(0);
         let size_max = if dev.has(F_SIZE_MAX) {
@@ -299,13 +303,15 @@ fn sequential(sectors: u64, req: u64) -> impl FnMut() -> Option<(u64, u64)> {
     }
 }
 
-/// `tsc_hz=<n> tsc_src=<s> wait=<m> irqs=<n>`, the common tail of every ok line.
+/// `tsc_hz=<n> tsc_src=<s> wait=<m> irqs=<n> event_idx=<0/1>`, the common tail of every ok
+/// line.
 fn tail(line: &mut Line, blk: &Blk, hz: u64, src: &str) {
     let _ = write!(
         line,
-        " tsc_hz={hz} tsc_src={src} wait={} irqs={}",
+        " tsc_hz={hz} tsc_src={src} wait={} irqs={} event_idx={}",
         blk.dev.wait.name(),
-        blk.dev.irqs()
+        blk.dev.irqs(),
+        blk.dev.event_idx()
     );
 }
 

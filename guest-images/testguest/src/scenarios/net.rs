@@ -56,7 +56,11 @@ struct Net {
 impl Net {
     fn open(ctx: &mut Ctx, wait: Wait, ip: [u8; 4]) -> Result<Net, Line> {
         let entry = virtio::find(&ctx.cmdline, ID_NET, 0)?;
-        let mut dev = Device::init(entry, ID_NET, 1 << F_MAC, wait)?;
+        let ring = match virtio::ring_features(&ctx.cmdline) {
+            Ok(f) => f,
+            Err(e) => return fail!("{e}"),
+        };
+        let mut dev = Device::init(entry, ID_NET, (1 << F_MAC) | ring, wait)?;
         let mut mac = DEFAULT_MAC;
         if dev.has(F_MAC) {
             for (i, b) in mac.iter_mut().enumerate() {
@@ -521,12 +525,13 @@ pub fn virtio_net(ctx: &mut Ctx) -> Outcome {
     let cycles = rdtsc().wrapping_sub(start);
     net.reclaim_tx()?;
     let irqs = net.dev.irqs();
+    let event_idx = net.dev.event_idx();
     let ignored = net.ignored;
     let arp_answered = net.arp_answered;
     let mac = Mac(net.mac);
     net.dev.shutdown();
     ok!(
-        "frames={echoed} frames_per_sec={} bytes_per_sec={} bytes={bytes} cycles={cycles} window={window} arp_cycles={arp_cycles} mac={mac} peer_mac={} other_frames={ignored} arp_answered={arp_answered} tsc_hz={} tsc_src={} wait={} irqs={irqs}",
+        "frames={echoed} frames_per_sec={} bytes_per_sec={} bytes={bytes} cycles={cycles} window={window} arp_cycles={arp_cycles} mac={mac} peer_mac={} other_frames={ignored} arp_answered={arp_answered} tsc_hz={} tsc_src={} wait={} irqs={irqs} event_idx={event_idx}",
         per_second(echoed as u64, cycles, freq.hz),
         per_second(bytes, cycles, freq.hz),
         Mac(peer_mac),

@@ -22,8 +22,12 @@ pub fn virtio_rng(ctx: &mut Ctx) -> Outcome {
     if !(2..=MAX_BYTES).contains(&want) {
         return fail!("kite_n must be 2 to {MAX_BYTES} bytes");
     }
+    let ring = match virtio::ring_features(&ctx.cmdline) {
+        Ok(f) => f,
+        Err(e) => return fail!("{e}"),
+    };
     let entry = virtio::find(&ctx.cmdline, ID_RNG, 0)?;
-    let mut dev = Device::init(entry, ID_RNG, 0, wait)?;
+    let mut dev = Device::init(entry, ID_RNG, ring, wait)?;
     let mut q = dev.setup_queue(0, 16, &mut ctx.pages)?;
     let mut arena = Arena::new(&mut ctx.pages, want + REQUEST_BYTES)?;
     let buf = arena.take(want + REQUEST_BYTES, 4096)?;
@@ -70,7 +74,8 @@ pub fn virtio_rng(ctx: &mut Ctx) -> Outcome {
         }
     }
     ok!(
-        "bytes={got} requests={requests} wait={} irqs={irqs}",
-        wait.name()
+        "bytes={got} requests={requests} wait={} irqs={irqs} event_idx={}",
+        wait.name(),
+        dev.event_idx()
     )
 }

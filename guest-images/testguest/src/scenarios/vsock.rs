@@ -126,7 +126,11 @@ struct Vsock {
 impl Vsock {
     fn open(ctx: &mut Ctx, wait: Wait, port: u32) -> Result<Vsock, Line> {
         let entry = virtio::find(&ctx.cmdline, ID_VSOCK, 0)?;
-        let mut dev = Device::init(entry, ID_VSOCK, 0, wait)?;
+        let ring = match virtio::ring_features(&ctx.cmdline) {
+            Ok(f) => f,
+            Err(e) => return fail!("{e}"),
+        };
+        let mut dev = Device::init(entry, ID_VSOCK, ring, wait)?;
         let guest_cid = dev.config_u64(0);
         let mut rx = dev.setup_queue(0, (2 * RX_BUFS) as u16, &mut ctx.pages)?;
         let tx = dev.setup_queue(1, (2 * TX_SLOTS) as u16, &mut ctx.pages)?;
@@ -414,14 +418,15 @@ pub fn virtio_vsock(ctx: &mut Ctx) -> Outcome {
     let mut line = Line::new();
     let _ = write!(
         line,
-        "bytes={sent} echoed={echoed} bytes_per_sec={} cycles={cycles} connect_cycles={connect_cycles} guest_cid={} port={port} chunk={chunk} packets_tx={} packets_rx={} closed={closed} tsc_hz={} tsc_src={} wait={} irqs={irqs}",
+        "bytes={sent} echoed={echoed} bytes_per_sec={} cycles={cycles} connect_cycles={connect_cycles} guest_cid={} port={port} chunk={chunk} packets_tx={} packets_rx={} closed={closed} tsc_hz={} tsc_src={} wait={} irqs={irqs} event_idx={}",
         per_second(echoed, cycles, freq.hz),
         v.guest_cid,
         v.packets_tx,
         v.packets_rx,
         freq.hz,
         freq.source,
-        wait.name()
+        wait.name(),
+        v.dev.event_idx()
     );
     v.dev.shutdown();
     Ok(line)
