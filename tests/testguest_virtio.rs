@@ -298,9 +298,11 @@ fn virtio_net_echoes_udp_through_a_tap() {
     let net = format!("tap={tap},mac={guest_mac}");
     let frames = 300;
     let mut runs = Vec::new();
-    for wait in ["irq", "poll"] {
+    // Interrupts and polling, then interrupts with VIRTIO_RING_F_EVENT_IDX negotiated.
+    let modes = [("irq", "0"), ("poll", "0"), ("irq", "1")];
+    for (wait, event_idx) in modes {
         let cmdline = format!(
-            "kite_test=virtio-net kite_n={frames} kite_virtio_wait={wait} kite_net_ip=10.0.2.15 kite_net_peer=10.0.2.2 kite_net_port=7777"
+            "kite_test=virtio-net kite_n={frames} kite_virtio_wait={wait} kite_virtio_event_idx={event_idx} kite_net_ip=10.0.2.15 kite_net_peer=10.0.2.2 kite_net_port=7777"
         );
         let cmd = ns.kite(&[
             "run",
@@ -320,15 +322,18 @@ fn virtio_net_echoes_udp_through_a_tap() {
         assert_eq!(r.get("mac"), guest_mac, "{}", r.result);
         assert_eq!(r.get("peer_mac"), tap_mac, "{}", r.result);
         assert_eq!(r.get("wait"), wait, "{}", r.result);
+        assert_eq!(r.get("event_idx"), event_idx, "{}", r.result);
         assert!(r.num("bytes") > 0 && r.num("cycles") > 0, "{}", r.result);
         runs.push(r);
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     let echoed = echo.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    let all = modes.len() as u64 * frames;
     assert_eq!(
         echoed,
-        2 * frames,
-        "the host echoed {echoed} datagrams for two runs of {frames}"
+        all,
+        "the host echoed {echoed} datagrams for {} runs of {frames}",
+        modes.len()
     );
 }
 
@@ -398,9 +403,15 @@ fn virtio_vsock_echoes_through_a_unix_socket() {
     let echo = unix_echo(&listen, stop.clone());
     let vsock = format!("cid=7,socket={}", path_str(&socket));
     let mut total = 0;
-    for (wait, bytes, chunk) in [("irq", 300_000u64, 4096), ("poll", 100_000, 1000)] {
+    // Interrupts and polling, then interrupts with VIRTIO_RING_F_EVENT_IDX negotiated.
+    let modes = [
+        ("irq", 300_000u64, 4096, "0", 3),
+        ("poll", 100_000, 1000, "0", 3),
+        ("irq", 300_000, 4096, "1", 4),
+    ];
+    for (wait, bytes, chunk, event_idx, seed) in modes {
         let cmdline = format!(
-            "kite_test=virtio-vsock kite_vsock_port={port} kite_vsock_bytes={bytes} kite_vsock_chunk={chunk} kite_virtio_wait={wait} kite_seed=3"
+            "kite_test=virtio-vsock kite_vsock_port={port} kite_vsock_bytes={bytes} kite_vsock_chunk={chunk} kite_virtio_wait={wait} kite_virtio_event_idx={event_idx} kite_seed={seed}"
         );
         let mut cmd = kite();
         cmd.args([
@@ -421,6 +432,7 @@ fn virtio_vsock_echoes_through_a_unix_socket() {
         assert_eq!(r.num("echoed"), bytes, "{}", r.result);
         assert_eq!(r.num("guest_cid"), 7, "{}", r.result);
         assert_eq!(r.get("wait"), wait, "{}", r.result);
+        assert_eq!(r.get("event_idx"), event_idx, "{}", r.result);
         total += bytes;
     }
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -431,6 +443,7 @@ fn virtio_vsock_echoes_through_a_unix_socket() {
 // With `kite_virtio_event_idx=1` the guest's driver negotiates VIRTIO_RING_F_EVENT_IDX: it asks
 // for an interrupt (used_event) only for the completion it waits for and notifies only when the
 // device's avail_event asks for it. Each device must still complete every request.
+// (virtio-net and virtio-vsock run it as one more mode of their tests above.)
 
 #[test]
 fn virtio_blk_pattern_with_event_idx() {
@@ -473,96 +486,4 @@ fn virtio_rng_with_event_idx() {
             assert_eq!(r.num("irqs"), 0, "{}", r.result);
         }
     }
-}
-
-#[test]
-fn virtio_net_with_event_idx() {
-    const TEST: &str = "virtio_net_with_event_idx";
-    if let Some(reason) = kvm_unavailable().or_else(|| kite_lacks("--net")) {
-        return skip(TEST, &reason);
-    }
-    let tap = "ktap0";
-    let ns = match Netns::with_tap("netei", tap) {
-        Ok(ns) => ns,
-        Err(reason) => return skip(TEST, &reason),
-    };
-    let _ = ns.exec(&[
-        "sysctl",
-        "-qw",
-        &format!("net.ipv6.conf.{tap}.disable_ipv6=1"),
-    ]);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let echo = udp_echo(&ns, "10.0.2.2:7777", stop.clone());
-    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let guest_mac = "52:54:00:4b:49:55";
-    let net = format!("tap={tap},mac={guest_mac}");
-    let frames = 300;
-    let cmdline = format!(
-        "kite_test=virtio-net kite_n={frames} kite_virtio_wait=irq kite_virtio_event_idx=1 kite_net_ip=10.0.2.15 kite_net_peer=10.0.2.2 kite_net_port=7777"
-    );
-    let cmd = ns.kite(&[
-        "run",
-        "--kernel",
-        path_str(&elf),
-        "--memory",
-        "256M",
-        "--no-rng",
-        "--net",
-        &net,
-        "--cmdline",
-        &cmdline,
-    ]);
-    let r = Run::parse("virtio-net", run(cmd, LIMIT));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let echoed = echo.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
-    r.expect_ok();
-    assert_eq!(r.get("event_idx"), "1", "{}", r.result);
-    assert_eq!(r.get("wait"), "irq", "{}", r.result);
-    assert_eq!(r.num("frames"), frames, "{}", r.result);
-    assert_eq!(r.get("mac"), guest_mac, "{}", r.result);
-    assert_eq!(echoed, frames, "datagrams the host echoed");
-}
-
-#[test]
-fn virtio_vsock_with_event_idx() {
-    const TEST: &str = "virtio_vsock_with_event_idx";
-    if let Some(reason) = kvm_unavailable().or_else(|| kite_lacks("--vsock")) {
-        return skip(TEST, &reason);
-    }
-    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let dir = temp_file(TEST, "placeholder", b"");
-    let socket = dir.with_file_name("v.sock");
-    let port = 5202;
-    let listen = PathBuf::from(format!("{}_{port}", path_str(&socket)));
-    let _ = std::fs::remove_file(&listen);
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let echo = unix_echo(&listen, stop.clone());
-    let vsock = format!("cid=9,socket={}", path_str(&socket));
-    let bytes = 300_000u64;
-    let cmdline = format!(
-        "kite_test=virtio-vsock kite_vsock_port={port} kite_vsock_bytes={bytes} kite_vsock_chunk=4096 kite_virtio_wait=irq kite_virtio_event_idx=1 kite_seed=4"
-    );
-    let mut cmd = kite();
-    cmd.args([
-        "run",
-        "--kernel",
-        path_str(&elf),
-        "--memory",
-        "256M",
-        "--no-rng",
-        "--vsock",
-        &vsock,
-        "--cmdline",
-        &cmdline,
-    ]);
-    let r = Run::parse("virtio-vsock", run(cmd, LIMIT));
-    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-    let echoed = echo.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
-    r.expect_ok();
-    assert_eq!(r.get("event_idx"), "1", "{}", r.result);
-    assert_eq!(r.get("wait"), "irq", "{}", r.result);
-    assert_eq!(r.num("bytes"), bytes, "{}", r.result);
-    assert_eq!(r.num("echoed"), bytes, "{}", r.result);
-    assert_eq!(r.num("guest_cid"), 9, "{}", r.result);
-    assert_eq!(echoed, bytes, "bytes the host echoed");
 }
