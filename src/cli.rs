@@ -66,6 +66,12 @@ pub struct RunArgs {
     /// Stop the VM after this many seconds (exit code 124).
     #[arg(long, value_name = "SECONDS")]
     pub timeout: Option<f64>,
+    /// Workarounds for a host whose KVM emulates guest ring 0 (no VT-x/AMD-V under it, e.g.
+    /// kvm_pvm in a cloud VM): extra kernel command-line words and CPUID features hidden, so
+    /// that Linux can run there. `auto` applies them when the host looks like one (no vmx/svm
+    /// CPU flag, or kvm_pvm loaded) and says so in one log line.
+    #[arg(long, value_name = "WHEN", value_enum, default_value = "auto")]
+    pub ring0_workarounds: crate::arch::x86_64::emulated_ring0::Mode,
     /// Print the whole start-up timeline and memory figures on stderr at the end (kite bench).
     #[arg(long, hide = true)]
     pub timeline: bool,
@@ -106,6 +112,7 @@ impl RunArgs {
             rng: !self.no_rng,
             boot_timer: self.boot_timer,
             timeout,
+            ring0_workarounds: self.ring0_workarounds,
         })
     }
 }

@@ -27,6 +27,8 @@ pub struct VmConfig {
     pub boot_timer: bool,
     /// Stop the VM after this long.
     pub timeout: Option<Duration>,
+    /// When to apply the workarounds for a host whose KVM emulates guest ring 0.
+    pub ring0_workarounds: crate::arch::x86_64::emulated_ring0::Mode,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

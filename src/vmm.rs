@@ -13,7 +13,7 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::{boot, cpuid, layout, mptable, regs};
+use crate::arch::x86_64::{boot, cpuid, emulated_ring0, layout, mptable, regs};
 use crate::bus::Bus;
 use crate::config::VmConfig;
 use crate::devices::boot_timer::BootTimer;
@@ -132,6 +132,7 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     boot_timer: Option<Arc<Mutex<BootTimer>>>,
     disks: Vec<BlockHandle>,
+    completed: Arc<crate::vcpu::complete::Counts>,
     timeout: Option<Duration>,
     process_start: Instant,
     timeline: Timeline,
@@ -177,6 +178,21 @@ impl Vmm {
         let mut cmdline =
             linux_loader::cmdline::Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE * 4)
                 .map_err(Error::Cmdline)?;
+        let ring0 = emulated_ring0::decide(config.ring0_workarounds, emulated_ring0::detect);
+        if let Some(why) = ring0 {
+            let words = emulated_ring0::missing_words(&config.cmdline);
+            for w in &words {
+                cmdline.insert_str(w).map_err(Error::Cmdline)?;
+            }
+            let added = if words.is_empty() {
+                String::new()
+            } else {
+                format!("adding '{}' to the command line, ", words.join(" "))
+            };
+            log::info!(
+                "this host's KVM emulates guest ring 0 ({why}): Linux is slow here (about a minute to user space); {added}hiding the PV IPI/unhalt/yield CPUID features; --ring0-workarounds off turns this off"
+            );
+        }
 
         let serial = add_serial(&vm, &mut pio, &mut event_manager)?;
         pio.insert(
@@ -214,6 +230,7 @@ impl Vmm {
         let supported = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("report supported CPUID"))?;
+        let completed = Arc::new(crate::vcpu::complete::Counts::default());
         let mut vcpus = Vec::with_capacity(config.cpus.into());
         for index in 0..config.cpus {
             let fd = vm
@@ -221,6 +238,9 @@ impl Vmm {
                 .map_err(kvm_err("create a vCPU"))?;
             let mut cpuid = supported.clone();
             cpuid::filter_cpuid(&mut cpuid, index, config.cpus);
+            if ring0.is_some() {
+                emulated_ring0::filter_cpuid(&mut cpuid);
+            }
             fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
             regs::setup_common(&fd).map_err(|source| Error::Regs { index, source })?;
             if index == 0 {
@@ -234,6 +254,7 @@ impl Vmm {
                 mmio: mmio.clone(),
                 exit: exit.clone(),
                 stop: stop.clone(),
+                completed: completed.clone(),
             });
         }
         mark("vCPUs configured");
@@ -251,6 +272,7 @@ impl Vmm {
             serial,
             boot_timer,
             disks,
+            completed,
             timeout: config.timeout,
             process_start,
             timeline,
@@ -302,6 +324,9 @@ impl Vmm {
         }
         for t in threads {
             t.join();
+        }
+        if let Some(summary) = self.completed.summary() {
+            log::info!("{summary}");
         }
         // Requests already taken from a queue have completed (devices finish each one under
         // their lock); make what the guest wrote durable before Kite exits.

@@ -1,6 +1,7 @@
 //! x86-64 specifics: guest layout and the pure builders for the 64-bit boot protocol.
 pub mod boot;
 pub mod cpuid;
+pub mod emulated_ring0;
 pub mod layout;
 pub mod mptable;
 pub mod regs;

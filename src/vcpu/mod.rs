@@ -1,5 +1,9 @@
-//! One thread per vCPU: the KVM_RUN loop. Port and MMIO exits go to the buses; every other exit
-//! either ends the VM with a clear reason or is ignored. The loop knows no device addresses.
+//! One thread per vCPU: the KVM_RUN loop. Port and MMIO exits go to the buses; an instruction
+//! the host's KVM could not emulate is completed if it is in [`complete`]'s table; every other
+//! exit either ends the VM with a clear reason or is ignored. The loop knows no device
+//! addresses.
+
+pub mod complete;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +16,7 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::bus::Bus;
 use crate::exit::{ExitHandle, ExitReason};
+use complete::{Completion, Counts};
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
 fn kick_signal() -> i32 {
@@ -35,6 +40,8 @@ pub struct Vcpu {
     pub mmio: Arc<Bus>,
     pub exit: Arc<ExitHandle>,
     pub stop: Arc<AtomicBool>,
+    /// Instructions completed for the host's KVM, shared by all vCPUs.
+    pub completed: Arc<Counts>,
 }
 
 /// A running vCPU thread.
@@ -94,7 +101,7 @@ impl Vcpu {
                     VcpuExit::FailEntry(reason, cpu) => Some(ExitReason::Fatal(format!(
                         "vCPU {index}: KVM could not enter the guest (hardware entry failure reason {reason:#x} on host CPU {cpu})"
                     ))),
-                    VcpuExit::InternalError => Some(ExitReason::Fatal(self.internal_error())),
+                    VcpuExit::InternalError => self.internal_error().err().map(ExitReason::Fatal),
                     VcpuExit::Intr => None,
                     other => {
                         log::debug!("vCPU {index}: ignoring exit {other:?}");
@@ -111,15 +118,64 @@ impl Vcpu {
                 return;
             }
         }
+        if matches!(self.exit.reason(), Some(ExitReason::Timeout(_))) {
+            self.log_state();
+        }
     }
 
-    fn internal_error(&mut self) -> String {
+    /// At debug level, where this vCPU was when the VM was stopped (for a guest that hangs).
+    fn log_state(&self) {
+        if !log::log_enabled!(log::Level::Debug) {
+            return;
+        }
+        let mp = self
+            .fd
+            .get_mp_state()
+            .map(|m| m.mp_state.to_string())
+            .unwrap_or_else(|e| e.to_string());
+        let (rip, rax) = self
+            .fd
+            .get_regs()
+            .map(|r| (format!("{:#x}", r.rip), format!("{:#x}", r.rax)))
+            .unwrap_or_else(|e| (e.to_string(), String::new()));
+        let (cs, cr0) = self
+            .fd
+            .get_sregs()
+            .map(|s| (format!("{:#x}", s.cs.selector), format!("{:#x}", s.cr0)))
+            .unwrap_or_else(|e| (e.to_string(), String::new()));
+        log::debug!(
+            "vCPU {} at stop: mp_state {mp}, RIP {rip}, CS {cs}, CR0 {cr0}, RAX {rax}",
+            self.index
+        );
+    }
+
+    /// Complete the instruction KVM could not emulate, if Kite knows it; else the one-line
+    /// reason the VM ends.
+    fn internal_error(&mut self) -> Result<(), String> {
         let index = self.index;
         // SAFETY: KVM filled the `internal` member of the union for KVM_EXIT_INTERNAL_ERROR,
         // which is the exit being handled.
-        let (suberror, ndata) = unsafe {
+        let (suberror, ndata, data) = unsafe {
             let internal = &self.fd.get_kvm_run().__bindgen_anon_1.internal;
-            (internal.suberror, internal.ndata)
+            (internal.suberror, internal.ndata, internal.data)
+        };
+        let insn = complete::instruction_bytes(suberror, ndata, &data);
+        let why_not = match insn {
+            Ok(insn) => match Completion::lookup(insn.as_slice()) {
+                Some(c) => match self.complete(c) {
+                    Ok(()) => {
+                        self.completed.add(c);
+                        return Ok(());
+                    }
+                    Err(e) => format!("; {} not completed: {e}", c.name()),
+                },
+                None => format!(
+                    "; instruction bytes {} (not one Kite completes)",
+                    insn.hex()
+                ),
+            },
+            Err(complete::NoBytes::NotEmulation) => String::new(),
+            Err(e) => format!("; {e}"),
         };
         let what = match suberror {
             1 => "emulation failure",
@@ -132,9 +188,44 @@ impl Vcpu {
             Ok(regs) => format!("{:#x}", regs.rip),
             Err(e) => format!("unknown ({e})"),
         };
-        format!(
-            "vCPU {index}: KVM internal error, suberror {suberror} ({what}), {ndata} data words, at guest RIP {rip}"
-        )
+        Err(format!(
+            "vCPU {index}: KVM internal error, suberror {suberror} ({what}), {ndata} data words, at guest RIP {rip}{why_not}"
+        ))
+    }
+
+    /// Finish `c` on this vCPU: step over it, drop the exception KVM queued for it, and
+    /// inject the one the instruction raises, if any.
+    fn complete(&mut self, c: Completion) -> Result<(), String> {
+        let fd = &self.fd;
+        let fsw = match c {
+            Completion::Fwait => fd.get_fpu().map_err(|e| format!("KVM_GET_FPU: {e}"))?.fsw,
+            Completion::Int3 => 0,
+        };
+        let sregs = fd.get_sregs().map_err(|e| format!("KVM_GET_SREGS: {e}"))?;
+        let action = c.action(fsw, sregs.cr0)?;
+        let mut regs = fd.get_regs().map_err(|e| format!("KVM_GET_REGS: {e}"))?;
+        let mut events = fd
+            .get_vcpu_events()
+            .map_err(|e| format!("KVM_GET_VCPU_EVENTS: {e}"))?;
+        regs.rip = regs.rip.wrapping_add(action.advance);
+        events.exception.injected = 0;
+        events.exception.pending = 0;
+        events.exception.has_error_code = 0;
+        events.exception.error_code = 0;
+        if let Some(vector) = action.inject {
+            events.exception.injected = 1;
+            events.exception.nr = vector;
+        }
+        fd.set_regs(&regs)
+            .map_err(|e| format!("KVM_SET_REGS: {e}"))?;
+        fd.set_vcpu_events(&events)
+            .map_err(|e| format!("KVM_SET_VCPU_EVENTS: {e}"))?;
+        log::debug!(
+            "vCPU {}: completed {} for the host's KVM",
+            self.index,
+            c.name()
+        );
+        Ok(())
     }
 }
 
