@@ -195,3 +195,39 @@ fn guest_exceptions_report_vector_and_rip() {
         );
     }
 }
+
+/// `int3` and `fwait` in guest ring 0, the two instructions an emulated-ring-0 host's KVM
+/// cannot run: the guest's own #BP handler must see one trap from CS 0x08 with RIP just past
+/// the 0xCC, and execution must go on after `fwait`. Where the host emulates ring 0 Kite
+/// completes both and says so at exit; on a hardware host the CPU runs them and Kite says
+/// nothing.
+#[test]
+fn ring0_int3_and_fwait() {
+    let Some(run) = common::scenario("testguest ring0-insns", "ring0-insns", &["--cpus", "1"], "")
+    else {
+        return;
+    };
+    run.expect_ok();
+    let hex = |key: &str| {
+        let v = run.get(key);
+        u64::from_str_radix(v.trim_start_matches("0x"), 16)
+            .unwrap_or_else(|_| panic!("{key}={v} is not hex in: {}", run.result))
+    };
+    assert_eq!(run.num("bp_runs"), 1, "{}", run.result);
+    assert_eq!(hex("bp_rip"), hex("int3_at") + 1, "{}", run.result);
+    assert_eq!(run.get("bp_cs"), "0x8", "{}", run.result);
+    assert_eq!(run.get("fwait"), "1", "{}", run.result);
+
+    let stderr = &run.out.stderr;
+    if host_emulates_ring0() {
+        assert!(
+            stderr.contains("completed 2 instructions the host's KVM could not: int3 1, fwait 1"),
+            "Kite completes exactly the guest's int3 and fwait on this host\n{stderr}"
+        );
+    } else {
+        assert!(
+            !stderr.contains("the host's KVM could not"),
+            "a hardware KVM runs int3 and fwait itself\n{stderr}"
+        );
+    }
+}

@@ -21,6 +21,8 @@ const LAPIC_ICR_LOW: u64 = 0x300;
 const LAPIC_ICR_HIGH: u64 = 0x310;
 const LAPIC_LVT_LINT0: u64 = 0x350;
 const ICR_DELIVERY_PENDING: u32 = 1 << 12;
+/// ICR destination shorthand "self", fixed delivery: the vector is the low byte.
+const ICR_SELF_FIXED: u32 = 0x0004_0000;
 pub const ICR_INIT: u32 = 0x0000_4500; // INIT, level assert
 pub const ICR_STARTUP: u32 = 0x0000_4600; // start-up IPI; low byte = vector (page number)
 
@@ -58,6 +60,12 @@ impl LocalApic {
         Self::write(LAPIC_TPR, 0);
         Self::write(LAPIC_LVT_LINT0, 1 << 16);
         Self::write(LAPIC_SVR, 0x100 | SPURIOUS_VECTOR as u32);
+    }
+
+    /// Sends this CPU a fixed interrupt on `vector` (taken once ring 3 runs with IF=1) and
+    /// waits, briefly, for the local APIC to accept it. The local APIC must be enabled.
+    pub fn self_ipi(vector: u8) {
+        Self::send_ipi(0, ICR_SELF_FIXED | vector as u32);
     }
 
     /// Sends an IPI (`command` = ICR low word) to the CPU with APIC ID `dest` and waits,

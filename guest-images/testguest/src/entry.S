@@ -482,6 +482,7 @@ tss:
 tss_end:
 
     .balign 16
+    .globl idt
 idt:
     .set vec, 0
     .rept 256

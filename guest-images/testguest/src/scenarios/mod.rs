@@ -14,6 +14,7 @@ mod bench;
 mod blk;
 mod irq;
 mod net;
+mod ring0;
 mod rng;
 mod smp;
 mod vsock;
@@ -72,6 +73,10 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "fault",
         run: basic::fault,
+    },
+    Scenario {
+        name: "ring0-insns",
+        run: ring0::ring0_insns,
     },
     Scenario {
         name: "virtio-blk",
