@@ -4,20 +4,26 @@
 #   guest-images/out/vmlinux             the kernel as an ELF (what tests boot)
 #   guest-images/out/bzImage             the same kernel as a bzImage
 #   guest-images/out/kernel.final.config the kernel's final .config
-#   guest-images/out/initramfs.cpio.gz   busybox initramfs running guest-images/init
+#   guest-images/out/initramfs.cpio      busybox initramfs running guest-images/init, with
+#                                        kite-vsock (guest-images/vsock-client.c); uncompressed,
+#                                        because a guest whose ring 0 is emulated unpacks gzip
+#                                        5x slower than it copies a plain cpio
 #
-# The kernel comes from Debian's linux-source-6.1: `make allnoconfig`, then the
-# fragment guest-images/kernel.config merged on top and `make olddefconfig`. Every
-# option the fragment sets is checked against the final .config before building.
+# The kernel comes from Debian's linux-source-6.1 with the project's own patches
+# (guest-images/patches/*.patch, each saying which host behaviour it answers) applied:
+# `make allnoconfig`, then the fragment guest-images/kernel.config merged on top and
+# `make olddefconfig`. Every option the fragment sets is checked against the final
+# .config before building.
 #
 # Slow results are cached outside the checkout, under
 #   ${KITE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kite}
 # in directories named after a hash of their inputs, so a second run only copies:
 #   kernel/<key>/     vmlinux, bzImage, kernel.config; key = sha256 of the installed
-#                     linux-source-6.1 version, the option lines of kernel.config and
-#                     the source text of the kernel_* functions below
-#   initramfs/<key>/  initramfs.cpio.gz; key = sha256 of the installed busybox-static
-#                     version, guest-images/init and the text of initramfs_build
+#                     linux-source-6.1 version, the option lines of kernel.config, the
+#                     patches and the source text of the kernel_* functions below
+#   initramfs/<key>/  initramfs.cpio; key = sha256 of the installed busybox-static and
+#                     gcc versions, guest-images/init, vsock-client.c and the text of
+#                     initramfs_build
 #   src/              the unpacked kernel tree, only while a kernel build runs
 # guest-images/out/ is refreshed from the cache on every run.
 # Missing Debian packages are installed with apt-get (needs root or sudo).
@@ -29,6 +35,8 @@ set -euo pipefail
 GUEST_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 FRAGMENT=$GUEST_DIR/kernel.config
 INIT_SCRIPT=$GUEST_DIR/init
+VSOCK_CLIENT=$GUEST_DIR/vsock-client.c
+PATCH_DIR=$GUEST_DIR/patches
 OUT_DIR=$GUEST_DIR/out
 CACHE_ROOT=${KITE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/kite}
 JOBS=${KITE_JOBS:-$(nproc)}
@@ -37,9 +45,9 @@ KERNEL_SRC_PKG=linux-source-6.1
 KERNEL_TARBALL=/usr/src/linux-source-6.1.tar.xz
 BUSYBOX=/bin/busybox
 # Needed even when everything is cached (they feed the cache keys).
-BASE_PKGS=(linux-source-6.1 busybox-static cpio)
+BASE_PKGS=(linux-source-6.1 busybox-static cpio gcc libc6-dev)
 # Needed only to build the kernel.
-KERNEL_BUILD_PKGS=(build-essential bc flex bison libelf-dev libssl-dev)
+KERNEL_BUILD_PKGS=(build-essential bc flex bison libelf-dev libssl-dev patch)
 
 START_TIME=$SECONDS
 
@@ -90,15 +98,22 @@ pkg_version() { dpkg-query -W -f='${Version}' "$1"; }
 # script (messages, the initramfs part) does not.
 # ---------------------------------------------------------------------------------
 
-# Unpack the kernel source once per package version: $1 = target directory.
+# Unpack the kernel source and apply our patches (in name order): $1 = target directory.
 kernel_unpack_source() {
-	local dest=$1 tmp
+	local dest=$1 tmp p
 	[[ -f $dest/.kite-unpacked ]] && return 0
 	rm -rf -- "$dest"
 	tmp=$dest.tmp.$$
 	rm -rf -- "$tmp"
 	mkdir -p -- "$tmp"
 	tar -xf "$KERNEL_TARBALL" -C "$tmp" --strip-components=1
+	for p in "$PATCH_DIR"/*.patch; do
+		[[ -e $p ]] || continue
+		patch -d "$tmp" -p1 --quiet --forward <"$p" || {
+			echo "[guest-images] ERROR: patch $p does not apply" >&2
+			return 1
+		}
+	done
 	touch -- "$tmp/.kite-unpacked"
 	mv -- "$tmp" "$dest"
 }
@@ -164,6 +179,11 @@ kernel_cache_key() {
 		echo "package $KERNEL_SRC_PKG $(pkg_version "$KERNEL_SRC_PKG")"
 		echo "--- fragment (option lines only)"
 		grep -E '^(CONFIG_[A-Za-z0-9_]+=|# CONFIG_[A-Za-z0-9_]+ is not set)' -- "$FRAGMENT"
+		echo "--- patches"
+		local p
+		for p in "$PATCH_DIR"/*.patch; do
+			[[ -e $p ]] && { echo "$(basename -- "$p")"; cat -- "$p"; }
+		done
 		echo "--- recipe"
 		declare -f kernel_unpack_source kernel_check_config kernel_build
 	} | sha256sum | cut -c1-24
@@ -173,12 +193,15 @@ kernel_cache_key() {
 # Initramfs recipe (same idea: the initramfs_* function text is part of its key).
 # ---------------------------------------------------------------------------------
 
-# $1 = output .cpio.gz, $2 = scratch dir.
+# $1 = output .cpio, $2 = scratch dir.
 initramfs_build() {
 	local out=$1 root=$2/root applet
 	rm -rf -- "$2"
 	mkdir -p -- "$root"/{bin,sbin,usr/bin,usr/sbin,dev,proc,sys,tmp,run,etc,root}
 	cp -- "$BUSYBOX" "$root/bin/busybox"
+	# busybox has no AF_VSOCK: our own small static client for the vsock check.
+	gcc -static -nostdlib -ffreestanding -fno-stack-protector -fno-builtin -Os -s \
+		-Wall -Werror -o "$root/bin/kite-vsock" "$VSOCK_CLIENT" || return 1
 	# One symlink per applet, where busybox says it belongs (sh, mount, devmem...).
 	while IFS= read -r applet; do
 		[[ -n $applet && $applet != bin/busybox ]] || continue
@@ -190,15 +213,18 @@ initramfs_build() {
 	# Sorted names, owner root, fixed mtimes: same inputs give the same archive.
 	find "$root" -exec touch -h -d @0 {} +
 	(cd "$root" && find . -mindepth 1 | LC_ALL=C sort |
-		cpio --quiet -o -H newc -R 0:0 --reproducible) | gzip -9 -n >"$out"
+		cpio --quiet -o -H newc -R 0:0 --reproducible) >"$out"
 }
 
 initramfs_cache_key() {
 	{
 		echo "kite guest initramfs"
 		echo "package busybox-static $(pkg_version busybox-static)"
+		echo "package gcc $(pkg_version gcc) libc6-dev $(pkg_version libc6-dev)"
 		echo "--- init"
 		cat -- "$INIT_SCRIPT"
+		echo "--- vsock client"
+		cat -- "$VSOCK_CLIENT"
 		echo "--- recipe"
 		declare -f initramfs_build
 	} | sha256sum | cut -c1-24
@@ -243,7 +269,7 @@ main() {
 		ensure_packages "${KERNEL_BUILD_PKGS[@]}"
 		local ver src build tmpres
 		ver=$(pkg_version "$KERNEL_SRC_PKG")
-		src=$CACHE_ROOT/src/$KERNEL_SRC_PKG-$ver
+		src=$CACHE_ROOT/src/$KERNEL_SRC_PKG-$ver-$kkey
 		log "kernel: unpacking $KERNEL_SRC_PKG $ver into $src"
 		mkdir -p -- "$CACHE_ROOT/src"
 		kernel_unpack_source "$src"
@@ -275,7 +301,8 @@ main() {
 		local itmp=$CACHE_ROOT/initramfs/$ikey.tmp
 		rm -rf -- "$CACHE_ROOT"/initramfs/*.tmp
 		mkdir -p -- "$itmp"
-		initramfs_build "$itmp/initramfs.cpio.gz" "$itmp/scratch"
+		initramfs_build "$itmp/initramfs.cpio" "$itmp/scratch" ||
+			die "initramfs build failed"
 		rm -rf -- "$itmp/scratch"
 		touch -- "$itmp/.complete"
 		rm -rf -- "$idir"
@@ -286,8 +313,9 @@ main() {
 	publish "$kdir/vmlinux" vmlinux
 	publish "$kdir/bzImage" bzImage
 	publish "$kdir/kernel.config" kernel.final.config
-	publish "$idir/initramfs.cpio.gz" initramfs.cpio.gz
-	log "wrote $OUT_DIR/{vmlinux,bzImage,kernel.final.config,initramfs.cpio.gz}"
+	rm -f -- "$OUT_DIR/initramfs.cpio.gz"
+	publish "$idir/initramfs.cpio" initramfs.cpio
+	log "wrote $OUT_DIR/{vmlinux,bzImage,kernel.final.config,initramfs.cpio}"
 	log "done in $((SECONDS - START_TIME)) s"
 }
 

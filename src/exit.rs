@@ -15,6 +15,9 @@ pub enum ExitReason {
     GuestReset,
     /// The guest powered off: a normal end.
     GuestPowerOff,
+    /// Every vCPU stopped for good (halted with interrupts masked): how a guest without ACPI
+    /// powers off or halts. A normal end.
+    GuestHalted,
     /// A signal asked Kite to stop.
     Signal(i32),
     /// `--timeout` elapsed.
@@ -27,7 +30,7 @@ impl ExitReason {
     /// The process exit code for this reason.
     pub fn exit_code(&self) -> i32 {
         match self {
-            ExitReason::GuestReset | ExitReason::GuestPowerOff => 0,
+            ExitReason::GuestReset | ExitReason::GuestPowerOff | ExitReason::GuestHalted => 0,
             ExitReason::Signal(sig) => 128 + sig,
             ExitReason::Timeout(_) => 124,
             ExitReason::Fatal(_) => 1,
@@ -39,6 +42,9 @@ impl ExitReason {
         match self {
             ExitReason::GuestReset => "guest reset the machine; VM stopped".into(),
             ExitReason::GuestPowerOff => "guest powered off; VM stopped".into(),
+            ExitReason::GuestHalted => {
+                "guest halted (every vCPU stopped with interrupts off); VM stopped".into()
+            }
             ExitReason::Signal(sig) => format!("stopped the VM on signal {sig}"),
             ExitReason::Timeout(t) => {
                 format!("stopped the VM after {} s (--timeout)", t.as_secs_f64())
@@ -105,6 +111,7 @@ mod tests {
     fn exit_codes() {
         assert_eq!(ExitReason::GuestReset.exit_code(), 0);
         assert_eq!(ExitReason::GuestPowerOff.exit_code(), 0);
+        assert_eq!(ExitReason::GuestHalted.exit_code(), 0);
         assert_eq!(ExitReason::Fatal("x".into()).exit_code(), 1);
         assert_eq!(ExitReason::Signal(15).exit_code(), 143);
         assert_eq!(ExitReason::Timeout(Duration::from_secs(1)).exit_code(), 124);

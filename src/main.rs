@@ -52,7 +52,10 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
             let reason = &report.reason;
             let text = reason.describe();
             match reason {
-                ExitReason::GuestReset | ExitReason::GuestPowerOff | ExitReason::Signal(_) => {
+                ExitReason::GuestReset
+                | ExitReason::GuestPowerOff
+                | ExitReason::GuestHalted
+                | ExitReason::Signal(_) => {
                     log::info!("{text}")
                 }
                 ExitReason::Timeout(_) | ExitReason::Fatal(_) => {

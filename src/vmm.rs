@@ -22,6 +22,7 @@ use crate::devices::serial::{ConsoleInput, SerialDevice};
 use crate::devices::virtio::{self, BlockHandle, MmioSlots, VirtioContext};
 use crate::exit::{ExitHandle, ExitReason};
 use crate::memory::{self, GuestMem};
+use crate::vcpu::probe::HaltProbe;
 use crate::vcpu::{Vcpu, VcpuThread};
 
 /// The event loop all device I/O runs on.
@@ -133,6 +134,8 @@ pub struct Vmm {
     boot_timer: Option<Arc<Mutex<BootTimer>>>,
     disks: Vec<BlockHandle>,
     completed: Arc<crate::vcpu::complete::Counts>,
+    samples: Option<Arc<Mutex<Vec<u64>>>>,
+    halt: Arc<HaltProbe>,
     timeout: Option<Duration>,
     process_start: Instant,
     timeline: Timeline,
@@ -190,7 +193,7 @@ impl Vmm {
                 format!("adding '{}' to the command line, ", words.join(" "))
             };
             log::info!(
-                "this host's KVM emulates guest ring 0 ({why}): Linux is slow here (about a minute to user space); {added}hiding the PV IPI/unhalt/yield CPUID features; --ring0-workarounds off turns this off"
+                "this host's KVM emulates guest ring 0 ({why}): its kernel code runs emulated, so Linux takes tens of seconds to reach user space; {added}hiding the PV IPI/unhalt/yield CPUID features; --ring0-workarounds off turns this off"
             );
         }
 
@@ -231,6 +234,8 @@ impl Vmm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("report supported CPUID"))?;
         let completed = Arc::new(crate::vcpu::complete::Counts::default());
+        let samples = profile_path().map(|_| Arc::new(Mutex::new(Vec::new())));
+        let halt = Arc::new(HaltProbe::new(config.cpus.into()));
         let mut vcpus = Vec::with_capacity(config.cpus.into());
         for index in 0..config.cpus {
             let fd = vm
@@ -255,6 +260,8 @@ impl Vmm {
                 exit: exit.clone(),
                 stop: stop.clone(),
                 completed: completed.clone(),
+                samples: samples.clone(),
+                halt: halt.clone(),
             });
         }
         mark("vCPUs configured");
@@ -273,6 +280,8 @@ impl Vmm {
             boot_timer,
             disks,
             completed,
+            samples,
+            halt,
             timeout: config.timeout,
             process_start,
             timeline,
@@ -305,7 +314,21 @@ impl Vmm {
             }
         }
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
+        let mut next_sample = Instant::now();
+        let mut next_probe = Instant::now() + HALT_PROBE_INTERVAL;
         let loop_result = loop {
+            if self.samples.is_some() && Instant::now() >= next_sample {
+                threads.iter().for_each(VcpuThread::kick);
+                next_sample += PROFILE_INTERVAL;
+            }
+            if Instant::now() >= next_probe {
+                if self.halt.round() {
+                    self.exit.request(ExitReason::GuestHalted);
+                    continue;
+                }
+                threads.iter().for_each(VcpuThread::kick);
+                next_probe = Instant::now() + HALT_PROBE_INTERVAL;
+            }
             if self.exit.reason().is_some() {
                 break Ok(());
             }
@@ -315,7 +338,8 @@ impl Vmm {
                 self.exit.request(ExitReason::Timeout(t));
                 continue;
             }
-            if let Err(e) = self.event_manager.run_with_timeout(100) {
+            let wait = if self.samples.is_some() { 1 } else { 100 };
+            if let Err(e) = self.event_manager.run_with_timeout(wait) {
                 break Err(Error::EventLoop(e));
             }
         };
@@ -327,6 +351,9 @@ impl Vmm {
         }
         if let Some(summary) = self.completed.summary() {
             log::info!("{summary}");
+        }
+        if let (Some(samples), Some(path)) = (&self.samples, profile_path()) {
+            write_profile(&path, &samples.lock().unwrap_or_else(|e| e.into_inner()));
         }
         // Requests already taken from a queue have completed (devices finish each one under
         // their lock); make what the guest wrote durable before Kite exits.
@@ -369,6 +396,32 @@ impl Vmm {
             boot_time,
             memory,
         })
+    }
+}
+
+/// How often the event loop asks whether every vCPU has stopped for good (see
+/// `vcpu::probe`): a halted guest ends within two to three of these.
+const HALT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
+
+/// How often the guest profiler samples each vCPU's RIP.
+const PROFILE_INTERVAL: Duration = Duration::from_millis(2);
+
+/// `KITE_GUEST_PROFILE=FILE`: a developer's tool for finding where a slow guest spends its
+/// time. Every vCPU is kicked every [`PROFILE_INTERVAL`] and its RIP recorded; at exit FILE gets
+/// one hex RIP per line (symbolize with `addr2line -f -e vmlinux` or `nm`).
+fn profile_path() -> Option<std::path::PathBuf> {
+    std::env::var_os("KITE_GUEST_PROFILE").map(Into::into)
+}
+
+fn write_profile(path: &Path, rips: &[u64]) {
+    let text: String = rips.iter().map(|r| format!("{r:#x}\n")).collect();
+    match std::fs::write(path, text) {
+        Ok(()) => log::info!(
+            "{} guest RIP samples written to {}",
+            rips.len(),
+            path.display()
+        ),
+        Err(e) => log::warn!("cannot write the guest profile to {}: {e}", path.display()),
     }
 }
 

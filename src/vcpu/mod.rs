@@ -4,6 +4,7 @@
 //! addresses.
 
 pub mod complete;
+pub mod probe;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +43,10 @@ pub struct Vcpu {
     pub stop: Arc<AtomicBool>,
     /// Instructions completed for the host's KVM, shared by all vCPUs.
     pub completed: Arc<Counts>,
+    /// The event loop's question "are you stopped for good?", answered after a kick.
+    pub halt: Arc<probe::HaltProbe>,
+    /// Guest RIPs seen when a kick interrupted KVM_RUN (`KITE_GUEST_PROFILE`).
+    pub samples: Option<Arc<std::sync::Mutex<Vec<u64>>>>,
 }
 
 /// A running vCPU thread.
@@ -102,13 +107,19 @@ impl Vcpu {
                         "vCPU {index}: KVM could not enter the guest (hardware entry failure reason {reason:#x} on host CPU {cpu})"
                     ))),
                     VcpuExit::InternalError => self.internal_error().err().map(ExitReason::Fatal),
-                    VcpuExit::Intr => None,
+                    VcpuExit::Intr => {
+                        self.on_kick();
+                        None
+                    }
                     other => {
                         log::debug!("vCPU {index}: ignoring exit {other:?}");
                         None
                     }
                 },
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => None,
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    self.on_kick();
+                    None
+                }
                 Err(e) => Some(ExitReason::Fatal(format!(
                     "vCPU {index}: KVM_RUN failed: {e}"
                 ))),
@@ -120,6 +131,26 @@ impl Vcpu {
         }
         if matches!(self.exit.reason(), Some(ExitReason::Timeout(_))) {
             self.log_state();
+        }
+    }
+
+    /// Out of KVM_RUN on a kick: answer the halt probe, record the RIP when profiling.
+    fn on_kick(&self) {
+        let index = usize::from(self.index);
+        if self.halt.asked(index) {
+            let stopped = match (self.fd.get_mp_state(), self.fd.get_regs()) {
+                (Ok(mp), Ok(regs)) => probe::stopped_for_good(mp.mp_state, regs.rflags),
+                _ => false,
+            };
+            self.halt.answer(index, stopped);
+        }
+        if let Some(samples) = &self.samples
+            && let Ok(regs) = self.fd.get_regs()
+        {
+            samples
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(regs.rip);
         }
     }
 
@@ -230,6 +261,11 @@ impl Vcpu {
 }
 
 impl VcpuThread {
+    /// Interrupt KVM_RUN once (the thread goes straight back in).
+    pub fn kick(&self) {
+        let _ = self.handle.kill(kick_signal());
+    }
+
     /// Stop and join: `stop` must already be set. Kicks the thread until it leaves KVM_RUN.
     pub fn join(self) {
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -7,8 +7,14 @@
 //!
 //! * command-line words: `noxsave` (the emulator has no `xrstor`; the kernel then also drops
 //!   everything that depends on XSAVE, such as AVX) and `clearcpuid=popcnt,smap,smep,cx16`
-//!   (`popcnt` in patched alternatives, `clac`/`stac`, `cmpxchg16b` in SLUB); each only if the
-//!   command line does not already say it;
+//!   (`popcnt` in patched alternatives, `clac`/`stac`, `cmpxchg16b` in SLUB); and, for speed,
+//!   `erms,fsrm` in the same list (the emulator runs a `rep` string instruction one iteration
+//!   at a time, so the kernel's byte-wise `rep movsb`/`rep stosb`, chosen when these are set,
+//!   costs eight times the iterations of the `rep movsq` it uses otherwise) and
+//!   `noreplace-smp` (a one-vCPU guest otherwise rewrites every `lock` prefix of the kernel
+//!   with one text_poke each, seconds of emulated ring 0); each only if the command line does
+//!   not already set that option. These go on the command line, not into CPUID: on such a
+//!   host the guest kernel reads leaf 7 from the CPU itself, whatever KVM_SET_CPUID2 says;
 //! * CPUID leaf 0x4000_0001: KVM_FEATURE_PV_SEND_IPI, PV_UNHALT and PV_SCHED_YIELD cleared,
 //!   because their hypercalls (`vmcall`) never come back there: a second vCPU sending an IPI
 //!   that way hangs the boot at `x86: Booting SMP configuration:`.
@@ -33,7 +39,11 @@ pub enum Mode {
 }
 
 /// Words added to the kernel command line.
-pub const CMDLINE_WORDS: [&str; 2] = ["noxsave", "clearcpuid=popcnt,smap,smep,cx16"];
+pub const CMDLINE_WORDS: [&str; 3] = [
+    "noxsave",
+    "clearcpuid=popcnt,smap,smep,cx16,erms,fsrm",
+    "noreplace-smp",
+];
 
 /// CPUID leaf of KVM's paravirtual features.
 const LEAF_KVM_FEATURES: u32 = 0x4000_0001;
@@ -137,32 +147,38 @@ mod tests {
     fn words_are_added_once() {
         assert_eq!(missing_words("console=ttyS0"), CMDLINE_WORDS.to_vec());
         assert_eq!(
-            missing_words("console=ttyS0 noxsave clearcpuid=popcnt"),
+            missing_words("console=ttyS0 noxsave clearcpuid=popcnt noreplace-smp"),
             Vec::<&str>::new()
         );
         assert_eq!(
             missing_words("clearcpuid=smap"),
-            vec!["noxsave"],
+            vec!["noxsave", "noreplace-smp"],
             "a user's own clearcpuid= wins"
         );
     }
 
     #[test]
     fn hypercall_features_are_cleared_and_nothing_else() {
-        let entry = |function, eax| kvm_cpuid_entry2 {
+        let all = 0xffff_ffff;
+        let entry = |function| kvm_cpuid_entry2 {
             function,
-            eax,
+            eax: all,
+            ebx: all,
+            ecx: all,
+            edx: all,
             ..Default::default()
         };
-        let mut cpuid =
-            CpuId::from_entries(&[entry(1, 0xffff_ffff), entry(LEAF_KVM_FEATURES, 0xffff_ffff)])
-                .unwrap();
+        let mut cpuid = CpuId::from_entries(&[entry(1), entry(LEAF_KVM_FEATURES)]).unwrap();
         filter_cpuid(&mut cpuid);
         let e = cpuid.as_slice();
-        assert_eq!(e[0].eax, 0xffff_ffff);
+        assert_eq!(
+            (e[0].eax, e[0].ebx, e[0].ecx, e[0].edx),
+            (all, all, all, all)
+        );
         assert_eq!(e[1].eax & KVM_FEATURE_PV_SEND_IPI, 0);
         assert_eq!(e[1].eax & KVM_FEATURE_PV_UNHALT, 0);
         assert_eq!(e[1].eax & KVM_FEATURE_PV_SCHED_YIELD, 0);
-        assert_eq!(e[1].eax | HYPERCALL_FEATURES, 0xffff_ffff);
+        assert_eq!(e[1].eax | HYPERCALL_FEATURES, all);
+        assert_eq!((e[1].ebx, e[1].ecx, e[1].edx), (all, all, all));
     }
 }
