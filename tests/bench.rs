@@ -81,7 +81,7 @@ fn bench_rejects_an_unknown_workload() {
     assert_eq!(
         out.error_lines(),
         [
-            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, virtio-blk, virtio-net"
+            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, linux-boot, virtio-blk, virtio-net"
         ]
     );
 }

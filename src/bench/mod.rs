@@ -8,13 +8,19 @@
 //! Ctrl-C, SIGTERM or SIGHUP ends it early ([`interrupt`]): the running child stops, no new
 //! one starts, and the namespace and scratch directory go as on a normal end (their guards drop).
 //!
-//! Files: [`workloads`] (what runs, which rows), [`runner`] (children with time limits, finding
-//! the test guest), [`line`] and [`timeline`] (what children print), [`stats`], [`report`]
-//! (rows, JSON), [`table`], [`svg`].
+//! `linux-boot` is guest only and boots the Linux guest of `guest-images/build.sh` instead
+//! ([`linux`]); it runs 3 times unless `--runs` is given, as a boot can take ~20 s.
+//!
+//! Files: [`workloads`] (what runs, which rows), [`linux`] (the `linux-boot` workload),
+//! [`runner`] (children with time limits, finding the test guest), [`line`] and [`timeline`]
+//! (what children print), [`milestones`] (start-up rows), [`stats`], [`report`] (rows, JSON),
+//! [`table`], [`svg`].
 
 pub mod host;
 pub mod interrupt;
 pub mod line;
+pub mod linux;
+pub mod milestones;
 pub mod net;
 pub mod report;
 pub mod runner;
@@ -35,13 +41,14 @@ use workloads::{Ctx, Outcome, Sample, Side, Workload};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Workloads to run (default: all): cpu, mem, pio-rtt, mmio-rtt, startup, virtio-blk,
-    /// virtio-net.
+    /// Workloads to run (default: all): cpu, mem, pio-rtt, mmio-rtt, startup, linux-boot,
+    /// virtio-blk, virtio-net.
     #[arg(value_name = "WORKLOAD")]
     pub workloads: Vec<String>,
-    /// Runs of each side of each workload.
-    #[arg(long, value_name = "N", default_value = "5")]
-    pub runs: String,
+    /// Runs of each side of each workload [default: 5, and 3 for linux-boot, whose boot takes
+    /// ~20 s where KVM emulates guest ring 0; given, it holds for every workload].
+    #[arg(long, value_name = "N")]
+    pub runs: Option<String>,
     /// Write every raw sample and the summaries as JSON here.
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
@@ -51,6 +58,13 @@ pub struct BenchArgs {
     /// The test guest ELF (default: guest-images/out/testguest.elf, built if needed).
     #[arg(long, value_name = "PATH")]
     pub guest: Option<PathBuf>,
+    /// The Linux kernel linux-boot boots (default: guest-images/out/vmlinux, from
+    /// guest-images/build.sh).
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// The initramfs linux-boot boots (default: guest-images/out/initramfs.cpio).
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +81,8 @@ pub enum Error {
     Interrupted(i32),
     #[error(transparent)]
     Runner(runner::Error),
+    #[error(transparent)]
+    Linux(linux::Error),
     #[error("cannot create the scratch disk image {}", .path.display())]
     Disk {
         path: PathBuf,
@@ -89,6 +105,7 @@ impl Error {
         match self {
             Error::UnknownWorkload(_) | Error::Runs(_) => 2,
             Error::Runner(runner::Error::GuestMissing(_) | runner::Error::NoGuest) => 2,
+            Error::Linux(linux::Error::Given { .. }) => 2,
             Error::Interrupted(signal) => 128 + signal,
             _ => 1,
         }
@@ -183,13 +200,17 @@ fn make_disk(dir: &Path) -> Result<PathBuf, Error> {
     Ok(path)
 }
 
-fn parse_args(args: &BenchArgs) -> Result<(Vec<Workload>, u32), Error> {
-    let runs = args
-        .runs
-        .parse::<u32>()
-        .ok()
-        .filter(|n| (1..=1000).contains(n))
-        .ok_or_else(|| Error::Runs(args.runs.clone()))?;
+/// The chosen workloads, in order, and `--runs` if given.
+fn parse_args(args: &BenchArgs) -> Result<(Vec<Workload>, Option<u32>), Error> {
+    let runs = match &args.runs {
+        None => None,
+        Some(text) => Some(
+            text.parse::<u32>()
+                .ok()
+                .filter(|n| (1..=1000).contains(n))
+                .ok_or_else(|| Error::Runs(text.clone()))?,
+        ),
+    };
     let mut chosen = Vec::new();
     for name in &args.workloads {
         let selected = workloads::from_name(name);
@@ -206,6 +227,29 @@ fn parse_args(args: &BenchArgs) -> Result<(Vec<Workload>, u32), Error> {
         chosen = workloads::ALL.to_vec();
     }
     Ok((chosen, runs))
+}
+
+/// How many times each side of `w` runs: `--runs` if given, else its default.
+fn runs_of(w: Workload, given: Option<u32>) -> u32 {
+    given.unwrap_or(w.default_runs())
+}
+
+/// The run count the table states, and the workloads that ran another number of times: all of
+/// them ran `runs` times but those.
+fn run_counts(chosen: &[Workload], given: Option<u32>) -> (u32, Vec<(String, u32)>) {
+    let counts: Vec<u32> = chosen.iter().map(|&w| runs_of(w, given)).collect();
+    let runs = match counts.windows(2).all(|p| p[0] == p[1]) {
+        true => counts.first().copied(),
+        false => None,
+    }
+    .unwrap_or(given.unwrap_or(workloads::DEFAULT_RUNS));
+    let mut others: Vec<(String, u32)> = Vec::new();
+    for (w, n) in chosen.iter().zip(counts) {
+        if n != runs && !others.iter().any(|(name, _)| name == w.name()) {
+            others.push((w.name().into(), n));
+        }
+    }
+    (runs, others)
 }
 
 /// Run every side of `w` `runs` times, interleaved, and make its rows.
@@ -261,10 +305,21 @@ fn bench_workload(
 
 /// The whole `kite bench`: runs, then the table on stdout and the files asked for.
 pub fn run(args: &BenchArgs) -> Result<Report, Error> {
-    let (chosen, runs) = parse_args(args)?;
+    let (chosen, given_runs) = parse_args(args)?;
     interrupt::catch().map_err(Error::Signals)?;
     let exe = std::env::current_exe().map_err(Error::Exe)?;
-    let guest = runner::find_guest(args.guest.as_deref())?;
+    let guest = match chosen.iter().any(|w| w.needs_test_guest()) {
+        true => Some(runner::find_guest(args.guest.as_deref())?),
+        false => None,
+    };
+    // linux-boot's images; without them (not built) its row is n/a, saying how to build them.
+    let linux = match chosen.iter().any(|w| w.needs_linux()) {
+        true => match linux::find_images(args.kernel.as_deref(), args.initrd.as_deref()) {
+            Err(e @ linux::Error::Given { .. }) => return Err(Error::Linux(e)),
+            found => Some(found),
+        },
+        false => None,
+    };
     // From here on, however this returns, the guards remove the namespace and the scratch
     // directory.
     let scratch = Scratch(std::env::temp_dir().join(format!("kite-bench-{}", std::process::id())));
@@ -280,24 +335,47 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
     };
     let ctx = Ctx {
         exe: &exe,
-        guest: &guest,
+        guest: guest.as_deref(),
+        linux: linux.as_ref().and_then(|l| l.as_ref().ok()),
         disk: disk.as_deref(),
         net: net.as_ref().and_then(|n| n.as_ref().ok()),
         tsc_hz: measure_tsc_hz(),
     };
     let mut progress = Progress {
         tty: std::io::stderr().is_terminal(),
-        total: chosen.iter().map(|w| w.sides().len()).sum::<usize>() * runs as usize,
+        total: chosen
+            .iter()
+            .map(|&w| w.sides().len() * runs_of(w, given_runs) as usize)
+            .sum(),
         done: 0,
     };
+    let (runs, other_runs) = run_counts(&chosen, given_runs);
     let mut report = Report {
         runs,
+        other_runs,
         tsc_hz: ctx.tsc_hz,
-        guest_image: guest.display().to_string(),
+        guest_image: guest
+            .as_ref()
+            .map_or(String::new(), |g| g.display().to_string()),
+        linux_images: ctx.linux.map(|l| {
+            (
+                l.kernel.display().to_string(),
+                l.initrd.display().to_string(),
+            )
+        }),
         ..Report::default()
     };
     for &w in &chosen {
         stop_if_interrupted()?;
+        let runs = runs_of(w, given_runs);
+        if let (true, Some(Err(why))) = (w.needs_linux(), &linux) {
+            progress.total -= w.sides().len() * runs as usize;
+            report.rows.push(Row::without_figures(
+                w.label(),
+                Status::NotAvailable(why.to_string()),
+            ));
+            continue;
+        }
         if let (true, Some(Err(why))) = (w.needs_net(), &net) {
             progress.total -= w.sides().len() * runs as usize;
             let why = format!(
@@ -346,10 +424,12 @@ mod tests {
     fn args(workloads: &[&str], runs: &str) -> BenchArgs {
         BenchArgs {
             workloads: workloads.iter().map(|s| s.to_string()).collect(),
-            runs: runs.into(),
+            runs: (!runs.is_empty()).then(|| runs.into()),
             json: None,
             svg: None,
             guest: None,
+            kernel: None,
+            initrd: None,
         }
     }
 
@@ -357,7 +437,10 @@ mod tests {
     fn workloads_default_to_all_and_are_checked() {
         let (w, runs) = parse_args(&args(&[], "5")).unwrap();
         assert_eq!(w, workloads::ALL);
-        assert_eq!(runs, 5);
+        assert!(w.contains(&Workload::LinuxBoot));
+        assert_eq!(runs, Some(5));
+        let (_, runs) = parse_args(&args(&[], "")).unwrap();
+        assert_eq!(runs, None);
         let (w, _) = parse_args(&args(&["cpu", "pio-rtt", "cpu", "virtio-blk"], "1")).unwrap();
         assert_eq!(
             w,
@@ -371,12 +454,36 @@ mod tests {
         let e = parse_args(&args(&["gpu"], "1")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, virtio-blk, virtio-net"
+            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, linux-boot, virtio-blk, virtio-net"
         );
         assert_eq!(e.exit_code(), 2);
         for bad in ["0", "-1", "x", "1001"] {
             assert!(matches!(parse_args(&args(&[], bad)), Err(Error::Runs(_))));
         }
+    }
+
+    #[test]
+    fn linux_boot_runs_three_times_unless_runs_is_given() {
+        let all = workloads::ALL;
+        assert_eq!(runs_of(Workload::LinuxBoot, None), 3);
+        assert_eq!(runs_of(Workload::LinuxBoot, Some(7)), 7);
+        assert_eq!(runs_of(Workload::Cpu, None), 5);
+        assert_eq!(run_counts(&all, None), (5, vec![("linux-boot".into(), 3)]));
+        assert_eq!(run_counts(&all, Some(2)), (2, vec![]));
+        assert_eq!(run_counts(&[Workload::LinuxBoot], None), (3, vec![]));
+        assert_eq!(
+            run_counts(&[Workload::LinuxBoot, Workload::Cpu], None),
+            (5, vec![("linux-boot".into(), 3)])
+        );
+        assert_eq!(run_counts(&[], None), (5, vec![]));
+    }
+
+    #[test]
+    fn a_missing_kernel_given_is_a_usage_error() {
+        let given = linux::find_images(Some(Path::new("/nonexistent/vmlinux")), None);
+        let e = Error::Linux(given.unwrap_err());
+        assert_eq!(e.exit_code(), 2, "{e}");
+        assert_eq!(e.to_string(), "--kernel /nonexistent/vmlinux: no such file");
     }
 
     #[test]

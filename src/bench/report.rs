@@ -79,10 +79,16 @@ pub struct RawRun {
 /// Everything a bench run produced.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Report {
+    /// Runs of each side of every workload but those in `other_runs`.
     pub runs: u32,
+    /// Workloads that ran another number of times (`linux-boot` when `--runs` is not given).
+    pub other_runs: Vec<(String, u32)>,
     /// TSC frequency measured on the host (rdtsc against CLOCK_MONOTONIC over ~100 ms).
     pub tsc_hz: f64,
+    /// The test guest; empty if no workload booted it.
     pub guest_image: String,
+    /// The Linux guest's kernel and initramfs, if `linux-boot` booted them.
+    pub linux_images: Option<(String, String)>,
     pub rows: Vec<Row>,
     pub raw: Vec<RawRun>,
 }
@@ -147,8 +153,23 @@ fn json_samples(v: &[f64]) -> String {
 pub fn to_json(report: &Report) -> String {
     let mut out = String::from("{\n");
     let _ = writeln!(out, "  \"runs\": {},", report.runs);
+    let others: Vec<String> = report
+        .other_runs
+        .iter()
+        .map(|(w, n)| format!("{}: {n}", json_str(w)))
+        .collect();
+    let _ = writeln!(out, "  \"other_runs\": {{{}}},", others.join(", "));
     let _ = writeln!(out, "  \"tsc_hz\": {},", json_num(report.tsc_hz));
     let _ = writeln!(out, "  \"guest_image\": {},", json_str(&report.guest_image));
+    let linux = match &report.linux_images {
+        Some((kernel, initrd)) => format!(
+            "{{\"kernel\": {}, \"initrd\": {}}}",
+            json_str(kernel),
+            json_str(initrd)
+        ),
+        None => "null".into(),
+    };
+    let _ = writeln!(out, "  \"linux_images\": {linux},");
     out.push_str("  \"rows\": [");
     for (i, row) in report.rows.iter().enumerate() {
         out.push_str(if i == 0 { "\n" } else { ",\n" });
@@ -201,8 +222,10 @@ pub(crate) mod tests {
         failed.name = "mem \"quoted\" <&>".into();
         Report {
             runs: 3,
+            other_runs: vec![("linux-boot".into(), 2)],
             tsc_hz: 2.6e9,
             guest_image: "/tmp/guest \"a\".elf".into(),
+            linux_images: Some(("/k/vmlinux".into(), "/k/initramfs.cpio".into())),
             rows: vec![
                 Row::new(
                     "cpu",
@@ -250,6 +273,8 @@ pub(crate) mod tests {
         assert_eq!(rows[3]["name"], "mem \"quoted\" <&>");
         assert_eq!(v["result_lines"][0]["line"], "KITE-TEST cpu ok cycles=1\tx");
         assert_eq!(v["guest_image"], "/tmp/guest \"a\".elf");
+        assert_eq!(v["other_runs"]["linux-boot"], 2);
+        assert_eq!(v["linux_images"]["initrd"], "/k/initramfs.cpio");
     }
 
     #[test]
@@ -264,5 +289,6 @@ pub(crate) mod tests {
         let text = to_json(&Report::default());
         let v: serde_json::Value = serde_json::from_str(&text).expect(&text);
         assert!(v["rows"].as_array().unwrap().is_empty());
+        assert!(v["linux_images"].is_null());
     }
 }

@@ -184,17 +184,7 @@ pub fn find_guest(explicit: Option<&Path>) -> Result<PathBuf, Error> {
             Err(Error::GuestMissing(path.to_path_buf()))
         };
     }
-    let mut roots: Vec<PathBuf> = Vec::new();
-    if let Ok(cwd) = std::env::current_dir() {
-        roots.extend(cwd.ancestors().map(Path::to_path_buf));
-    }
-    if let Ok(exe) = std::env::current_exe() {
-        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
-    }
-    let root = roots
-        .into_iter()
-        .find(|r| r.join("guest-images/testguest/build.sh").is_file())
-        .ok_or(Error::NoGuest)?;
+    let root = find_repository("guest-images/testguest/build.sh").ok_or(Error::NoGuest)?;
     let elf = root.join("guest-images/out/testguest.elf");
     let script = root.join("guest-images/testguest/build.sh");
     match build_guest(&script) {
@@ -206,6 +196,20 @@ pub fn find_guest(explicit: Option<&Path>) -> Result<PathBuf, Error> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// The Kite repository this is run in: the first of the current directory and the ones above it,
+/// then the directories above Kite's own executable, that has the file `marker` (a path relative
+/// to the repository).
+pub fn find_repository(marker: &str) -> Option<PathBuf> {
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.extend(cwd.ancestors().map(Path::to_path_buf));
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.extend(exe.ancestors().skip(1).map(Path::to_path_buf));
+    }
+    roots.into_iter().find(|r| r.join(marker).is_file())
 }
 
 fn build_guest(script: &Path) -> Result<PathBuf, Error> {
@@ -316,6 +320,14 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("/nonexistent/kite-bench-test"));
+    }
+
+    #[test]
+    fn the_repository_is_found_by_a_file_in_it() {
+        // Tests run in the repository.
+        let root = find_repository("guest-images/build.sh").unwrap();
+        assert!(root.join("Cargo.toml").is_file());
+        assert_eq!(find_repository("no/such/kite-bench-marker"), None);
     }
 
     #[test]

@@ -98,8 +98,17 @@ pub fn render(report: &Report) -> String {
         out.push('\n');
     }
     if report.tsc_hz > 0.0 {
+        let others: Vec<String> = report
+            .other_runs
+            .iter()
+            .map(|(w, n)| format!("{w}: {n}"))
+            .collect();
+        let others = match others.is_empty() {
+            true => String::new(),
+            false => format!(" ({})", others.join(", ")),
+        };
         out.push_str(&format!(
-            "{} runs per side, interleaved host/guest; TSC {:.3} GHz (measured on the host)\n",
+            "{} runs per side{others}, interleaved host/guest; TSC {:.3} GHz (measured on the host)\n",
             report.runs,
             report.tsc_hz / 1e9
         ));
@@ -146,6 +155,10 @@ mod tests {
         assert!(pio.contains("25500"), "{pio}");
         assert!(text.contains("virtio-blk") && text.contains("n/a: no scenario yet"));
         assert!(text.contains("error: guest run 1: FAIL x"));
+        assert!(
+            text.contains("3 runs per side (linux-boot: 2), interleaved"),
+            "{text}"
+        );
         // The unit column starts at the same place on every row with figures.
         let at = lines[0].find("unit").unwrap();
         assert_eq!(cpu.find("Mcycles"), Some(at));

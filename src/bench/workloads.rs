@@ -2,7 +2,7 @@
 //!
 //! The host side is `kite workload <name>` (this same executable, as a plain process); the guest
 //! side is `kite run --timeline` on the test guest with `kite_test=<scenario>`. Both print a
-//! `KITE-TEST` line, parsed alike.
+//! `KITE-TEST` line, parsed alike. `linux-boot` boots the Linux guest instead ([`linux`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -10,11 +10,16 @@ use std::process::Command;
 use std::time::Duration;
 
 use super::line::{self, TestLine};
+use super::linux::{self, Images};
+use super::milestones;
 use super::net::{self, NetSetup};
 use super::report::{Row, Status};
 use super::runner;
 use super::timeline::{self, RunTimeline};
 
+/// Runs of each side of a workload when `--runs` is not given (but see
+/// [`Workload::default_runs`]).
+pub const DEFAULT_RUNS: u32 = 5;
 /// Guest RAM for every guest run (the `mem` scenario needs 64 MiB free above the image).
 pub const GUEST_MEMORY: &str = "256M";
 /// Exits per `pio-rtt`/`mmio-rtt` run: enough to average out, short where an exit costs ~25 µs.
@@ -32,6 +37,8 @@ pub enum Workload {
     PioRtt,
     MmioRtt,
     Startup,
+    /// The Linux guest booted to its /init.
+    LinuxBoot,
     /// virtio-blk, 4 KiB requests at random places.
     BlkRand,
     /// virtio-blk, 1 MiB requests in order.
@@ -39,12 +46,13 @@ pub enum Workload {
     VirtioNet,
 }
 
-pub const ALL: [Workload; 8] = [
+pub const ALL: [Workload; 9] = [
     Workload::Cpu,
     Workload::Mem,
     Workload::PioRtt,
     Workload::MmioRtt,
     Workload::Startup,
+    Workload::LinuxBoot,
     Workload::BlkRand,
     Workload::BlkSeq,
     Workload::VirtioNet,
@@ -85,17 +93,6 @@ impl Side {
     }
 }
 
-/// The start-up milestones of `kite run`'s timeline, in order.
-const PHASES: [&str; 6] = [
-    "KVM VM created",
-    "guest RAM ready",
-    "kernel loaded",
-    "vCPUs configured",
-    "first guest instruction",
-    "guest's first serial byte",
-];
-const BOOT_TIMER_MARK: &str = "guest ready (boot timer)";
-
 impl Workload {
     /// The name `kite bench` takes.
     pub fn name(self) -> &'static str {
@@ -105,6 +102,7 @@ impl Workload {
             Workload::PioRtt => "pio-rtt",
             Workload::MmioRtt => "mmio-rtt",
             Workload::Startup => "startup",
+            Workload::LinuxBoot => "linux-boot",
             Workload::BlkRand | Workload::BlkSeq => "virtio-blk",
             Workload::VirtioNet => "virtio-net",
         }
@@ -162,8 +160,28 @@ impl Workload {
         )
     }
 
+    /// Runs of each side when `--runs` is not given.
+    pub fn default_runs(self) -> u32 {
+        match self {
+            Workload::LinuxBoot => linux::DEFAULT_RUNS,
+            _ => DEFAULT_RUNS,
+        }
+    }
+
+    /// Whether it boots the test guest.
+    pub fn needs_test_guest(self) -> bool {
+        self != Workload::LinuxBoot && self.sides().contains(&Side::Guest)
+    }
+
+    pub fn needs_linux(self) -> bool {
+        self == Workload::LinuxBoot
+    }
+
     /// Time limit of one child run.
     fn limit(self) -> Duration {
+        if self == Workload::LinuxBoot {
+            return linux::LIMIT;
+        }
         Duration::from_secs(match self {
             Workload::Startup => 30,
             Workload::BlkRand | Workload::BlkSeq | Workload::VirtioNet => 180,
@@ -199,7 +217,10 @@ fn kite_run_has(long: &str) -> bool {
 pub struct Ctx<'a> {
     /// Kite's own executable.
     pub exe: &'a Path,
-    pub guest: &'a Path,
+    /// The test guest, if a chosen workload boots it.
+    pub guest: Option<&'a Path>,
+    /// The Linux guest, if `linux-boot` is chosen and its images are there.
+    pub linux: Option<&'a Images>,
     /// The scratch disk image for virtio-blk.
     pub disk: Option<&'a Path>,
     /// The namespace, tap and echo server for virtio-net.
@@ -264,7 +285,11 @@ fn command(ctx: &Ctx, w: Workload, side: Side) -> Command {
                     net::PEER_PORT
                 ));
             }
-            cmd.arg("run").arg("--kernel").arg(ctx.guest).args([
+            cmd.arg("run");
+            if let Some(guest) = ctx.guest {
+                cmd.arg("--kernel").arg(guest);
+            }
+            cmd.args([
                 "--memory",
                 GUEST_MEMORY,
                 "--timeline",
@@ -291,6 +316,12 @@ fn command(ctx: &Ctx, w: Workload, side: Side) -> Command {
 
 /// Run one side of `w` once and read its result line.
 pub fn run_once(ctx: &Ctx, w: Workload, side: Side) -> Outcome {
+    if w.needs_linux() {
+        return match ctx.linux {
+            Some(images) => linux::run_once(ctx.exe, images),
+            None => Outcome::Failed("no Linux guest images".into()),
+        };
+    }
     let out = match runner::run(command(ctx, w, side), w.limit()) {
         Ok(out) => out,
         Err(e) => return Outcome::Failed(e.to_string()),
@@ -398,7 +429,8 @@ pub fn rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Ro
                 Row::new(name, &format!("{name}: one exit"), "ns", Vec::new(), ns),
             ]
         }
-        Workload::Startup => startup_rows(guest),
+        Workload::Startup => milestones::rows(&milestones::STARTUP, guest),
+        Workload::LinuxBoot => linux::rows(guest),
         Workload::BlkRand | Workload::BlkSeq => blk_rows(ctx, w, host, guest),
         Workload::VirtioNet => {
             let rtt = |samples: &[Sample]| -> Option<Vec<f64>> {
@@ -454,106 +486,6 @@ fn blk_rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Ro
     rows
 }
 
-/// Start-up milestones in ms after `kite run` was spawned, then Kite's memory figures.
-fn startup_rows(guest: &[Sample]) -> Vec<Row> {
-    let w = Workload::Startup.name();
-    let Some(exec) = guest
-        .iter()
-        .map(|s| s.exec_ms)
-        .collect::<Option<Vec<f64>>>()
-    else {
-        return failed(
-            Workload::Startup,
-            "kite run --timeline printed no timeline".into(),
-        );
-    };
-    let mut rows = vec![Row::new(
-        w,
-        "start: Kite's main() runs",
-        "ms",
-        Vec::new(),
-        exec.clone(),
-    )];
-    for phase in PHASES {
-        let at: Option<Vec<f64>> = guest
-            .iter()
-            .zip(&exec)
-            .map(|(s, e)| Some(e + s.timeline.mark(phase)?))
-            .collect();
-        match at {
-            Some(v) => rows.push(Row::new(w, &format!("start: {phase}"), "ms", Vec::new(), v)),
-            None => rows.push(Row::without_figures(
-                w,
-                Status::NotAvailable(format!("start: no \"{phase}\" mark in the timeline")),
-            )),
-        }
-    }
-    let timer: Option<Vec<f64>> = guest
-        .iter()
-        .zip(&exec)
-        .map(|(s, e)| Some(e + s.timeline.mark(BOOT_TIMER_MARK)?))
-        .collect();
-    match timer {
-        Some(v) => rows.push(Row::new(
-            w,
-            "start: guest ready (boot timer)",
-            "ms",
-            Vec::new(),
-            v,
-        )),
-        None => rows.push(Row::new(
-            w,
-            "start: guest ready (result line read)",
-            "ms",
-            Vec::new(),
-            guest.iter().map(|s| s.line_ms).collect(),
-        )),
-    }
-    rows.push(Row::new(
-        w,
-        "start: VM stopped, process exited",
-        "ms",
-        Vec::new(),
-        guest.iter().map(|s| s.wall_ms).collect(),
-    ));
-    let Some(mem) = guest
-        .iter()
-        .map(|s| s.timeline.memory)
-        .collect::<Option<Vec<(u64, u64)>>>()
-    else {
-        rows.push(Row::without_figures(
-            "vmm memory",
-            Status::Failed("kite run --timeline printed no memory figures".into()),
-        ));
-        return rows;
-    };
-    let mib = |f: fn(&(u64, u64)) -> u64| -> Vec<f64> {
-        mem.iter().map(|m| f(m) as f64 / (1 << 20) as f64).collect()
-    };
-    rows.push(Row::new(
-        w,
-        "vmm memory: overhead (peak RSS - guest RAM touched)",
-        "MiB",
-        Vec::new(),
-        mib(|m| m.0.saturating_sub(m.1)),
-    ));
-    rows.push(Row::new(
-        w,
-        "vmm memory: peak RSS (VmHWM)",
-        "MiB",
-        Vec::new(),
-        mib(|m| m.0),
-    ));
-    rows.push(Row::new(
-        w,
-        "vmm memory: guest RAM touched (mincore)",
-        "MiB",
-        Vec::new(),
-        mib(|m| m.1),
-    ));
-    rows
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -576,7 +508,8 @@ mod tests {
     fn ctx() -> Ctx<'static> {
         Ctx {
             exe: Path::new("kite"),
-            guest: Path::new("guest.elf"),
+            guest: Some(Path::new("guest.elf")),
+            linux: None,
             disk: None,
             net: None,
             tsc_hz: 2e9,
@@ -593,7 +526,25 @@ mod tests {
             [Workload::BlkRand, Workload::BlkSeq]
         );
         assert!(from_name("nope").is_empty());
-        assert_eq!(names().len(), 7);
+        assert_eq!(names().len(), 8);
+        assert_eq!(from_name("linux-boot"), [Workload::LinuxBoot]);
+    }
+
+    #[test]
+    fn linux_boot_is_guest_only_without_the_test_guest_and_three_runs() {
+        let w = Workload::LinuxBoot;
+        assert_eq!((w.name(), w.label()), ("linux-boot", "linux-boot"));
+        assert_eq!(w.sides(), [Side::Guest]);
+        assert!(!w.needs_test_guest() && w.needs_linux());
+        assert_eq!(w.default_runs(), 3);
+        assert_eq!(w.limit(), Duration::from_secs(180));
+        assert!(Workload::Startup.needs_test_guest() && !Workload::Startup.needs_linux());
+        assert_eq!(Workload::Startup.default_runs(), 5);
+        // Without its images it fails rather than boot something else.
+        assert!(matches!(
+            run_once(&ctx(), w, Side::Guest),
+            Outcome::Failed(_)
+        ));
     }
 
     #[test]
@@ -653,45 +604,6 @@ mod tests {
         assert_eq!(rows[1].guest, [25000.0, 35000.0]);
         assert_eq!(rows[1].unit, "ns");
         assert!(rows[0].host.is_empty() && rows[0].ratio().is_none());
-    }
-
-    #[test]
-    fn startup_rows_follow_the_timeline() {
-        let mut s = sample("KITE-TEST hello ok ram_mib=255", 40.0);
-        s.timeline = timeline::parse(
-            "kite: timeline: process start at 5 ns CLOCK_MONOTONIC\n\
-             kite: timeline:    0.500 ms  KVM VM created\n\
-             kite: timeline:    5.000 ms  guest RAM ready\n\
-             kite: timeline:    5.200 ms  kernel loaded\n\
-             kite: timeline:    5.800 ms  vCPUs configured\n\
-             kite: timeline:    6.000 ms  first guest instruction\n\
-             kite: timeline:   16.000 ms  guest's first serial byte\n\
-             kite: timeline: memory: peak RSS 20971520 bytes, guest RAM resident 10485760 bytes\n",
-        );
-        let rows = startup_rows(&[s]);
-        let get = |n: &str| {
-            rows.iter()
-                .find(|r| r.name == n)
-                .unwrap_or_else(|| panic!("{n} in {rows:?}"))
-        };
-        assert_eq!(get("start: Kite's main() runs").guest, [1.5]);
-        assert_eq!(get("start: KVM VM created").guest, [2.0]);
-        assert_eq!(get("start: guest's first serial byte").guest, [17.5]);
-        assert_eq!(get("start: guest ready (result line read)").guest, [39.0]);
-        assert_eq!(get("start: VM stopped, process exited").guest, [40.0]);
-        assert_eq!(
-            get("vmm memory: overhead (peak RSS - guest RAM touched)").guest,
-            [10.0]
-        );
-        assert!(rows.iter().all(|r| r.status == Status::Ok));
-    }
-
-    #[test]
-    fn startup_without_a_timeline_is_an_error() {
-        let mut s = sample("KITE-TEST hello ok ram_mib=255", 40.0);
-        s.exec_ms = None;
-        let rows = startup_rows(&[s]);
-        assert!(matches!(rows[0].status, Status::Failed(_)));
     }
 
     #[test]
