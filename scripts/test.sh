@@ -6,16 +6,21 @@ ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 
 # Tools the tests use: ip (network namespaces and taps), mke2fs (an ext4 image), setpriv
-# (running kite as an unprivileged user). Installed when missing and we may.
+# (running kite as an unprivileged user), iasl (decompiling our DSDT). Installed when missing
+# and we may.
 missing=()
 command -v ip >/dev/null || missing+=(iproute2)
 command -v mke2fs >/dev/null || missing+=(e2fsprogs)
 command -v setpriv >/dev/null || missing+=(util-linux)
+command -v iasl >/dev/null || missing+=(acpica-tools)
 if ((${#missing[@]})) && [ "$(id -u)" = 0 ]; then
 	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
 "$ROOT/guest-images/build.sh"
+# Debian's own cloud kernel, for tests/distro_kernel.rs (cached; without network it says so and
+# the test skips).
+"$ROOT/guest-images/debian-kernel.sh"
 if [ -x "$ROOT/guest-images/testguest/build.sh" ]; then
 	"$ROOT/guest-images/testguest/build.sh"
 fi

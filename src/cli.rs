@@ -72,6 +72,12 @@ pub struct RunArgs {
     /// CPU flag, or kvm_pvm loaded) and says so in one log line.
     #[arg(long, value_name = "WHEN", value_enum, default_value = "auto")]
     pub ring0_workarounds: crate::arch::x86_64::emulated_ring0::Mode,
+    /// No ACPI tables. By default Kite writes ACPI tables (MADT, FADT, DSDT) and names the
+    /// virtio devices only in the DSDT, as kernels with ACPI (all distro kernels) expect. A
+    /// kernel without CONFIG_ACPI needs this flag: the devices then go on its command line
+    /// (virtio_mmio.device=...). The MP table describes the CPUs either way.
+    #[arg(long)]
+    pub no_acpi: bool,
     /// Print the whole start-up timeline and memory figures on stderr at the end (kite bench).
     #[arg(long, hide = true)]
     pub timeline: bool,
@@ -113,6 +119,7 @@ impl RunArgs {
             boot_timer: self.boot_timer,
             timeout,
             ring0_workarounds: self.ring0_workarounds,
+            acpi: !self.no_acpi,
         })
     }
 }

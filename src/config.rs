@@ -29,6 +29,8 @@ pub struct VmConfig {
     pub timeout: Option<Duration>,
     /// When to apply the workarounds for a host whose KVM emulates guest ring 0.
     pub ring0_workarounds: crate::arch::x86_64::emulated_ring0::Mode,
+    /// Describe the machine with ACPI tables too (the devices then only there).
+    pub acpi: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

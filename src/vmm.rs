@@ -13,9 +13,12 @@ use kvm_ioctls::{Cap, Kvm, VmFd};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::arch::x86_64::{boot, cpuid, emulated_ring0, layout, mptable, regs};
+use vm_memory::Address;
+
+use crate::arch::x86_64::{acpi, boot, cpuid, emulated_ring0, layout, mptable, regs};
 use crate::bus::Bus;
 use crate::config::VmConfig;
+use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::I8042;
 use crate::devices::serial::{ConsoleInput, SerialDevice};
@@ -65,6 +68,8 @@ pub enum Error {
     Boot(#[from] boot::Error),
     #[error("cannot build the MP table")]
     MpTable(#[from] mptable::Error),
+    #[error(transparent)]
+    Acpi(#[from] acpi::Error),
     #[error("cannot set up vCPU {index}")]
     Regs {
         index: u8,
@@ -210,18 +215,40 @@ impl Vmm {
         } else {
             None
         };
-        let disks = attach_virtio(
+        // With ACPI tables the DSDT names the virtio devices; without, the command line does
+        // (never both: an ACPI kernel would find each device twice).
+        let (disks, placed) = attach_virtio(
             config,
             &vm,
             &mem,
             &mut mmio,
             &mut event_manager,
-            &mut cmdline,
+            (!config.acpi).then_some(&mut cmdline),
         )?;
+        let rsdp = if config.acpi {
+            pio.insert(
+                Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
+                layout::ACPI_SLEEP_CONTROL_PORT,
+                layout::ACPI_PM_PORT_LEN,
+            )?;
+            let windows: Vec<_> = placed
+                .iter()
+                .map(|p| acpi::VirtioWindow {
+                    addr: p.addr,
+                    irq: p.irq,
+                })
+                .collect();
+            Some(acpi::write(&mem, config.cpus, &windows)?)
+        } else {
+            None
+        };
 
         let cmdline = cmdline.as_cstring().map_err(Error::Cmdline)?;
         let cmdline = cmdline.to_string_lossy().into_owned();
-        let params = boot::zero_page(&kernel, cmdline.len(), initrd, config.memory)?;
+        let mut params = boot::zero_page(&kernel, cmdline.len(), initrd, config.memory)?;
+        if let Some(rsdp) = rsdp {
+            params.acpi_rsdp_addr = rsdp.raw_value();
+        }
         boot::write_boot_data(&mem, &cmdline, &params)?;
         regs::write_boot_tables(&mem).map_err(|source| Error::Regs { index: 0, source })?;
         mptable::setup_mptable(&mem, config.cpus)?;
@@ -515,8 +542,8 @@ fn attach_virtio(
     mem: &GuestMem,
     mmio: &mut Bus,
     event_manager: &mut EventMgr,
-    cmdline: &mut linux_loader::cmdline::Cmdline,
-) -> Result<Vec<BlockHandle>, Error> {
+    cmdline: Option<&mut linux_loader::cmdline::Cmdline>,
+) -> Result<(Vec<BlockHandle>, Vec<virtio::Placement>), Error> {
     let mut slots = MmioSlots::new();
     let mut ctx = VirtioContext {
         vm,
@@ -525,6 +552,7 @@ fn attach_virtio(
         event_manager,
         cmdline,
         slots: &mut slots,
+        placed: Vec::new(),
     };
     let mut disks = Vec::new();
     for disk in &config.disks {
@@ -562,7 +590,7 @@ fn attach_virtio(
             at.irq
         );
     }
-    Ok(disks)
+    Ok((disks, ctx.placed))
 }
 
 fn add_serial(

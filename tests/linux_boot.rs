@@ -9,110 +9,16 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
 
 /// How long one boot may take, whatever the host.
 const BOOT_LIMIT: Duration = Duration::from_secs(240);
-
-/// A running `kite run` whose console and log are collected as they come.
-struct Guest {
-    child: std::process::Child,
-    stdin: Option<std::process::ChildStdin>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Guest {
-    fn start(mut cmd: Command) -> Guest {
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().expect("kite starts");
-        let collect = |mut r: Box<dyn Read + Send>| {
-            let buf = Arc::new(Mutex::new(String::new()));
-            let b = buf.clone();
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = r.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    b.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
-                }
-            });
-            buf
-        };
-        let stdout = collect(Box::new(child.stdout.take().unwrap()));
-        let stderr = collect(Box::new(child.stderr.take().unwrap()));
-        Guest {
-            stdin: child.stdin.take(),
-            child,
-            stdout,
-            stderr,
-        }
-    }
-
-    fn out(&self) -> String {
-        self.stdout.lock().unwrap().clone()
-    }
-
-    fn err(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Wait until `done(stdout)` holds, kite exits or `limit` passes.
-    fn wait_for(&mut self, limit: Duration, done: impl Fn(&str) -> bool) -> bool {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if done(&self.out()) {
-                return true;
-            }
-            if self.child.try_wait().unwrap().is_some() {
-                std::thread::sleep(Duration::from_millis(200));
-                return done(&self.out());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        false
-    }
-
-    /// The exit code, or `None` if kite is still running after `limit`.
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads take the last bytes.
-                std::thread::sleep(Duration::from_millis(200));
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        None
-    }
-
-    fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin is piped");
-        stdin.write_all(line.as_bytes()).unwrap();
-        stdin.write_all(b"\n").unwrap();
-        stdin.flush().unwrap();
-    }
-}
-
-impl Drop for Guest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The kernel and initramfs, or a skip.
 fn images(test: &str) -> Option<(String, String)> {
@@ -134,7 +40,7 @@ fn images(test: &str) -> Option<(String, String)> {
 
 /// `kite run` with the guest images and `extra` arguments.
 fn kite_args(kernel: &str, initrd: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["run", "--kernel", kernel, "--initrd", initrd]
+    let mut args: Vec<String> = ["run", "--no-acpi", "--kernel", kernel, "--initrd", initrd]
         .iter()
         .map(|s| s.to_string())
         .collect();

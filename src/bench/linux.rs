@@ -81,10 +81,11 @@ pub fn find_images(kernel: Option<&Path>, initrd: Option<&Path>) -> Result<Image
     }
 }
 
-/// `kite run` of one boot.
+/// `kite run` of one boot (the guest-images kernel has no ACPI: its devices go on the
+/// command line).
 pub fn command(exe: &Path, images: &Images) -> Command {
     let mut cmd = Command::new(exe);
-    cmd.arg("run")
+    cmd.args(["run", "--no-acpi"])
         .arg("--kernel")
         .arg(&images.kernel)
         .arg("--initrd")
@@ -268,6 +269,7 @@ mod tests {
             args,
             [
                 "run",
+                "--no-acpi",
                 "--kernel",
                 "/k/vmlinux",
                 "--initrd",

@@ -1,4 +1,5 @@
 //! Emulated devices.
+pub mod acpi_pm;
 pub mod boot_timer;
 pub mod i8042;
 pub mod serial;

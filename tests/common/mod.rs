@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 pub fn root() -> PathBuf {
@@ -403,6 +403,7 @@ pub fn scenario(test: &str, name: &str, args: &[&str], words: &str) -> Option<Ru
         "run",
         "--kernel",
         path_str(&elf),
+        "--no-acpi",
         "--memory",
         "256M",
         "--cmdline",
@@ -410,4 +411,114 @@ pub fn scenario(test: &str, name: &str, args: &[&str], words: &str) -> Option<Ru
     ]);
     cmd.args(args);
     Some(Run::parse(name, run(cmd, Duration::from_secs(120))))
+}
+
+/// A running `kite run` whose console and log are collected as they come.
+pub struct Guest {
+    child: std::process::Child,
+    stdin: Option<std::process::ChildStdin>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Guest {
+    pub fn start(mut cmd: Command) -> Guest {
+        cmd.stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kite starts");
+        let collect = |mut r: Box<dyn Read + Send>| {
+            let buf = Arc::new(Mutex::new(String::new()));
+            let b = buf.clone();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Ok(n) = r.read(&mut chunk) {
+                    if n == 0 {
+                        break;
+                    }
+                    b.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+            });
+            buf
+        };
+        let stdout = collect(Box::new(child.stdout.take().unwrap()));
+        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        Guest {
+            stdin: child.stdin.take(),
+            child,
+            stdout,
+            stderr,
+        }
+    }
+
+    pub fn out(&self) -> String {
+        self.stdout.lock().unwrap().clone()
+    }
+
+    pub fn err(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Wait until `done(stdout)` holds, kite exits or `limit` passes.
+    pub fn wait_for(&mut self, limit: Duration, done: impl Fn(&str) -> bool) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if done(&self.out()) {
+                return true;
+            }
+            if self.child.try_wait().unwrap().is_some() {
+                std::thread::sleep(Duration::from_millis(200));
+                return done(&self.out());
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        false
+    }
+
+    /// The exit code, or `None` if kite is still running after `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads take the last bytes.
+                std::thread::sleep(Duration::from_millis(200));
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        None
+    }
+
+    /// Asks kite to stop (SIGTERM, which it handles like the end of the VM) and waits up to
+    /// `grace` for it to exit; then kills it. The exit code, or `None` if it had to be killed.
+    pub fn stop(&mut self, grace: Duration) -> Option<i32> {
+        if self.child.try_wait().unwrap().is_none() {
+            let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
+            // SAFETY: kill(2) on our own child, which has not been reaped (try_wait said it
+            // is running), so the pid still names it; no memory is involved.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
+        let code = self.wait_exit(grace);
+        if code.is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        code
+    }
+
+    pub fn type_line(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin is piped");
+        stdin.write_all(line.as_bytes()).unwrap();
+        stdin.write_all(b"\n").unwrap();
+        stdin.flush().unwrap();
+    }
+}
+
+impl Drop for Guest {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -24,6 +24,10 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// The MP configuration table, at the start of the BIOS area 0xf0000-0xfffff: not e820 RAM, so
 /// the kernel never reuses it.
 pub const MPTABLE_CONFIG_ADDR: u64 = 0xf_0000;
+/// The ACPI tables, RSDP first, in the BIOS area below the MP table (the kernel scans
+/// 0xe0000-0xfffff for the RSDP; none of it is e820 RAM).
+pub const ACPI_START: u64 = 0xe_0000;
+pub const ACPI_END: u64 = MPTABLE_CONFIG_ADDR;
 /// End of the BIOS area (and of the first MiB).
 pub const BIOS_AREA_END: u64 = 0x10_0000;
 /// Start of RAM above the legacy hole; the kernel is loaded here or above.
@@ -46,6 +50,13 @@ pub const SERIAL_PORT: u64 = 0x3f8;
 pub const SERIAL_PORT_LEN: u64 = 8;
 pub const I8042_PORT: u64 = 0x60;
 pub const I8042_PORT_LEN: u64 = 5;
+/// The FADT's hardware-reduced registers (devices::acpi_pm): sleep control, sleep status, reset.
+pub const ACPI_SLEEP_CONTROL_PORT: u64 = 0x600;
+pub const ACPI_SLEEP_STATUS_PORT: u64 = 0x601;
+pub const ACPI_RESET_PORT: u64 = 0x602;
+pub const ACPI_PM_PORT_LEN: u64 = 3;
+/// What the guest writes to the reset register to reset.
+pub const ACPI_RESET_VALUE: u8 = 0x1;
 
 /// IRQ lines (IOAPIC pins).
 pub const SERIAL_IRQ: u32 = 4;

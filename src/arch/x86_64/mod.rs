@@ -1,4 +1,5 @@
 //! x86-64 specifics: guest layout and the pure builders for the 64-bit boot protocol.
+pub mod acpi;
 pub mod boot;
 pub mod cpuid;
 pub mod emulated_ring0;

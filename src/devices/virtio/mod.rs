@@ -175,8 +175,12 @@ pub struct VirtioContext<'a> {
     pub mem: &'a GuestMem,
     pub mmio_bus: &'a mut Bus,
     pub event_manager: &'a mut EventLoop,
-    pub cmdline: &'a mut Cmdline,
+    /// Where to announce each device as `virtio_mmio.device=...`; `None` when the ACPI tables
+    /// describe them instead.
+    pub cmdline: Option<&'a mut Cmdline>,
     pub slots: &'a mut MmioSlots,
+    /// Every device attached so far, in order (for the ACPI DSDT).
+    pub placed: Vec<Placement>,
 }
 
 /// Where an attached device sits.
@@ -246,9 +250,12 @@ fn eventfd() -> Result<EventFd, Error> {
 /// the MMIO bus and its queue events into the event loop, and tell the guest kernel where it is.
 fn attach(ctx: &mut VirtioContext<'_>, device: SharedDevice) -> Result<Placement, Error> {
     let (addr, irq) = ctx.slots.allocate()?;
-    ctx.cmdline
-        .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(addr), irq, None)
-        .map_err(|source| Error::Cmdline { addr, source })?;
+    if let Some(cmdline) = ctx.cmdline.as_deref_mut() {
+        cmdline
+            .add_virtio_mmio_device(VIRTIO_MMIO_SIZE, GuestAddress(addr), irq, None)
+            .map_err(|source| Error::Cmdline { addr, source })?;
+    }
+    ctx.placed.push(Placement { addr, irq });
 
     let irq_event = eventfd()?;
     ctx.vm

@@ -47,8 +47,9 @@ fn attach_wires_a_device_into_kvm_the_bus_the_event_loop_and_the_cmdline() {
         mem: &mem,
         mmio_bus: &mut bus,
         event_manager: &mut events,
-        cmdline: &mut cmdline,
+        cmdline: Some(&mut cmdline),
         slots: &mut slots,
+        placed: Vec::new(),
     };
     let image = TempFile::new().unwrap();
     image.as_file().set_len(1 << 20).unwrap();
@@ -73,6 +74,8 @@ fn attach_wires_a_device_into_kvm_the_bus_the_event_loop_and_the_cmdline() {
             irq: FIRST_DEVICE_IRQ + 1
         }
     );
+
+    assert_eq!(ctx.placed, vec![block.placement, rng]);
 
     // The same image cannot be attached twice: the second open finds it locked.
     let err = attach_block(&mut ctx, &disk).err().unwrap();
