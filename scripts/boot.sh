@@ -13,5 +13,5 @@ cargo build --release --manifest-path "$ROOT/Cargo.toml" --quiet
 exec "$ROOT/target/release/kite" run \
 	--kernel "$ROOT/guest-images/out/vmlinux" \
 	--initrd "$ROOT/guest-images/out/initramfs.cpio" \
-	--memory 256M --cpus 2 --boot-timer --no-acpi \
+	--memory 256M --cpus 2 --boot-timer \
 	--cmdline "console=ttyS0 reboot=k panic=1" "$@"

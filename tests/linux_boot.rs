@@ -1,7 +1,8 @@
 //! Linux as the client of every Kite device: the guest-images kernel boots to its busybox
 //! /init, which drives Kite's devices with Linux's own drivers (virtio-blk and ext4,
-//! virtio-net, virtio-rng, virtio-vsock, the 16550, SMP through the MP table) and prints one
-//! result line per check. The host then checks what the guest left behind.
+//! virtio-net, virtio-rng, virtio-vsock, the 16550, SMP and power-off through Kite's ACPI tables)
+//! and prints one result line per check. The host then checks what the guest left behind. One
+//! boot takes the other way in: `--no-acpi`, with the MP table and command-line devices.
 //!
 //! These run on every KVM host. Where the host's KVM emulates guest ring 0, a boot takes about
 //! half a minute and each fork+exec in the guest about a second (see KVM-HERE.md), so the
@@ -40,7 +41,7 @@ fn images(test: &str) -> Option<(String, String)> {
 
 /// `kite run` with the guest images and `extra` arguments.
 fn kite_args(kernel: &str, initrd: &str, extra: &[&str]) -> Vec<String> {
-    let mut args: Vec<String> = ["run", "--no-acpi", "--kernel", kernel, "--initrd", initrd]
+    let mut args: Vec<String> = ["run", "--kernel", kernel, "--initrd", initrd]
         .iter()
         .map(|s| s.to_string())
         .collect();
@@ -167,7 +168,7 @@ fn linux_drives_every_kite_device() {
         }
     };
     let cmdline = format!(
-        "console=ttyS0 reboot=k panic=1 kite.marker=42 kite_test=devices kite_cpus=2 kite_word={word} kite_checks={} kite_vsock_port=1234",
+        "console=ttyS0 reboot=k panic=1 kite.marker=42 kite_test=devices kite_cpus=2 kite_word={word} kite_checks={} kite_vsock_port=1234 kite_end=poweroff",
         checks.join(",")
     );
     let disk_rw = path_str(&ext4).to_string();
@@ -244,9 +245,17 @@ fn linux_drives_every_kite_device() {
         ),
     }
     expect(
-        "boot data: MP table",
-        out.contains("MPTABLE: OEM ID: KITE") && out.contains("Allowing 2 CPUs"),
-        "no KITE MP table with 2 CPUs".into(),
+        "boot data: ACPI",
+        out.contains("ACPI: RSDP 0x00000000000E0000")
+            && out.contains("ACPI: Using ACPI (MADT) for SMP configuration information")
+            && out.contains("ACPI: 1 ACPI AML tables successfully acquired and loaded")
+            && out.contains("Allowing 2 CPUs"),
+        "the kernel did not take its CPUs from Kite's MADT or load its DSDT".into(),
+    );
+    expect(
+        "devices only in the DSDT",
+        !err.contains("virtio_mmio.device=") && !out.contains("virtio_mmio.device="),
+        "virtio_mmio.device= words on the command line with ACPI on".into(),
     );
 
     // /init ran, and the boot timer saw it.
@@ -291,6 +300,11 @@ fn linux_drives_every_kite_device() {
         "the guest did not get the host's reply".into(),
     );
     expect("exit code", code == Some(0), format!("{code:?}"));
+    expect(
+        "ACPI power-off",
+        err.contains("guest powered off"),
+        "poweroff -f did not reach Kite through the FADT's sleep register".into(),
+    );
     drop(g);
 
     // What the guest left behind.
@@ -375,7 +389,9 @@ fn linux_panic_when_init_exits() {
 }
 
 /// No kite_test word: /init starts an interactive shell on the console. What the user types
-/// reaches it, and `poweroff -f` (which, without ACPI, halts every CPU) ends the VM with exit 0.
+/// reaches it, and `poweroff -f` ends the VM with exit 0. This boot uses `--no-acpi`: the kernel
+/// finds its CPU in the MP table and its devices on the command line, and, with no ACPI to power
+/// off through, `poweroff -f` halts every CPU, which Kite notices.
 #[test]
 fn linux_shell_on_the_console() {
     let test = "linux_shell_on_the_console";
@@ -386,6 +402,7 @@ fn linux_shell_on_the_console() {
         &kernel,
         &initrd,
         &[
+            "--no-acpi",
             "--memory",
             "128M",
             "--cmdline",
@@ -410,5 +427,9 @@ fn linux_shell_on_the_console() {
     g.type_line("poweroff -f");
     let code = g.wait_exit(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{}\n{}", g.out(), g.err());
-    assert!(g.err().contains("guest halted"), "{}", g.err());
+    let (out, err) = (g.out(), g.err());
+    assert!(err.contains("guest halted"), "{err}");
+    assert!(out.contains("MPTABLE: OEM ID: KITE"), "{out}");
+    assert!(err.contains("virtio_mmio.device=4K@0xd0001000:5"), "{err}");
+    assert!(out.contains("virtio-mmio: Registering device virtio-mmio.0"), "{out}");
 }

@@ -81,11 +81,10 @@ pub fn find_images(kernel: Option<&Path>, initrd: Option<&Path>) -> Result<Image
     }
 }
 
-/// `kite run` of one boot (the guest-images kernel has no ACPI: its devices go on the
-/// command line).
+/// `kite run` of one boot.
 pub fn command(exe: &Path, images: &Images) -> Command {
     let mut cmd = Command::new(exe);
-    cmd.args(["run", "--no-acpi"])
+    cmd.arg("run")
         .arg("--kernel")
         .arg(&images.kernel)
         .arg("--initrd")
@@ -269,7 +268,6 @@ mod tests {
             args,
             [
                 "run",
-                "--no-acpi",
                 "--kernel",
                 "/k/vmlinux",
                 "--initrd",
