@@ -1,6 +1,8 @@
 //! `kite bench` end to end: one run of `cpu` and `pio-rtt` on the host and in a VM, with a time
 //! limit; the table must have their rows with positive figures, and the JSON and SVG must be
-//! written. And a bench interrupted in the middle of a run: it must leave nothing behind.
+//! written. One run of `scale` (eight VMs of the test guest's `hello`, about 2 s): every machine
+//! has its figures or says why not. And a bench interrupted in the middle of a run: it must leave
+//! nothing behind.
 
 mod common;
 
@@ -72,6 +74,91 @@ fn bench_runs_cpu_and_pio_rtt_side_by_side() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `kite bench scale --runs 1`: every machine has its six figures, positive and in time order,
+/// or (where this host cannot hold it) one n/a row saying why; the JSON has its rows and a
+/// result line per machine started, the SVG its chart.
+#[test]
+fn bench_scale_starts_every_machine_once() {
+    if let Some(reason) = kvm_unavailable() {
+        skip("bench scale", &reason);
+        return;
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("kite-test-{}-scale", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (json, svg) = (dir.join("out.json"), dir.join("out.svg"));
+    let mut cmd = kite();
+    cmd.args(["bench", "--runs", "1", "--guest", path_str(&elf)])
+        .args(["--json", path_str(&json), "--svg", path_str(&svg), "scale"]);
+    let out = run(cmd, Duration::from_secs(240));
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+
+    let machines = [
+        "64M", "1G", "4G", "16G", "1 vCPU", "2 vCPUs", "8 vCPUs", "32 vCPUs",
+    ];
+    let mut started = 0;
+    for machine in machines {
+        let name = format!("scale {machine}");
+        let na = out
+            .stdout
+            .lines()
+            .find(|l| l.split("  ").next() == Some(name.as_str()) && l.contains("  n/a: "));
+        if let Some(line) = na {
+            eprintln!("{line}");
+            continue;
+        }
+        started += 1;
+        let mut previous = 0.0;
+        for figure in [
+            "guest RAM ready",
+            "vCPUs configured",
+            "first guest instruction",
+            "guest ready",
+            "VM stopped, process exited",
+            "vmm memory overhead",
+        ] {
+            let row = format!("{name}: {figure}");
+            let line = out
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(&row))
+                .unwrap_or_else(|| panic!("no {row} row in\n{}", out.stdout));
+            // Guest side only: median, min, max.
+            let f = figures(line, &row);
+            assert_eq!(f.len(), 3, "{line}");
+            assert!(f.iter().all(|&x| x > 0.0), "{line}");
+            // The milestones come in order (the memory row is in MiB).
+            if figure != "vmm memory overhead" {
+                assert!(f[0] >= previous, "{line} before {previous}");
+                previous = f[0];
+            }
+        }
+    }
+    // 64M, 1G and 2 vCPUs fit any host that runs the other tests.
+    assert!(started >= 3, "{}", out.stdout);
+
+    let text = std::fs::read_to_string(&json).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).expect(&text);
+    let rows = doc["rows"].as_array().unwrap();
+    assert!(rows.iter().all(|r| r["workload"] == "scale"), "{text}");
+    let ok = rows.iter().filter(|r| r["status"] == "ok").count();
+    assert_eq!(ok, started * 6, "{text}");
+    let lines = doc["result_lines"].as_array().unwrap();
+    assert_eq!(lines.len(), started, "{text}");
+    for line in lines {
+        assert!(line["workload"].as_str().unwrap().starts_with("scale "));
+        assert!(
+            line["line"]
+                .as_str()
+                .unwrap()
+                .starts_with("KITE-TEST hello ok ram_mib=")
+        );
+    }
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("Kite as the machine grows"), "{svg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bench_rejects_an_unknown_workload() {
     let mut cmd = kite();
@@ -81,7 +168,7 @@ fn bench_rejects_an_unknown_workload() {
     assert_eq!(
         out.error_lines(),
         [
-            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, linux-boot, virtio-blk, virtio-net"
+            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, linux-boot, virtio-blk, virtio-net"
         ]
     );
 }

@@ -1,6 +1,7 @@
 //! Rows from the start-up timeline `kite run --timeline` prints ([`super::timeline`]): each
 //! milestone in ms after `kite run` was spawned, then Kite's memory figures. Shared by `startup`
-//! (the test guest) and `linux-boot` (the Linux guest), which name their rows differently.
+//! (the test guest), `scale` (the test guest in machines of several sizes, [`super::scale`]) and
+//! `linux-boot` (the Linux guest), which name their rows differently.
 
 use super::report::{Row, Status};
 use super::workloads::Sample;
@@ -18,26 +19,26 @@ pub const PHASES: [&str; 6] = [
 pub const BOOT_TIMER_MARK: &str = "guest ready (boot timer)";
 
 /// How one workload's milestone rows are named, and what stands for "guest ready".
-pub struct Naming {
+pub struct Naming<'a> {
     /// The workload the rows belong to.
-    pub workload: &'static str,
+    pub workload: &'a str,
     /// Start of each milestone row's name, before ": ".
-    pub prefix: &'static str,
+    pub prefix: &'a str,
     /// Start of each memory row's name, before ": ".
-    pub memory: &'static str,
+    pub memory: &'a str,
     /// Without a boot-timer mark, the arrival of the result line stands for "guest ready";
     /// if false, a run without one makes the workload an error.
     pub line_fallback: bool,
 }
 
-pub const STARTUP: Naming = Naming {
+pub const STARTUP: Naming<'static> = Naming {
     workload: "startup",
     prefix: "start",
     memory: "vmm memory",
     line_fallback: true,
 };
 
-pub const LINUX_BOOT: Naming = Naming {
+pub const LINUX_BOOT: Naming<'static> = Naming {
     workload: "linux-boot",
     prefix: "linux-boot",
     memory: "linux-boot memory",
@@ -104,10 +105,12 @@ pub fn rows(n: &Naming, guest: &[Sample]) -> Vec<Row> {
         .map(|s| s.timeline.memory)
         .collect::<Option<Vec<(u64, u64)>>>()
     else {
-        rows.push(Row::without_figures(
-            n.memory,
+        let mut row = Row::without_figures(
+            w,
             Status::Failed("kite run --timeline printed no memory figures".into()),
-        ));
+        );
+        row.name = n.memory.into();
+        rows.push(row);
         return rows;
     };
     let mib = |f: fn(&(u64, u64)) -> u64| -> Vec<f64> {

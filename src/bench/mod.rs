@@ -3,15 +3,19 @@
 //! Each workload runs on the host as a plain process (`kite workload <name>`, see [`host`]) and
 //! inside a Kite VM (the test guest, built from the same source), alternating host, guest, host,
 //! guest so that drift of the machine hits both sides. The table shows median, min and max of
-//! each side and the guest/host ratio; `--json` keeps every raw sample, `--svg` draws the ratios.
+//! each side and the guest/host ratio; `--json` keeps every raw sample, `--svg` draws the ratios
+//! (and `scale`'s figures).
 //!
 //! Ctrl-C, SIGTERM or SIGHUP ends it early ([`interrupt`]): the running child stops, no new
 //! one starts, and the namespace and scratch directory go as on a normal end (their guards drop).
 //!
 //! `linux-boot` is guest only and boots the Linux guest of `guest-images/build.sh` instead
-//! ([`linux`]); it runs 3 times unless `--runs` is given, as a boot can take ~20 s.
+//! ([`linux`]); it runs 3 times unless `--runs` is given, as a boot can take ~20 s. `scale` is
+//! guest only and starts the test guest as `startup` does in machines from 64 MiB to 16 GiB and
+//! from 1 to 32 vCPUs ([`scale`]), each once per run.
 //!
 //! Files: [`workloads`] (what runs, which rows), [`linux`] (the `linux-boot` workload),
+//! [`scale`] (the `scale` workload),
 //! [`runner`] (children with time limits, finding the test guest), [`line`] and [`timeline`]
 //! (what children print), [`milestones`] (start-up rows), [`stats`], [`report`] (rows, JSON),
 //! [`table`], [`svg`].
@@ -24,6 +28,7 @@ pub mod milestones;
 pub mod net;
 pub mod report;
 pub mod runner;
+pub mod scale;
 pub mod stats;
 pub mod svg;
 pub mod table;
@@ -41,8 +46,8 @@ use workloads::{Ctx, Outcome, Sample, Side, Workload};
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Workloads to run (default: all): cpu, mem, pio-rtt, mmio-rtt, startup, linux-boot,
-    /// virtio-blk, virtio-net.
+    /// Workloads to run (default: all): cpu, mem, pio-rtt, mmio-rtt, startup, scale,
+    /// linux-boot, virtio-blk, virtio-net.
     #[arg(value_name = "WORKLOAD")]
     pub workloads: Vec<String>,
     /// Runs of each side of each workload [default: 5, and 3 for linux-boot, whose boot takes
@@ -95,6 +100,8 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot encode the report as JSON")]
+    Json(#[source] serde_json::Error),
     #[error("{0} failed (see the table)")]
     Failed(String),
 }
@@ -261,8 +268,11 @@ fn bench_workload(
     raw: &mut Vec<RawRun>,
 ) -> Vec<Row> {
     if let Some(why) = w.unavailable() {
-        progress.total -= w.sides().len() * runs as usize;
+        progress.total -= w.children_per_run() * runs as usize;
         return vec![Row::without_figures(w.label(), Status::NotAvailable(why))];
+    }
+    if w == Workload::Scale {
+        return bench_scale(ctx, runs, progress, raw);
     }
     let mut host: Vec<Sample> = Vec::new();
     let mut guest: Vec<Sample> = Vec::new();
@@ -301,6 +311,59 @@ fn bench_workload(
         }
     }
     workloads::rows(ctx, w, &host, &guest)
+}
+
+/// Run every machine of `scale` `runs` times, one after the other in each run, and make its
+/// rows. A machine the host cannot hold is not started; one whose run fails is not started
+/// again.
+fn bench_scale(ctx: &Ctx, runs: u32, progress: &mut Progress, raw: &mut Vec<RawRun>) -> Vec<Row> {
+    use scale::PointResult;
+    let host = scale::Host::probe();
+    let mut results: Vec<(scale::Point, PointResult)> = scale::POINTS
+        .iter()
+        .map(|&p| match host.unavailable(p) {
+            Some(why) => {
+                progress.total -= runs as usize;
+                (p, PointResult::NotAvailable(why))
+            }
+            None => (p, PointResult::Samples(Vec::new())),
+        })
+        .collect();
+    for run in 1..=runs {
+        for (p, result) in results.iter_mut() {
+            let PointResult::Samples(samples) = result else {
+                continue;
+            };
+            if interrupt::received().is_some() {
+                return Vec::new();
+            }
+            let name = p.name();
+            progress.show(&format!("{name}: guest run {run} of {runs}"));
+            let outcome = scale::run_once(ctx, *p);
+            let left = (runs - run) as usize;
+            match outcome {
+                Outcome::Done(s) => {
+                    raw.push(RawRun {
+                        workload: name,
+                        side: Side::Guest.name(),
+                        run,
+                        line: s.line.clone(),
+                        wall_ms: s.wall_ms,
+                    });
+                    samples.push(s);
+                }
+                Outcome::NotAvailable(why) => {
+                    progress.total -= left;
+                    *result = PointResult::NotAvailable(why);
+                }
+                Outcome::Failed(why) => {
+                    progress.total -= left;
+                    *result = PointResult::Failed(format!("guest run {run}: {why}"));
+                }
+            }
+        }
+    }
+    scale::rows(&results)
 }
 
 /// The whole `kite bench`: runs, then the table on stdout and the files asked for.
@@ -345,7 +408,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
         tty: std::io::stderr().is_terminal(),
         total: chosen
             .iter()
-            .map(|&w| w.sides().len() * runs_of(w, given_runs) as usize)
+            .map(|&w| w.children_per_run() * runs_of(w, given_runs) as usize)
             .sum(),
         done: 0,
     };
@@ -369,7 +432,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
         stop_if_interrupted()?;
         let runs = runs_of(w, given_runs);
         if let (true, Some(Err(why))) = (w.needs_linux(), &linux) {
-            progress.total -= w.sides().len() * runs as usize;
+            progress.total -= w.children_per_run() * runs as usize;
             report.rows.push(Row::without_figures(
                 w.label(),
                 Status::NotAvailable(why.to_string()),
@@ -377,7 +440,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
             continue;
         }
         if let (true, Some(Err(why))) = (w.needs_net(), &net) {
-            progress.total -= w.sides().len() * runs as usize;
+            progress.total -= w.children_per_run() * runs as usize;
             let why = format!(
                 "cannot set up its network (needs root and ip): {}",
                 crate::error_chain(why)
@@ -405,7 +468,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
         })
     };
     if let Some(path) = &args.json {
-        write(path, report::to_json(&report))?;
+        write(path, report::to_json(&report).map_err(Error::Json)?)?;
     }
     if let Some(path) = &args.svg {
         write(path, svg::render(&report))?;
@@ -438,6 +501,8 @@ mod tests {
         let (w, runs) = parse_args(&args(&[], "5")).unwrap();
         assert_eq!(w, workloads::ALL);
         assert!(w.contains(&Workload::LinuxBoot));
+        // No name runs every workload, scale too.
+        assert!(w.contains(&Workload::Scale));
         assert_eq!(runs, Some(5));
         let (_, runs) = parse_args(&args(&[], "")).unwrap();
         assert_eq!(runs, None);
@@ -454,7 +519,7 @@ mod tests {
         let e = parse_args(&args(&["gpu"], "1")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, linux-boot, virtio-blk, virtio-net"
+            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, linux-boot, virtio-blk, virtio-net"
         );
         assert_eq!(e.exit_code(), 2);
         for bad in ["0", "-1", "x", "1001"] {

@@ -1,6 +1,7 @@
-//! What `kite bench` found: one row per figure, with every raw sample; and its JSON form.
+//! What `kite bench` found: one row per figure, with every raw sample; and its JSON form,
+//! written by serde_json from typed structs that borrow from the report.
 
-use std::fmt::Write;
+use serde::Serialize;
 
 use super::stats::{self, Summary};
 
@@ -64,16 +65,17 @@ impl Row {
     }
 }
 
-/// One child run's result line, kept for the JSON.
-#[derive(Clone, Debug, PartialEq)]
+/// One child run's result line, kept for the JSON (its `result_lines`, fields in this order).
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct RawRun {
     pub workload: String,
     /// "host" or "guest".
     pub side: &'static str,
     /// 1-based run number.
     pub run: u32,
-    pub line: String,
+    /// Spawn to exit, ms.
     pub wall_ms: f64,
+    pub line: String,
 }
 
 /// Everything a bench run produced.
@@ -101,115 +103,95 @@ impl Report {
     }
 }
 
-/// A JSON string literal.
-pub fn json_str(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
+/// The JSON document `--json` writes: the settings, every row with its raw samples and
+/// summaries, and every run's result line. Borrowed from the [`Report`]; serde_json writes it
+/// (a number JSON cannot hold, NaN or an infinity, becomes `null`).
+#[derive(Serialize)]
+struct Document<'a> {
+    runs: u32,
+    /// Workload name to its run count, in the order of the report.
+    #[serde(serialize_with = "as_map")]
+    other_runs: &'a [(String, u32)],
+    tsc_hz: f64,
+    guest_image: &'a str,
+    linux_images: Option<LinuxImages<'a>>,
+    rows: Vec<JsonRow<'a>>,
+    result_lines: &'a [RawRun],
 }
 
-/// A JSON number; `null` for what JSON cannot hold (NaN, infinities).
-pub fn json_num(x: f64) -> String {
-    if x.is_finite() {
-        format!("{x}")
-    } else {
-        "null".into()
-    }
+#[derive(Serialize)]
+struct LinuxImages<'a> {
+    kernel: &'a str,
+    initrd: &'a str,
 }
 
-fn json_summary(s: Option<Summary>) -> String {
-    match s {
-        Some(s) => format!(
-            "{{\"median\": {}, \"min\": {}, \"max\": {}}}",
-            json_num(s.median),
-            json_num(s.min),
-            json_num(s.max)
-        ),
-        None => "null".into(),
-    }
+#[derive(Serialize)]
+struct JsonRow<'a> {
+    workload: &'a str,
+    name: &'a str,
+    unit: &'a str,
+    /// "ok", "n/a" or "error".
+    status: &'static str,
+    /// Why there are no figures; `null` for "ok".
+    reason: Option<&'a str>,
+    host: JsonSide<'a>,
+    guest: JsonSide<'a>,
+    guest_over_host: Option<Summary>,
 }
 
-fn json_samples(v: &[f64]) -> String {
-    let items: Vec<String> = v.iter().map(|&x| json_num(x)).collect();
-    format!("[{}]", items.join(", "))
+#[derive(Serialize)]
+struct JsonSide<'a> {
+    samples: &'a [f64],
+    summary: Option<Summary>,
 }
 
-/// The report as JSON: settings, every row with its raw samples and summaries, and every run's
-/// result line.
-pub fn to_json(report: &Report) -> String {
-    let mut out = String::from("{\n");
-    let _ = writeln!(out, "  \"runs\": {},", report.runs);
-    let others: Vec<String> = report
-        .other_runs
-        .iter()
-        .map(|(w, n)| format!("{}: {n}", json_str(w)))
-        .collect();
-    let _ = writeln!(out, "  \"other_runs\": {{{}}},", others.join(", "));
-    let _ = writeln!(out, "  \"tsc_hz\": {},", json_num(report.tsc_hz));
-    let _ = writeln!(out, "  \"guest_image\": {},", json_str(&report.guest_image));
-    let linux = match &report.linux_images {
-        Some((kernel, initrd)) => format!(
-            "{{\"kernel\": {}, \"initrd\": {}}}",
-            json_str(kernel),
-            json_str(initrd)
-        ),
-        None => "null".into(),
-    };
-    let _ = writeln!(out, "  \"linux_images\": {linux},");
-    out.push_str("  \"rows\": [");
-    for (i, row) in report.rows.iter().enumerate() {
-        out.push_str(if i == 0 { "\n" } else { ",\n" });
+fn as_map<S: serde::Serializer>(pairs: &&[(String, u32)], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_map(pairs.iter().map(|(k, v)| (k, v)))
+}
+
+impl<'a> From<&'a Row> for JsonRow<'a> {
+    fn from(row: &'a Row) -> Self {
         let (status, reason) = match &row.status {
             Status::Ok => ("ok", None),
-            Status::NotAvailable(r) => ("n/a", Some(r)),
-            Status::Failed(r) => ("error", Some(r)),
+            Status::NotAvailable(r) => ("n/a", Some(r.as_str())),
+            Status::Failed(r) => ("error", Some(r.as_str())),
         };
-        let _ = write!(
-            out,
-            "    {{\"workload\": {}, \"name\": {}, \"unit\": {}, \"status\": {}, \"reason\": {}, \
-             \"host\": {{\"samples\": {}, \"summary\": {}}}, \
-             \"guest\": {{\"samples\": {}, \"summary\": {}}}, \"guest_over_host\": {}}}",
-            json_str(&row.workload),
-            json_str(&row.name),
-            json_str(&row.unit),
-            json_str(status),
-            reason.map_or("null".into(), |r| json_str(r)),
-            json_samples(&row.host),
-            json_summary(row.host_summary()),
-            json_samples(&row.guest),
-            json_summary(row.guest_summary()),
-            json_summary(row.ratio()),
-        );
+        JsonRow {
+            workload: &row.workload,
+            name: &row.name,
+            unit: &row.unit,
+            status,
+            reason,
+            host: JsonSide {
+                samples: &row.host,
+                summary: row.host_summary(),
+            },
+            guest: JsonSide {
+                samples: &row.guest,
+                summary: row.guest_summary(),
+            },
+            guest_over_host: row.ratio(),
+        }
     }
-    out.push_str("\n  ],\n  \"result_lines\": [");
-    for (i, r) in report.raw.iter().enumerate() {
-        out.push_str(if i == 0 { "\n" } else { ",\n" });
-        let _ = write!(
-            out,
-            "    {{\"workload\": {}, \"side\": {}, \"run\": {}, \"wall_ms\": {}, \"line\": {}}}",
-            json_str(&r.workload),
-            json_str(r.side),
-            r.run,
-            json_num(r.wall_ms),
-            json_str(&r.line)
-        );
-    }
-    out.push_str("\n  ]\n}\n");
-    out
+}
+
+/// The report as JSON (see [`Document`]), indented, with a final newline.
+pub fn to_json(report: &Report) -> serde_json::Result<String> {
+    let doc = Document {
+        runs: report.runs,
+        other_runs: &report.other_runs,
+        tsc_hz: report.tsc_hz,
+        guest_image: &report.guest_image,
+        linux_images: report
+            .linux_images
+            .as_ref()
+            .map(|(kernel, initrd)| LinuxImages { kernel, initrd }),
+        rows: report.rows.iter().map(JsonRow::from).collect(),
+        result_lines: &report.raw,
+    };
+    let mut text = serde_json::to_string_pretty(&doc)?;
+    text.push('\n');
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -256,7 +238,7 @@ pub(crate) mod tests {
 
     #[test]
     fn json_is_well_formed_and_has_every_sample() {
-        let text = to_json(&sample_report());
+        let text = to_json(&sample_report()).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).expect(&text);
         assert_eq!(v["runs"], 3);
         let rows = v["rows"].as_array().unwrap();
@@ -268,27 +250,95 @@ pub(crate) mod tests {
         assert!((r - 470.0 / 430.0).abs() < 1e-9);
         assert!(rows[1]["host"]["summary"].is_null());
         assert!(rows[1]["guest"]["samples"][2].is_null());
+        assert!(rows[1]["guest_over_host"].is_null());
+        assert_eq!(rows[0]["status"], "ok");
+        assert!(rows[0]["reason"].is_null());
         assert_eq!(rows[2]["status"], "n/a");
+        assert_eq!(rows[2]["reason"], "no scenario yet");
         assert_eq!(rows[3]["status"], "error");
         assert_eq!(rows[3]["name"], "mem \"quoted\" <&>");
         assert_eq!(v["result_lines"][0]["line"], "KITE-TEST cpu ok cycles=1\tx");
+        assert_eq!(v["result_lines"][0]["side"], "guest");
+        assert_eq!(v["result_lines"][0]["run"], 1);
+        assert_eq!(v["result_lines"][0]["wall_ms"], 210.5);
         assert_eq!(v["guest_image"], "/tmp/guest \"a\".elf");
         assert_eq!(v["other_runs"]["linux-boot"], 2);
         assert_eq!(v["linux_images"]["initrd"], "/k/initramfs.cpio");
+        assert_eq!(v["tsc_hz"], 2.6e9);
+        assert!(text.ends_with("}\n"));
+    }
+
+    fn keys(v: &serde_json::Value) -> Vec<&str> {
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        keys.sort();
+        keys
+    }
+
+    /// The fields and their nesting, as consumers of the document know them.
+    #[test]
+    fn json_keeps_its_shape() {
+        let text = to_json(&sample_report()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            keys(&v),
+            [
+                "guest_image",
+                "linux_images",
+                "other_runs",
+                "result_lines",
+                "rows",
+                "runs",
+                "tsc_hz"
+            ]
+        );
+        assert_eq!(keys(&v["linux_images"]), ["initrd", "kernel"]);
+        let row = &v["rows"][0];
+        assert_eq!(
+            keys(row),
+            [
+                "guest",
+                "guest_over_host",
+                "host",
+                "name",
+                "reason",
+                "status",
+                "unit",
+                "workload"
+            ]
+        );
+        for side in ["host", "guest"] {
+            assert_eq!(keys(&row[side]), ["samples", "summary"]);
+            assert_eq!(keys(&row[side]["summary"]), ["max", "median", "min"]);
+        }
+        assert_eq!(keys(&row["guest_over_host"]), ["max", "median", "min"]);
+        assert_eq!(
+            keys(&v["result_lines"][0]),
+            ["line", "run", "side", "wall_ms", "workload"]
+        );
     }
 
     #[test]
-    fn json_strings_escape_control_characters() {
-        assert_eq!(json_str("a\"b\\c\n\u{1}"), "\"a\\\"b\\\\c\\n\\u0001\"");
-        assert_eq!(json_num(f64::INFINITY), "null");
-        assert_eq!(json_num(1.5), "1.5");
+    fn json_escapes_control_characters_and_has_no_nan() {
+        let mut report = sample_report();
+        report.guest_image = "a\"b\\c\n\u{1}".into();
+        report.tsc_hz = f64::INFINITY;
+        report.other_runs.push(("x\"y".into(), 4));
+        let text = to_json(&report).unwrap();
+        assert!(text.contains(r#""a\"b\\c\n\u0001""#), "{text}");
+        assert!(text.contains("\"tsc_hz\": null"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["guest_image"], "a\"b\\c\n\u{1}");
+        assert!(v["tsc_hz"].is_null());
+        assert_eq!(v["other_runs"]["x\"y"], 4);
     }
 
     #[test]
     fn empty_report_is_valid_json() {
-        let text = to_json(&Report::default());
+        let text = to_json(&Report::default()).unwrap();
         let v: serde_json::Value = serde_json::from_str(&text).expect(&text);
         assert!(v["rows"].as_array().unwrap().is_empty());
+        assert!(v["result_lines"].as_array().unwrap().is_empty());
+        assert!(v["other_runs"].as_object().unwrap().is_empty());
         assert!(v["linux_images"].is_null());
     }
 }

@@ -1,7 +1,7 @@
 //! Median, min and max of a handful of samples, and the guest/host ratio with its spread.
 
-/// Median, smallest and largest of a set of samples.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// Median, smallest and largest of a set of samples (in the JSON as `{"median", "min", "max"}`).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
 pub struct Summary {
     pub median: f64,
     pub min: f64,

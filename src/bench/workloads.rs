@@ -2,7 +2,8 @@
 //!
 //! The host side is `kite workload <name>` (this same executable, as a plain process); the guest
 //! side is `kite run --timeline` on the test guest with `kite_test=<scenario>`. Both print a
-//! `KITE-TEST` line, parsed alike. `linux-boot` boots the Linux guest instead ([`linux`]).
+//! `KITE-TEST` line, parsed alike. `linux-boot` boots the Linux guest instead ([`linux`]);
+//! `scale` starts the test guest in machines of several sizes ([`scale`]).
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -15,6 +16,7 @@ use super::milestones;
 use super::net::{self, NetSetup};
 use super::report::{Row, Status};
 use super::runner;
+use super::scale;
 use super::timeline::{self, RunTimeline};
 
 /// Runs of each side of a workload when `--runs` is not given (but see
@@ -37,6 +39,8 @@ pub enum Workload {
     PioRtt,
     MmioRtt,
     Startup,
+    /// `startup`'s figures in machines from 64 MiB to 16 GiB and from 1 to 32 vCPUs.
+    Scale,
     /// The Linux guest booted to its /init.
     LinuxBoot,
     /// virtio-blk, 4 KiB requests at random places.
@@ -46,12 +50,13 @@ pub enum Workload {
     VirtioNet,
 }
 
-pub const ALL: [Workload; 9] = [
+pub const ALL: [Workload; 10] = [
     Workload::Cpu,
     Workload::Mem,
     Workload::PioRtt,
     Workload::MmioRtt,
     Workload::Startup,
+    Workload::Scale,
     Workload::LinuxBoot,
     Workload::BlkRand,
     Workload::BlkSeq,
@@ -102,6 +107,7 @@ impl Workload {
             Workload::PioRtt => "pio-rtt",
             Workload::MmioRtt => "mmio-rtt",
             Workload::Startup => "startup",
+            Workload::Scale => "scale",
             Workload::LinuxBoot => "linux-boot",
             Workload::BlkRand | Workload::BlkSeq => "virtio-blk",
             Workload::VirtioNet => "virtio-net",
@@ -120,7 +126,7 @@ impl Workload {
     /// The test guest's `kite_test=` scenario.
     fn scenario(self) -> &'static str {
         match self {
-            Workload::Startup => "hello",
+            Workload::Startup | Workload::Scale => "hello",
             w => w.name(),
         }
     }
@@ -168,6 +174,14 @@ impl Workload {
         }
     }
 
+    /// Children started per run: one per side, or one per machine shape for `scale`.
+    pub fn children_per_run(self) -> usize {
+        match self {
+            Workload::Scale => scale::POINTS.len(),
+            w => w.sides().len(),
+        }
+    }
+
     /// Whether it boots the test guest.
     pub fn needs_test_guest(self) -> bool {
         self != Workload::LinuxBoot && self.sides().contains(&Side::Guest)
@@ -183,7 +197,7 @@ impl Workload {
             return linux::LIMIT;
         }
         Duration::from_secs(match self {
-            Workload::Startup => 30,
+            Workload::Startup | Workload::Scale => 30,
             Workload::BlkRand | Workload::BlkSeq | Workload::VirtioNet => 180,
             _ => 120,
         })
@@ -250,65 +264,76 @@ pub enum Outcome {
 }
 
 fn command(ctx: &Ctx, w: Workload, side: Side) -> Command {
-    let mut cmd = Command::new(ctx.exe);
     match side {
-        Side::Host => {
-            cmd.args(["workload", w.name()]);
-            if let (Some(blk), Some(disk)) = (w.blk(), ctx.disk) {
-                cmd.arg("--disk").arg(disk);
-                cmd.args(["--blk-mode", blk.mode]);
-                cmd.args(["--blk-bs", &blk.bs.to_string(), "--n", &blk.ops.to_string()]);
-            }
-            if w.needs_net() {
-                let peer = format!("{}:{}", net::PEER_IP, net::PEER_PORT);
-                cmd.args(["--n", &NET_FRAMES.to_string()]);
-                cmd.args(["--net-bytes", &NET_BYTES.to_string(), "--peer", &peer]);
-            }
-        }
-        Side::Guest => {
-            let mut cmdline = format!("kite_test={}", w.scenario());
-            if matches!(w, Workload::PioRtt | Workload::MmioRtt) {
-                cmdline.push_str(&format!(" kite_n={RTT_EXITS}"));
-            }
-            if let Some(blk) = w.blk() {
-                cmdline.push_str(&format!(
-                    " kite_blk_mode={} kite_blk_bs={} kite_blk_depth=1 kite_n={}",
-                    blk.mode, blk.bs, blk.ops
-                ));
-            }
-            if w.needs_net() {
-                cmdline.push_str(&format!(
-                    " kite_n={NET_FRAMES} kite_net_window=1 kite_net_bytes={NET_BYTES} \
-                     kite_net_ip={} kite_net_peer={} kite_net_port={}",
-                    net::GUEST_IP,
-                    net::PEER_IP,
-                    net::PEER_PORT
-                ));
-            }
-            // The test guest finds its devices on the command line, not in ACPI tables.
-            cmd.args(["run", "--no-acpi"]);
-            if let Some(guest) = ctx.guest {
-                cmd.arg("--kernel").arg(guest);
-            }
-            cmd.args([
-                "--memory",
-                GUEST_MEMORY,
-                "--timeline",
-                "--cmdline",
-                &cmdline,
-            ]);
-            if w.needs_net() {
-                cmd.arg("--net")
-                    .arg(format!("tap={},mac={GUEST_MAC}", net::TAP));
-            }
-            if w == Workload::Startup {
-                cmd.arg("--boot-timer");
-            }
-            if let (true, Some(disk)) = (w.needs_disk(), ctx.disk) {
-                cmd.arg("--disk").arg(disk);
-            }
-        }
+        Side::Host => host_command(ctx, w),
+        Side::Guest => guest_command(ctx, w, GUEST_MEMORY, None),
     }
+}
+
+fn host_command(ctx: &Ctx, w: Workload) -> Command {
+    let mut cmd = Command::new(ctx.exe);
+    cmd.args(["workload", w.name()]);
+    if let (Some(blk), Some(disk)) = (w.blk(), ctx.disk) {
+        cmd.arg("--disk").arg(disk);
+        cmd.args(["--blk-mode", blk.mode]);
+        cmd.args(["--blk-bs", &blk.bs.to_string(), "--n", &blk.ops.to_string()]);
+    }
+    if w.needs_net() {
+        let peer = format!("{}:{}", net::PEER_IP, net::PEER_PORT);
+        cmd.args(["--n", &NET_FRAMES.to_string()]);
+        cmd.args(["--net-bytes", &NET_BYTES.to_string(), "--peer", &peer]);
+    }
+    wrap_net(ctx, w, cmd)
+}
+
+/// `kite run --timeline` of the test guest with `w`'s scenario, `memory` of RAM (`--memory`'s
+/// syntax) and, if given, `cpus` vCPUs (else Kite's default, 1).
+pub fn guest_command(ctx: &Ctx, w: Workload, memory: &str, cpus: Option<u8>) -> Command {
+    let mut cmd = Command::new(ctx.exe);
+    let mut cmdline = format!("kite_test={}", w.scenario());
+    if matches!(w, Workload::PioRtt | Workload::MmioRtt) {
+        cmdline.push_str(&format!(" kite_n={RTT_EXITS}"));
+    }
+    if let Some(blk) = w.blk() {
+        cmdline.push_str(&format!(
+            " kite_blk_mode={} kite_blk_bs={} kite_blk_depth=1 kite_n={}",
+            blk.mode, blk.bs, blk.ops
+        ));
+    }
+    if w.needs_net() {
+        cmdline.push_str(&format!(
+            " kite_n={NET_FRAMES} kite_net_window=1 kite_net_bytes={NET_BYTES} \
+             kite_net_ip={} kite_net_peer={} kite_net_port={}",
+            net::GUEST_IP,
+            net::PEER_IP,
+            net::PEER_PORT
+        ));
+    }
+    // The test guest finds its devices on the command line, not in ACPI tables.
+    cmd.args(["run", "--no-acpi"]);
+    if let Some(guest) = ctx.guest {
+        cmd.arg("--kernel").arg(guest);
+    }
+    cmd.args(["--memory", memory]);
+    if let Some(cpus) = cpus {
+        cmd.args(["--cpus", &cpus.to_string()]);
+    }
+    cmd.args(["--timeline", "--cmdline", &cmdline]);
+    if w.needs_net() {
+        cmd.arg("--net")
+            .arg(format!("tap={},mac={GUEST_MAC}", net::TAP));
+    }
+    if matches!(w, Workload::Startup | Workload::Scale) {
+        cmd.arg("--boot-timer");
+    }
+    if let (true, Some(disk)) = (w.needs_disk(), ctx.disk) {
+        cmd.arg("--disk").arg(disk);
+    }
+    wrap_net(ctx, w, cmd)
+}
+
+/// `cmd`, run in virtio-net's namespace if `w` is virtio-net.
+fn wrap_net(ctx: &Ctx, w: Workload, cmd: Command) -> Command {
     match (w.needs_net(), ctx.net) {
         (true, Some(setup)) => setup.wrap(&cmd),
         _ => cmd,
@@ -323,7 +348,12 @@ pub fn run_once(ctx: &Ctx, w: Workload, side: Side) -> Outcome {
             None => Outcome::Failed("no Linux guest images".into()),
         };
     }
-    let out = match runner::run(command(ctx, w, side), w.limit()) {
+    run_command(w, command(ctx, w, side))
+}
+
+/// Run `cmd`, a child of `w` (either side), and read its result line.
+pub fn run_command(w: Workload, cmd: Command) -> Outcome {
+    let out = match runner::run(cmd, w.limit()) {
         Ok(out) => out,
         Err(e) => return Outcome::Failed(e.to_string()),
     };
@@ -431,6 +461,8 @@ pub fn rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Ro
             ]
         }
         Workload::Startup => milestones::rows(&milestones::STARTUP, guest),
+        // Its samples are kept per machine shape and its rows made by `scale::rows`.
+        Workload::Scale => failed(w, "scale's rows are made per machine shape".into()),
         Workload::LinuxBoot => linux::rows(guest),
         Workload::BlkRand | Workload::BlkSeq => blk_rows(ctx, w, host, guest),
         Workload::VirtioNet => {
@@ -527,7 +559,7 @@ mod tests {
             [Workload::BlkRand, Workload::BlkSeq]
         );
         assert!(from_name("nope").is_empty());
-        assert_eq!(names().len(), 8);
+        assert_eq!(names().len(), 9);
         assert_eq!(from_name("linux-boot"), [Workload::LinuxBoot]);
     }
 
