@@ -431,5 +431,8 @@ fn linux_shell_on_the_console() {
     assert!(err.contains("guest halted"), "{err}");
     assert!(out.contains("MPTABLE: OEM ID: KITE"), "{out}");
     assert!(err.contains("virtio_mmio.device=4K@0xd0001000:5"), "{err}");
-    assert!(out.contains("virtio-mmio: Registering device virtio-mmio.0"), "{out}");
+    assert!(
+        out.contains("virtio-mmio: Registering device virtio-mmio.0"),
+        "{out}"
+    );
 }
