@@ -78,6 +78,12 @@ pub struct RunArgs {
     /// (virtio_mmio.device=...). The MP table describes the CPUs either way.
     #[arg(long)]
     pub no_acpi: bool,
+    /// System-call filters: each of Kite's threads may make only the system calls on its list
+    /// (src/seccomp.rs), and any other ends Kite with exit code 159 and one line naming the
+    /// thread and the call. `off` runs without filters and `log` lets every call through but has
+    /// the kernel log those outside the lists (dmesg); both are for debugging only.
+    #[arg(long, value_name = "on|off|log", value_enum, default_value = "on")]
+    pub seccomp: crate::seccomp::Mode,
     /// Print the whole start-up timeline and memory figures on stderr at the end (kite bench).
     #[arg(long, hide = true)]
     pub timeline: bool,
@@ -120,6 +126,7 @@ impl RunArgs {
             timeout,
             ring0_workarounds: self.ring0_workarounds,
             acpi: !self.no_acpi,
+            seccomp: self.seccomp,
         })
     }
 }

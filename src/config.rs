@@ -31,6 +31,8 @@ pub struct VmConfig {
     pub ring0_workarounds: crate::arch::x86_64::emulated_ring0::Mode,
     /// Describe the machine with ACPI tables too (the devices then only there).
     pub acpi: bool,
+    /// Whether the per-thread seccomp filters are enforced.
+    pub seccomp: crate::seccomp::Mode,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -9,6 +9,7 @@ pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod memory;
+pub mod seccomp;
 pub mod terminal;
 pub mod vcpu;
 pub mod vmm;

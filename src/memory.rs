@@ -86,15 +86,47 @@ impl MemoryUsage {
     }
 }
 
-/// Measure [`MemoryUsage`] now; call it when the guest has stopped (it only grows until then).
-pub fn usage(mem: &GuestMem) -> Result<MemoryUsage, Error> {
-    let status = std::fs::read_to_string("/proc/self/status").map_err(Error::Usage)?;
-    let peak_rss = vm_hwm(&status)
-        .ok_or_else(|| Error::Usage(std::io::Error::other("no VmHWM line in /proc/self/status")))?;
-    Ok(MemoryUsage {
-        peak_rss,
-        guest_resident: resident_bytes(mem).map_err(Error::Usage)?,
-    })
+/// Measures [`MemoryUsage`]. Opens /proc/self/status when made, so that measuring later needs no
+/// open(2) (the main thread's seccomp filter allows none).
+#[derive(Debug)]
+pub struct UsageProbe {
+    status: std::fs::File,
+}
+
+impl UsageProbe {
+    pub fn new() -> Result<Self, Error> {
+        Ok(Self {
+            status: std::fs::File::open("/proc/self/status").map_err(Error::Usage)?,
+        })
+    }
+
+    /// Measure now; call it when the guest has stopped (the figures only grow until then).
+    pub fn usage(&self, mem: &GuestMem) -> Result<MemoryUsage, Error> {
+        let status = read_from_start(&self.status).map_err(Error::Usage)?;
+        let peak_rss = vm_hwm(&status).ok_or_else(|| {
+            Error::Usage(std::io::Error::other("no VmHWM line in /proc/self/status"))
+        })?;
+        Ok(MemoryUsage {
+            peak_rss,
+            guest_resident: resident_bytes(mem).map_err(Error::Usage)?,
+        })
+    }
+}
+
+/// The whole of a /proc file from its start, read with pread(2): procfs makes the text afresh
+/// for a read at offset 0.
+fn read_from_start(file: &std::fs::File) -> std::io::Result<String> {
+    use std::os::unix::fs::FileExt;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = file.read_at(&mut buf, text.len() as u64)?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    Ok(String::from_utf8_lossy(&text).into_owned())
 }
 
 /// The `VmHWM:` figure of a /proc/<pid>/status text, in bytes.
@@ -173,8 +205,12 @@ mod tests {
     #[test]
     fn usage_reads_the_peak_rss() {
         let mem = create(4 << 20).unwrap();
-        let u = usage(&mem).unwrap();
+        let probe = UsageProbe::new().unwrap();
+        let u = probe.usage(&mem).unwrap();
         assert!(u.peak_rss > 0);
+        // Read again through the same descriptor: the text is made afresh.
+        let again = probe.usage(&mem).unwrap();
+        assert!(again.peak_rss >= u.peak_rss);
         assert_eq!(u.overhead(), u.peak_rss.saturating_sub(u.guest_resident));
         let status = "Name:\tkite\nVmPeak:\t  100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t1 kB\n";
         assert_eq!(vm_hwm(status), Some(2 << 20));

@@ -25,8 +25,9 @@ use crate::devices::serial::{ConsoleInput, SerialDevice};
 use crate::devices::virtio::{self, BlockHandle, MmioSlots, VirtioContext};
 use crate::exit::{ExitHandle, ExitReason};
 use crate::memory::{self, GuestMem};
+use crate::seccomp::{self, ThreadKind};
 use crate::vcpu::probe::HaltProbe;
-use crate::vcpu::{Vcpu, VcpuThread};
+use crate::vcpu::{StartGate, Vcpu, VcpuThread};
 
 /// The event loop all device I/O runs on.
 pub type EventMgr = EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>;
@@ -90,6 +91,8 @@ pub enum Error {
     Virtio(#[from] virtio::Error),
     #[error("invalid kernel command line: {0:?}")]
     Cmdline(linux_loader::cmdline::Error),
+    #[error(transparent)]
+    Seccomp(#[from] seccomp::Error),
 }
 
 impl Error {
@@ -142,6 +145,7 @@ pub struct Vmm {
     samples: Option<Arc<Mutex<Vec<u64>>>>,
     halt: Arc<HaltProbe>,
     timeout: Option<Duration>,
+    seccomp: seccomp::Mode,
     process_start: Instant,
     timeline: Timeline,
 }
@@ -310,6 +314,7 @@ impl Vmm {
             samples,
             halt,
             timeout: config.timeout,
+            seccomp: config.seccomp,
             process_start,
             timeline,
         })
@@ -326,11 +331,31 @@ impl Vmm {
         crate::vcpu::install_kick_handler()
             .map_err(io_err("cannot install the vCPU kick handler"))?;
 
+        // Everything the rest of the run opens is opened now: the main thread's filter allows
+        // no open(2).
+        let usage = memory::UsageProbe::new()
+            .map_err(|e| log::debug!("{e}"))
+            .ok();
+        let profile = profile_path().map(|path| {
+            let file = std::fs::File::create(&path)
+                .map_err(|e| {
+                    log::warn!("cannot write the guest profile to {}: {e}", path.display())
+                })
+                .ok();
+            (path, file)
+        });
+        let (main_filter, vcpu_filter) = seccomp_filters(self.seccomp)?;
+
         let first_entry = Arc::new(OnceLock::new());
+        let gate = Arc::new(StartGate::new());
+        if main_filter.is_none() {
+            // No filters to wait for: each vCPU enters the guest as soon as it starts.
+            gate.open(true);
+        }
         let stop = self.vcpus.first().map(|v| v.stop.clone());
         let mut threads: Vec<VcpuThread> = Vec::new();
         for vcpu in self.vcpus.drain(..) {
-            match vcpu.start(first_entry.clone()) {
+            match vcpu.start(first_entry.clone(), vcpu_filter.clone(), gate.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     self.exit.request(ExitReason::Fatal(format!(
@@ -340,6 +365,16 @@ impl Vmm {
                 }
             }
         }
+        // The vCPU threads install their filters before they wait at the gate; this thread
+        // installs its own before opening it.
+        if let Some(filter) = &main_filter
+            && let Err(e) = filter.apply("main")
+        {
+            gate.open(false);
+            threads.into_iter().for_each(VcpuThread::join);
+            return Err(e.into());
+        }
+        gate.open(true);
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
         let mut next_sample = Instant::now();
         let mut next_probe = Instant::now() + HALT_PROBE_INTERVAL;
@@ -379,8 +414,12 @@ impl Vmm {
         if let Some(summary) = self.completed.summary() {
             log::info!("{summary}");
         }
-        if let (Some(samples), Some(path)) = (&self.samples, profile_path()) {
-            write_profile(&path, &samples.lock().unwrap_or_else(|e| e.into_inner()));
+        if let (Some(samples), Some((path, Some(file)))) = (&self.samples, profile) {
+            write_profile(
+                file,
+                &path,
+                &samples.lock().unwrap_or_else(|e| e.into_inner()),
+            );
         }
         // Requests already taken from a queue have completed (devices finish each one under
         // their lock); make what the guest wrote durable before Kite exits.
@@ -390,9 +429,7 @@ impl Vmm {
             }
         }
         loop_result?;
-        let memory = memory::usage(&self.mem)
-            .map_err(|e| log::debug!("{e}"))
-            .ok();
+        let memory = usage.and_then(|u| u.usage(&self.mem).map_err(|e| log::debug!("{e}")).ok());
 
         let start = self.process_start;
         if let Some(at) = first_entry.get() {
@@ -426,6 +463,34 @@ impl Vmm {
     }
 }
 
+/// The main thread's filter and the vCPU threads' (shared by them).
+type ThreadFilters = (Option<seccomp::Filter>, Option<Arc<seccomp::Filter>>);
+
+/// The filters for `mode`, built, with the SIGSYS handler installed; none with `--seccomp off`,
+/// which is said loudly (as is `log`).
+fn seccomp_filters(mode: seccomp::Mode) -> Result<ThreadFilters, Error> {
+    match mode {
+        seccomp::Mode::On => {}
+        seccomp::Mode::Off => log::warn!(
+            "--seccomp off: NO system-call filters; the threads that face the guest may make any system call Kite's user may. For debugging only"
+        ),
+        seccomp::Mode::Log => log::warn!(
+            "--seccomp log: system calls outside the filters are allowed, and logged by the kernel (dmesg or the audit log), not stopped. For debugging only"
+        ),
+    }
+    let main = seccomp::Filter::new(ThreadKind::Main, mode)?;
+    let vcpu = seccomp::Filter::new(ThreadKind::Vcpu, mode)?;
+    if main.is_some() {
+        seccomp::sigsys::install_handler()?;
+        log::debug!(
+            "seccomp: the main thread may make {} system calls, each vCPU thread {}",
+            ThreadKind::Main.syscall_count(),
+            ThreadKind::Vcpu.syscall_count()
+        );
+    }
+    Ok((main, vcpu.map(Arc::new)))
+}
+
 /// How often the event loop asks whether every vCPU has stopped for good (see
 /// `vcpu::probe`): a halted guest ends within two to three of these.
 const HALT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
@@ -440,9 +505,10 @@ fn profile_path() -> Option<std::path::PathBuf> {
     std::env::var_os("KITE_GUEST_PROFILE").map(Into::into)
 }
 
-fn write_profile(path: &Path, rips: &[u64]) {
+fn write_profile(mut file: std::fs::File, path: &Path, rips: &[u64]) {
+    use std::io::Write;
     let text: String = rips.iter().map(|r| format!("{r:#x}\n")).collect();
-    match std::fs::write(path, text) {
+    match file.write_all(text.as_bytes()) {
         Ok(()) => log::info!(
             "{} guest RIP samples written to {}",
             rips.len(),

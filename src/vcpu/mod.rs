@@ -6,8 +6,8 @@
 pub mod complete;
 pub mod probe;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -17,10 +17,11 @@ use vmm_sys_util::signal::{Killable, SIGRTMIN, register_signal_handler};
 
 use crate::bus::Bus;
 use crate::exit::{ExitHandle, ExitReason};
+use crate::seccomp;
 use complete::{Completion, Counts};
 
 /// Signal used to kick a vCPU thread out of KVM_RUN.
-fn kick_signal() -> i32 {
+pub(crate) fn kick_signal() -> i32 {
     SIGRTMIN()
 }
 
@@ -55,13 +56,65 @@ pub struct VcpuThread {
     handle: JoinHandle<()>,
 }
 
+/// Holds the vCPU threads back until the main thread has installed its own seccomp filter, so
+/// that no guest instruction runs before every thread is filtered.
+#[derive(Debug, Default)]
+pub struct StartGate {
+    /// None while closed; then whether the vCPUs may run.
+    go: Mutex<Option<bool>>,
+    opened: Condvar,
+}
+
+impl StartGate {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Let the vCPU threads run (`go`), or end without running the guest (`!go`).
+    pub fn open(&self, go: bool) {
+        *self.go.lock().unwrap_or_else(|e| e.into_inner()) = Some(go);
+        self.opened.notify_all();
+    }
+
+    /// Wait until the gate opens; whether to run.
+    fn wait(&self) -> bool {
+        let mut go = self.go.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(go) = *go {
+                return go;
+            }
+            go = self.opened.wait(go).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
 impl Vcpu {
-    /// Start the thread. `started` is set to the time the first vCPU first entered the guest.
-    pub fn start(self, started: Arc<std::sync::OnceLock<Instant>>) -> std::io::Result<VcpuThread> {
+    /// Start the thread. It installs `filter` (if any), waits at `gate`, then runs the guest;
+    /// `started` is set to the time the first vCPU first entered the guest.
+    pub fn start(
+        self,
+        started: Arc<std::sync::OnceLock<Instant>>,
+        filter: Option<Arc<seccomp::Filter>>,
+        gate: Arc<StartGate>,
+    ) -> std::io::Result<VcpuThread> {
         let index = self.index;
+        let name = format!("vcpu{index}");
         let handle = std::thread::Builder::new()
-            .name(format!("vcpu{index}"))
-            .spawn(move || self.run(&started))?;
+            .name(name.clone())
+            .spawn(move || {
+                if let Some(filter) = filter
+                    && let Err(e) = filter.apply(&name)
+                {
+                    self.exit.request(ExitReason::Fatal(format!(
+                        "vCPU {index}: {}",
+                        crate::error_chain(&e)
+                    )));
+                    return;
+                }
+                if gate.wait() {
+                    self.run(&started);
+                }
+            })?;
         Ok(VcpuThread { index, handle })
     }
 
