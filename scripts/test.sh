@@ -33,6 +33,9 @@ mkdir -p "$ROOT/target"
 : >"$KITE_SKIP_LOG"
 status=0
 cargo test --release --all-targets || status=$?
+# The fuzz targets under libFuzzer, 20 s each (tests/fuzz_corpus.rs above already ran their
+# seeds on stable); skips, with its reason, where nightly or cargo-fuzz is missing.
+scripts/fuzz.sh || status=$?
 if [ -s "$KITE_SKIP_LOG" ]; then
 	echo "Skipped tests:"
 	sort "$KITE_SKIP_LOG" | sed 's/^/  /'

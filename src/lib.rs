@@ -8,6 +8,8 @@ pub mod cli;
 pub mod config;
 pub mod devices;
 pub mod exit;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod memory;
 pub mod seccomp;
 pub mod terminal;

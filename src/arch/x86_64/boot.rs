@@ -11,7 +11,7 @@ use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
 use linux_loader::loader::bootparam::{boot_e820_entry, boot_params, setup_header};
 use linux_loader::loader::{BzImage, Elf, KernelLoader, KernelLoaderResult};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress, ReadVolatile};
 
 use super::layout::*;
 use crate::memory::GuestMem;
@@ -120,7 +120,7 @@ impl LoadedKernel {
     }
 
     /// Highest address the initrd may reach (inclusive).
-    fn initrd_addr_max(&self) -> u64 {
+    pub fn initrd_addr_max(&self) -> u64 {
         match self.setup_header {
             Some(h) if h.initrd_addr_max != 0 => u64::from(h.initrd_addr_max),
             _ => u64::from(u32::MAX),
@@ -140,20 +140,35 @@ pub fn load_kernel(mem: &GuestMem, path: &Path) -> Result<LoadedKernel, Error> {
             std::io::ErrorKind::IsADirectory,
         )));
     }
-    let format =
-        detect_format(&mut file)
-            .map_err(open_err)?
-            .ok_or_else(|| Error::UnknownFormat {
-                path: path.to_owned(),
-            })?;
+    load_kernel_image(mem, &mut file, path)
+}
+
+/// Load a kernel image already open (a file, or bytes in memory); `path` names it in errors.
+pub fn load_kernel_image<F>(
+    mem: &GuestMem,
+    image: &mut F,
+    path: &Path,
+) -> Result<LoadedKernel, Error>
+where
+    F: Read + ReadVolatile + Seek,
+{
+    let open_err = |source| Error::KernelOpen {
+        path: path.to_owned(),
+        source,
+    };
+    let format = detect_format(image)
+        .map_err(open_err)?
+        .ok_or_else(|| Error::UnknownFormat {
+            path: path.to_owned(),
+        })?;
     let load_err = |source| Error::Load {
         path: path.to_owned(),
         source,
     };
     let himem = Some(GuestAddress(HIMEM_START));
     let result: KernelLoaderResult = match format {
-        KernelFormat::Elf => Elf::load(mem, None, &mut file, himem).map_err(load_err)?,
-        KernelFormat::BzImage => BzImage::load(mem, None, &mut file, himem).map_err(load_err)?,
+        KernelFormat::Elf => Elf::load(mem, None, image, himem).map_err(load_err)?,
+        KernelFormat::BzImage => BzImage::load(mem, None, image, himem).map_err(load_err)?,
     };
     let entry = match (format, result.setup_header) {
         (KernelFormat::BzImage, Some(h)) => {
@@ -172,7 +187,8 @@ pub fn load_kernel(mem: &GuestMem, path: &Path) -> Result<LoadedKernel, Error> {
         end: result.kernel_end,
         setup_header: result.setup_header,
     };
-    let need = kernel.end + KERNEL_HEADROOM;
+    // A corrupt ELF can put its end near the top of the address space.
+    let need = kernel.end.saturating_add(KERNEL_HEADROOM);
     let have = low_ram_end(mem);
     if have < need {
         return Err(Error::MemoryTooSmall {
@@ -372,6 +388,31 @@ mod tests {
             (3, 0x020f, 255)
         );
         assert_eq!(k.cmdline_max(), 255);
+    }
+
+    /// Found by the `loader` fuzz target (fuzz/regressions/loader/elf-memsz-overflows-headroom,
+    /// without its 6-byte prefix): an ELF segment whose p_memsz runs to the top of the address
+    /// space made the headroom check overflow, a panic in debug builds and a kernel accepted in
+    /// release ones.
+    #[test]
+    fn elf_ending_at_the_top_of_the_address_space_is_refused() {
+        const IMAGE: &[u8] = &[
+            0x7f, 0x45, 0x4c, 0x46, 0x02, 0x01, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x02, 0x00, 0x3e, 0x01, 0xf0, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+            0x00, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x40, 0x00, 0x38, 0x00,
+            0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x07, 0x45,
+            0x4c, 0x5b, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x00,
+            0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            0xd9, 0xe6, 0x00, 0x56, 0x00, 0x3c, 0x00, 0x49,
+        ];
+        let mem = crate::memory::create(32 << 20).unwrap();
+        let loaded = load_kernel_image(&mem, &mut Cursor::new(IMAGE), Path::new("vmlinux"));
+        assert!(
+            matches!(loaded, Err(Error::MemoryTooSmall { .. })),
+            "{loaded:?}"
+        );
     }
 
     #[test]

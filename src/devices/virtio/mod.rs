@@ -169,6 +169,11 @@ pub mod bench_api {
     pub use super::mmio::MmioTransport;
 }
 
+/// The virtio fuzz targets and the guest driver they play (see [`crate::fuzz`]); not part of the
+/// interface the VMM uses.
+#[doc(hidden)]
+pub mod fuzz_api;
+
 /// What attaching a virtio device touches.
 pub struct VirtioContext<'a> {
     pub vm: &'a VmFd,

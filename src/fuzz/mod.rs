@@ -1,0 +1,79 @@
+//! Fuzz targets: each drives code the VMM runs on input a guest or a user controls, from a byte
+//! string, and panics when that code breaks a promise (or panics by itself).
+//!
+//! The targets are plain functions, so they run everywhere: `fuzz/` wraps each in a libFuzzer
+//! binary (`cargo +nightly fuzz run <name>`), and `tests/fuzz_corpus.rs` runs every file of the
+//! seed corpus (`fuzz/corpus/<name>/`, written from [`Target::seeds`]) through its target as an
+//! ordinary test on stable. Not part of the interface the VMM uses.
+
+pub mod config;
+pub mod input;
+pub mod loader;
+
+use crate::devices::virtio::fuzz_api;
+
+/// One named seed input.
+#[derive(Clone, Debug)]
+pub struct Seed {
+    pub name: &'static str,
+    pub data: Vec<u8>,
+}
+
+/// A fuzz target.
+pub struct Target {
+    /// Also the name of its libFuzzer binary and of its corpus directory.
+    pub name: &'static str,
+    pub run: fn(&[u8]),
+    /// A small corpus of well-formed inputs, made by the target's own helpers.
+    pub seeds: fn() -> Vec<Seed>,
+}
+
+/// Every target.
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "virtio_queue",
+        run: fuzz_api::queue::run,
+        seeds: fuzz_api::queue::seeds,
+    },
+    Target {
+        name: "virtio_blk",
+        run: fuzz_api::blk::run,
+        seeds: fuzz_api::blk::seeds,
+    },
+    Target {
+        name: "virtio_net",
+        run: fuzz_api::net::run,
+        seeds: fuzz_api::net::seeds,
+    },
+    Target {
+        name: "virtio_vsock",
+        run: fuzz_api::vsock::run,
+        seeds: fuzz_api::vsock::seeds,
+    },
+    Target {
+        name: "virtio_mmio",
+        run: fuzz_api::mmio::run,
+        seeds: fuzz_api::mmio::seeds,
+    },
+    Target {
+        name: "loader",
+        run: loader::run,
+        seeds: loader::seeds,
+    },
+    Target {
+        name: "config",
+        run: config::run,
+        seeds: config::seeds,
+    },
+];
+
+/// The target called `name`.
+pub fn target(name: &str) -> Option<&'static Target> {
+    TARGETS.iter().find(|t| t.name == name)
+}
+
+/// Run target `name` on `data` (what each libFuzzer binary in `fuzz/` does).
+pub fn run(name: &str, data: &[u8]) {
+    let target = target(name).unwrap_or_else(|| panic!("no fuzz target called {name}"));
+    (target.run)(data);
+}
