@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, DEFAULT_CMDLINE, VmConfig};
+use crate::api::convert::{self, Extras};
+use crate::api::types::{
+    BootSource, Drive, Entropy, FullConfig, Logger, MachineConfig, NetworkInterface, Vsock,
+};
+use crate::config::{self, VmConfig};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -29,23 +33,24 @@ pub enum Command {
     Workload(crate::bench::host::WorkloadArgs),
 }
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Default)]
 pub struct RunArgs {
-    /// Kernel: an ELF vmlinux or a bzImage.
+    /// Kernel: an ELF vmlinux or a bzImage. Required unless --config-file names one or
+    /// --api-sock is given (then the API's PUT /boot-source does).
     #[arg(long, value_name = "PATH")]
-    pub kernel: PathBuf,
+    pub kernel: Option<PathBuf>,
     /// Initial ramdisk, placed at the top of low guest RAM.
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
-    /// Guest RAM, e.g. 256M, 1536M, 1G (a bare number is MiB).
-    #[arg(long, value_name = "SIZE", default_value = "256M")]
-    pub memory: String,
-    /// Number of vCPUs.
-    #[arg(long, value_name = "N", default_value = "1")]
-    pub cpus: String,
-    /// Kernel command line.
-    #[arg(long, value_name = "TEXT", default_value = DEFAULT_CMDLINE)]
-    pub cmdline: String,
+    /// Guest RAM, e.g. 256M, 1536M, 1G (a bare number is MiB) [default: 256M].
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<String>,
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=1"].
+    #[arg(long, value_name = "TEXT")]
+    pub cmdline: Option<String>,
     /// A raw disk image as the next virtio-blk device (/dev/vda, /dev/vdb, ...); repeatable.
     #[arg(long = "disk", value_name = "PATH[,readonly]")]
     pub disks: Vec<String>,
@@ -84,6 +89,27 @@ pub struct RunArgs {
     /// the kernel log those outside the lists (dmesg); both are for debugging only.
     #[arg(long, value_name = "on|off|log", value_enum, default_value = "on")]
     pub seccomp: crate::seccomp::Mode,
+    /// Serve Firecracker's REST API on this Unix socket (docs/api.md). Without --kernel or
+    /// --config-file, Kite waits for the API to configure and start the VM.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// Boot from a Firecracker JSON configuration file (boot-source, machine-config, drives,
+    /// network-interfaces, vsock, entropy, logger, metrics). A flag that sets what the file
+    /// also sets is an error.
+    #[arg(long, value_name = "FILE")]
+    pub config_file: Option<PathBuf>,
+    /// No API socket (Firecracker's flag; Kite serves none unless --api-sock is given).
+    #[arg(long)]
+    pub no_api: bool,
+    /// The instance's id, shown by GET / [default: anonymous-instance].
+    #[arg(long, value_name = "ID")]
+    pub id: Option<String>,
+    /// Log level: Error, Warning, Info, Debug, Trace or Off (overrides KITE_LOG).
+    #[arg(long, value_name = "LEVEL")]
+    pub level: Option<String>,
+    /// Write Kite's log to this file (appended) or FIFO instead of stderr.
+    #[arg(long, value_name = "PATH")]
+    pub log_path: Option<PathBuf>,
     /// Print the whole start-up timeline and memory figures on stderr at the end (kite bench).
     #[arg(long, hide = true)]
     pub timeline: bool,
@@ -95,38 +121,222 @@ pub enum Error {
     Config(#[from] config::Error),
     #[error("invalid --timeout: give a positive number of seconds")]
     Timeout,
+    #[error("{0}")]
+    File(String),
+    #[error(transparent)]
+    Layout(#[from] convert::Error),
+    #[error("{flag} and the config file's {field} both set {what}: give it in one place")]
+    Both {
+        flag: &'static str,
+        field: &'static str,
+        what: &'static str,
+    },
+    #[error(
+        "no kernel: give --kernel PATH, --config-file FILE, or --api-sock PATH to configure the VM through the API"
+    )]
+    NoKernel,
+    #[error("--no-api and --api-sock contradict each other: give one")]
+    NoApi,
+    #[error("{0}")]
+    Level(String),
+}
+
+/// What `kite run` does: boot now, or serve the API until it says so.
+#[derive(Debug)]
+pub struct Plan {
+    /// The VM to boot now, if the flags or the file name a kernel and no API waits for one.
+    pub boot: Option<VmConfig>,
+    /// The configuration in Firecracker's layout (what `GET /vm/config` shows, and what the
+    /// API's calls start from).
+    pub layout: FullConfig,
+    pub extras: Extras,
+    pub api_sock: Option<PathBuf>,
+    pub id: String,
 }
 
 impl RunArgs {
-    pub fn to_config(&self) -> Result<VmConfig, Error> {
+    fn extras(&self) -> Result<Extras, Error> {
         let timeout = match self.timeout {
             Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
             Some(_) => return Err(Error::Timeout),
             None => None,
         };
-        Ok(VmConfig {
-            kernel: self.kernel.clone(),
-            initrd: self.initrd.clone(),
-            memory: config::parse_memory(&self.memory)?,
-            cpus: config::parse_cpus(&self.cpus)?,
-            cmdline: self.cmdline.clone(),
-            disks: self
-                .disks
-                .iter()
-                .map(|d| config::parse_disk(d))
-                .collect::<Result<_, _>>()?,
-            nets: self
-                .nets
-                .iter()
-                .map(|n| config::parse_net(n))
-                .collect::<Result<_, _>>()?,
-            vsock: self.vsock.as_deref().map(config::parse_vsock).transpose()?,
-            rng: !self.no_rng,
+        Ok(Extras {
             boot_timer: self.boot_timer,
             timeout,
             ring0_workarounds: self.ring0_workarounds,
             acpi: !self.no_acpi,
             seccomp: self.seccomp,
+        })
+    }
+
+    /// The log level `--level` asks for.
+    pub fn log_level(&self) -> Result<Option<log::LevelFilter>, Error> {
+        self.level
+            .as_deref()
+            .map(crate::logging::parse_level)
+            .transpose()
+            .map_err(Error::Level)
+    }
+
+    /// The flags (and the config file, if any) as one configuration.
+    pub fn plan(&self) -> Result<Plan, Error> {
+        if self.no_api && self.api_sock.is_some() {
+            return Err(Error::NoApi);
+        }
+        let extras = self.extras()?;
+        let from_file = self.config_file.is_some();
+        let mut layout = match &self.config_file {
+            Some(path) => crate::api::read_config_file(path).map_err(Error::File)?,
+            None => FullConfig::default(),
+        };
+        let both = |flag, field, what| Error::Both { flag, field, what };
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let boot = &mut layout.boot_source;
+        if let Some(kernel) = &self.kernel {
+            if boot.is_some() {
+                return Err(both("--kernel", "boot-source", "the kernel"));
+            }
+            *boot = Some(BootSource {
+                kernel_image_path: path(kernel),
+                ..BootSource::default()
+            });
+        }
+        let boot_set = |what: &str| {
+            boot.as_ref().is_some_and(|b| match what {
+                "initrd" => b.initrd_path.is_some(),
+                _ => b.boot_args.is_some(),
+            })
+        };
+        if self.initrd.is_some() && boot_set("initrd") {
+            return Err(both("--initrd", "boot-source.initrd_path", "the initrd"));
+        }
+        if self.cmdline.is_some() && boot_set("cmdline") {
+            return Err(both(
+                "--cmdline",
+                "boot-source.boot_args",
+                "the kernel command line",
+            ));
+        }
+        if let Some(b) = boot.as_mut() {
+            if let Some(initrd) = &self.initrd {
+                b.initrd_path = Some(path(initrd));
+            }
+            if let Some(cmdline) = &self.cmdline {
+                b.boot_args = Some(cmdline.clone());
+            }
+        }
+        let memory = self
+            .memory
+            .as_deref()
+            .map(config::parse_memory)
+            .transpose()?;
+        let cpus = self.cpus.as_deref().map(config::parse_cpus).transpose()?;
+        if memory.is_some() || cpus.is_some() {
+            if layout.machine_config.is_some() {
+                let flag = if memory.is_some() {
+                    "--memory"
+                } else {
+                    "--cpus"
+                };
+                return Err(both(flag, "machine-config", "the machine's size"));
+            }
+            let mut m = MachineConfig::default();
+            if let Some(bytes) = memory {
+                m.mem_size_mib = bytes.div_ceil(1 << 20);
+            }
+            if let Some(n) = cpus {
+                m.vcpu_count = n;
+            }
+            layout.machine_config = Some(m);
+        }
+        if !self.disks.is_empty() {
+            if !layout.drives.is_empty() {
+                return Err(both("--disk", "drives", "the disks"));
+            }
+            for (i, text) in self.disks.iter().enumerate() {
+                let d = config::parse_disk(text)?;
+                layout.drives.push(Drive {
+                    drive_id: format!("drive{i}"),
+                    path_on_host: path(&d.path),
+                    is_root_device: false,
+                    is_read_only: d.readonly,
+                    partuuid: None,
+                    cache_type: None,
+                    io_engine: None,
+                    rate_limiter: None,
+                    socket: None,
+                });
+            }
+        }
+        if !self.nets.is_empty() {
+            if !layout.network_interfaces.is_empty() {
+                return Err(both("--net", "network-interfaces", "the network"));
+            }
+            for (i, text) in self.nets.iter().enumerate() {
+                let n = config::parse_net(text)?;
+                layout.network_interfaces.push(NetworkInterface {
+                    iface_id: format!("eth{i}"),
+                    host_dev_name: n.tap,
+                    guest_mac: Some(n.mac.map(|b| format!("{b:02x}")).join(":")),
+                    rx_rate_limiter: None,
+                    tx_rate_limiter: None,
+                });
+            }
+        }
+        if let Some(text) = &self.vsock {
+            if layout.vsock.is_some() {
+                return Err(both("--vsock", "vsock", "the vsock device"));
+            }
+            let v = config::parse_vsock(text)?;
+            layout.vsock = Some(Vsock {
+                vsock_id: None,
+                guest_cid: v.cid,
+                uds_path: path(&v.socket),
+            });
+        }
+        if self.no_rng && layout.entropy.is_some() {
+            return Err(both("--no-rng", "entropy", "the entropy device"));
+        }
+        // The command line's default is an entropy device; a file's is what it says.
+        if !from_file && !self.no_rng {
+            layout.entropy = Some(Entropy::default());
+        }
+        if self.level.is_some() || self.log_path.is_some() {
+            if layout.logger.is_some() {
+                let flag = if self.level.is_some() {
+                    "--level"
+                } else {
+                    "--log-path"
+                };
+                return Err(both(flag, "logger", "the log"));
+            }
+            layout.logger = Some(Logger {
+                log_path: self.log_path.as_deref().map(path),
+                level: self.level.clone(),
+                ..Logger::default()
+            });
+        }
+        let boot = match (&layout.boot_source, &self.api_sock) {
+            (None, Some(_)) => None,
+            (None, None) => return Err(Error::NoKernel),
+            (Some(_), _) => {
+                let mut vm = convert::to_vm_config(&layout, &extras)?;
+                if let Some(bytes) = memory {
+                    vm.memory = bytes;
+                }
+                Some(vm)
+            }
+        };
+        Ok(Plan {
+            boot,
+            layout,
+            extras,
+            api_sock: self.api_sock.clone(),
+            id: self
+                .id
+                .clone()
+                .unwrap_or_else(|| "anonymous-instance".into()),
         })
     }
 }

@@ -1,6 +1,7 @@
 //! Kite: a small KVM virtual machine monitor.
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod api;
 pub mod arch;
 pub mod bench;
 pub mod bus;
@@ -10,8 +11,10 @@ pub mod devices;
 pub mod exit;
 #[doc(hidden)]
 pub mod fuzz;
+pub mod logging;
 pub mod memory;
 pub mod seccomp;
+pub mod signals;
 pub mod terminal;
 pub mod vcpu;
 pub mod vmm;

@@ -1,4 +1,3 @@
-use std::io::Write;
 use std::process::ExitCode;
 use std::time::Instant;
 
@@ -6,37 +5,83 @@ use clap::Parser;
 use kite::cli::{Cli, Command, RunArgs};
 use kite::exit::ExitReason;
 
-fn init_logging() {
-    env_logger::Builder::from_env(env_logger::Env::default().filter_or("KITE_LOG", "info"))
-        .format(|buf, record| {
-            let level = match record.level() {
-                log::Level::Error => "error: ",
-                log::Level::Warn => "warning: ",
-                _ => "",
+/// Build the VM the plan names, or serve the API until it starts one; with the API's state
+/// (or the config file's metrics) for the run. `Err` is the exit code.
+fn start(
+    args: &RunArgs,
+    process_start: Instant,
+) -> Result<(kite::vmm::Vmm, Option<std::path::PathBuf>), i32> {
+    use kite::api::{running::RunningApi, server, setup};
+    let fail = |e: &dyn std::error::Error| {
+        eprintln!("kite: error: {}", kite::error_chain(e));
+        2
+    };
+    let plan = args.plan().map_err(|e| fail(&e))?;
+    let say = |e: String| {
+        eprintln!("kite: error: {e}");
+        2
+    };
+    if let Some(l) = &plan.layout.logger {
+        setup::apply_logger(l).map_err(say)?;
+    }
+    let metrics = match &plan.layout.metrics {
+        Some(m) => Some(setup::open_metrics(&m.metrics_path).map_err(say)?),
+        None => None,
+    };
+    let channel = match &plan.api_sock {
+        Some(path) => {
+            let mode = plan.extras.seccomp;
+            let filter = kite::seccomp::Filter::new(kite::seccomp::ThreadKind::Api, mode)
+                .map_err(|e| fail(&e))?;
+            if filter.is_some() {
+                kite::seccomp::sigsys::install_handler().map_err(|e| fail(&e))?;
+            }
+            Some(server::start(path, filter).map_err(|e| fail(&e))?)
+        }
+        None => None,
+    };
+    let boot = |config: &kite::config::VmConfig| kite::vmm::Vmm::new(config, process_start);
+    let (mut vmm, layout, metrics) = match (plan.boot, channel.as_ref()) {
+        (Some(config), _) => {
+            let vmm = boot(&config).map_err(|e| {
+                eprintln!("kite: error: {}", kite::error_chain(&e));
+                e.exit_code()
+            })?;
+            (vmm, plan.layout, metrics)
+        }
+        (None, Some(channel)) => {
+            log::info!("waiting for the API to configure and start the VM");
+            let mut setup = setup::Setup {
+                config: plan.layout,
+                extras: plan.extras,
+                metrics,
+                id: plan.id.clone(),
             };
-            writeln!(buf, "kite: {level}{}", record.args())
-        })
-        .init();
+            let vmm = setup
+                .wait_for_start(channel, |c| boot(c).map_err(|e| kite::error_chain(&e)))
+                .ok_or_else(|| say("the API thread stopped before the VM was started".into()))?;
+            (vmm, setup.config, setup.metrics)
+        }
+        (None, None) => return Err(say("no kernel to boot".into())),
+    };
+    let socket = channel.as_ref().map(|c| c.socket.clone());
+    if channel.is_some() || metrics.is_some() {
+        vmm.attach_api(RunningApi::new(channel, plan.id, layout, metrics));
+    }
+    Ok((vmm, socket))
 }
 
 fn run(args: &RunArgs, process_start: Instant) -> i32 {
-    let config = match args.to_config() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("kite: error: {}", kite::error_chain(&e));
-            return 2;
-        }
-    };
-    let vmm = match kite::vmm::Vmm::new(&config, process_start) {
+    let (vmm, socket) = match start(args, process_start) {
         Ok(v) => v,
-        Err(e) => {
-            eprintln!("kite: error: {}", kite::error_chain(&e));
-            return e.exit_code();
-        }
+        Err(code) => return code,
     };
     let terminal = kite::terminal::RawModeGuard::new(libc::STDIN_FILENO);
     let result = vmm.run();
     drop(terminal);
+    if let Some(path) = socket {
+        let _ = std::fs::remove_file(path);
+    }
     match result {
         Ok(report) => {
             // Before the exit reason, which stays the last line.
@@ -82,9 +127,36 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
     }
 }
 
+/// Run as `firecracker` (through a symlink of that name): Firecracker's flags, no subcommand.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "firecracker",
+    version,
+    about = "Kite, run under Firecracker's name: the flags of `kite run` (see docs/api.md)"
+)]
+struct AsFirecracker {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+fn invoked_as_firecracker() -> bool {
+    std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n == "firecracker"))
+        .unwrap_or(false)
+}
+
 fn main() -> ExitCode {
     let process_start = Instant::now();
-    let cli = match Cli::try_parse() {
+    let parsed = if invoked_as_firecracker() {
+        AsFirecracker::try_parse().map(|fc| Cli {
+            command: Command::Run(fc.run),
+        })
+    } else {
+        Cli::try_parse()
+    };
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) if !e.use_stderr() => {
             let _ = e.print();
@@ -110,7 +182,17 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    init_logging();
+    let level = match &cli.command {
+        Command::Run(args) => match args.log_level() {
+            Ok(level) => level,
+            Err(e) => {
+                eprintln!("kite: error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        _ => None,
+    };
+    kite::logging::init(level);
     let code = match &cli.command {
         Command::Run(args) => run(args, process_start),
         Command::Bench(args) => match kite::bench::run(args) {

@@ -52,6 +52,8 @@ pub enum ThreadKind {
     Main,
     /// A vCPU thread: KVM_RUN and the exits it hands to the buses.
     Vcpu,
+    /// The API thread (`--api-sock`): HTTP on a Unix socket; requests go to the main thread.
+    Api,
 }
 
 impl ThreadKind {
@@ -60,6 +62,7 @@ impl ThreadKind {
         match self {
             ThreadKind::Main => MAIN,
             ThreadKind::Vcpu => VCPU,
+            ThreadKind::Api => API,
         }
     }
 
@@ -238,6 +241,9 @@ pub const VCPU: &[Rule] = &[
     // The thread's end: its VcpuFd (and kvm_run mapping) dropped, Rust's signal stack freed;
     // the last vCPU to end drops the buses, and with them the virtio transports' eventfds.
     any(SYS_close),
+    // Rust's std, in debug builds, asks whether a descriptor is open before closing it
+    // (OwnedFd's drop: fcntl(fd, F_GETFD)).
+    with(SYS_fcntl, eq(1, F_GETFD as u64)),
     any(SYS_sigaltstack),
     any(SYS_exit),
     // sigsys.rs: the SIGSYS handler ends the process.
@@ -284,6 +290,8 @@ pub const MAIN: &[Rule] = &[
     any(SYS_timerfd_settime),
     // Closed connections; everything dropped at the end.
     any(SYS_close),
+    // Rust's std, in debug builds, checks a descriptor before closing it (F_GETFD).
+    with(SYS_fcntl, eq(1, F_GETFD as u64)),
     // vcpu/mod.rs: kicks (halt probe, profiler, stop) are pthread_kill(SIGRTMIN) to a vCPU.
     with(SYS_tgkill, eq(2, KICK_SIGNAL)),
     any(SYS_getpid),
@@ -320,6 +328,45 @@ pub const MAIN: &[Rule] = &[
     // Rust's runtime frees the main thread's signal stack at exit.
     any(SYS_sigaltstack),
     // The process's exit (also the SIGSYS handler's).
+    any(SYS_exit_group),
+];
+
+/// The API thread (`api/server.rs`), from its start (before the VM is configured) to the
+/// process's exit. It only speaks HTTP: every request is carried out by the main thread.
+pub const API: &[Rule] = &[
+    // server.rs: one epoll set for the listening socket and the connections.
+    any(SYS_epoll_wait),
+    any(SYS_epoll_ctl),
+    // New connections (std's accept, SOCK_CLOEXEC), made non-blocking (set_nonblocking).
+    with(SYS_accept4, eq(3, SOCK_CLOEXEC as u64)),
+    ioctl(FIONBIO),
+    // Requests in, responses out; the wake-up eventfd of the main thread; log lines.
+    any(SYS_read),
+    any(SYS_write),
+    // Connections closed.
+    any(SYS_close),
+    // Rust's std, in debug builds, checks a descriptor before closing it (F_GETFD).
+    with(SYS_fcntl, eq(1, F_GETFD as u64)),
+    // The request channel and reply wait (mpsc), the logger's lock.
+    any(SYS_futex),
+    any(SYS_clock_gettime),
+    // Log lines: on a terminal, the logger asks whether stderr is one (anstream).
+    ioctl_on(STDERR_FILENO, TCGETS),
+    // sigsys.rs: the SIGSYS handler restores the terminal.
+    ioctl_on(STDIN_FILENO, TCSETS),
+    ioctl_on(STDIN_FILENO, TCGETS),
+    // malloc: request buffers, bodies, responses.
+    with(SYS_mmap, clear(2, NO_EXEC)),
+    with(SYS_mprotect, clear(2, NO_EXEC)),
+    any(SYS_munmap),
+    any(SYS_madvise),
+    any(SYS_mremap),
+    any(SYS_brk),
+    any(SYS_rt_sigreturn),
+    any(SYS_rt_sigprocmask),
+    any(SYS_sigaltstack),
+    any(SYS_exit),
+    // sigsys.rs: the SIGSYS handler ends the process.
     any(SYS_exit_group),
 ];
 
@@ -386,6 +433,7 @@ impl Filter {
         let what = match kind {
             ThreadKind::Main => "main",
             ThreadKind::Vcpu => "vCPU",
+            ThreadKind::Api => "API",
         };
         let program = compile(kind.rules(), mismatch).map_err(|e| Error::Build(what, e))?;
         Ok(Some(Filter { kind, program }))
@@ -412,7 +460,7 @@ mod tests {
 
     #[test]
     fn both_lists_compile() {
-        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Api] {
             for mode in [Mode::On, Mode::Log] {
                 assert!(Filter::new(kind, mode).unwrap().is_some());
             }
@@ -422,7 +470,7 @@ mod tests {
 
     #[test]
     fn no_call_is_listed_twice_or_both_with_and_without_checks() {
-        for kind in [ThreadKind::Main, ThreadKind::Vcpu] {
+        for kind in [ThreadKind::Main, ThreadKind::Vcpu, ThreadKind::Api] {
             let mut unchecked = std::collections::HashSet::new();
             let mut checked = std::collections::HashSet::new();
             for rule in kind.rules() {
@@ -473,6 +521,14 @@ mod tests {
         }
         for nr in [SYS_open, SYS_openat, SYS_execve, SYS_clone, SYS_clone3] {
             assert!(MAIN.iter().all(|r| r.nr != nr), "{nr}");
+            assert!(API.iter().all(|r| r.nr != nr), "{nr}");
+        }
+        for nr in [SYS_socket, SYS_connect, SYS_ioctl, SYS_unlink] {
+            assert!(
+                API.iter()
+                    .all(|r| r.nr != nr || !matches!(r.args, Args::Any)),
+                "{nr}"
+            );
         }
     }
 }

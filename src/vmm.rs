@@ -1,20 +1,19 @@
 //! The boot recipe (`Vmm::new`, one linear sequence of named steps) and the run loop
 //! (`Vmm::run`: vCPU threads plus the main thread's event loop until something ends the VM).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use event_manager::{EventManager, MutEventSubscriber, SubscriberOps};
 use kvm_bindings::{KVM_MAX_CPUID_ENTRIES, kvm_pit_config};
 use kvm_ioctls::{Cap, Kvm, VmFd};
-use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use vm_memory::Address;
 
+use crate::api::running::{RunningApi, VmHandles};
 use crate::arch::x86_64::{acpi, boot, cpuid, emulated_ring0, layout, mptable, regs};
 use crate::bus::Bus;
 use crate::config::VmConfig;
@@ -26,7 +25,10 @@ use crate::devices::virtio::{self, BlockHandle, MmioSlots, VirtioContext};
 use crate::exit::{ExitHandle, ExitReason};
 use crate::memory::{self, GuestMem};
 use crate::seccomp::{self, ThreadKind};
+use crate::signals::{ExitWatcher, block_stop_signals};
+use crate::vcpu::pause::PauseControl;
 use crate::vcpu::probe::HaltProbe;
+use crate::vcpu::stats::ExitCounts;
 use crate::vcpu::{StartGate, Vcpu, VcpuThread};
 
 /// The event loop all device I/O runs on.
@@ -144,6 +146,10 @@ pub struct Vmm {
     completed: Arc<crate::vcpu::complete::Counts>,
     samples: Option<Arc<Mutex<Vec<u64>>>>,
     halt: Arc<HaltProbe>,
+    pause: Arc<PauseControl>,
+    exits: Arc<ExitCounts>,
+    i8042: Arc<Mutex<I8042>>,
+    api: Option<RunningApi>,
     timeout: Option<Duration>,
     seccomp: seccomp::Mode,
     process_start: Instant,
@@ -207,11 +213,7 @@ impl Vmm {
         }
 
         let serial = add_serial(&vm, &mut pio, &mut event_manager)?;
-        pio.insert(
-            Arc::new(Mutex::new(I8042::new(exit.clone()))),
-            layout::I8042_PORT,
-            layout::I8042_PORT_LEN,
-        )?;
+        let i8042 = add_i8042(&vm, &mut pio, exit.clone())?;
         let boot_timer = if config.boot_timer {
             let timer = Arc::new(Mutex::new(BootTimer::new(process_start)));
             mmio.insert(timer.clone(), layout::BOOT_TIMER_ADDR, 0x1000)?;
@@ -267,6 +269,8 @@ impl Vmm {
         let completed = Arc::new(crate::vcpu::complete::Counts::default());
         let samples = profile_path().map(|_| Arc::new(Mutex::new(Vec::new())));
         let halt = Arc::new(HaltProbe::new(config.cpus.into()));
+        let pause = Arc::new(PauseControl::new());
+        let exits = Arc::new(ExitCounts::default());
         let mut vcpus = Vec::with_capacity(config.cpus.into());
         for index in 0..config.cpus {
             let fd = vm
@@ -293,6 +297,8 @@ impl Vmm {
                 completed: completed.clone(),
                 samples: samples.clone(),
                 halt: halt.clone(),
+                pause: pause.clone(),
+                exits: exits.clone(),
             });
         }
         mark("vCPUs configured");
@@ -313,6 +319,10 @@ impl Vmm {
             completed,
             samples,
             halt,
+            pause,
+            exits,
+            i8042,
+            api: None,
             timeout: config.timeout,
             seccomp: config.seccomp,
             process_start,
@@ -320,14 +330,43 @@ impl Vmm {
         })
     }
 
+    /// Serve the API (`--api-sock`) from the event loop while the VM runs.
+    pub fn attach_api(&mut self, api: RunningApi) {
+        self.api = Some(api);
+    }
+
+    /// The counters of the metrics line.
+    fn counters(&self) -> crate::api::metrics::Counters {
+        crate::api::metrics::Counters {
+            exits: self.exits.snapshot(),
+            completed: self.completed.snapshot(),
+            devices: self
+                .disks
+                .iter()
+                .enumerate()
+                .map(|(i, d)| (format!("block{i}"), d.stats()))
+                .collect(),
+            ..Default::default()
+        }
+    }
+
     /// Run until the guest or the user ends the VM; every vCPU thread is joined on return.
     pub fn run(mut self) -> Result<RunReport, Error> {
         let signals = block_stop_signals().map_err(io_err("cannot set up signal handling"))?;
-        self.event_manager
-            .add_subscriber(Arc::new(Mutex::new(ExitWatcher {
-                exit: self.exit.clone(),
-                signals,
-            })));
+        let watcher = Arc::new(Mutex::new(ExitWatcher {
+            exit: self.exit.clone(),
+            signals,
+        }));
+        // While paused, only this loop runs: stop signals, exits and the API; no device work.
+        let mut paused_loop = EventMgr::new().map_err(Error::EventLoop)?;
+        paused_loop.add_subscriber(watcher.clone());
+        self.event_manager.add_subscriber(watcher);
+        if let Some(channel) = self.api.as_ref().and_then(|a| a.channel.as_ref()) {
+            for mgr in [&mut self.event_manager, &mut paused_loop] {
+                let waker = crate::api::Waker(channel.wake.clone());
+                mgr.add_subscriber(Arc::new(Mutex::new(waker)));
+            }
+        }
         crate::vcpu::install_kick_handler()
             .map_err(io_err("cannot install the vCPU kick handler"))?;
 
@@ -379,7 +418,24 @@ impl Vmm {
         let mut next_sample = Instant::now();
         let mut next_probe = Instant::now() + HALT_PROBE_INTERVAL;
         let loop_result = loop {
-            if self.samples.is_some() && Instant::now() >= next_sample {
+            if let Some(mut api) = self.api.take() {
+                let counters = || self.counters();
+                let vm = VmHandles {
+                    pause: &self.pause,
+                    threads: &threads,
+                    exit: &self.exit,
+                    i8042: &self.i8042,
+                    counters: &counters,
+                };
+                api.serve(&vm);
+                api.tick(&vm);
+                self.api = Some(api);
+            }
+            let paused = self.pause.is_paused();
+            if paused {
+                next_probe = Instant::now() + HALT_PROBE_INTERVAL;
+            }
+            if self.samples.is_some() && !paused && Instant::now() >= next_sample {
                 threads.iter().for_each(VcpuThread::kick);
                 next_sample += PROFILE_INTERVAL;
             }
@@ -401,13 +457,19 @@ impl Vmm {
                 continue;
             }
             let wait = if self.samples.is_some() { 1 } else { 100 };
-            if let Err(e) = self.event_manager.run_with_timeout(wait) {
+            let events = if paused {
+                &mut paused_loop
+            } else {
+                &mut self.event_manager
+            };
+            if let Err(e) = events.run_with_timeout(wait) {
                 break Err(Error::EventLoop(e));
             }
         };
         if let Some(stop) = stop {
             stop.store(true, std::sync::atomic::Ordering::Release);
         }
+        self.pause.release();
         for t in threads {
             t.join();
         }
@@ -659,6 +721,16 @@ fn attach_virtio(
     Ok((disks, ctx.placed))
 }
 
+/// The i8042 at ports 0x60-0x64, its keyboard on IRQ 1.
+fn add_i8042(vm: &VmFd, pio: &mut Bus, exit: Arc<ExitHandle>) -> Result<Arc<Mutex<I8042>>, Error> {
+    let irq = EventFd::new(libc::EFD_NONBLOCK).map_err(io_err("cannot create the i8042 irqfd"))?;
+    vm.register_irqfd(&irq, layout::KEYBOARD_IRQ)
+        .map_err(kvm_err("register the i8042 irqfd"))?;
+    let dev = Arc::new(Mutex::new(I8042::new(exit, Some(irq))));
+    pio.insert(dev.clone(), layout::I8042_PORT, layout::I8042_PORT_LEN)?;
+    Ok(dev)
+}
+
 fn add_serial(
     vm: &VmFd,
     pio: &mut Bus,
@@ -677,61 +749,6 @@ fn add_serial(
         drained,
     ))));
     Ok(serial)
-}
-
-/// Block SIGINT, SIGTERM and SIGHUP in this thread (and the vCPU threads it will start) and
-/// return a signalfd that receives them, so the event loop handles them like any other event.
-fn block_stop_signals() -> std::io::Result<OwnedFd> {
-    // SAFETY: sigemptyset/sigaddset initialise the local set; pthread_sigmask and signalfd only
-    // read it. The returned fd is checked and then owned by the OwnedFd.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, sig);
-        }
-        let rc = libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-        if rc != 0 {
-            return Err(std::io::Error::from_raw_os_error(rc));
-        }
-        let fd = libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC);
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(OwnedFd::from_raw_fd(fd))
-    }
-}
-
-/// Wakes the event loop when an exit is requested, and turns stop signals into an exit.
-struct ExitWatcher {
-    exit: Arc<ExitHandle>,
-    signals: OwnedFd,
-}
-
-impl MutEventSubscriber for ExitWatcher {
-    fn init(&mut self, ops: &mut EventOps) {
-        for fd in [self.exit.eventfd().as_raw_fd(), self.signals.as_raw_fd()] {
-            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
-                log::error!("cannot watch for exit events: {e}");
-            }
-        }
-    }
-
-    fn process(&mut self, events: Events, _ops: &mut EventOps) {
-        if events.fd() == self.exit.eventfd().as_raw_fd() {
-            let _ = self.exit.eventfd().read();
-            return;
-        }
-        let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: reading at most `size` bytes into a buffer of exactly that size.
-        let n = unsafe { libc::read(self.signals.as_raw_fd(), info.as_mut_ptr().cast(), size) };
-        if n == size as isize {
-            // SAFETY: the kernel wrote a whole signalfd_siginfo.
-            let info = unsafe { info.assume_init() };
-            self.exit.request(ExitReason::Signal(info.ssi_signo as i32));
-        }
-    }
 }
 
 #[cfg(test)]

@@ -328,7 +328,7 @@ fn bad_disks() {
 
 #[test]
 fn missing_kernel_option_and_no_command() {
-    expect_error(&["run"], &[], &["required", "--kernel <PATH>"]);
+    expect_error(&["run"], &[], &["no kernel", "--kernel PATH", "--api-sock"]);
     let out = run(kite(), Duration::from_secs(30));
     assert_eq!(out.code, Some(2), "{}", out.stderr);
     assert!(

@@ -164,6 +164,14 @@ impl Counts {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// `(name, count)` for each instruction Kite completes (the metrics line).
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        vec![
+            (Completion::Int3.name(), self.int3.load(Ordering::Relaxed)),
+            (Completion::Fwait.name(), self.fwait.load(Ordering::Relaxed)),
+        ]
+    }
+
     /// "completed 14 instructions the host's KVM could not: int3 1, fwait 13", or `None`.
     pub fn summary(&self) -> Option<String> {
         let parts = [

@@ -4,7 +4,9 @@
 //! addresses.
 
 pub mod complete;
+pub mod pause;
 pub mod probe;
+pub mod stats;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -48,6 +50,10 @@ pub struct Vcpu {
     pub halt: Arc<probe::HaltProbe>,
     /// Guest RIPs seen when a kick interrupted KVM_RUN (`KITE_GUEST_PROFILE`).
     pub samples: Option<Arc<std::sync::Mutex<Vec<u64>>>>,
+    /// Where the vCPU parks while the VM is paused.
+    pub pause: Arc<pause::PauseControl>,
+    /// Exits handled, by kind (shared by all vCPUs).
+    pub exits: Arc<stats::ExitCounts>,
 }
 
 /// A running vCPU thread.
@@ -120,23 +126,36 @@ impl Vcpu {
 
     fn run(mut self, started: &std::sync::OnceLock<Instant>) {
         let index = self.index;
+        let exits = self.exits.clone();
+        let count = |c: &std::sync::atomic::AtomicU64| stats::ExitCounts::add(c);
         while !self.stop.load(Ordering::Acquire) {
+            if self.pause.requested() {
+                // Parked between two KVM_RUNs: the last exit has been handled in full.
+                self.pause.park();
+                if self.stop.load(Ordering::Acquire) {
+                    break;
+                }
+            }
             started.get_or_init(Instant::now);
             let reason = match self.fd.run() {
                 Ok(exit) => match exit {
                     VcpuExit::IoIn(port, data) => {
+                        count(&exits.io_in);
                         self.pio.read(u64::from(port), data);
                         None
                     }
                     VcpuExit::IoOut(port, data) => {
+                        count(&exits.io_out);
                         self.pio.write(u64::from(port), data);
                         None
                     }
                     VcpuExit::MmioRead(addr, data) => {
+                        count(&exits.mmio_read);
                         self.mmio.read(addr, data);
                         None
                     }
                     VcpuExit::MmioWrite(addr, data) => {
+                        count(&exits.mmio_write);
                         self.mmio.write(addr, data);
                         None
                     }
@@ -159,17 +178,23 @@ impl Vcpu {
                     VcpuExit::FailEntry(reason, cpu) => Some(ExitReason::Fatal(format!(
                         "vCPU {index}: KVM could not enter the guest (hardware entry failure reason {reason:#x} on host CPU {cpu})"
                     ))),
-                    VcpuExit::InternalError => self.internal_error().err().map(ExitReason::Fatal),
+                    VcpuExit::InternalError => {
+                        count(&exits.internal_error);
+                        self.internal_error().err().map(ExitReason::Fatal)
+                    }
                     VcpuExit::Intr => {
+                        count(&exits.interrupted);
                         self.on_kick();
                         None
                     }
                     other => {
+                        count(&exits.other);
                         log::debug!("vCPU {index}: ignoring exit {other:?}");
                         None
                     }
                 },
                 Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                    count(&exits.interrupted);
                     self.on_kick();
                     None
                 }

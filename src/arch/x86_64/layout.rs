@@ -60,6 +60,8 @@ pub const ACPI_RESET_VALUE: u8 = 0x1;
 
 /// IRQ lines (IOAPIC pins).
 pub const SERIAL_IRQ: u32 = 4;
+/// The i8042's keyboard interrupt.
+pub const KEYBOARD_IRQ: u32 = 1;
 pub const FIRST_DEVICE_IRQ: u32 = 5;
 pub const LAST_DEVICE_IRQ: u32 = 23;
 /// Number of IOAPIC pins the in-kernel irqchip has.

@@ -89,10 +89,31 @@ struct Range {
     unmap: bool,
 }
 
+/// Requests completed, data bytes they moved (either way) and failed requests, for the
+/// metrics line.
+#[derive(Debug, Default)]
+pub struct BlockStats {
+    pub requests: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+}
+
+impl BlockStats {
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        use std::sync::atomic::Ordering::Relaxed;
+        vec![
+            ("requests", self.requests.load(Relaxed)),
+            ("bytes", self.bytes.load(Relaxed)),
+            ("errors", self.errors.load(Relaxed)),
+        ]
+    }
+}
+
 /// The request side of the device: the disk and what it logs.
 struct Requests {
     disk: Disk,
     log: LogLimiter,
+    stats: std::sync::Arc<BlockStats>,
 }
 
 /// A virtio-blk device.
@@ -141,6 +162,7 @@ impl Block {
             requests: Requests {
                 disk,
                 log: LogLimiter::new(),
+                stats: Default::default(),
             },
             features,
             config,
@@ -156,6 +178,10 @@ impl Block {
 
     pub fn path(&self) -> &std::path::Path {
         &self.requests.disk.path
+    }
+
+    pub fn stats(&self) -> std::sync::Arc<BlockStats> {
+        self.requests.stats.clone()
     }
 }
 
@@ -182,9 +208,12 @@ impl Requests {
                 chain.head()
             ));
         };
+        use std::sync::atomic::Ordering::Relaxed;
+        self.stats.requests.fetch_add(1, Relaxed);
         let (status, written) = match self.execute(mem, chain) {
             Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
             Err(e) => {
+                self.stats.errors.fetch_add(1, Relaxed);
                 if self.log.allow() {
                     match e {
                         RequestError::Io(ref io) => {
@@ -214,6 +243,10 @@ impl Requests {
         };
         let mut raw = [0u8; HEADER_LEN as usize];
         header.read_exact(mem, &mut raw)?;
+        self.stats.bytes.fetch_add(
+            data_out.len().saturating_add(data_in.len()),
+            std::sync::atomic::Ordering::Relaxed,
+        );
         let kind = u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]);
         let sector = u64::from_le_bytes([
             raw[8], raw[9], raw[10], raw[11], raw[12], raw[13], raw[14], raw[15],

@@ -13,7 +13,7 @@
 //! The VMM attaches devices with [`attach_block`], [`attach_rng`], [`attach_net`] and
 //! [`attach_vsock`], and calls [`BlockHandle::sync`] on every disk at shutdown.
 
-mod block;
+pub mod block;
 mod chain;
 mod device;
 mod disk;
@@ -199,10 +199,16 @@ pub struct Placement {
 #[derive(Clone)]
 pub struct BlockHandle {
     device: Arc<Mutex<Block>>,
+    stats: Arc<block::BlockStats>,
     pub placement: Placement,
 }
 
 impl BlockHandle {
+    /// `(counter, value)` pairs for the metrics line (read without the device's lock).
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        self.stats.snapshot()
+    }
+
     /// Make everything the guest wrote to the disk durable (fdatasync). Waits for a request the
     /// device is working on to complete first. Call it for every disk at shutdown.
     pub fn sync(&self) -> Result<(), Error> {
@@ -217,9 +223,15 @@ impl BlockHandle {
 /// Open `disk` (locked against other writers) and attach it as a virtio-blk device.
 pub fn attach_block(ctx: &mut VirtioContext<'_>, disk: &DiskConfig) -> Result<BlockHandle, Error> {
     let image = disk::Disk::open(&disk.path, disk.readonly)?;
-    let device = Arc::new(Mutex::new(Block::new(image)));
+    let block = Block::new(image);
+    let stats = block.stats();
+    let device = Arc::new(Mutex::new(block));
     let placement = attach(ctx, device.clone())?;
-    Ok(BlockHandle { device, placement })
+    Ok(BlockHandle {
+        device,
+        stats,
+        placement,
+    })
 }
 
 /// Attach a virtio-rng device fed by the host's getrandom.

@@ -1,0 +1,433 @@
+//! Firecracker's request bodies and configuration-file sections, as serde types with
+//! Firecracker's JSON field names. Unknown fields are refused by serde; fields Firecracker has
+//! and Kite does not implement are accepted only with the value that means "off" (null, false,
+//! "None", ...), and any other value is refused naming the field ([`Unsupported`]).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A field Kite knows from Firecracker but does not implement, given a value other than the
+/// one meaning "not used".
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: Kite does not support {what} yet; leave the field out (or null)")]
+pub struct Unsupported {
+    pub field: String,
+    pub what: &'static str,
+}
+
+/// `field` may only be absent, null, or one of `allowed`.
+fn only(
+    field: &str,
+    value: &Option<Value>,
+    allowed: &[Value],
+    what: &'static str,
+) -> Result<(), Unsupported> {
+    match value {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if allowed.contains(v) => Ok(()),
+        Some(_) => Err(Unsupported {
+            field: field.to_string(),
+            what,
+        }),
+    }
+}
+
+/// `PUT /boot-source`, the file's `boot-source`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootSource {
+    pub kernel_image_path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_args: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initrd_path: Option<String>,
+}
+
+/// `PUT`/`GET /machine-config`, the file's `machine-config`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfig {
+    pub vcpu_count: u8,
+    pub mem_size_mib: u64,
+    #[serde(default)]
+    pub smt: bool,
+    #[serde(default)]
+    pub track_dirty_pages: bool,
+    #[serde(default = "huge_pages_none")]
+    pub huge_pages: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_template: Option<Value>,
+}
+
+fn huge_pages_none() -> String {
+    "None".into()
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            vcpu_count: 1,
+            mem_size_mib: 256,
+            smt: false,
+            track_dirty_pages: false,
+            huge_pages: huge_pages_none(),
+            cpu_template: None,
+        }
+    }
+}
+
+impl MachineConfig {
+    pub fn check(&self) -> Result<(), Unsupported> {
+        let unsupported = |field: &str, what| {
+            Err(Unsupported {
+                field: format!("machine-config.{field}"),
+                what,
+            })
+        };
+        if self.smt {
+            return unsupported("smt", "simultaneous multithreading");
+        }
+        if self.track_dirty_pages {
+            return unsupported("track_dirty_pages", "dirty page tracking (snapshots)");
+        }
+        if self.huge_pages != "None" {
+            return unsupported("huge_pages", "huge pages");
+        }
+        only(
+            "machine-config.cpu_template",
+            &self.cpu_template,
+            &[Value::from("None")],
+            "CPU templates",
+        )
+    }
+}
+
+/// `PATCH /machine-config`: any subset of the fields.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MachineConfigUpdate {
+    pub vcpu_count: Option<u8>,
+    pub mem_size_mib: Option<u64>,
+    pub smt: Option<bool>,
+    pub track_dirty_pages: Option<bool>,
+    pub huge_pages: Option<String>,
+    pub cpu_template: Option<Value>,
+}
+
+impl MachineConfigUpdate {
+    pub fn apply(self, to: &MachineConfig) -> MachineConfig {
+        MachineConfig {
+            vcpu_count: self.vcpu_count.unwrap_or(to.vcpu_count),
+            mem_size_mib: self.mem_size_mib.unwrap_or(to.mem_size_mib),
+            smt: self.smt.unwrap_or(to.smt),
+            track_dirty_pages: self.track_dirty_pages.unwrap_or(to.track_dirty_pages),
+            huge_pages: self.huge_pages.unwrap_or_else(|| to.huge_pages.clone()),
+            cpu_template: self.cpu_template.or_else(|| to.cpu_template.clone()),
+        }
+    }
+}
+
+/// `PUT /drives/{drive_id}`, an entry of the file's `drives`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Drive {
+    pub drive_id: String,
+    pub path_on_host: String,
+    pub is_root_device: bool,
+    #[serde(default)]
+    pub is_read_only: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partuuid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub io_engine: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socket: Option<Value>,
+}
+
+impl Drive {
+    pub fn check(&self) -> Result<(), Unsupported> {
+        let field = |f: &str| format!("drives[{}].{f}", self.drive_id);
+        if self.partuuid.is_some() {
+            return Err(Unsupported {
+                field: field("partuuid"),
+                what: "root devices named by partition UUID",
+            });
+        }
+        let cache = self.cache_type.as_deref().map(Value::from);
+        only(
+            &field("cache_type"),
+            &cache,
+            &[Value::from("Unsafe"), Value::from("Writeback")],
+            "cache types other than Unsafe and Writeback",
+        )?;
+        let engine = self.io_engine.as_deref().map(Value::from);
+        only(
+            &field("io_engine"),
+            &engine,
+            &[Value::from("Sync")],
+            "the Async (io_uring) engine",
+        )?;
+        only(
+            &field("rate_limiter"),
+            &self.rate_limiter,
+            &[],
+            "rate limiters",
+        )?;
+        only(&field("socket"), &self.socket, &[], "vhost-user drives")
+    }
+}
+
+/// `PUT /network-interfaces/{iface_id}`, an entry of the file's `network-interfaces`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkInterface {
+    pub iface_id: String,
+    pub host_dev_name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_mac: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rx_rate_limiter: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tx_rate_limiter: Option<Value>,
+}
+
+impl NetworkInterface {
+    pub fn check(&self) -> Result<(), Unsupported> {
+        let field = |f: &str| format!("network-interfaces[{}].{f}", self.iface_id);
+        only(
+            &field("rx_rate_limiter"),
+            &self.rx_rate_limiter,
+            &[],
+            "rate limiters",
+        )?;
+        only(
+            &field("tx_rate_limiter"),
+            &self.tx_rate_limiter,
+            &[],
+            "rate limiters",
+        )
+    }
+}
+
+/// `PUT /vsock`, the file's `vsock`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Vsock {
+    /// Deprecated in Firecracker, accepted and ignored there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock_id: Option<String>,
+    pub guest_cid: u32,
+    pub uds_path: String,
+}
+
+/// `PUT /entropy`, the file's `entropy`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entropy {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limiter: Option<Value>,
+}
+
+impl Entropy {
+    pub fn check(&self) -> Result<(), Unsupported> {
+        only(
+            "entropy.rate_limiter",
+            &self.rate_limiter,
+            &[],
+            "rate limiters",
+        )
+    }
+}
+
+/// `PUT /logger`, the file's `logger`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Logger {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub level: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_level: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub show_log_origin: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<String>,
+}
+
+impl Logger {
+    pub fn check(&self) -> Result<(), Unsupported> {
+        if self.module.is_some() {
+            return Err(Unsupported {
+                field: "logger.module".into(),
+                what: "filtering the log by module",
+            });
+        }
+        if let Some(level) = &self.level {
+            crate::logging::parse_level(level).map_err(|_| Unsupported {
+                field: "logger.level".into(),
+                what: "that level (use Error, Warning, Info, Debug, Trace or Off)",
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /metrics`, the file's `metrics`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Metrics {
+    pub metrics_path: String,
+}
+
+/// Firecracker's configuration file (`--config-file`), also what `GET /vm/config` returns.
+/// Sections Firecracker has and Kite does not (balloon, MMDS, CPU config) are refused.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FullConfig {
+    #[serde(
+        rename = "boot-source",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub boot_source: Option<BootSource>,
+    #[serde(rename = "machine-config", default)]
+    pub machine_config: Option<MachineConfig>,
+    #[serde(default)]
+    pub drives: Vec<Drive>,
+    #[serde(rename = "network-interfaces", default)]
+    pub network_interfaces: Vec<NetworkInterface>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vsock: Option<Vsock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entropy: Option<Entropy>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logger: Option<Logger>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<Metrics>,
+    #[serde(default, skip_serializing)]
+    pub balloon: Option<Value>,
+    #[serde(rename = "mmds-config", default, skip_serializing)]
+    pub mmds_config: Option<Value>,
+    #[serde(rename = "cpu-config", default, skip_serializing)]
+    pub cpu_config: Option<Value>,
+}
+
+impl FullConfig {
+    /// Every field's value is one Kite implements.
+    pub fn check(&self) -> Result<(), Unsupported> {
+        only("balloon", &self.balloon, &[], "the balloon device")?;
+        only("mmds-config", &self.mmds_config, &[], "MMDS")?;
+        only("cpu-config", &self.cpu_config, &[], "custom CPU templates")?;
+        if let Some(m) = &self.machine_config {
+            m.check()?;
+        }
+        for d in &self.drives {
+            d.check()?;
+        }
+        for n in &self.network_interfaces {
+            n.check()?;
+        }
+        if let Some(e) = &self.entropy {
+            e.check()?;
+        }
+        if let Some(l) = &self.logger {
+            l.check()?;
+        }
+        Ok(())
+    }
+}
+
+/// `PUT /actions`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Action {
+    pub action_type: String,
+}
+
+/// `PATCH /vm`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmState {
+    pub state: String,
+}
+
+/// `GET /`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceInfo {
+    pub id: String,
+    pub state: String,
+    pub vmm_version: String,
+    pub app_name: String,
+}
+
+/// Every error body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    pub fault_message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_firecracker_config_file_parses() {
+        let text = r#"{
+            "boot-source": {"kernel_image_path": "vmlinux", "boot_args": "console=ttyS0", "initrd_path": null},
+            "drives": [{"drive_id": "rootfs", "path_on_host": "r.img", "is_root_device": true,
+                        "is_read_only": false, "cache_type": "Unsafe", "io_engine": "Sync",
+                        "rate_limiter": null}],
+            "machine-config": {"vcpu_count": 2, "mem_size_mib": 1024, "smt": false,
+                               "track_dirty_pages": false, "huge_pages": "None"},
+            "network-interfaces": [{"iface_id": "eth0", "guest_mac": "06:00:ac:10:00:02",
+                                    "host_dev_name": "tap0"}],
+            "vsock": {"guest_cid": 3, "uds_path": "./v.sock"},
+            "entropy": {},
+            "logger": {"log_path": "log", "level": "Info", "show_level": false},
+            "metrics": {"metrics_path": "m"},
+            "balloon": null
+        }"#;
+        let c: FullConfig = serde_json::from_str(text).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.machine_config.as_ref().unwrap().vcpu_count, 2);
+        assert_eq!(c.drives[0].drive_id, "rootfs");
+        assert_eq!(c.vsock.as_ref().unwrap().uds_path, "./v.sock");
+    }
+
+    #[test]
+    fn unknown_fields_and_unsupported_values_name_the_field() {
+        let e = serde_json::from_str::<MachineConfig>(r#"{"vcpu_count":1,"mem_size_mib":1,"x":1}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("unknown field `x`"), "{e}");
+        let m: MachineConfig =
+            serde_json::from_str(r#"{"vcpu_count":1,"mem_size_mib":64,"smt":true}"#).unwrap();
+        assert_eq!(m.check().unwrap_err().field, "machine-config.smt");
+        let c: FullConfig = serde_json::from_str(r#"{"balloon":{"amount_mib":1}}"#).unwrap();
+        let e = c.check().unwrap_err();
+        assert_eq!(e.field, "balloon");
+        assert!(e.to_string().contains("does not support"), "{e}");
+        let d: Drive = serde_json::from_str(
+            r#"{"drive_id":"a","path_on_host":"p","is_root_device":false,"io_engine":"Async"}"#,
+        )
+        .unwrap();
+        assert_eq!(d.check().unwrap_err().field, "drives[a].io_engine");
+        let d: Drive = serde_json::from_str(
+            r#"{"drive_id":"a","path_on_host":"p","is_root_device":false,"rate_limiter":{"bandwidth":{}}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.check().unwrap_err().field, "drives[a].rate_limiter");
+    }
+
+    #[test]
+    fn patch_changes_only_what_it_names() {
+        let m = MachineConfig::default();
+        let u: MachineConfigUpdate = serde_json::from_str(r#"{"vcpu_count":3}"#).unwrap();
+        let n = u.apply(&m);
+        assert_eq!((n.vcpu_count, n.mem_size_mib), (3, 256));
+    }
+}
