@@ -340,7 +340,10 @@ pub const API: &[Rule] = &[
     // New connections (std's accept, SOCK_CLOEXEC), made non-blocking (set_nonblocking).
     with(SYS_accept4, eq(3, SOCK_CLOEXEC as u64)),
     ioctl(FIONBIO),
-    // Requests in, responses out; the wake-up eventfd of the main thread; log lines.
+    // Requests in and responses out (std's recv, and send with MSG_NOSIGNAL so that a client
+    // gone is EPIPE, not SIGPIPE); the wake-up eventfd of the main thread; log lines.
+    with(SYS_recvfrom, eq(3, 0)),
+    with(SYS_sendto, eq(3, MSG_NOSIGNAL as u64)),
     any(SYS_read),
     any(SYS_write),
     // Connections closed.

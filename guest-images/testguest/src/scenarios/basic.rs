@@ -1,4 +1,4 @@
-//! `hello`, `echo`, `pio-rtt`, `mmio-rtt`.
+//! `hello`, `echo`, `tick`, `pio-rtt`, `mmio-rtt`.
 
 use core::fmt::Write;
 
@@ -44,6 +44,30 @@ pub fn echo(_ctx: &mut Ctx) -> Outcome {
             None => core::hint::spin_loop(),
         }
     }
+}
+
+/// Prints `tick <k>` (k = 1, 2, ...) on its own line every `kite_tick_ms` ms (default 10) of
+/// TSC time, the next deadline counted from the line before, so that a guest stopped for a
+/// while prints one line when it goes on, not a burst. Ends after `kite_n` ticks (default
+/// 100000) or when a byte arrives on the console: `ticks=<k>`.
+pub fn tick(ctx: &mut Ctx) -> Outcome {
+    let n = ctx.n(100_000);
+    let every = ms_to_ticks(ctx.cmdline.get_u64("kite_tick_ms").unwrap_or(10).max(1));
+    let mut next = rdtsc().wrapping_add(every);
+    let mut ticks = 0u64;
+    while ticks < n {
+        if serial::try_getb().is_some() {
+            break;
+        }
+        let now = rdtsc();
+        if now >= next {
+            ticks += 1;
+            let _ = writeln!(serial::Serial, "tick {ticks}");
+            next = now.wrapping_add(every);
+        }
+        core::hint::spin_loop();
+    }
+    ok!("ticks={}", ticks)
 }
 
 /// Times `n` round trips through the VMM with `op`: `cycles_per_rtt=<n> n=<N>`.

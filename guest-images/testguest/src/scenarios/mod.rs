@@ -47,6 +47,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: basic::echo,
     },
     Scenario {
+        name: "tick",
+        run: basic::tick,
+    },
+    Scenario {
         name: "pio-rtt",
         run: basic::pio_rtt,
     },
