@@ -74,6 +74,41 @@ fn bench_runs_cpu_and_pio_rtt_side_by_side() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `kite bench pause-resume --runs 1`: 100 pauses and resumes over the API socket, the two
+/// guest-only rows with positive figures.
+#[test]
+fn bench_pause_resume_has_both_latencies() {
+    if let Some(reason) = kvm_unavailable() {
+        skip("bench pause-resume", &reason);
+        return;
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let mut cmd = kite();
+    cmd.args([
+        "bench",
+        "--runs",
+        "1",
+        "--guest",
+        path_str(&elf),
+        "pause-resume",
+    ]);
+    let out = run(cmd, Duration::from_secs(120));
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for name in [
+        "pause-resume: PATCH /vm Paused to all vCPUs parked (median of 100)",
+        "pause-resume: PATCH /vm Resumed to all vCPUs running (median of 100)",
+    ] {
+        let row = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row in\n{}", out.stdout));
+        let f = figures(row, name);
+        assert_eq!(f.len(), 3, "{row}");
+        assert!(f.iter().all(|&x| x > 0.0), "{row}");
+    }
+}
+
 /// `kite bench scale --runs 1`: every machine has its six figures, positive and in time order,
 /// or (where this host cannot hold it) one n/a row saying why; the JSON has its rows and a
 /// result line per machine started, the SVG its chart.
@@ -168,7 +203,7 @@ fn bench_rejects_an_unknown_workload() {
     assert_eq!(
         out.error_lines(),
         [
-            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, linux-boot, virtio-blk, virtio-net"
+            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, linux-boot, virtio-blk, virtio-net, pause-resume"
         ]
     );
 }

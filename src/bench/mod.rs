@@ -14,6 +14,9 @@
 //! guest only and starts the test guest as `startup` does in machines from 64 MiB to 16 GiB and
 //! from 1 to 32 vCPUs ([`scale`]), each once per run.
 //!
+//! `pause-resume` is guest only: [`pause::CYCLES`] pauses and resumes of the test guest over
+//! the API socket per run ([`pause`]).
+//!
 //! Files: [`workloads`] (what runs, which rows), [`linux`] (the `linux-boot` workload),
 //! [`scale`] (the `scale` workload),
 //! [`runner`] (children with time limits, finding the test guest), [`line`] and [`timeline`]
@@ -26,6 +29,7 @@ pub mod line;
 pub mod linux;
 pub mod milestones;
 pub mod net;
+pub mod pause;
 pub mod report;
 pub mod runner;
 pub mod scale;
@@ -47,7 +51,7 @@ use workloads::{Ctx, Outcome, Sample, Side, Workload};
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Workloads to run (default: all): cpu, mem, pio-rtt, mmio-rtt, startup, scale,
-    /// linux-boot, virtio-blk, virtio-net.
+    /// linux-boot, virtio-blk, virtio-net, pause-resume.
     #[arg(value_name = "WORKLOAD")]
     pub workloads: Vec<String>,
     /// Runs of each side of each workload [default: 5, and 3 for linux-boot, whose boot takes
@@ -519,7 +523,7 @@ mod tests {
         let e = parse_args(&args(&["gpu"], "1")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, linux-boot, virtio-blk, virtio-net"
+            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, linux-boot, virtio-blk, virtio-net, pause-resume"
         );
         assert_eq!(e.exit_code(), 2);
         for bad in ["0", "-1", "x", "1001"] {

@@ -48,9 +48,11 @@ pub enum Workload {
     /// virtio-blk, 1 MiB requests in order.
     BlkSeq,
     VirtioNet,
+    /// `PATCH /vm` Paused and Resumed over the API socket.
+    PauseResume,
 }
 
-pub const ALL: [Workload; 10] = [
+pub const ALL: [Workload; 11] = [
     Workload::Cpu,
     Workload::Mem,
     Workload::PioRtt,
@@ -61,6 +63,7 @@ pub const ALL: [Workload; 10] = [
     Workload::BlkRand,
     Workload::BlkSeq,
     Workload::VirtioNet,
+    Workload::PauseResume,
 ];
 
 /// The names `kite bench` takes, in order (`virtio-blk` stands for both of its workloads).
@@ -111,6 +114,7 @@ impl Workload {
             Workload::LinuxBoot => "linux-boot",
             Workload::BlkRand | Workload::BlkSeq => "virtio-blk",
             Workload::VirtioNet => "virtio-net",
+            Workload::PauseResume => "pause-resume",
         }
     }
 
@@ -127,6 +131,7 @@ impl Workload {
     fn scenario(self) -> &'static str {
         match self {
             Workload::Startup | Workload::Scale => "hello",
+            Workload::PauseResume => "tick",
             w => w.name(),
         }
     }
@@ -348,6 +353,15 @@ pub fn run_once(ctx: &Ctx, w: Workload, side: Side) -> Outcome {
             None => Outcome::Failed("no Linux guest images".into()),
         };
     }
+    if w == Workload::PauseResume {
+        let Some(guest) = ctx.guest else {
+            return Outcome::Failed("no test guest".into());
+        };
+        let scratch = std::env::temp_dir().join(format!("kite-bench-pause-{}", std::process::id()));
+        let outcome = super::pause::run_once(ctx.exe, guest, &scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        return outcome;
+    }
     run_command(w, command(ctx, w, side))
 }
 
@@ -464,6 +478,7 @@ pub fn rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Ro
         // Its samples are kept per machine shape and its rows made by `scale::rows`.
         Workload::Scale => failed(w, "scale's rows are made per machine shape".into()),
         Workload::LinuxBoot => linux::rows(guest),
+        Workload::PauseResume => super::pause::rows(guest),
         Workload::BlkRand | Workload::BlkSeq => blk_rows(ctx, w, host, guest),
         Workload::VirtioNet => {
             let rtt = |samples: &[Sample]| -> Option<Vec<f64>> {
@@ -559,7 +574,7 @@ mod tests {
             [Workload::BlkRand, Workload::BlkSeq]
         );
         assert!(from_name("nope").is_empty());
-        assert_eq!(names().len(), 9);
+        assert_eq!(names().len(), 10);
         assert_eq!(from_name("linux-boot"), [Workload::LinuxBoot]);
     }
 
