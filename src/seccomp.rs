@@ -1,8 +1,9 @@
 //! Seccomp filters: the system calls each kind of Kite thread may make once the guest runs.
 //!
-//! `kite run` has two kinds of thread (see docs/ARCHITECTURE.md): the main thread, which runs
-//! the event loop (every device's I/O) and then the teardown, and one thread per vCPU (KVM_RUN
-//! and the exits it hands to the buses). Each gets its own allow-list below, installed after
+//! `kite run` has three kinds of thread (see docs/ARCHITECTURE.md): the main thread, which runs
+//! the event loop (every device's I/O) and then the teardown, one thread per vCPU (KVM_RUN
+//! and the exits it hands to the buses) and, with `--api-sock`, the API thread (HTTP only; it
+//! installs its list when it starts, before the VM is even configured). Each gets its own allow-list below, installed after
 //! start-up and before the guest's first instruction: every vCPU thread installs its own before
 //! it waits at the start gate, and the main thread installs its own after starting them and
 //! before it opens the gate (`Vmm::run`). A filter cannot be removed, so the lists also cover
