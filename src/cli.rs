@@ -185,6 +185,7 @@ impl RunArgs {
             return Err(Error::NoApi);
         }
         let extras = self.extras()?;
+        self.log_level()?;
         let from_file = self.config_file.is_some();
         let mut layout = match &self.config_file {
             Some(path) => crate::api::read_config_file(path).map_err(Error::File)?,
@@ -338,5 +339,63 @@ impl RunArgs {
                 .clone()
                 .unwrap_or_else(|| "anonymous-instance".into()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    fn plan(args: &[&str]) -> Result<Plan, Error> {
+        let mut argv = vec!["kite", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(run) => run.plan(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn flags_alone_keep_their_defaults() {
+        let p = plan(&["--kernel", "k"]).unwrap();
+        let vm = p.boot.unwrap();
+        assert_eq!((vm.cpus, vm.memory, vm.rng), (1, 256 << 20, true));
+        assert_eq!(vm.cmdline, crate::config::DEFAULT_CMDLINE);
+        assert_eq!(p.id, "anonymous-instance");
+        let vm = plan(&[
+            "--kernel",
+            "k",
+            "--memory",
+            "65540K",
+            "--cpus",
+            "3",
+            "--no-rng",
+            "--disk",
+            "a.img,readonly",
+            "--net",
+            "tap=t0,mac=02:00:00:00:00:01",
+        ])
+        .unwrap()
+        .boot
+        .unwrap();
+        assert_eq!((vm.cpus, vm.memory, vm.rng), (3, 65540 << 10, false));
+        assert!(vm.disks[0].readonly);
+        assert_eq!(vm.nets[0].mac, [2, 0, 0, 0, 0, 1]);
+    }
+
+    #[test]
+    fn api_sock_without_a_kernel_waits_and_no_kernel_at_all_is_an_error() {
+        let p = plan(&["--api-sock", "/tmp/a.sock", "--memory", "64M"]).unwrap();
+        assert!(p.boot.is_none());
+        assert_eq!(p.layout.machine_config.unwrap().mem_size_mib, 64);
+        assert!(matches!(plan(&[]), Err(Error::NoKernel)));
+        assert!(matches!(
+            plan(&["--no-api", "--api-sock", "x"]),
+            Err(Error::NoApi)
+        ));
+        let e = plan(&["--kernel", "k", "--level", "loud"]).unwrap_err();
+        assert!(matches!(e, Error::Level(_)), "{e}");
+        assert!(e.to_string().contains("invalid log level 'loud'"), "{e}");
     }
 }
