@@ -63,6 +63,7 @@ corpus_tests!(
     virtio_mmio,
     loader,
     config,
+    api,
 );
 
 /// Each target has its libFuzzer binary in `fuzz/` (which only builds on nightly), and each

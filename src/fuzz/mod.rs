@@ -6,6 +6,7 @@
 //! seed corpus (`fuzz/corpus/<name>/`, written from [`Target::seeds`]) through its target as an
 //! ordinary test on stable. Not part of the interface the VMM uses.
 
+pub mod api;
 pub mod config;
 pub mod input;
 pub mod loader;
@@ -64,6 +65,11 @@ pub const TARGETS: &[Target] = &[
         name: "config",
         run: config::run,
         seeds: config::seeds,
+    },
+    Target {
+        name: "api",
+        run: api::run,
+        seeds: api::seeds,
     },
 ];
 
