@@ -14,7 +14,7 @@
 # this step's budget (it lands in ~/.cargo/bin, which a machine keeps). The instrumented build
 # goes to $KITE_FUZZ_TARGET_DIR (~/.cache/kite/fuzz-target), outside the checkout, so that CI's
 # fresh clones reuse the dependencies built before: about 3.5 minutes from nothing here, 30 s
-# for Kite alone; then 7 targets x 20 s, two at a time, take 85 s.
+# for Kite alone; then 8 targets x 20 s, two at a time, take about 95 s.
 #
 # A crash, a hang (10 s for one input) or running out of memory fails the run. Its input is
 # left in target/fuzz/artifacts/<target>/ (crash-*, timeout-*, oom-*); reproduce it with

@@ -139,6 +139,8 @@ pub enum Error {
     NoApi,
     #[error("{0}")]
     Level(String),
+    #[error("--memory {given} is more than this host's {host} MiB of RAM: give less")]
+    MemoryHost { given: String, host: u64 },
 }
 
 /// What `kite run` does: boot now, or serve the API until it says so.
@@ -322,7 +324,15 @@ impl RunArgs {
             (None, Some(_)) => None,
             (None, None) => return Err(Error::NoKernel),
             (Some(_), _) => {
-                let mut vm = convert::to_vm_config(&layout, &extras)?;
+                let mut vm = match convert::to_vm_config(&layout, &extras) {
+                    Err(convert::Error::MemoryHost { host, .. }) if memory.is_some() => {
+                        return Err(Error::MemoryHost {
+                            given: self.memory.clone().unwrap_or_default(),
+                            host,
+                        });
+                    }
+                    other => other?,
+                };
                 if let Some(bytes) = memory {
                     vm.memory = bytes;
                 }
