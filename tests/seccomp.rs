@@ -306,3 +306,21 @@ fn seccomp_off_says_so_and_filters_nothing() {
         "{stderr}"
     );
 }
+
+#[test]
+fn the_api_thread_is_filtered_too() {
+    let test = "the_api_thread_is_filtered_too";
+    let sock = std::env::temp_dir().join(format!("kite-seccomp-api-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let Some((modes, stderr)) = thread_modes(test, &["--api-sock", path_str(&sock)], 2) else {
+        return;
+    };
+    let mut names: Vec<&str> = modes
+        .iter()
+        .map(|(n, _)| n.as_str())
+        .filter(|n| !n.starts_with("kvm-"))
+        .collect();
+    names.sort_unstable();
+    assert_eq!(names, ["api", "kite", "vcpu0", "vcpu1"], "{modes:?}");
+    assert!(!sock.exists(), "the socket is removed at exit: {stderr}");
+}
