@@ -19,6 +19,23 @@ pub mod terminal;
 pub mod vcpu;
 pub mod vmm;
 
+/// `text` with every control character (a newline in a name the user gave, say) written as
+/// its escape, so that a message stays on one line.
+pub fn one_line(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// An error and its sources on one line, each source once (a message that already contains its
 /// source's text is not repeated).
 pub fn error_chain(err: &dyn std::error::Error) -> String {
@@ -32,5 +49,5 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         }
         source = e.source();
     }
-    text
+    one_line(&text)
 }

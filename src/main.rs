@@ -18,7 +18,7 @@ fn start(
     };
     let plan = args.plan().map_err(|e| fail(&e))?;
     let say = |e: String| {
-        eprintln!("kite: error: {e}");
+        eprintln!("kite: error: {}", kite::one_line(&e));
         2
     };
     if let Some(l) = &plan.layout.logger {

@@ -48,7 +48,7 @@ impl Response {
     /// An error with Firecracker's body, `{"fault_message": "..."}`.
     pub fn error(status: u16, message: impl Into<String>) -> Self {
         let fault = Fault {
-            fault_message: message.into(),
+            fault_message: crate::one_line(&message.into()),
         };
         Self {
             status,
@@ -244,5 +244,9 @@ mod tests {
             text.ends_with(r#"{"fault_message":"no \"kernel\""}"#),
             "{text}"
         );
+        // A newline the client put in a name stays escaped: the message is one line.
+        let r = Response::bad_request("unknown field `a\nb`");
+        let fault: Fault = serde_json::from_str(r.body.as_deref().unwrap()).unwrap();
+        assert_eq!(fault.fault_message, "unknown field `a\\nb`");
     }
 }

@@ -46,9 +46,9 @@ pub fn read_config_file(path: &std::path::Path) -> Result<types::FullConfig, Str
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read --config-file {}: {e}", path.display()))?;
     let config: types::FullConfig = serde_json::from_str(&text)
-        .map_err(|e| format!("--config-file {}: {e}", path.display()))?;
+        .map_err(|e| crate::one_line(&format!("--config-file {}: {e}", path.display())))?;
     config
         .check()
-        .map_err(|e| format!("--config-file {}: {e}", path.display()))?;
+        .map_err(|e| crate::one_line(&format!("--config-file {}: {e}", path.display())))?;
     Ok(config)
 }
