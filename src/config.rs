@@ -154,7 +154,7 @@ pub fn parse_mac(text: &str) -> Result<[u8; 6], Error> {
 }
 
 /// A random, locally administered, unicast MAC address.
-fn random_mac(tap: &str) -> [u8; 6] {
+pub(crate) fn random_mac(tap: &str) -> [u8; 6] {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded from the host's randomness, differently in each process.
     let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();

@@ -105,17 +105,16 @@ pub fn net(n: &NetworkInterface) -> Result<NetConfig, Error> {
             field: format!("network-interfaces[{}].host_dev_name", n.iface_id),
         });
     }
-    let mut text = format!("tap={}", n.host_dev_name);
-    if let Some(mac) = &n.guest_mac {
-        config::parse_mac(mac).map_err(|_| Error::Mac {
+    let mac = match &n.guest_mac {
+        Some(mac) => config::parse_mac(mac).map_err(|_| Error::Mac {
             id: n.iface_id.clone(),
             mac: mac.clone(),
-        })?;
-        text.push_str(&format!(",mac={mac}"));
-    }
-    config::parse_net(&text).map_err(|_| Error::Mac {
-        id: n.iface_id.clone(),
-        mac: n.guest_mac.clone().unwrap_or_default(),
+        })?,
+        None => config::random_mac(&n.host_dev_name),
+    };
+    Ok(NetConfig {
+        tap: n.host_dev_name.clone(),
+        mac,
     })
 }
 
