@@ -12,6 +12,7 @@ pub mod exit;
 pub mod fuzz;
 pub mod memory;
 pub mod seccomp;
+pub mod teardown;
 pub mod terminal;
 pub mod vcpu;
 pub mod vmm;

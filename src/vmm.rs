@@ -26,6 +26,7 @@ use crate::devices::virtio::{self, BlockHandle, MmioSlots, VirtioContext};
 use crate::exit::{ExitHandle, ExitReason};
 use crate::memory::{self, GuestMem};
 use crate::seccomp::{self, ThreadKind};
+use crate::teardown::Teardown;
 use crate::vcpu::probe::HaltProbe;
 use crate::vcpu::{StartGate, Vcpu, VcpuThread};
 
@@ -133,7 +134,7 @@ pub struct RunReport {
 
 pub struct Vmm {
     _kvm: Kvm,
-    _vm: VmFd,
+    vm: VmFd,
     mem: GuestMem,
     vcpus: Vec<Vcpu>,
     exit: Arc<ExitHandle>,
@@ -302,7 +303,7 @@ impl Vmm {
 
         Ok(Vmm {
             _kvm: kvm,
-            _vm: vm,
+            vm,
             mem,
             vcpus,
             exit,
@@ -321,7 +322,9 @@ impl Vmm {
     }
 
     /// Run until the guest or the user ends the VM; every vCPU thread is joined on return.
-    pub fn run(mut self) -> Result<RunReport, Error> {
+    /// Run the VM to its end. With the report comes what is left of the VM, for
+    /// [`Teardown::finish`] once the caller has said its last word.
+    pub fn run(mut self) -> Result<(RunReport, Teardown), Error> {
         let signals = block_stop_signals().map_err(io_err("cannot set up signal handling"))?;
         self.event_manager
             .add_subscriber(Arc::new(Mutex::new(ExitWatcher {
@@ -451,7 +454,7 @@ impl Vmm {
         if let Some((wall, _)) = boot_time {
             self.timeline.marks.push(("guest ready (boot timer)", wall));
         }
-        Ok(RunReport {
+        let report = RunReport {
             reason: self.exit.reason().unwrap_or(ExitReason::Fatal(
                 "VM stopped for no recorded reason".into(),
             )),
@@ -459,7 +462,11 @@ impl Vmm {
             timeline: self.timeline.clone(),
             boot_time,
             memory,
-        })
+        };
+        drop(serial);
+        // Everything else in `self` (devices, disks, sockets, the event loop) is dropped, and
+        // so closed, when this returns.
+        Ok((report, Teardown::new(self.vm, self.mem)))
     }
 }
 
