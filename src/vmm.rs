@@ -339,6 +339,9 @@ impl Vmm {
         let usage = memory::UsageProbe::new()
             .map_err(|e| log::debug!("{e}"))
             .ok();
+        let teardown_signal = crate::teardown::Signal::new()
+            .map_err(|e| log::debug!("no teardown pipe: {e}"))
+            .ok();
         let profile = profile_path().map(|path| {
             let file = std::fs::File::create(&path)
                 .map_err(|e| {
@@ -466,7 +469,7 @@ impl Vmm {
         drop(serial);
         // Everything else in `self` (devices, disks, sockets, the event loop) is dropped, and
         // so closed, when this returns.
-        Ok((report, Teardown::new(self.vm, self.mem)))
+        Ok((report, Teardown::new(self.vm, self.mem, teardown_signal)))
     }
 }
 
