@@ -12,6 +12,7 @@ use crate::report::Outcome;
 mod basic;
 mod bench;
 mod blk;
+mod blkfault;
 mod irq;
 mod net;
 mod ring0;
@@ -81,6 +82,18 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "virtio-blk",
         run: blk::virtio_blk,
+    },
+    Scenario {
+        name: "virtio-blk-fill",
+        run: blkfault::fill,
+    },
+    Scenario {
+        name: "virtio-blk-shrink",
+        run: blkfault::shrink,
+    },
+    Scenario {
+        name: "virtio-blk-flushlog",
+        run: blkfault::flushlog,
     },
     Scenario {
         name: "virtio-rng",
