@@ -168,8 +168,8 @@ impl Watched {
     }
 
     /// Waits for the exit (killing it after `limit`, which fails the test) and returns the
-    /// outcome.
-    pub fn finish(mut self, limit: Duration) -> Outcome {
+    /// outcome and the threads' CPU time as last seen.
+    pub fn finish(mut self, limit: Duration) -> (Outcome, ThreadCpu) {
         let status = loop {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break Some(s);
@@ -196,7 +196,7 @@ impl Watched {
             outcome.stdout,
             outcome.stderr
         );
-        outcome
+        (outcome, self.cpu())
     }
 }
 

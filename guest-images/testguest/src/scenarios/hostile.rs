@@ -252,13 +252,13 @@ pub fn notify(ctx: &mut Ctx) -> Outcome {
     Ok(line)
 }
 
-/// `hostile-reset`: `kite_n` rounds (default 200) of: virtio-blk set up, four 64 KiB writes
+/// `hostile-reset`: `kite_rounds` rounds (default 200) of: virtio-blk set up, four 64 KiB writes
 /// posted and notified, and the device reset at once; virtio-rng the same with a 64 KiB
 /// request; virtio-vsock (if present) with a connection request to `kite_vsock_port` posted.
 /// Then the `virtio-blk` check (the pattern of `kite_seed` over the disk) and a `virtio-rng`
 /// read: the disk ends up exactly as the check wrote it.
 pub fn reset(ctx: &mut Ctx) -> Outcome {
-    let rounds = ctx.n(200);
+    let rounds = ctx.cmdline.get_u64("kite_rounds").unwrap_or(200);
     let port = ctx.cmdline.get_u64("kite_vsock_port").unwrap_or(1234) as u32;
     let mut arena = Arena::new(&mut ctx.pages, 5 * (64 << 10) + 8192)?;
     let hdrs = arena.take(4 * 16, 16)?;
@@ -351,14 +351,14 @@ fn prefixed(what: &str, reason: &Line) -> Line {
     line
 }
 
-/// `hostile-mmio`: `kite_n` rounds (default 30) of random values written to every register
+/// `hostile-mmio`: `kite_rounds` rounds (default 30) of random values written to every register
 /// and the first 256 bytes of configuration space of every virtio-mmio device on the command
 /// line, 32-bit writes to each and as many 8- and 16-bit writes at random offsets (seeded by
 /// `kite_seed`). The identification registers must read the same after, every device must
 /// reset, and then the `virtio-rng` read (and the `virtio-blk` check, if there is a disk)
 /// must work.
 pub fn mmio_fuzz(ctx: &mut Ctx) -> Outcome {
-    let rounds = ctx.n(30);
+    let rounds = ctx.cmdline.get_u64("kite_rounds").unwrap_or(30);
     let mut rand = Rand(ctx.cmdline.get_u64("kite_seed").unwrap_or(1) | 1);
     let mut bases = [(0u64, 0u32); 16];
     let mut n = 0;

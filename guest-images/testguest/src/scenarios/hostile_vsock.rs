@@ -1,5 +1,5 @@
 //! `hostile-vsock`: virtio-vsock packets that lie, each on a fresh connection to the host's
-//! echo server at `kite_vsock_port` (default 1234), repeated `kite_n` times (default 20):
+//! echo server at `kite_vsock_port` (default 1234), repeated `kite_rounds` times (default 20):
 //!
 //! - `len`: an RW packet saying 4096 bytes and carrying 100;
 //! - `max`: an RW packet saying 0xffffffff bytes;
@@ -68,7 +68,7 @@ fn expect_echo(v: &mut RawVsock, local: u32, host: u32, want: u64) -> Result<(),
 }
 
 pub fn hostile_vsock(ctx: &mut Ctx) -> Outcome {
-    let rounds = ctx.n(20);
+    let rounds = ctx.cmdline.get_u64("kite_rounds").unwrap_or(20);
     let port = ctx.cmdline.get_u64("kite_vsock_port").unwrap_or(1234) as u32;
     let stall = ctx.cmdline.get_u64("kite_stall_port").unwrap_or(1235) as u32;
     let top = ctx
