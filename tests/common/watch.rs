@@ -5,14 +5,19 @@
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixListener;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::Outcome;
+use super::{Outcome, Run, kite, kvm_unavailable, path_str, run, skip, temp_file, testguest};
+
+/// Time limit of one run of a [`Machine`].
+pub const LIMIT: Duration = Duration::from_secs(90);
+/// The size of a [`Machine`]'s disk.
+pub const DISK: usize = 8 << 20;
 
 /// Kite's own memory figure at exit: the MiB of `memory: X MiB VMM overhead (peak RSS Y MiB
 /// ...)`, as (overhead, peak RSS).
@@ -282,4 +287,146 @@ pub fn unix_peer(
         }
     });
     (stats, handle)
+}
+
+/// A test-guest machine of 256 MiB with a disk, virtio-rng and vsock to host peers of the test's
+/// choosing (each at `<socket>_<port>`), for one test; the peers stop when it is dropped.
+pub struct Machine {
+    pub test: &'static str,
+    pub image: PathBuf,
+    pub socket: PathBuf,
+    /// Extra `kite run` arguments (e.g. `--net`), and a wrapper (e.g. `ip netns exec NS`).
+    pub extra: Vec<String>,
+    pub wrap: Vec<String>,
+    stop: Arc<AtomicBool>,
+    peers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Machine {
+    pub fn new(test: &'static str, peer_list: &[(u32, Peer)]) -> Option<Machine> {
+        if let Some(reason) = kvm_unavailable() {
+            skip(test, &reason);
+            return None;
+        }
+        let image = temp_file(test, "disk.img", &vec![0u8; DISK]);
+        let socket = image.with_file_name("v.sock");
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut peers = Vec::new();
+        for &(port, kind) in peer_list {
+            let path = PathBuf::from(format!("{}_{port}", path_str(&socket)));
+            peers.push(unix_peer(&path, kind, stop.clone()).1);
+        }
+        Some(Machine {
+            test,
+            image,
+            socket,
+            extra: Vec::new(),
+            wrap: Vec::new(),
+            stop,
+            peers,
+        })
+    }
+
+    pub fn command(&self, scenario: &str, words: &str) -> std::process::Command {
+        let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+        let cmdline = format!("kite_test={scenario} {words}");
+        let vsock = format!("cid=9,socket={}", path_str(&self.socket));
+        let mut cmd = match self.wrap.split_first() {
+            Some((program, args)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(args)
+                    .arg(env!("CARGO_BIN_EXE_kite"))
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                c
+            }
+            None => kite(),
+        };
+        cmd.args(["run", "--kernel", path_str(&elf), "--no-acpi"])
+            .args(["--memory", "256M", "--disk", path_str(&self.image)])
+            .args(["--vsock", &vsock, "--cmdline", cmdline.trim()])
+            .args(&self.extra);
+        cmd
+    }
+
+    /// Kite's own memory (MiB) in a benign run of this machine: the `load` scenario.
+    pub fn benign_overhead(&self) -> f64 {
+        let out = run(
+            self.command("load", "kite_seed=2 kite_vsock_bytes=64K"),
+            LIMIT,
+        );
+        let mem = memory_mib(&out.stderr);
+        Run::parse("load", out).expect_ok();
+        // The attack starts from a zeroed disk again.
+        std::fs::write(&self.image, vec![0u8; DISK]).unwrap();
+        mem.expect("a memory report").0
+    }
+
+    /// Runs `scenario`, which must say ok and end the VM normally, with Kite's memory within
+    /// 1 MiB of the benign run's; the result and the threads' CPU time.
+    pub fn attack(&self, scenario: &str, words: &str) -> (Run, ThreadCpu) {
+        self.attack_with(scenario, words, |_| {})
+    }
+
+    /// [`Machine::attack`], with `during` called on the running `kite` (to act on the host
+    /// side while the guest runs).
+    pub fn attack_with(
+        &self,
+        scenario: &str,
+        words: &str,
+        during: impl FnOnce(&mut Watched),
+    ) -> (Run, ThreadCpu) {
+        let benign = self.benign_overhead();
+        let mut w = Watched::spawn(self.command(scenario, words));
+        during(&mut w);
+        let (out, cpu) = w.finish(LIMIT);
+        let (overhead, peak) =
+            memory_mib(&out.stderr).unwrap_or_else(|| panic!("no memory report\n{}", out.stderr));
+        let r = Run::parse(scenario, out);
+        r.expect_ok();
+        eprintln!(
+            "{}: {scenario}: {} | Kite's own memory {overhead:.1} MiB (benign run {benign:.1}), \
+             peak RSS {peak:.1} MiB; CPU ms: vcpu0 {} main {}",
+            self.test,
+            r.result,
+            ThreadCpu::ms(cpu.of("vcpu")),
+            ThreadCpu::ms(cpu.of("kite"))
+        );
+        assert!(
+            overhead <= benign + 1.0,
+            "{scenario}: Kite's own memory grew to {overhead:.1} MiB (benign run: {benign:.1} MiB)"
+        );
+        (r, cpu)
+    }
+
+    /// Whether the image is all the pattern of `seed` (all zeroes for `None`).
+    pub fn disk_is(&self, seed: Option<u64>) {
+        let data = std::fs::read(&self.image).unwrap();
+        assert_eq!(data.len(), DISK, "the image changed size");
+        match seed {
+            Some(seed) => {
+                if let Some(off) = kite_workloads::disk_pattern_check(seed, 0, &data) {
+                    panic!("the image differs from the pattern of seed {seed} at byte {off}");
+                }
+            }
+            None => assert!(data.iter().all(|&b| b == 0), "the image was written"),
+        }
+    }
+}
+
+impl Machine {
+    /// Stops every host peer: their streams close and their listeners go.
+    pub fn stop_peers(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Machine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        for p in self.peers.drain(..) {
+            let _ = p.join();
+        }
+    }
 }
