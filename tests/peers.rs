@@ -37,6 +37,26 @@ fn a_host_reader_that_stalls_costs_at_most_the_advertised_buffer() {
     assert_eq!(r.get("rng_bytes"), "4096", "{}", r.result);
 }
 
+/// 128 connections to hosts that never read, each filled as far as the device lets it: the
+/// device cuts what it advertises so that all of them together are promised at most
+/// `HELD_BUDGET` (4 MiB; 16 connections get the full 256 KiB) and each at least 4 KiB. Before
+/// that budget Kite held 256 KiB per stalled connection (32 MiB here; 55 MiB at 200).
+#[test]
+fn many_stalled_connections_share_a_fixed_budget() {
+    const CONNS: u64 = 128;
+    let Some(m) = Machine::new("many_stalled_connections_share_a_fixed_budget", PEERS) else {
+        return;
+    };
+    // The budget, 4 KiB for each connection past it, and 2 MiB for the allocator's slack.
+    let allowance = 4.0 + CONNS as f64 * 4.0 / 1024.0 + 2.0;
+    let words = format!("kite_peer=stall kite_conns={CONNS}");
+    let (r, _) = m.attack_within("peers", &words, allowance, |_| {});
+    assert_eq!(r.num("conns"), CONNS, "{}", r.result);
+    assert_eq!(r.num("min_buf_alloc"), 4096, "{}", r.result);
+    assert!(r.num("buf_alloc") <= 256 << 10, "{}", r.result);
+    assert_eq!(r.get("rng_bytes"), "4096", "{}", r.result);
+}
+
 #[test]
 fn a_host_flood_stops_at_the_guests_credit() {
     let Some(m) = Machine::new("a_host_flood_stops_at_the_guests_credit", PEERS) else {

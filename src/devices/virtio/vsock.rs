@@ -6,7 +6,10 @@
 //!
 //! Stream sockets only. Data flows under the spec's credit scheme: the device never sends the
 //! guest more than the buffer the guest advertised ([`conn::Conn::credit`]), advertises a
-//! buffer of its own per connection, and tells the guest when it has room again. A packet the
+//! buffer of its own per connection, and tells the guest when it has room again. What it
+//! advertises is cut so that all connections together are never promised more than
+//! [`conn::HELD_BUDGET`] (but each at least [`conn::MIN_BUF_ALLOC`]): data held for hosts that
+//! do not read stays bounded however many connections a guest fills. A packet the
 //! device cannot act on (an unknown operation, a bad length, another socket type, another host
 //! CID, a port nobody listens on, a connection that does not exist) is answered with RST. A chain
 //! whose buffers are unusable is returned with a rate-limited log line; one that cannot be walked
@@ -43,7 +46,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::chain::{Chain, LayoutError};
 use super::device::{Active, BackendSet, LogLimiter, VirtioDevice, read_config_bytes};
 use crate::memory::GuestMem;
-use conn::{Conn, State};
+use conn::{BUF_ALLOC, Conn, HELD_BUDGET, MIN_BUF_ALLOC, State};
 use packet::{
     HDR_LEN, HOST_CID, Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
     OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
@@ -425,6 +428,7 @@ impl Vsock {
             return self.reset_guest(hdr, "cannot watch the stream");
         };
         let mut conn = Conn::new(stream, State::Established, hdr.src_port, hdr.dst_port);
+        conn.advertise(self.buf_alloc_for(None));
         conn.peer_credit(hdr);
         self.conns.insert(token, conn);
         self.ports.insert(key, token);
@@ -552,7 +556,8 @@ impl Vsock {
                         continue;
                     }
                     if let Some(token) = self.register(&stream) {
-                        let conn = Conn::new(stream, State::HostLine(Vec::new()), 0, 0);
+                        let mut conn = Conn::new(stream, State::HostLine(Vec::new()), 0, 0);
+                        conn.advertise(self.buf_alloc_for(None));
                         self.conns.insert(token, conn);
                         self.set_deadline(token, self.timeouts.line);
                     }
@@ -717,11 +722,29 @@ impl Vsock {
             .map(|(&t, _)| t)
     }
 
+    /// The buffer to advertise on connection `token` (a new one if `None`): what is left of
+    /// [`HELD_BUDGET`] after every other connection's promise, between [`MIN_BUF_ALLOC`] and
+    /// [`BUF_ALLOC`].
+    fn buf_alloc_for(&self, token: Option<u64>) -> u32 {
+        let others: u64 = self
+            .conns
+            .iter()
+            .filter(|(t, _)| Some(**t) != token)
+            .map(|(_, c)| c.promised())
+            .sum();
+        let left = HELD_BUDGET.saturating_sub(others);
+        u32::try_from(left)
+            .unwrap_or(u32::MAX)
+            .clamp(MIN_BUF_ALLOC, BUF_ALLOC)
+    }
+
     fn control_header(&mut self, control: &Control) -> Option<Header> {
         match *control {
             Control::Raw(hdr) => Some(hdr),
             Control::Conn { token, op, flags } => {
+                let buf_alloc = self.buf_alloc_for(Some(token));
                 let conn = self.conns.get_mut(&token)?;
+                conn.advertise(buf_alloc);
                 if op == OP_CREDIT_UPDATE {
                     conn.credit_update_queued = false;
                 }
@@ -822,9 +845,11 @@ impl Vsock {
 
     /// Read host data of connection `token` into a packet for a buffer of `room` bytes.
     fn read_data(&mut self, token: u64, room: u64) -> Data {
+        let buf_alloc = self.buf_alloc_for(Some(token));
         let Some(conn) = self.conns.get_mut(&token) else {
             return Data::Nothing;
         };
+        conn.advertise(buf_alloc);
         let room = usize::try_from(room.saturating_sub(HDR_LEN as u64)).unwrap_or(usize::MAX);
         if room == 0 {
             return Data::NoRoom;

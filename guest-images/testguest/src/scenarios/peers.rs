@@ -1,8 +1,10 @@
 //! `peers`: the guest's side of host peers that vanish or misbehave, chosen by `kite_peer=`:
 //!
-//! - `stall`: connects to host port `kite_stall_port` (default 1235), whose program never
-//!   reads, and sends within the credit the device gives until none comes for 1 s: `sent=` is
-//!   what the device took (its buffer plus what the host socket holds).
+//! - `stall`: opens `kite_conns` (default 1, at most 256) connections to host port
+//!   `kite_stall_port` (default 1235), whose program never reads, and sends on each within the
+//!   credit the device gives until none comes for 1 s: `sent=` is what the device took in all
+//!   (its buffers plus what the host sockets hold), `buf_alloc=`/`min_buf_alloc=` the largest
+//!   and smallest buffer it advertised.
 //! - `flood`: connects to `kite_flood_port` (default 1236), whose program writes without end,
 //!   advertises a 64 KiB buffer and never says it consumed any: `received=` must stay within it.
 //! - `gone`: connects to `kite_vsock_port` (default 1234), prints `KITE-PEER connected` and
@@ -49,44 +51,61 @@ pub fn peers(ctx: &mut Ctx) -> Outcome {
 }
 
 fn stall(ctx: &mut Ctx, line: &mut Line) -> Result<(), Line> {
+    const MAX_CONNS: usize = 256;
     let port = ctx.cmdline.get_u64("kite_stall_port").unwrap_or(1235) as u32;
-    let mut v = RawVsock::open(ctx)?;
-    let local = 51000;
-    if !v.connect(local, port)? {
-        return fail!("stall: the host at port {port} refused");
+    let conns = ctx.cmdline.get_u64("kite_conns").unwrap_or(1) as usize;
+    if !(1..=MAX_CONNS).contains(&conns) {
+        return fail!("kite_conns must be 1 to {MAX_CONNS}");
     }
-    // The RESPONSE carried the device's buffer.
-    let (mut buf_alloc, mut fwd_cnt) = (v.last.buf_alloc, v.last.fwd_cnt);
-    let mut sent = 0u32;
+    let mut v = RawVsock::open(ctx)?;
+    let first = 51000u32;
+    // Per connection: the device's buffer and fwd_cnt as it last said, and what we sent.
+    let mut credit = [(0u32, 0u32, 0u32); MAX_CONNS];
+    for (i, c) in credit.iter_mut().enumerate().take(conns) {
+        if !v.connect(first + i as u32, port)? {
+            return fail!("stall: the host at port {port} refused connection {i}");
+        }
+        // The RESPONSE carried the device's buffer.
+        *c = (v.last.buf_alloc, v.last.fwd_cnt, 0);
+    }
     let mut idle_since = rdtsc();
     let mut packets = 0u64;
     loop {
-        let credit = buf_alloc.saturating_sub(sent.wrapping_sub(fwd_cnt));
-        if credit > 0 {
-            let n = credit.min(DATA as u32);
-            let h = v.hdr(local, port, OP_RW, n);
-            v.send_data(h, n, |b| b.fill(0x5a))?;
-            sent = sent.wrapping_add(n);
-            packets += 1;
-            idle_since = rdtsc();
-        }
-        match v.recv(if credit > 0 { 0 } else { 50 }, false)? {
-            Some(p) if p.hdr.dst_port == local => {
-                if p.hdr.op == OP_RST {
-                    return fail!("stall: the device reset the connection after {sent} bytes");
-                }
-                buf_alloc = p.hdr.buf_alloc;
-                fwd_cnt = p.hdr.fwd_cnt;
+        let mut any = false;
+        for (i, c) in credit.iter_mut().enumerate().take(conns) {
+            let (buf_alloc, fwd_cnt, sent) = *c;
+            let room = buf_alloc.saturating_sub(sent.wrapping_sub(fwd_cnt));
+            if room > 0 {
+                let n = room.min(DATA as u32);
+                let h = v.hdr(first + i as u32, port, OP_RW, n);
+                v.send_data(h, n, |b| b.fill(0x5a))?;
+                c.2 = sent.wrapping_add(n);
+                packets += 1;
+                any = true;
+                idle_since = rdtsc();
             }
-            _ => {}
+        }
+        while let Some(p) = v.recv(if any { 0 } else { 50 }, false)? {
+            let i = p.hdr.dst_port.wrapping_sub(first) as usize;
+            if i < conns && p.hdr.src_port == port {
+                if p.hdr.op == OP_RST {
+                    return fail!("stall: the device reset connection {i}");
+                }
+                credit[i].0 = p.hdr.buf_alloc;
+                credit[i].1 = p.hdr.fwd_cnt;
+            }
         }
         if rdtsc().wrapping_sub(idle_since) > ms_to_ticks(1000) {
             break;
         }
     }
+    let sent: u64 = credit[..conns].iter().map(|c| c.2 as u64).sum();
+    let max_alloc = credit[..conns].iter().map(|c| c.0).max().unwrap_or(0);
+    let min_alloc = credit[..conns].iter().map(|c| c.0).min().unwrap_or(0);
     let _ = write!(
         line,
-        "sent={sent} packets={packets} buf_alloc={buf_alloc} fwd_cnt={fwd_cnt}"
+        "conns={conns} sent={sent} packets={packets} buf_alloc={max_alloc} min_buf_alloc={min_alloc} fwd_cnt={}",
+        credit[0].1
     );
     Ok(())
 }
