@@ -122,6 +122,12 @@ fn a_tap_deleted_under_a_running_vm() {
     });
     assert_eq!(r.num("frames"), r.num("completed"), "{}", r.result);
     assert!(r.num("frames") > 100, "{}", r.result);
+    // Kite saw the tap go while the guest was sending, and said so (rate-limited).
+    assert!(
+        r.out.stderr.contains("the tap no longer exists"),
+        "{}",
+        r.out.stderr
+    );
     assert_eq!(r.get("rng_bytes"), "4096", "{}", r.result);
     let (vcpu, main) = (cpu.of("vcpu"), cpu.of("kite"));
     assert!(
