@@ -5,8 +5,8 @@
 //! uses the devices properly once more), the guest must end the VM normally (exit 0), the disk
 //! must hold exactly what the guest last wrote properly, and Kite's own memory (its report at
 //! exit: peak RSS less guest RAM touched) must stay within 1 MiB of a benign run of the same
-//! machine. While the guest spins (notifications, resets, register writes), Kite's CPU time must be on its vCPU
-//! thread, not its event loop.
+//! machine. While the guest spins (notifications, resets, register writes), Kite's CPU time
+//! must be on its vCPU thread, not its event loop.
 
 mod common;
 
