@@ -2,6 +2,8 @@
 //! and skip with a one-line reason.
 #![allow(dead_code)]
 
+pub mod watch;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

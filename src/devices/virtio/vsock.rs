@@ -6,7 +6,10 @@
 //!
 //! Stream sockets only. Data flows under the spec's credit scheme: the device never sends the
 //! guest more than the buffer the guest advertised ([`conn::Conn::credit`]), advertises a
-//! buffer of its own per connection, and tells the guest when it has room again. A packet the
+//! buffer of its own per connection, and tells the guest when it has room again. What it
+//! advertises is cut so that all connections together are never promised more than
+//! [`conn::HELD_BUDGET`] (but each at least [`conn::MIN_BUF_ALLOC`]): data held for hosts that
+//! do not read stays bounded however many connections a guest fills. A packet the
 //! device cannot act on (an unknown operation, a bad length, another socket type, another host
 //! CID, a port nobody listens on, a connection that does not exist) is answered with RST. A chain
 //! whose buffers are unusable is returned with a rate-limited log line; one that cannot be walked
@@ -46,7 +49,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::chain::{Chain, LayoutError};
 use super::device::{Active, BackendSet, LogLimiter, VirtioDevice, read_config_bytes};
 use crate::memory::GuestMem;
-use conn::{Conn, State};
+use conn::{BUF_ALLOC, Conn, HELD_BUDGET, MIN_BUF_ALLOC, State};
 use packet::{
     HDR_LEN, HOST_CID, Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
     OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,

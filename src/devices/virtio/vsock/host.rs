@@ -18,7 +18,8 @@ impl Vsock {
                         continue;
                     }
                     if let Some(token) = self.register(&stream) {
-                        let conn = Conn::new(stream, State::HostLine(Vec::new()), 0, 0);
+                        let mut conn = Conn::new(stream, State::HostLine(Vec::new()), 0, 0);
+                        conn.advertise(self.buf_alloc_for(None));
                         self.conns.insert(token, conn);
                         self.set_deadline(token, self.timeouts.line);
                     }
@@ -105,6 +106,7 @@ impl Vsock {
             return self.reset_guest(hdr, "cannot watch the stream");
         };
         let mut conn = Conn::new(stream, State::Established, hdr.src_port, hdr.dst_port);
+        conn.advertise(self.buf_alloc_for(None));
         conn.peer_credit(hdr);
         self.conns.insert(token, conn);
         self.ports.insert(key, token);

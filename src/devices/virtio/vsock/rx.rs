@@ -14,11 +14,29 @@ impl Vsock {
             .map(|(&t, _)| t)
     }
 
+    /// The buffer to advertise on connection `token` (a new one if `None`): what is left of
+    /// [`HELD_BUDGET`] after every other connection's promise, between [`MIN_BUF_ALLOC`] and
+    /// [`BUF_ALLOC`].
+    pub(super) fn buf_alloc_for(&self, token: Option<u64>) -> u32 {
+        let others: u64 = self
+            .conns
+            .iter()
+            .filter(|(t, _)| Some(**t) != token)
+            .map(|(_, c)| c.promised())
+            .sum();
+        let left = HELD_BUDGET.saturating_sub(others);
+        u32::try_from(left)
+            .unwrap_or(u32::MAX)
+            .clamp(MIN_BUF_ALLOC, BUF_ALLOC)
+    }
+
     pub(super) fn control_header(&mut self, control: &Control) -> Option<Header> {
         match *control {
             Control::Raw(hdr) => Some(hdr),
             Control::Conn { token, op, flags } => {
+                let buf_alloc = self.buf_alloc_for(Some(token));
                 let conn = self.conns.get_mut(&token)?;
+                conn.advertise(buf_alloc);
                 if op == OP_CREDIT_UPDATE {
                     conn.credit_update_queued = false;
                 }
@@ -119,9 +137,11 @@ impl Vsock {
 
     /// Read host data of connection `token` into a packet for a buffer of `room` bytes.
     pub(super) fn read_data(&mut self, token: u64, room: u64) -> Data {
+        let buf_alloc = self.buf_alloc_for(Some(token));
         let Some(conn) = self.conns.get_mut(&token) else {
             return Data::Nothing;
         };
+        conn.advertise(buf_alloc);
         let room = usize::try_from(room.saturating_sub(HDR_LEN as u64)).unwrap_or(usize::MAX);
         if room == 0 {
             return Data::NoRoom;
