@@ -15,6 +15,7 @@ pub mod logging;
 pub mod memory;
 pub mod seccomp;
 pub mod signals;
+pub mod teardown;
 pub mod terminal;
 pub mod vcpu;
 pub mod vmm;

@@ -83,7 +83,7 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
         let _ = std::fs::remove_file(path);
     }
     match result {
-        Ok(report) => {
+        Ok((report, teardown)) => {
             // Before the exit reason, which stays the last line.
             if let Some(m) = &report.memory {
                 let mib = |b: u64| b as f64 / f64::from(1 << 20);
@@ -118,6 +118,7 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
             if args.timeline {
                 kite::bench::timeline::print(&report, process_start);
             }
+            teardown.finish();
             reason.exit_code()
         }
         Err(e) => {

@@ -328,8 +328,13 @@ pub const MAIN: &[Rule] = &[
     any(SYS_rt_sigprocmask),
     // Rust's runtime frees the main thread's signal stack at exit.
     any(SYS_sigaltstack),
-    // The process's exit (also the SIGSYS handler's).
+    // The process's exit (also the SIGSYS handler's, and the teardown child's).
     any(SYS_exit_group),
+    // teardown.rs: the child that closes the VM after Kite exits: a process sharing this
+    // address space (never a thread: exactly these flags), which inherits this filter and
+    // closes every inherited descriptor.
+    with(SYS_clone, eq(0, crate::teardown::CHILD_FLAGS as u64)),
+    any(SYS_close_range),
 ];
 
 /// The API thread (`api/server.rs`), from its start (before the VM is configured) to the
@@ -523,7 +528,7 @@ mod tests {
         ] {
             assert!(VCPU.iter().all(|r| r.nr != nr), "{nr}");
         }
-        for nr in [SYS_open, SYS_openat, SYS_execve, SYS_clone, SYS_clone3] {
+        for nr in [SYS_open, SYS_openat, SYS_execve, SYS_clone3] {
             assert!(MAIN.iter().all(|r| r.nr != nr), "{nr}");
             assert!(API.iter().all(|r| r.nr != nr), "{nr}");
         }
@@ -534,5 +539,12 @@ mod tests {
                 "{nr}"
             );
         }
+        // The main thread's one clone is the teardown child, and only with its flags.
+        let clones: Vec<&Rule> = MAIN.iter().filter(|r| r.nr == SYS_clone).collect();
+        assert_eq!(clones.len(), 1);
+        assert!(matches!(
+            clones[0].args,
+            Args::One(Arg::Eq { index: 0, value }) if value == crate::teardown::CHILD_FLAGS as u64
+        ));
     }
 }

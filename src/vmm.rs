@@ -26,8 +26,10 @@ use crate::exit::{ExitHandle, ExitReason};
 use crate::memory::{self, GuestMem};
 use crate::seccomp::{self, ThreadKind};
 use crate::signals::{ExitWatcher, block_stop_signals};
+use crate::teardown::Teardown;
 use crate::vcpu::pause::PauseControl;
 use crate::vcpu::probe::HaltProbe;
+use crate::vcpu::profile;
 use crate::vcpu::stats::ExitCounts;
 use crate::vcpu::{StartGate, Vcpu, VcpuThread};
 
@@ -135,7 +137,7 @@ pub struct RunReport {
 
 pub struct Vmm {
     _kvm: Kvm,
-    _vm: VmFd,
+    vm: VmFd,
     mem: GuestMem,
     vcpus: Vec<Vcpu>,
     exit: Arc<ExitHandle>,
@@ -267,7 +269,7 @@ impl Vmm {
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(kvm_err("report supported CPUID"))?;
         let completed = Arc::new(crate::vcpu::complete::Counts::default());
-        let samples = profile_path().map(|_| Arc::new(Mutex::new(Vec::new())));
+        let samples = profile::path().map(|_| Arc::new(Mutex::new(Vec::new())));
         let halt = Arc::new(HaltProbe::new(config.cpus.into()));
         let pause = Arc::new(PauseControl::new());
         let exits = Arc::new(ExitCounts::default());
@@ -308,7 +310,7 @@ impl Vmm {
 
         Ok(Vmm {
             _kvm: kvm,
-            _vm: vm,
+            vm,
             mem,
             vcpus,
             exit,
@@ -351,7 +353,9 @@ impl Vmm {
     }
 
     /// Run until the guest or the user ends the VM; every vCPU thread is joined on return.
-    pub fn run(mut self) -> Result<RunReport, Error> {
+    /// Run the VM to its end. With the report comes what is left of the VM, for
+    /// [`Teardown::finish`] once the caller has said its last word.
+    pub fn run(mut self) -> Result<(RunReport, Teardown), Error> {
         let signals = block_stop_signals().map_err(io_err("cannot set up signal handling"))?;
         let watcher = Arc::new(Mutex::new(ExitWatcher {
             exit: self.exit.clone(),
@@ -375,7 +379,10 @@ impl Vmm {
         let usage = memory::UsageProbe::new()
             .map_err(|e| log::debug!("{e}"))
             .ok();
-        let profile = profile_path().map(|path| {
+        let teardown_signal = crate::teardown::Signal::new()
+            .map_err(|e| log::debug!("no teardown pipe: {e}"))
+            .ok();
+        let profile = profile::path().map(|path| {
             let file = std::fs::File::create(&path)
                 .map_err(|e| {
                     log::warn!("cannot write the guest profile to {}: {e}", path.display())
@@ -437,7 +444,7 @@ impl Vmm {
             }
             if self.samples.is_some() && !paused && Instant::now() >= next_sample {
                 threads.iter().for_each(VcpuThread::kick);
-                next_sample += PROFILE_INTERVAL;
+                next_sample += profile::INTERVAL;
             }
             if Instant::now() >= next_probe {
                 if self.halt.round() {
@@ -477,7 +484,7 @@ impl Vmm {
             log::info!("{summary}");
         }
         if let (Some(samples), Some((path, Some(file)))) = (&self.samples, profile) {
-            write_profile(
+            profile::write(
                 file,
                 &path,
                 &samples.lock().unwrap_or_else(|e| e.into_inner()),
@@ -513,7 +520,7 @@ impl Vmm {
         if let Some((wall, _)) = boot_time {
             self.timeline.marks.push(("guest ready (boot timer)", wall));
         }
-        Ok(RunReport {
+        let report = RunReport {
             reason: self.exit.reason().unwrap_or(ExitReason::Fatal(
                 "VM stopped for no recorded reason".into(),
             )),
@@ -521,7 +528,11 @@ impl Vmm {
             timeline: self.timeline.clone(),
             boot_time,
             memory,
-        })
+        };
+        drop(serial);
+        // Everything else in `self` (devices, disks, sockets, the event loop) is dropped, and
+        // so closed, when this returns.
+        Ok((report, Teardown::new(self.vm, self.mem, teardown_signal)))
     }
 }
 
@@ -556,29 +567,6 @@ fn seccomp_filters(mode: seccomp::Mode) -> Result<ThreadFilters, Error> {
 /// How often the event loop asks whether every vCPU has stopped for good (see
 /// `vcpu::probe`): a halted guest ends within two to three of these.
 const HALT_PROBE_INTERVAL: Duration = Duration::from_millis(250);
-
-/// How often the guest profiler samples each vCPU's RIP.
-const PROFILE_INTERVAL: Duration = Duration::from_millis(2);
-
-/// `KITE_GUEST_PROFILE=FILE`: a developer's tool for finding where a slow guest spends its
-/// time. Every vCPU is kicked every [`PROFILE_INTERVAL`] and its RIP recorded; at exit FILE gets
-/// one hex RIP per line (symbolize with `addr2line -f -e vmlinux` or `nm`).
-fn profile_path() -> Option<std::path::PathBuf> {
-    std::env::var_os("KITE_GUEST_PROFILE").map(Into::into)
-}
-
-fn write_profile(mut file: std::fs::File, path: &Path, rips: &[u64]) {
-    use std::io::Write;
-    let text: String = rips.iter().map(|r| format!("{r:#x}\n")).collect();
-    match file.write_all(text.as_bytes()) {
-        Ok(()) => log::info!(
-            "{} guest RIP samples written to {}",
-            rips.len(),
-            path.display()
-        ),
-        Err(e) => log::warn!("cannot write the guest profile to {}: {e}", path.display()),
-    }
-}
 
 fn open_kvm(path: &Path) -> Result<Kvm, Error> {
     use std::os::unix::ffi::OsStrExt;

@@ -1,7 +1,7 @@
 //! `kite bench` end to end: one run of `cpu` and `pio-rtt` on the host and in a VM, with a time
 //! limit; the table must have their rows with positive figures, and the JSON and SVG must be
 //! written. One run of `scale` (eight VMs of the test guest's `hello`, about 2 s): every machine
-//! has its figures or says why not. And a bench interrupted in the middle of a run: it must leave
+//! has its figures or says why not. One run of `concurrent` (1, 5 and 20 VMs at once). And a bench interrupted in the middle of a run: it must leave
 //! nothing behind.
 
 mod common;
@@ -109,6 +109,58 @@ fn bench_pause_resume_has_both_latencies() {
     }
 }
 
+/// `kite bench concurrent --runs 1`: 1, 5 and 20 machines started at once, each group with its
+/// two figures (all ready, slowest VM ready), positive, the slowest never after all were ready,
+/// and a result line per group in the JSON.
+#[test]
+fn bench_concurrent_starts_each_group() {
+    if let Some(reason) = kvm_unavailable() {
+        skip("bench concurrent", &reason);
+        return;
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("kite-test-{}-concurrent", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let json = dir.join("out.json");
+    let mut cmd = kite();
+    cmd.args(["bench", "--runs", "1", "--guest", path_str(&elf)])
+        .args(["--json", path_str(&json), "concurrent"]);
+    let out = run(cmd, Duration::from_secs(240));
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for group in ["1 VM", "5 VMs", "20 VMs"] {
+        let mut got = Vec::new();
+        for figure in [
+            "all ready (first spawn to last result line)",
+            "slowest VM ready (its spawn to its result line)",
+        ] {
+            let row = format!("concurrent {group}: {figure}");
+            let line = out
+                .stdout
+                .lines()
+                .find(|l| l.starts_with(&row))
+                .unwrap_or_else(|| panic!("no {row} row in\n{}", out.stdout));
+            let f = figures(line, &row);
+            assert_eq!(f.len(), 3, "{line}");
+            assert!(f.iter().all(|&x| x > 0.0), "{line}");
+            got.push(f[0]);
+        }
+        assert!(
+            got[1] <= got[0] + 0.1,
+            "{group}: slowest after all ready: {got:?}"
+        );
+    }
+    let text = std::fs::read_to_string(&json).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&text).expect(&text);
+    let rows = doc["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "{text}");
+    assert!(
+        rows.iter()
+            .all(|r| r["workload"] == "concurrent" && r["status"] == "ok")
+    );
+    assert_eq!(doc["result_lines"].as_array().unwrap().len(), 3, "{text}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `kite bench scale --runs 1`: every machine has its six figures, positive and in time order,
 /// or (where this host cannot hold it) one n/a row saying why; the JSON has its rows and a
 /// result line per machine started, the SVG its chart.
@@ -203,7 +255,7 @@ fn bench_rejects_an_unknown_workload() {
     assert_eq!(
         out.error_lines(),
         [
-            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, linux-boot, virtio-blk, virtio-net, pause-resume"
+            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, pause-resume"
         ]
     );
 }

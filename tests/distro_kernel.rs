@@ -83,9 +83,12 @@ impl Boot {
     }
 }
 
-/// The console's lines, without the serial port's carriage returns.
+/// The console's complete lines (a line still being printed is left for the next look: a
+/// check on half a line fails for nothing), without the serial port's carriage returns.
 fn console_lines(out: &str) -> impl Iterator<Item = &str> {
-    out.lines().map(|l| l.trim_end_matches('\r'))
+    out.split_inclusive('\n')
+        .filter(|l| l.ends_with('\n'))
+        .map(|l| l.trim_end_matches(['\n', '\r']))
 }
 
 /// Boots `kernel` (with `extra` arguments) and watches the console until every text in `wanted`

@@ -23,6 +23,7 @@
 //! (what children print), [`milestones`] (start-up rows), [`stats`], [`report`] (rows, JSON),
 //! [`table`], [`svg`].
 
+pub mod concurrent;
 pub mod host;
 pub mod interrupt;
 pub mod line;
@@ -51,7 +52,7 @@ use workloads::{Ctx, Outcome, Sample, Side, Workload};
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Workloads to run (default: all): cpu, mem, pio-rtt, mmio-rtt, startup, scale,
-    /// linux-boot, virtio-blk, virtio-net, pause-resume.
+    /// concurrent, linux-boot, virtio-blk, virtio-net, pause-resume.
     #[arg(value_name = "WORKLOAD")]
     pub workloads: Vec<String>,
     /// Runs of each side of each workload [default: 5, and 3 for linux-boot, whose boot takes
@@ -278,6 +279,9 @@ fn bench_workload(
     if w == Workload::Scale {
         return bench_scale(ctx, runs, progress, raw);
     }
+    if w == Workload::Concurrent {
+        return bench_concurrent(ctx, runs, progress, raw);
+    }
     let mut host: Vec<Sample> = Vec::new();
     let mut guest: Vec<Sample> = Vec::new();
     for run in 1..=runs {
@@ -368,6 +372,51 @@ fn bench_scale(ctx: &Ctx, runs: u32, progress: &mut Progress, raw: &mut Vec<RawR
         }
     }
     scale::rows(&results)
+}
+
+/// Start each group of `concurrent` `runs` times (1 VM, 5, 20, then again) and make its rows. A
+/// group that fails is not started again.
+fn bench_concurrent(
+    ctx: &Ctx,
+    runs: u32,
+    progress: &mut Progress,
+    raw: &mut Vec<RawRun>,
+) -> Vec<Row> {
+    use concurrent::GroupResult;
+    let mut results: Vec<(usize, GroupResult)> = concurrent::COUNTS
+        .iter()
+        .map(|&n| (n, GroupResult::Samples(Vec::new())))
+        .collect();
+    for run in 1..=runs {
+        for (n, result) in results.iter_mut() {
+            let GroupResult::Samples(samples) = result else {
+                continue;
+            };
+            if interrupt::received().is_some() {
+                return Vec::new();
+            }
+            let name = concurrent::group_name(*n);
+            progress.done += *n - 1;
+            progress.show(&format!("{name}: guest run {run} of {runs}"));
+            match concurrent::run_group(ctx, *n) {
+                Ok(figures) => {
+                    raw.push(RawRun {
+                        workload: name,
+                        side: Side::Guest.name(),
+                        run,
+                        line: format!("all_ready_ms={:.1} slowest_ms={:.1}", figures.0, figures.1),
+                        wall_ms: figures.0,
+                    });
+                    samples.push(figures);
+                }
+                Err(why) => {
+                    progress.total -= (runs - run) as usize * *n;
+                    *result = GroupResult::Failed(format!("guest run {run}: {why}"));
+                }
+            }
+        }
+    }
+    concurrent::rows(&results)
 }
 
 /// The whole `kite bench`: runs, then the table on stdout and the files asked for.
@@ -523,7 +572,7 @@ mod tests {
         let e = parse_args(&args(&["gpu"], "1")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, linux-boot, virtio-blk, virtio-net, pause-resume"
+            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, pause-resume"
         );
         assert_eq!(e.exit_code(), 2);
         for bad in ["0", "-1", "x", "1001"] {

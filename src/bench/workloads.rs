@@ -41,6 +41,8 @@ pub enum Workload {
     Startup,
     /// `startup`'s figures in machines from 64 MiB to 16 GiB and from 1 to 32 vCPUs.
     Scale,
+    /// N test guests started at once (N = 1, 5, 20): time until all are ready.
+    Concurrent,
     /// The Linux guest booted to its /init.
     LinuxBoot,
     /// virtio-blk, 4 KiB requests at random places.
@@ -52,13 +54,14 @@ pub enum Workload {
     PauseResume,
 }
 
-pub const ALL: [Workload; 11] = [
+pub const ALL: [Workload; 12] = [
     Workload::Cpu,
     Workload::Mem,
     Workload::PioRtt,
     Workload::MmioRtt,
     Workload::Startup,
     Workload::Scale,
+    Workload::Concurrent,
     Workload::LinuxBoot,
     Workload::BlkRand,
     Workload::BlkSeq,
@@ -111,6 +114,7 @@ impl Workload {
             Workload::MmioRtt => "mmio-rtt",
             Workload::Startup => "startup",
             Workload::Scale => "scale",
+            Workload::Concurrent => "concurrent",
             Workload::LinuxBoot => "linux-boot",
             Workload::BlkRand | Workload::BlkSeq => "virtio-blk",
             Workload::VirtioNet => "virtio-net",
@@ -130,7 +134,7 @@ impl Workload {
     /// The test guest's `kite_test=` scenario.
     fn scenario(self) -> &'static str {
         match self {
-            Workload::Startup | Workload::Scale => "hello",
+            Workload::Startup | Workload::Scale | Workload::Concurrent => "hello",
             Workload::PauseResume => "tick",
             w => w.name(),
         }
@@ -183,6 +187,7 @@ impl Workload {
     pub fn children_per_run(self) -> usize {
         match self {
             Workload::Scale => scale::POINTS.len(),
+            Workload::Concurrent => super::concurrent::COUNTS.iter().sum(),
             w => w.sides().len(),
         }
     }
@@ -202,7 +207,7 @@ impl Workload {
             return linux::LIMIT;
         }
         Duration::from_secs(match self {
-            Workload::Startup | Workload::Scale => 30,
+            Workload::Startup | Workload::Scale | Workload::Concurrent => 30,
             Workload::BlkRand | Workload::BlkSeq | Workload::VirtioNet => 180,
             _ => 120,
         })
@@ -477,6 +482,7 @@ pub fn rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Ro
         Workload::Startup => milestones::rows(&milestones::STARTUP, guest),
         // Its samples are kept per machine shape and its rows made by `scale::rows`.
         Workload::Scale => failed(w, "scale's rows are made per machine shape".into()),
+        Workload::Concurrent => failed(w, "concurrent's rows are made per group".into()),
         Workload::LinuxBoot => linux::rows(guest),
         Workload::PauseResume => super::pause::rows(guest),
         Workload::BlkRand | Workload::BlkSeq => blk_rows(ctx, w, host, guest),
@@ -574,7 +580,8 @@ mod tests {
             [Workload::BlkRand, Workload::BlkSeq]
         );
         assert!(from_name("nope").is_empty());
-        assert_eq!(names().len(), 10);
+        assert_eq!(names().len(), 11);
+        assert_eq!(from_name("concurrent"), [Workload::Concurrent]);
         assert_eq!(from_name("linux-boot"), [Workload::LinuxBoot]);
     }
 

@@ -6,6 +6,7 @@
 pub mod complete;
 pub mod pause;
 pub mod probe;
+pub mod profile;
 pub mod stats;
 
 use std::sync::atomic::{AtomicBool, Ordering};

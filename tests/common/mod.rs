@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod watch;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};

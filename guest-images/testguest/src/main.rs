@@ -31,6 +31,7 @@ core::arch::global_asm!(include_str!("entry.S"), options(att_syntax));
 extern "C" fn kite_main(zero_page: u64) -> ! {
     serial::init();
     let boot = bootinfo::BootInfo::read(zero_page);
+    mem::map_ram_above_1gib(&boot);
     let cmdline = cmdline::Cmdline::new(boot.cmdline());
     let name = cmdline.get("kite_test").unwrap_or(b"");
     report::set_name(name);

@@ -79,6 +79,67 @@ pub mod mmio {
 unsafe extern "C" {
     static __image_start: u8;
     static __image_end: u8;
+    /// entry.S: the page-directory-pointer table (entry n maps GiB n) and the pool of page
+    /// directories for GiB 4 up (one 4 KiB page each, in order, not zeroed by anyone).
+    static mut pdpt: [u64; 512];
+    /// entry.S: the page directories of GiB 0 to 3, one 4 KiB page each, in order; zero
+    /// in the image for GiB 1 and 2, which are linked from pdpt when first mapped.
+    static mut pd_low: [u64; 0];
+    static mut pd_pool: [u64; 0];
+}
+
+/// Identity-maps the e820 RAM from 1 GiB up (except the MMIO window) with 2 MiB user pages,
+/// as entry.S does below 1 GiB in ring 0. Each GiB's page directory is filled while nothing points at it, at native speed
+/// and with no trap (a live page table is write-protected by the host's shadow paging), then
+/// linked with one write. Call once, before anything touches RAM above 4 GiB.
+pub fn map_ram_above_1gib(boot: &BootInfo) {
+    const GIB: u64 = 1 << 30;
+    const LARGE: u64 = 2 << 20;
+    const PTE_RAM: u64 = 0x87; // present, writable, user, 2 MiB
+    const PDE_TABLE: u64 = 0x7; // present, writable, user
+    for e in boot.e820().iter().filter(|e| e.kind == E820_RAM) {
+        let end = e.addr.saturating_add(e.size).min(MAPPED_LIMIT);
+        let mut at = e.addr.max(GIB) & !(LARGE - 1);
+        while at < end {
+            let gib = at / GIB;
+            if gib == 3 {
+                at = 4 * GIB; // the MMIO window: mapped at link time, never RAM
+                continue;
+            }
+            // SAFETY: pdpt has 512 entries and gib < 64; pd_low holds the page directories
+            // of GiB 0-3 and pd_pool those of GiB 4-63, 4 KiB each; all are identity-mapped
+            // in the image. A page directory is written through a plain pointer only while
+            // the pdpt entry that would make it live is zero, or (a second e820 range in the
+            // same GiB) through the same trapped writes entry.S would make.
+            unsafe {
+                let entry = core::ptr::addr_of_mut!(pdpt)
+                    .cast::<u64>()
+                    .add(gib as usize);
+                let pd = if gib < 4 {
+                    core::ptr::addr_of_mut!(pd_low)
+                        .cast::<u64>()
+                        .add((gib * 512) as usize)
+                } else {
+                    core::ptr::addr_of_mut!(pd_pool)
+                        .cast::<u64>()
+                        .add(((gib - 4) * 512) as usize)
+                };
+                let live = entry.read_volatile() != 0;
+                if !live {
+                    core::ptr::write_bytes(pd, 0, 512);
+                }
+                let stop = end.min((gib + 1) * GIB);
+                while at < stop {
+                    pd.add(((at >> 21) & 511) as usize)
+                        .write_volatile(at | PTE_RAM);
+                    at += LARGE;
+                }
+                if !live {
+                    entry.write_volatile(pd as u64 | PDE_TABLE);
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Copy, Default)]

@@ -5,24 +5,31 @@
 //! data, its sector range and every buffer's place in guest RAM. A bad request is answered with
 //! VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP in its status byte; a chain with no status byte to
 //! answer in puts the device into the needs-reset state.
+//!
+//! The host's own I/O errors (a full file system, an image shrunk under the VM) answer the
+//! request with IOERR and are logged in the host's words (`error.rs`). A failed write makes
+//! the next flush fail too, as fsync does after a failed write-back; a failed fdatasync makes
+//! every later flush fail, since the kernel may have dropped the data it could not write.
 
 use std::io::{Seek, SeekFrom};
 
-use log::{error, warn};
+use log::warn;
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_FLUSH, VIRTIO_BLK_F_RO, VIRTIO_BLK_F_SEG_MAX,
-    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
-    VIRTIO_BLK_S_UNSUPP, VIRTIO_BLK_T_DISCARD, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID,
-    VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT, VIRTIO_BLK_T_WRITE_ZEROES,
-    VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
+    VIRTIO_BLK_F_SIZE_MAX, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_OK, VIRTIO_BLK_T_DISCARD,
+    VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
 use vm_memory::{Address, Bytes};
 
-use super::chain::{Buf, Bufs, Chain, LayoutError};
+use super::chain::{Buf, Bufs, Chain};
 use super::device::{Active, Completion, LogLimiter, VirtioDevice, read_config_bytes};
 use super::disk::{Disk, SECTOR_SIZE};
 use crate::memory::GuestMem;
+use error::{HostErrorLog, Op, RequestError, transfer_error};
+
+mod error;
 
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest single data buffer the driver may use (bounds the work of one read or write call).
@@ -30,57 +37,11 @@ const SIZE_MAX: u32 = 1 << 20;
 /// Data buffers per request: the queue less the header and the status.
 const SEG_MAX: u32 = QUEUE_SIZE as u32 - 2;
 /// Segments per discard or write-zeroes request.
-const MAX_RANGE_SEGMENTS: u32 = 16;
+pub(crate) const MAX_RANGE_SEGMENTS: u32 = 16;
 /// Hint for discard granularity, in sectors (4 KiB, the usual file system block).
 const DISCARD_ALIGNMENT: u32 = 8;
 const HEADER_LEN: u64 = 16;
 const RANGE_LEN: u64 = 16;
-
-/// Why a request failed; its status byte says IOERR or UNSUPP.
-#[derive(Debug, thiserror::Error)]
-enum RequestError {
-    #[error(transparent)]
-    Layout(#[from] LayoutError),
-    #[error("request header is {0} bytes, not 16")]
-    ShortHeader(u64),
-    #[error("request type {0} is not supported")]
-    Unsupported(u32),
-    #[error("write to a readonly disk")]
-    ReadOnly,
-    #[error(
-        "request type {kind} carries {readable} device-readable and {writable} device-writable data bytes"
-    )]
-    Direction {
-        kind: u32,
-        readable: u64,
-        writable: u64,
-    },
-    #[error("data length {0} is not a whole number of sectors")]
-    PartialSector(u64),
-    #[error("sectors {sector}+{count} are past the end of the disk ({capacity} sectors)")]
-    OutOfRange {
-        sector: u64,
-        count: u64,
-        capacity: u64,
-    },
-    #[error("{0} range segments (1 to {MAX_RANGE_SEGMENTS} of 16 bytes each are allowed)")]
-    Segments(u64),
-    #[error("range flags {0:#x} are not supported")]
-    Flags(u32),
-    #[error("guest memory access failed")]
-    Memory(#[from] vm_memory::GuestMemoryError),
-    #[error("disk I/O failed")]
-    Io(#[from] std::io::Error),
-}
-
-impl RequestError {
-    fn status(&self) -> u8 {
-        match self {
-            Self::Unsupported(_) | Self::Flags(_) => VIRTIO_BLK_S_UNSUPP as u8,
-            _ => VIRTIO_BLK_S_IOERR as u8,
-        }
-    }
-}
 
 /// A discard or write-zeroes segment, checked against the disk.
 struct Range {
@@ -112,7 +73,14 @@ impl BlockStats {
 /// The request side of the device: the disk and what it logs.
 struct Requests {
     disk: Disk,
+    /// Bad requests (the guest's doing).
     log: LogLimiter,
+    /// The host's I/O errors.
+    host_log: HostErrorLog,
+    /// A write (or discard, write-zeroes) failed since the last flush: the next flush says so.
+    failed_write: Option<(Op, String)>,
+    /// fdatasync failed once: every later flush fails.
+    failed_sync: Option<String>,
     stats: std::sync::Arc<BlockStats>,
 }
 
@@ -158,10 +126,13 @@ impl Block {
         put(&mut config, 52, &MAX_RANGE_SEGMENTS.to_le_bytes());
         config[56] = u8::from(disk.punch_hole); // write_zeroes_may_unmap
         Self {
-            name: format!("virtio-blk {}", disk.path.display()),
+            name: name(&disk),
             requests: Requests {
                 disk,
                 log: LogLimiter::new(),
+                host_log: HostErrorLog::new(),
+                failed_write: None,
+                failed_sync: None,
                 stats: Default::default(),
             },
             features,
@@ -171,8 +142,10 @@ impl Block {
         }
     }
 
-    /// Make everything the guest wrote durable.
-    pub fn sync(&self) -> std::io::Result<()> {
+    /// Make everything the guest wrote durable (at the end of the run), and log the host I/O
+    /// errors that were counted but not logged.
+    pub fn sync(&mut self) -> std::io::Result<()> {
+        self.requests.host_log.finish(&self.name);
         self.requests.disk.sync()
     }
 
@@ -214,13 +187,10 @@ impl Requests {
             Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
             Err(e) => {
                 self.stats.errors.fetch_add(1, Relaxed);
-                if self.log.allow() {
-                    match e {
-                        RequestError::Io(ref io) => {
-                            error!("virtio-blk {}: {e}: {io}", self.disk.path.display())
-                        }
-                        _ => warn!("virtio-blk {}: bad request: {e}", self.disk.path.display()),
-                    }
+                if e.is_host() {
+                    self.host_log.report(&name(&self.disk), &e);
+                } else if self.log.allow() {
+                    warn!("{}: bad request: {e}", name(&self.disk));
                 }
                 (e.status(), 0)
             }
@@ -266,9 +236,12 @@ impl Requests {
             VIRTIO_BLK_T_IN => {
                 expect(false, true)?;
                 let offset = self.data_range(sector, data_in.len())?;
-                self.disk.file.seek(SeekFrom::Start(offset))?;
+                let bytes = data_in.len();
+                self.seek(offset, Op::Read, sector, bytes)?;
+                let mut at = sector;
                 for buf in data_in.iter() {
-                    self.read_into(mem, buf)?;
+                    self.read_into(mem, buf, at)?;
+                    at += u64::from(buf.len) / SECTOR_SIZE;
                 }
                 // The data is at most the chain's length, which the queue crate caps at u32.
                 Ok(u32::try_from(data_in.len()).unwrap_or(u32::MAX))
@@ -279,15 +252,29 @@ impl Requests {
                 }
                 expect(true, false)?;
                 let offset = self.data_range(sector, data_out.len())?;
-                self.disk.file.seek(SeekFrom::Start(offset))?;
-                for buf in data_out.iter() {
-                    mem.write_all_volatile_to(buf.addr, &mut self.disk.file, buf.len as usize)?;
-                }
+                let bytes = data_out.len();
+                self.seek(offset, Op::Write, sector, bytes)
+                    .and_then(|()| {
+                        for buf in data_out.iter() {
+                            mem.write_all_volatile_to(
+                                buf.addr,
+                                &mut self.disk.file,
+                                buf.len as usize,
+                            )
+                            .map_err(transfer_error(
+                                Op::Write,
+                                sector,
+                                bytes,
+                            ))?;
+                        }
+                        Ok(())
+                    })
+                    .inspect_err(|e| self.note_failed_write(Op::Write, e))?;
                 Ok(0)
             }
             VIRTIO_BLK_T_FLUSH => {
                 expect(false, false)?;
-                self.disk.sync()?;
+                self.flush()?;
                 Ok(0)
             }
             VIRTIO_BLK_T_GET_ID => {
@@ -314,10 +301,23 @@ impl Requests {
                 }
                 expect(true, false)?;
                 let ranges = self.read_ranges(mem, &data_out, discard)?;
+                let op = if discard {
+                    Op::Discard
+                } else {
+                    Op::WriteZeroes
+                };
                 for r in ranges {
                     // Zeroes may be written by punching a hole when the driver allows unmapping.
                     let punch = discard || (r.unmap && self.disk.punch_hole);
-                    self.disk.fallocate(r.offset, r.len, punch)?;
+                    self.disk
+                        .fallocate(r.offset, r.len, punch)
+                        .map_err(|source| RequestError::Host {
+                            op,
+                            sector: r.offset / SECTOR_SIZE,
+                            bytes: r.len,
+                            source,
+                        })
+                        .inspect_err(|e| self.note_failed_write(op, e))?;
                 }
                 Ok(0)
             }
@@ -325,20 +325,63 @@ impl Requests {
         }
     }
 
-    /// Fill `buf` from the image at its current position; a read may come back short.
-    fn read_into(&mut self, mem: &GuestMem, buf: &Buf) -> Result<(), RequestError> {
+    /// Fill `buf` (whose data starts at `sector`) from the image at its current position; a
+    /// read may come back short. Reading (not mapping) the file means an image shrunk under
+    /// the VM gives an early end of file here, never a SIGBUS.
+    fn read_into(&mut self, mem: &GuestMem, buf: &Buf, sector: u64) -> Result<(), RequestError> {
         let len = buf.len as usize;
         let mut done = 0;
         while done < len {
             let addr = buf.addr.unchecked_add(done as u64);
-            let n = mem.read_volatile_from(addr, &mut self.disk.file, len - done)?;
+            let at = sector + done as u64 / SECTOR_SIZE;
+            let n = mem
+                .read_volatile_from(addr, &mut self.disk.file, len - done)
+                .map_err(transfer_error(Op::Read, at, (len - done) as u64))?;
             if n == 0 {
-                // The image shrank under us.
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+                return Err(RequestError::ImageShrunk {
+                    sector: at,
+                    capacity: self.disk.sectors,
+                });
             }
             done += n;
         }
         Ok(())
+    }
+
+    fn seek(&mut self, offset: u64, op: Op, sector: u64, bytes: u64) -> Result<(), RequestError> {
+        self.disk
+            .file
+            .seek(SeekFrom::Start(offset))
+            .map(|_| ())
+            .map_err(|source| RequestError::Host {
+                op,
+                sector,
+                bytes,
+                source,
+            })
+    }
+
+    /// Remember a failed write for the next flush (only the host's failures: a bad request
+    /// changed nothing).
+    fn note_failed_write(&mut self, op: Op, e: &RequestError) {
+        if let RequestError::Host { source, .. } = e {
+            self.failed_write = Some((op, source.to_string()));
+        }
+    }
+
+    /// FLUSH: make the image durable, then report what went wrong since the last flush.
+    fn flush(&mut self) -> Result<(), RequestError> {
+        if let Some(why) = &self.failed_sync {
+            return Err(RequestError::SyncFailedBefore(why.clone()));
+        }
+        if let Err(e) = self.disk.sync() {
+            self.failed_sync = Some(e.to_string());
+            return Err(RequestError::Sync(e));
+        }
+        match self.failed_write.take() {
+            Some((op, error)) => Err(RequestError::EarlierWrite { op, error }),
+            None => Ok(()),
+        }
     }
 
     /// Byte offset of a read or write of `len` bytes at `sector`, checked.
@@ -390,6 +433,11 @@ impl Requests {
     }
 }
 
+/// How a disk is named in log lines.
+fn name(disk: &Disk) -> String {
+    format!("virtio-blk {}", disk.path.display())
+}
+
 impl VirtioDevice for Block {
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
@@ -428,5 +476,7 @@ impl VirtioDevice for Block {
     }
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 mod tests;

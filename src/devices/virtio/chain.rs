@@ -12,7 +12,9 @@ use crate::memory::GuestMem;
 /// A chain that cannot be walked to its end: no status can be written for it.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ChainError {
-    #[error("descriptor chain {head} does not end (a loop, a bad index or an unreadable table)")]
+    #[error(
+        "descriptor chain {head} does not end (a loop, a bad index, an unreadable table or more than 4 GiB in all)"
+    )]
     Unterminated { head: u16 },
     #[error("descriptor chain {head} is longer than its queue ({max} descriptors)")]
     TooLong { head: u16, max: usize },

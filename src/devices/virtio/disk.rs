@@ -1,10 +1,11 @@
 //! A raw disk image file: opened with a clear error for each way it can be wrong, locked so that
 //! two VMs cannot write it at once, and synced when it goes away.
 
+use std::fs::FileType;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use log::error;
@@ -23,8 +24,18 @@ pub enum Error {
     PermissionDenied { path: PathBuf, readonly: bool },
     #[error("disk image {} is a directory; give the path of an image file", .0.display())]
     IsDirectory(PathBuf),
-    #[error("disk image {} is neither a regular file nor a block device", .0.display())]
-    NotAnImage(PathBuf),
+    #[error("disk image {} is {kind}, not an image; give a regular file or a block device",
+        .path.display())]
+    NotAnImage { path: PathBuf, kind: &'static str },
+    #[error("block device {} is in use on this host (mounted, or held by another program); \
+             unmount or release it first, or attach it readonly", .0.display())]
+    DeviceBusy(PathBuf),
+    #[error("block device {} has no medium (an empty drive, or a loop device with no backing \
+             file); attach one (losetup) or give another path", .0.display())]
+    NoMedium(PathBuf),
+    #[error("disk image {} is empty (0 bytes); give it a size first (truncate -s 1G {})",
+        .0.display(), .0.display())]
+    Empty(PathBuf),
     #[error("disk image {} is in use by another process (it is locked); stop that VM first, \
              or attach the image readonly in every VM", .0.display())]
     Locked(PathBuf),
@@ -73,8 +84,48 @@ fn open_error(path: &Path, readonly: bool, source: io::Error) -> Error {
             Error::PermissionDenied { path, readonly }
         }
         Some(libc::EISDIR) => Error::IsDirectory(path),
+        Some(libc::ENXIO | libc::ENOMEDIUM) => Error::NoMedium(path),
         _ => Error::Open { path, source },
     }
+}
+
+/// What a path that is neither a regular file nor a block device is, for the error line.
+fn kind_name(t: FileType) -> &'static str {
+    if t.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if t.is_socket() {
+        "a Unix socket"
+    } else if t.is_char_device() {
+        "a character device"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Only regular files and block devices hold a disk.
+fn check_kind(path: &Path, t: FileType) -> Result<(), Error> {
+    if t.is_dir() {
+        return Err(Error::IsDirectory(path.to_path_buf()));
+    }
+    if !t.is_file() && !t.is_block_device() {
+        return Err(Error::NotAnImage {
+            path: path.to_path_buf(),
+            kind: kind_name(t),
+        });
+    }
+    Ok(())
+}
+
+/// Back to blocking I/O once the file is known to be an image (the flag was only for the open).
+fn clear_nonblock(file: &File) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own; F_GETFL/F_SETFL take no memory.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    // SAFETY: as above.
+    if flags < 0 || unsafe { libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Try `fallocate(mode)` past the end of the file, where nothing the guest can see changes.
@@ -96,18 +147,33 @@ fn fallocate_works(file: &File, size: u64, mode: libc::c_int) -> bool {
 
 impl Disk {
     pub fn open(path: &Path, readonly: bool) -> Result<Self, Error> {
+        // Look before opening: opening a FIFO for reading would wait for a writer forever.
+        let before = std::fs::metadata(path).map_err(|e| open_error(path, readonly, e))?;
+        check_kind(path, before.file_type())?;
+        let block_device = before.file_type().is_block_device();
+        // O_NONBLOCK: should the path be swapped for a FIFO after the look, the open still
+        // returns (it is cleared below). O_EXCL on a block device we write: the kernel refuses
+        // it while the device is mounted or claimed, where our writes would corrupt a live file
+        // system.
+        let mut flags = libc::O_NONBLOCK | libc::O_NOCTTY;
+        if block_device && !readonly {
+            flags |= libc::O_EXCL;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(!readonly)
+            .custom_flags(flags)
             .open(path)
-            .map_err(|e| open_error(path, readonly, e))?;
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::EBUSY) if block_device => Error::DeviceBusy(path.to_path_buf()),
+                _ => open_error(path, readonly, e),
+            })?;
         let meta = file.metadata().map_err(|e| open_error(path, readonly, e))?;
-        if meta.is_dir() {
-            return Err(Error::IsDirectory(path.to_path_buf()));
-        }
-        if !meta.is_file() && !meta.file_type().is_block_device() {
-            return Err(Error::NotAnImage(path.to_path_buf()));
-        }
+        check_kind(path, meta.file_type())?;
+        clear_nonblock(&file).map_err(|source| Error::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let how = if readonly {
             libc::LOCK_SH
         } else {
@@ -131,6 +197,13 @@ impl Disk {
                 path: path.to_path_buf(),
                 source,
             })?;
+        if size == 0 {
+            return Err(if block_device {
+                Error::NoMedium(path.to_path_buf())
+            } else {
+                Error::Empty(path.to_path_buf())
+            });
+        }
         if !size.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::UnalignedSize {
                 path: path.to_path_buf(),
@@ -283,10 +356,63 @@ mod tests {
 
     #[test]
     fn a_character_device_is_refused() {
-        assert!(matches!(
-            Disk::open(Path::new("/dev/null"), true),
-            Err(Error::NotAnImage(_))
-        ));
+        let err = Disk::open(Path::new("/dev/null"), true).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "disk image /dev/null is a character device, not an image; give a regular file or a block device"
+        );
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_waiting_for_a_writer() {
+        let fifo = std::env::temp_dir().join(format!("kite-disk-fifo-{}", std::process::id()));
+        let _ = std::fs::remove_file(&fifo);
+        let c = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo reads the NUL-terminated path we own.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        // Readonly is the case that used to block in open(2) until a writer came.
+        for readonly in [true, false] {
+            let err = Disk::open(&fifo, readonly).err().unwrap();
+            assert!(matches!(err, Error::NotAnImage { .. }), "{err}");
+            assert_eq!(
+                err.to_string(),
+                format!(
+                    "disk image {} is a FIFO (named pipe), not an image; give a regular file or a block device",
+                    fifo.display()
+                )
+            );
+        }
+        std::fs::remove_file(&fifo).unwrap();
+    }
+
+    #[test]
+    fn an_empty_image_is_refused_with_how_to_size_it() {
+        let f = image(0);
+        let err = Disk::open(f.as_path(), false).err().unwrap();
+        assert!(matches!(err, Error::Empty(_)));
+        assert!(err.to_string().contains("truncate -s 1G"), "{err}");
+    }
+
+    #[test]
+    fn the_image_is_opened_for_blocking_io() {
+        let f = image(4096);
+        let disk = Disk::open(f.as_path(), false).unwrap();
+        // SAFETY: F_GETFL on a descriptor the disk owns.
+        let flags = unsafe { libc::fcntl(disk.file.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0);
+    }
+
+    #[test]
+    fn no_medium_says_what_to_do() {
+        let err = open_error(
+            Path::new("/dev/loop7"),
+            false,
+            io::Error::from_raw_os_error(libc::ENXIO),
+        );
+        assert_eq!(
+            err.to_string(),
+            "block device /dev/loop7 has no medium (an empty drive, or a loop device with no backing file); attach one (losetup) or give another path"
+        );
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl BlockHandle {
     /// Make everything the guest wrote to the disk durable (fdatasync). Waits for a request the
     /// device is working on to complete first. Call it for every disk at shutdown.
     pub fn sync(&self) -> Result<(), Error> {
-        let block = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let mut block = self.device.lock().unwrap_or_else(|e| e.into_inner());
         block.sync().map_err(|source| Error::Sync {
             path: block.path().to_path_buf(),
             source,

@@ -257,9 +257,17 @@ impl Net {
                         return Completion::Later;
                     }
                     Err(e) => {
-                        // EIO: the tap is down; the frame is lost as on a cable unplugged.
+                        // EIO: the tap is down; EBADFD: it was deleted while Kite held it. The
+                        // frame is lost as on a cable unplugged.
                         if self.log.allow() {
-                            warn!("{}: frame not sent: {e}", self.name);
+                            if e.raw_os_error() == Some(libc::EBADFD) {
+                                warn!(
+                                    "{}: frame dropped: the tap no longer exists (deleted while the VM runs?)",
+                                    self.name
+                                );
+                            } else {
+                                warn!("{}: frame not sent: {e}", self.name);
+                            }
                         }
                     }
                 },

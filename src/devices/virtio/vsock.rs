@@ -6,7 +6,10 @@
 //!
 //! Stream sockets only. Data flows under the spec's credit scheme: the device never sends the
 //! guest more than the buffer the guest advertised ([`conn::Conn::credit`]), advertises a
-//! buffer of its own per connection, and tells the guest when it has room again. A packet the
+//! buffer of its own per connection, and tells the guest when it has room again. What it
+//! advertises is cut so that all connections together are never promised more than
+//! [`conn::HELD_BUDGET`] (but each at least [`conn::MIN_BUF_ALLOC`]): data held for hosts that
+//! do not read stays bounded however many connections a guest fills. A packet the
 //! device cannot act on (an unknown operation, a bad length, another socket type, another host
 //! CID, a port nobody listens on, a connection that does not exist) is answered with RST. A chain
 //! whose buffers are unusable is returned with a rate-limited log line; one that cannot be walked
@@ -24,7 +27,10 @@
 //! armed for the earliest deadline, brings the event loop back for them.
 
 mod conn;
+mod deadline;
+mod host;
 mod packet;
+mod rx;
 mod unix;
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
@@ -43,7 +49,7 @@ use vmm_sys_util::timerfd::TimerFd;
 use super::chain::{Chain, LayoutError};
 use super::device::{Active, BackendSet, LogLimiter, VirtioDevice, read_config_bytes};
 use crate::memory::GuestMem;
-use conn::{Conn, State};
+use conn::{BUF_ALLOC, Conn, HELD_BUDGET, MIN_BUF_ALLOC, State};
 use packet::{
     HDR_LEN, HOST_CID, Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
     OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
@@ -404,37 +410,6 @@ impl Vsock {
         self.settle(token);
     }
 
-    /// The guest connects to host port `hdr.dst_port`: connect to `<socket>_<port>`.
-    fn connect_to_host(&mut self, hdr: &Header) {
-        let key = (hdr.src_port, hdr.dst_port);
-        if self.ports.contains_key(&key) {
-            return self.reset_guest(hdr, "connection exists");
-        }
-        if self.conns.len() >= MAX_CONNS {
-            return self.reset_guest(hdr, "too many connections");
-        }
-        let path = port_path(&self.path, hdr.dst_port);
-        let stream = match unix::connect(&path) {
-            Ok(stream) => stream,
-            Err(e) => {
-                let why = format!("{}: {e}", path.display());
-                return self.reset_guest(hdr, &why);
-            }
-        };
-        let Some(token) = self.register(&stream) else {
-            return self.reset_guest(hdr, "cannot watch the stream");
-        };
-        let mut conn = Conn::new(stream, State::Established, hdr.src_port, hdr.dst_port);
-        conn.peer_credit(hdr);
-        self.conns.insert(token, conn);
-        self.ports.insert(key, token);
-        self.control.push_back(Control::Conn {
-            token,
-            op: OP_RESPONSE,
-            flags: 0,
-        });
-    }
-
     /// Watch `stream` (edge-triggered); returns its token.
     fn register(&mut self, stream: &impl AsRawFd) -> Option<u64> {
         let token = self.next_token;
@@ -539,152 +514,6 @@ impl Vsock {
         }
     }
 
-    /// Accept host programs; each then sends its CONNECT line.
-    fn accept(&mut self) {
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    // No driver to ask, or too many: the host program sees its socket close.
-                    if self.active.is_none() || self.conns.len() >= MAX_CONNS {
-                        continue;
-                    }
-                    if stream.set_nonblocking(true).is_err() {
-                        continue;
-                    }
-                    if let Some(token) = self.register(&stream) {
-                        let conn = Conn::new(stream, State::HostLine(Vec::new()), 0, 0);
-                        self.conns.insert(token, conn);
-                        self.set_deadline(token, self.timeouts.line);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if self.log.allow() {
-                        error!("{}: cannot accept a connection: {e}", self.name);
-                    }
-                    break;
-                }
-            }
-        }
-    }
-
-    /// Read a host program's `CONNECT <port>\n`, a byte at a time so that nothing after it is
-    /// taken; then ask the guest.
-    fn read_line(&mut self, token: u64) {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        let (Some(stream), State::HostLine(line)) = (conn.stream.as_mut(), &mut conn.state) else {
-            return;
-        };
-        let mut byte = [0u8; 1];
-        loop {
-            match stream.read(&mut byte) {
-                Ok(1) if byte[0] == b'\n' => break,
-                Ok(1) if line.len() < MAX_LINE => line.push(byte[0]),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    conn.readable = false;
-                    return;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                // End of file, an error or a line too long: hang up.
-                _ => return self.remove(token),
-            }
-        }
-        let port = std::str::from_utf8(line)
-            .ok()
-            .and_then(|l| l.trim_end_matches('\r').strip_prefix("CONNECT "))
-            .and_then(|p| p.parse::<u32>().ok());
-        let Some(port) = port else {
-            if self.log.allow() {
-                warn!("{}: host program sent no CONNECT <port> line", self.name);
-            }
-            return self.remove(token);
-        };
-        let host_port = self.free_host_port();
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        conn.state = State::Connecting;
-        conn.guest_port = port;
-        conn.host_port = host_port;
-        self.ports.insert((port, host_port), token);
-        self.control.push_back(Control::Conn {
-            token,
-            op: OP_REQUEST,
-            flags: 0,
-        });
-        self.set_deadline(token, self.timeouts.connect);
-    }
-
-    /// Reset connection `token` if it is still waiting `after` from now.
-    fn set_deadline(&mut self, token: u64, after: Duration) {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return;
-        };
-        let at = Instant::now() + after;
-        conn.deadline = Some(at);
-        if self.armed.is_none_or(|armed| at < armed) {
-            self.arm(Some(at));
-        }
-    }
-
-    /// Set the timer to fire at `at`, or never. Setting it also clears an expiry not yet read,
-    /// so the timerfd is never read.
-    fn arm(&mut self, at: Option<Instant>) {
-        // A zero time would disarm it: a deadline already past fires at once instead.
-        let after = at.map_or(Duration::ZERO, |at| {
-            at.saturating_duration_since(Instant::now())
-                .max(Duration::from_nanos(1))
-        });
-        match self.timer.reset(after, None) {
-            Ok(()) => self.armed = at,
-            Err(e) => error!("{}: cannot set its timer: {e}", self.name),
-        }
-    }
-
-    /// The timer fired: reset the connections whose deadline passed, then arm it for the next.
-    fn expire(&mut self) {
-        let now = Instant::now();
-        let due: Vec<u64> = self
-            .conns
-            .iter()
-            .filter(|(_, c)| c.deadline.is_some_and(|at| at <= now))
-            .map(|(&token, _)| token)
-            .collect();
-        for token in due {
-            if let Some(conn) = self.conns.get(&token)
-                && self.log.allow()
-            {
-                let what = match conn.state {
-                    State::HostLine(_) => "a host program sent no CONNECT line",
-                    State::Connecting => "the guest did not answer a connection request",
-                    State::Established => "the guest did not confirm a close",
-                };
-                debug!("{}: {what} in time; connection reset", self.name);
-            }
-            self.reset_conn(token);
-        }
-        let next = self.conns.values().filter_map(|c| c.deadline).min();
-        self.arm(next);
-    }
-
-    fn free_host_port(&mut self) -> u32 {
-        loop {
-            let port = self.next_host_port;
-            self.next_host_port = if port >= u32::MAX - 1 {
-                FIRST_HOST_PORT
-            } else {
-                port + 1
-            };
-            // At most MAX_CONNS ports are taken, so this ends.
-            if !self.ports.keys().any(|&(_, host)| host == port) {
-                return port;
-            }
-        }
-    }
-
     /// A connection's stream reported `events`.
     fn stream_event(&mut self, token: u64, events: EventSet) {
         let Some(conn) = self.conns.get_mut(&token) else {
@@ -705,150 +534,6 @@ impl Vsock {
         }
         self.flush(token);
         self.settle(token);
-    }
-
-    /// The next connection with host data for the guest, round-robin.
-    fn next_sender(&self) -> Option<u64> {
-        let after = self.conns.range(self.cursor + 1..);
-        let before = self.conns.range(..=self.cursor);
-        after
-            .chain(before)
-            .find(|(_, c)| c.can_send_data())
-            .map(|(&t, _)| t)
-    }
-
-    fn control_header(&mut self, control: &Control) -> Option<Header> {
-        match *control {
-            Control::Raw(hdr) => Some(hdr),
-            Control::Conn { token, op, flags } => {
-                let conn = self.conns.get_mut(&token)?;
-                if op == OP_CREDIT_UPDATE {
-                    conn.credit_update_queued = false;
-                }
-                Some(conn.header(self.cid, op, flags, 0))
-            }
-        }
-    }
-
-    /// Fill the driver's receive buffers: control packets first, then host data, while there
-    /// are buffers, at most a ring's worth. Returns true if it stopped with work possibly left.
-    fn pump(&mut self) -> bool {
-        let mut left = false;
-        let mut budget = QUEUE_SIZE;
-        loop {
-            // Control packets go first; each leaves the queue only once it has a buffer.
-            let next = match self.control.front() {
-                Some(&control) => Next::Control(control),
-                None => match self.next_sender() {
-                    Some(token) => Next::Data(token),
-                    None => break,
-                },
-            };
-            if budget == 0 {
-                left = true;
-                break;
-            }
-            budget -= 1;
-            let Some(active) = self.active.as_mut() else {
-                break;
-            };
-            let Some(chain) = active.pop_chain(RX, &self.name, &mut self.chain_log) else {
-                // No buffers: the driver's notification brings us back.
-                break;
-            };
-            // A receive buffer holds at least a packet header.
-            let bufs = match chain.writable_only(&active.mem, HDR_LEN as u64) {
-                Ok(bufs) => bufs,
-                Err(e) => {
-                    if self.log.allow() {
-                        warn!("{}: {e}; buffer returned unused", self.name);
-                    }
-                    active.add_used(RX, chain.head(), 0, &self.name, &mut self.chain_log);
-                    continue;
-                }
-            };
-            let len = match next {
-                Next::Control(control) => {
-                    self.control.pop_front();
-                    let Some(hdr) = self.control_header(&control) else {
-                        // Its connection is gone.
-                        self.unpop_rx();
-                        continue;
-                    };
-                    self.pkt[..HDR_LEN].copy_from_slice(&hdr.encode());
-                    HDR_LEN
-                }
-                Next::Data(token) => match self.read_data(token, bufs.len()) {
-                    Data::Packet(len) => len,
-                    Data::NoRoom => {
-                        if self.log.allow() {
-                            warn!("{}: receive buffer has no room for data", self.name);
-                        }
-                        0
-                    }
-                    Data::Nothing => {
-                        self.unpop_rx();
-                        self.flush(token);
-                        self.settle(token);
-                        continue;
-                    }
-                },
-            };
-            let Some(active) = self.active.as_mut() else {
-                break;
-            };
-            let written = match bufs.write(&active.mem, &self.pkt[..len]) {
-                Ok(n) => n as u32,
-                Err(e) => {
-                    if self.log.allow() {
-                        warn!("{}: cannot write a packet: {e}", self.name);
-                    }
-                    0
-                }
-            };
-            active.add_used(RX, chain.head(), written, &self.name, &mut self.chain_log);
-        }
-        if let Some(active) = self.active.as_mut() {
-            active.notify_used(RX);
-        }
-        left
-    }
-
-    fn unpop_rx(&mut self) {
-        if let Some(active) = self.active.as_mut() {
-            active.unpop_chain(RX);
-        }
-    }
-
-    /// Read host data of connection `token` into a packet for a buffer of `room` bytes.
-    fn read_data(&mut self, token: u64, room: u64) -> Data {
-        let Some(conn) = self.conns.get_mut(&token) else {
-            return Data::Nothing;
-        };
-        let room = usize::try_from(room.saturating_sub(HDR_LEN as u64)).unwrap_or(usize::MAX);
-        if room == 0 {
-            return Data::NoRoom;
-        }
-        // Never more than the guest has room for (can_send_data made sure it has some).
-        let max = room.min(MAX_PAYLOAD).min(conn.credit() as usize);
-        match conn.read_host(&mut self.pkt[HDR_LEN..HDR_LEN + max]) {
-            Ok(0) => Data::Nothing,
-            Ok(n) => {
-                // n <= MAX_PAYLOAD
-                let hdr = conn.header(self.cid, OP_RW, 0, n as u32);
-                conn.sent(n as u32);
-                self.pkt[..HDR_LEN].copy_from_slice(&hdr.encode());
-                self.cursor = token;
-                Data::Packet(HDR_LEN + n)
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Data::Nothing,
-            Err(e) => {
-                debug!("{}: host side of a connection failed: {e}", self.name);
-                conn.host_eof = true;
-                conn.hung_up = true;
-                Data::Nothing
-            }
-        }
     }
 }
 

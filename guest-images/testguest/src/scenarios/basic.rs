@@ -16,10 +16,16 @@ pub const PIO_RTT_PORT: u16 = 0x510;
 pub const MMIO_RTT_ADDR: u64 = 0xcfff_f000;
 pub const DEFAULT_N: u64 = 100_000;
 
-/// `ram_mib=<usable e820 RAM in MiB> cmdline=<command line, each space replaced by '+'>`
+/// `ram_mib=<usable e820 RAM in MiB> ram_probes=<n> cmdline=<command line, each space
+/// replaced by '+'>`
 pub fn hello(ctx: &mut Ctx) -> Outcome {
     let mut line = Line::new();
-    let _ = write!(line, "ram_mib={} cmdline=", ctx.boot.ram_bytes() >> 20);
+    let _ = write!(
+        line,
+        "ram_mib={} ram_probes={} cmdline=",
+        ctx.boot.ram_bytes() >> 20,
+        probe_ram(ctx)
+    );
     for &b in ctx.boot.cmdline() {
         line.push(match b {
             b' ' | b'\t' | b'\n' | b'\r' => b'+',
@@ -27,6 +33,31 @@ pub fn hello(ctx: &mut Ctx) -> Outcome {
         });
     }
     Ok(line)
+}
+
+/// Reads a byte at the start of each RAM range and of each GiB in it, and at its last byte:
+/// a page missing from the identity map faults (and the scenario fails with the address)
+/// instead of passing. Returns the number of reads; reads of untouched RAM cost the host
+/// no memory (its zero page backs them).
+fn probe_ram(ctx: &Ctx) -> u64 {
+    use crate::bootinfo::E820_RAM;
+    use crate::mem::{MAPPED_LIMIT, read_u8};
+    const GIB: u64 = 1 << 30;
+    let mut reads = 0;
+    for e in ctx.boot.e820().iter().filter(|e| e.kind == E820_RAM) {
+        let end = e.addr.saturating_add(e.size).min(MAPPED_LIMIT);
+        let mut at = e.addr;
+        while at < end {
+            core::hint::black_box(read_u8(at));
+            reads += 1;
+            at = (at / GIB + 1) * GIB;
+        }
+        if e.addr < end {
+            core::hint::black_box(read_u8(end - 1));
+            reads += 1;
+        }
+    }
+    reads
 }
 
 /// Reads one line typed on the console (polling the UART, up to 10 s):

@@ -27,14 +27,14 @@ const F_SEG_MAX: u32 = 2;
 const F_RO: u32 = 5;
 const F_FLUSH: u32 = 9;
 
-const T_IN: u32 = 0;
-const T_OUT: u32 = 1;
-const T_FLUSH: u32 = 4;
+pub(super) const T_IN: u32 = 0;
+pub(super) const T_OUT: u32 = 1;
+pub(super) const T_FLUSH: u32 = 4;
 
-const S_OK: u8 = 0;
-const S_IOERR: u8 = 1;
+pub(super) const S_OK: u8 = 0;
+pub(super) const S_IOERR: u8 = 1;
 
-const SECTOR: u64 = 512;
+pub(super) const SECTOR: u64 = 512;
 const MAX_DEPTH: usize = 32;
 /// Time limit for any one request.
 const REQUEST_MS: u64 = 10_000;
@@ -55,14 +55,14 @@ struct Slot {
     kind: u32,
 }
 
-struct Blk {
-    dev: Device,
-    q: Queue,
-    capacity: u64,
+pub(super) struct Blk {
+    pub(super) dev: Device,
+    pub(super) q: Queue,
+    pub(super) capacity: u64,
     /// Largest data segment (0: no limit).
     size_max: u64,
     slots: [Slot; MAX_DEPTH],
-    depth: usize,
+    pub(super) depth: usize,
     /// Head descriptor -> slot.
     slot_of: [u8; virtio::MAX_QUEUE],
     free_slots: [u8; MAX_DEPTH],
@@ -73,7 +73,12 @@ struct Blk {
 impl Blk {
     /// Sets up the device and `depth` slots of `buf_bytes` data each (fewer if the queue
     /// cannot hold that many requests).
-    fn open(ctx: &mut Ctx, wait: Wait, depth: usize, buf_bytes: u64) -> Result<Blk, Line> {
+    pub(super) fn open(
+        ctx: &mut Ctx,
+        wait: Wait,
+        depth: usize,
+        buf_bytes: u64,
+    ) -> Result<Blk, Line> {
         let entry = virtio::find(&ctx.cmdline, ID_BLOCK, 0)?;
         let ring = match virtio::ring_features(&ctx.cmdline) {
             Ok(f) => f,
@@ -140,7 +145,7 @@ impl Blk {
         self.dev.has(F_RO)
     }
 
-    fn data(&mut self, slot: usize) -> &mut [u8] {
+    pub(super) fn data(&mut self, slot: usize) -> &mut [u8] {
         let s = self.slots[slot];
         // SAFETY: the slot's buffer is ours (arena RAM) while the slot is not on the queue.
         unsafe { core::slice::from_raw_parts_mut(s.data as *mut u8, s.bytes as usize) }
@@ -148,7 +153,7 @@ impl Blk {
 
     /// A free slot, for a request of `bytes` at `sector`; the caller fills its data (for a
     /// write) and calls [`Blk::submit`].
-    fn take_slot(&mut self, kind: u32, sector: u64, bytes: u64) -> Option<usize> {
+    pub(super) fn take_slot(&mut self, kind: u32, sector: u64, bytes: u64) -> Option<usize> {
         if self.free_len == 0 {
             return None;
         }
@@ -161,7 +166,7 @@ impl Blk {
         Some(i)
     }
 
-    fn submit(&mut self, slot: usize) -> Result<(), Line> {
+    pub(super) fn submit(&mut self, slot: usize) -> Result<(), Line> {
         let s = self.slots[slot];
         // SAFETY: the header and status belong to this free slot.
         unsafe {
@@ -198,7 +203,7 @@ impl Blk {
 
     /// Waits for one request to complete; returns its slot (free again once the caller is
     /// done with its data) and status byte.
-    fn complete(&mut self) -> Result<(usize, u8), Line> {
+    pub(super) fn complete(&mut self) -> Result<(usize, u8), Line> {
         let deadline = rdtsc() + self.timeout;
         let (head, _len) = self.q.wait_used(deadline, "a virtio-blk request")?;
         let slot = self.slot_of[head as usize] as usize;
@@ -210,7 +215,7 @@ impl Blk {
     }
 
     /// One request, waited for: returns its status.
-    fn single(&mut self, kind: u32, sector: u64, bytes: u64) -> Result<u8, Line> {
+    pub(super) fn single(&mut self, kind: u32, sector: u64, bytes: u64) -> Result<u8, Line> {
         let slot = self.take_slot(kind, sector, bytes).ok_or_else(busy)?;
         self.submit(slot)?;
         self.q.kick();
@@ -220,7 +225,7 @@ impl Blk {
     /// Runs requests of `kind` for every (sector, bytes) `next` yields, keeping up to
     /// `depth` on the queue. `fill` prepares a write's data; `done` sees each completed
     /// request (its status was OK). Returns the requests done.
-    fn pipeline(
+    pub(super) fn pipeline(
         &mut self,
         kind: u32,
         mut next: impl FnMut() -> Option<(u64, u64)>,
@@ -272,14 +277,14 @@ impl Blk {
     }
 }
 
-fn busy() -> Line {
+pub(super) fn busy() -> Line {
     let mut l = Line::new();
     let _ = write!(l, "no free request slot");
     l
 }
 
 /// Reads a size from the command line (memparse syntax) or uses `default`.
-fn size_arg(ctx: &Ctx, key: &'static str, default: u64) -> Result<u64, Line> {
+pub(super) fn size_arg(ctx: &Ctx, key: &'static str, default: u64) -> Result<u64, Line> {
     match ctx.cmdline.get(key) {
         None => Ok(default),
         Some(v) => match crate::cmdline::parse_number(v) {

@@ -12,8 +12,14 @@ use crate::report::Outcome;
 mod basic;
 mod bench;
 mod blk;
+mod blkfault;
+mod hostile;
+mod hostile_vsock;
 mod irq;
+mod load;
 mod net;
+mod peers;
+mod rawvsock;
 mod ring0;
 mod rng;
 mod smp;
@@ -87,6 +93,18 @@ pub static SCENARIOS: &[Scenario] = &[
         run: blk::virtio_blk,
     },
     Scenario {
+        name: "virtio-blk-fill",
+        run: blkfault::fill,
+    },
+    Scenario {
+        name: "virtio-blk-shrink",
+        run: blkfault::shrink,
+    },
+    Scenario {
+        name: "virtio-blk-flushlog",
+        run: blkfault::flushlog,
+    },
+    Scenario {
         name: "virtio-rng",
         run: rng::virtio_rng,
     },
@@ -97,6 +115,34 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "virtio-vsock",
         run: vsock::virtio_vsock,
+    },
+    Scenario {
+        name: "load",
+        run: load::load,
+    },
+    Scenario {
+        name: "peers",
+        run: peers::peers,
+    },
+    Scenario {
+        name: "hostile-huge",
+        run: hostile::huge,
+    },
+    Scenario {
+        name: "hostile-notify",
+        run: hostile::notify,
+    },
+    Scenario {
+        name: "hostile-reset",
+        run: hostile::reset,
+    },
+    Scenario {
+        name: "hostile-mmio",
+        run: hostile::mmio_fuzz,
+    },
+    Scenario {
+        name: "hostile-vsock",
+        run: hostile_vsock::hostile_vsock,
     },
 ];
 

@@ -9,6 +9,8 @@
 //! the callers.
 #![no_std]
 
+pub mod flushlog;
+
 use core::cell::UnsafeCell;
 use core::hint::black_box;
 use core::sync::atomic::{AtomicBool, Ordering};

@@ -1,6 +1,7 @@
 use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex};
 
+use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP};
 use virtio_bindings::virtio_mmio::{VIRTIO_MMIO_INT_CONFIG, VIRTIO_MMIO_INT_VRING};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use vmm_sys_util::tempfile::TempFile;
@@ -8,17 +9,17 @@ use vmm_sys_util::tempfile::TempFile;
 use super::*;
 use crate::devices::virtio::testutil::{Desc, Guest, MEM_SIZE};
 
-const OK: u8 = VIRTIO_BLK_S_OK as u8;
-const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
+pub(super) const OK: u8 = VIRTIO_BLK_S_OK as u8;
+pub(super) const IOERR: u8 = VIRTIO_BLK_S_IOERR as u8;
 const UNSUPP: u8 = VIRTIO_BLK_S_UNSUPP as u8;
-const SECTORS: u64 = 64;
+pub(super) const SECTORS: u64 = 64;
 /// Queue size the tests' driver uses.
 const QSIZE: u16 = 16;
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 
 /// An image whose sector `i` is filled with the byte `i`.
-fn image() -> TempFile {
+pub(super) fn image() -> TempFile {
     let f = TempFile::new().unwrap();
     for i in 0..SECTORS {
         f.as_file()
@@ -28,7 +29,7 @@ fn image() -> TempFile {
     f
 }
 
-fn sector(f: &TempFile, i: u64) -> Vec<u8> {
+pub(super) fn sector(f: &TempFile, i: u64) -> Vec<u8> {
     let mut buf = vec![0u8; 512];
     f.as_file()
         .read_exact_at(&mut buf, i * SECTOR_SIZE)
@@ -40,7 +41,7 @@ fn whole(f: &TempFile) -> Vec<u8> {
     std::fs::read(f.as_path()).unwrap()
 }
 
-fn attach(f: &TempFile, readonly: bool) -> (Guest, Arc<Mutex<Block>>) {
+pub(super) fn attach(f: &TempFile, readonly: bool) -> (Guest, Arc<Mutex<Block>>) {
     let disk = Disk::open(f.as_path(), readonly).unwrap();
     let block = Arc::new(Mutex::new(Block::new(disk)));
     let mut g = Guest::new(block.clone());
@@ -48,7 +49,7 @@ fn attach(f: &TempFile, readonly: bool) -> (Guest, Arc<Mutex<Block>>) {
     (g, block)
 }
 
-fn header(g: &mut Guest, kind: u32, sector: u64) -> u64 {
+pub(super) fn header(g: &mut Guest, kind: u32, sector: u64) -> u64 {
     let mut h = [0u8; 16];
     h[0..4].copy_from_slice(&kind.to_le_bytes());
     h[8..16].copy_from_slice(&sector.to_le_bytes());
@@ -56,7 +57,7 @@ fn header(g: &mut Guest, kind: u32, sector: u64) -> u64 {
 }
 
 /// Post `descs`, ring the doorbell, and return the byte at `status` and the used length.
-fn run(g: &mut Guest, descs: &[Desc], status: u64) -> (u8, u32) {
+pub(super) fn run(g: &mut Guest, descs: &[Desc], status: u64) -> (u8, u32) {
     let before = g.used_idx(0);
     let head = g.push(0, descs);
     g.kick(0);
@@ -71,7 +72,7 @@ fn run(g: &mut Guest, descs: &[Desc], status: u64) -> (u8, u32) {
 }
 
 /// A request of `kind` at `sector` with one data buffer `data` (if any).
-fn request(g: &mut Guest, kind: u32, sector: u64, data: Option<Desc>) -> (u8, u32) {
+pub(super) fn request(g: &mut Guest, kind: u32, sector: u64, data: Option<Desc>) -> (u8, u32) {
     let h = header(g, kind, sector);
     let s = g.alloc(1);
     g.mem.write_obj(0xffu8, vm_memory::GuestAddress(s)).unwrap();

@@ -13,6 +13,14 @@ use super::packet::{HOST_CID, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
 
 /// The buffer Kite advertises per connection: data from the guest waiting for the host.
 pub const BUF_ALLOC: u32 = 256 << 10;
+/// What all connections together may be promised: the device cuts a connection's advertised
+/// buffer so that the sum of what every connection may come to hold (its promise) stays within
+/// this, so a guest that fills many connections to hosts that do not read cannot make Kite hold
+/// more (16 connections get the whole [`BUF_ALLOC`]).
+pub const HELD_BUDGET: u64 = 4 << 20;
+/// The least buffer a connection is advertised however the budget stands, so that each can
+/// still make progress: the bound is [`HELD_BUDGET`] plus this for every connection.
+pub const MIN_BUF_ALLOC: u32 = 4 << 10;
 
 pub enum State {
     /// A host program connected to the device's socket; its `CONNECT <port>\n` line so far.
@@ -53,6 +61,11 @@ pub struct Conn {
     pub host_shutdown: u32,
     write_shut: bool,
     pub credit_update_queued: bool,
+    /// The buffer advertised from now on (the device sets it from the budget).
+    buf_alloc: u32,
+    /// How far `rx_cnt` may go: the furthest `fwd_cnt + buf_alloc` the guest was told
+    /// (wrapping); a promise is never taken back.
+    promised_end: u32,
     /// When the device resets the connection if the other side has not acted by then (a
     /// CONNECT line, the guest's answer, the guest's RST after a close).
     pub deadline: Option<Instant>,
@@ -81,8 +94,28 @@ impl Conn {
             host_shutdown: 0,
             write_shut: false,
             credit_update_queued: false,
+            buf_alloc: BUF_ALLOC,
+            promised_end: 0,
             deadline: None,
         }
+    }
+
+    /// Advertise `buf_alloc` from now on, and promise it at once (the guest may act on it from
+    /// the next header on; a new connection from its first).
+    pub fn advertise(&mut self, buf_alloc: u32) {
+        self.buf_alloc = buf_alloc;
+        let held = self.rx_cnt.wrapping_sub(self.fwd_cnt);
+        let ahead = self.promised_end.wrapping_sub(self.rx_cnt);
+        let offered = buf_alloc.saturating_sub(held);
+        if offered > ahead {
+            self.promised_end = self.rx_cnt.wrapping_add(offered);
+        }
+    }
+
+    /// The most this connection may come to hold for its host as things stand: what it holds
+    /// and what the guest may still send under what it was promised.
+    pub fn promised(&self) -> u64 {
+        u64::from(self.promised_end.wrapping_sub(self.fwd_cnt))
     }
 
     pub fn is_established(&self) -> bool {
@@ -104,6 +137,7 @@ impl Conn {
     /// A packet to the guest on this connection, carrying our credit.
     pub fn header(&mut self, guest_cid: u64, op: u16, flags: u32, len: u32) -> Header {
         self.fwd_cnt_told = self.fwd_cnt;
+        self.advertise(self.buf_alloc);
         Header {
             src_cid: HOST_CID,
             dst_cid: guest_cid,
@@ -113,7 +147,7 @@ impl Conn {
             kind: TYPE_STREAM,
             op,
             flags,
-            buf_alloc: BUF_ALLOC,
+            buf_alloc: self.buf_alloc,
             fwd_cnt: self.fwd_cnt,
         }
     }
@@ -123,14 +157,14 @@ impl Conn {
         self.tx_cnt = self.tx_cnt.wrapping_add(n);
     }
 
-    /// Take payload the guest sent; false if it overruns the buffer we advertised.
+    /// Take payload the guest sent; false if it overruns the buffer we promised it.
     pub fn take_from_guest(&mut self, data: &[u8]) -> bool {
-        let held = self.rx_cnt.wrapping_sub(self.fwd_cnt) as usize;
-        if held + data.len() > BUF_ALLOC as usize {
+        let ahead = self.promised_end.wrapping_sub(self.rx_cnt) as usize;
+        if data.len() > ahead {
             return false;
         }
         self.to_host.extend(data);
-        // `data` is at most BUF_ALLOC bytes here.
+        // `data` is at most `ahead`, a u32, here.
         self.rx_cnt = self.rx_cnt.wrapping_add(data.len() as u32);
         true
     }
@@ -157,6 +191,10 @@ impl Conn {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => {
                     self.to_host.drain(..n);
+                    if self.to_host.is_empty() {
+                        // A connection that once held a lot keeps no more than it holds now.
+                        self.to_host.shrink_to(BUF_ALLOC as usize / 64);
+                    }
                     let own = n.min(self.own_bytes);
                     self.own_bytes -= own;
                     // At most BUF_ALLOC bytes of payload are ever held.
@@ -180,7 +218,7 @@ impl Conn {
     /// full, and we have emptied some of it since it last heard.
     pub fn needs_credit_update(&self) -> bool {
         let believed_held = self.rx_cnt.wrapping_sub(self.fwd_cnt_told);
-        self.fwd_cnt != self.fwd_cnt_told && believed_held > BUF_ALLOC / 2
+        self.fwd_cnt != self.fwd_cnt_told && believed_held > self.buf_alloc / 2
     }
 
     /// Whether host data may be read for the guest now.
@@ -215,7 +253,9 @@ mod tests {
     fn conn() -> (Conn, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
         a.set_nonblocking(true).unwrap();
-        (Conn::new(a, State::Established, 5, 6), b)
+        let mut c = Conn::new(a, State::Established, 5, 6);
+        c.advertise(BUF_ALLOC);
+        (c, b)
     }
 
     #[test]
@@ -274,6 +314,32 @@ mod tests {
         let h = c.header(3, 6, 0, 0);
         assert_eq!((h.buf_alloc, h.fwd_cnt), (BUF_ALLOC, BUF_ALLOC - 10));
         assert!(!c.needs_credit_update());
+    }
+
+    #[test]
+    fn a_smaller_advertisement_never_takes_back_a_promise() {
+        let (mut c, mut peer) = conn();
+        assert_eq!(c.promised(), u64::from(BUF_ALLOC));
+        assert!(c.take_from_guest(&vec![1u8; 1000]));
+        // The budget shrinks: 4 KiB from now on, but the 256 KiB told stays good.
+        c.advertise(MIN_BUF_ALLOC);
+        let h = c.header(3, 6, 0, 0);
+        assert_eq!(h.buf_alloc, MIN_BUF_ALLOC);
+        assert_eq!(c.promised(), u64::from(BUF_ALLOC));
+        assert!(c.take_from_guest(&vec![1u8; BUF_ALLOC as usize - 1000]));
+        assert!(!c.take_from_guest(&[1u8]), "past the promise");
+        // Once the host took it all, only the new 4 KiB is promised.
+        let mut sink = vec![0u8; BUF_ALLOC as usize];
+        let mut got = 0;
+        while got < BUF_ALLOC as usize {
+            c.writable = true;
+            c.flush().unwrap();
+            got += peer.read(&mut sink).unwrap();
+        }
+        c.header(3, 6, 0, 0);
+        assert_eq!(c.promised(), u64::from(MIN_BUF_ALLOC));
+        assert!(c.take_from_guest(&vec![1u8; MIN_BUF_ALLOC as usize]));
+        assert!(!c.take_from_guest(&[1u8]), "past the new, smaller promise");
     }
 
     #[test]
