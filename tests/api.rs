@@ -280,8 +280,8 @@ fn bad_requests_get_400_and_a_fault_message_and_the_api_keeps_working() {
     vm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
     assert_eq!(vm.wait(LIMIT), Some(0), "{}", vm.stderr());
     assert!(
-        vm.stdout()
-            .contains("KITE-TEST hello ok ram_mib=63 cmdline=kite_test=hello"),
+        vm.stdout().contains("KITE-TEST hello ok ram_mib=63 ")
+            && vm.stdout().contains(" cmdline=kite_test=hello"),
         "{}",
         vm.stdout()
     );
@@ -317,8 +317,8 @@ fn a_config_file_boots_and_get_vm_config_round_trips() {
     );
     assert_eq!(out.code, Some(0), "{}", out.stderr);
     assert!(
-        out.stdout
-            .contains("KITE-TEST hello ok ram_mib=95 cmdline=kite_test=hello"),
+        out.stdout.contains("KITE-TEST hello ok ram_mib=95 ")
+            && out.stdout.contains(" cmdline=kite_test=hello"),
         "{}",
         out.stdout
     );
