@@ -151,6 +151,7 @@ pub struct Vmm {
     pause: Arc<PauseControl>,
     exits: Arc<ExitCounts>,
     i8042: Arc<Mutex<I8042>>,
+    device_counters: Vec<(String, virtio::Interrupt)>,
     api: Option<RunningApi>,
     timeout: Option<Duration>,
     seccomp: seccomp::Mode,
@@ -225,7 +226,7 @@ impl Vmm {
         };
         // With ACPI tables the DSDT names the virtio devices; without, the command line does
         // (never both: an ACPI kernel would find each device twice).
-        let (disks, placed) = attach_virtio(
+        let (disks, placed, device_counters) = attach_virtio(
             config,
             &vm,
             &mem,
@@ -324,6 +325,7 @@ impl Vmm {
             pause,
             exits,
             i8042,
+            device_counters,
             api: None,
             timeout: config.timeout,
             seccomp: config.seccomp,
@@ -343,10 +345,12 @@ impl Vmm {
             exits: self.exits.snapshot(),
             completed: self.completed.snapshot(),
             devices: self
-                .disks
+                .device_counters
                 .iter()
-                .enumerate()
-                .map(|(i, d)| (format!("block{i}"), d.stats()))
+                .map(|(name, irq)| (name.clone(), irq.counters()))
+                .chain(
+                    (self.disks.iter().enumerate()).map(|(i, d)| (format!("block{i}"), d.stats())),
+                )
                 .collect(),
             ..Default::default()
         }
@@ -650,6 +654,13 @@ fn load_initrd(
     Ok((addr, size))
 }
 
+/// The disks, where each virtio device sits, and each one's counters.
+type Attached = (
+    Vec<BlockHandle>,
+    Vec<virtio::Placement>,
+    Vec<(String, virtio::Interrupt)>,
+);
+
 /// Disks first (so the guest names them vda, vdb, ... in order), then the entropy device, then
 /// network interfaces and vsock.
 fn attach_virtio(
@@ -659,7 +670,7 @@ fn attach_virtio(
     mmio: &mut Bus,
     event_manager: &mut EventMgr,
     cmdline: Option<&mut linux_loader::cmdline::Cmdline>,
-) -> Result<(Vec<BlockHandle>, Vec<virtio::Placement>), Error> {
+) -> Result<Attached, Error> {
     let mut slots = MmioSlots::new();
     let mut ctx = VirtioContext {
         vm,
@@ -669,6 +680,7 @@ fn attach_virtio(
         cmdline,
         slots: &mut slots,
         placed: Vec::new(),
+        counters: Vec::new(),
     };
     let mut disks = Vec::new();
     for disk in &config.disks {
@@ -706,7 +718,7 @@ fn attach_virtio(
             at.irq
         );
     }
-    Ok((disks, ctx.placed))
+    Ok((disks, ctx.placed, ctx.counters))
 }
 
 /// The i8042 at ports 0x60-0x64, its keyboard on IRQ 1.

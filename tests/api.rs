@@ -120,6 +120,10 @@ fn a_guest_configured_and_started_only_through_the_api() {
     );
     assert!(first["api"]["requests"].as_u64().unwrap() >= 3, "{line}");
     assert!(first["devices"]["block0"].is_object(), "{line}");
+    // The read-only disk was never used by this guest; the rng and vsock devices exist.
+    assert_eq!(first["devices"]["virtio-blk0"]["completed"], 0, "{line}");
+    assert!(first["devices"]["virtio-rng0"].is_object(), "{line}");
+    assert!(first["devices"]["virtio-vsock0"].is_object(), "{line}");
     // Ctrl-Alt-Del goes to the keyboard; this guest ignores it.
     vm.ok("PUT", "/actions", r#"{"action_type": "SendCtrlAltDel"}"#);
     let before = last_tick(&vm.stdout());

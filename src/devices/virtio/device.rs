@@ -5,7 +5,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering, fence};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering, fence};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -77,6 +77,10 @@ struct InterruptState {
     config_generation: AtomicU32,
     /// Registered as a KVM irqfd for the device's IRQ line.
     irq: EventFd,
+    /// Chains completed, bytes written to them, times the device needed a reset (metrics).
+    completed: AtomicU64,
+    bytes_to_guest: AtomicU64,
+    needs_reset_count: AtomicU64,
 }
 
 /// How a device (and its transport) interrupts the driver.
@@ -90,7 +94,21 @@ impl Interrupt {
             needs_reset: AtomicBool::new(false),
             config_generation: AtomicU32::new(0),
             irq,
+            completed: AtomicU64::new(0),
+            bytes_to_guest: AtomicU64::new(0),
+            needs_reset_count: AtomicU64::new(0),
         }))
+    }
+
+    /// The device's counters for the metrics line: chains completed, bytes the device wrote
+    /// into them, times it needed a reset.
+    pub fn counters(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("completed", get(&self.0.completed)),
+            ("bytes_to_guest", get(&self.0.bytes_to_guest)),
+            ("needs_reset", get(&self.0.needs_reset_count)),
+        ]
     }
 
     fn raise(&self, bit: u32) {
@@ -116,6 +134,7 @@ impl Interrupt {
     /// The device is in an error state only a reset clears: set DEVICE_NEEDS_RESET and send a
     /// configuration change notification.
     pub fn signal_needs_reset(&self) {
+        self.0.needs_reset_count.fetch_add(1, Ordering::Relaxed);
         self.0.needs_reset.store(true, Ordering::SeqCst);
         self.raise(VIRTIO_MMIO_INT_CONFIG);
     }
@@ -353,7 +372,14 @@ impl Active {
             return;
         };
         match queue.add_used(&self.mem, head, len) {
-            Ok(()) => *unnotified = true,
+            Ok(()) => {
+                *unnotified = true;
+                let state = &self.interrupt.0;
+                state.completed.fetch_add(1, Ordering::Relaxed);
+                state
+                    .bytes_to_guest
+                    .fetch_add(u64::from(len), Ordering::Relaxed);
+            }
             Err(e) => self.fail(log, what, &e),
         }
     }

@@ -41,7 +41,8 @@ use crate::arch::x86_64::layout::{
 use crate::bus::Bus;
 use crate::memory::GuestMem;
 use block::Block;
-use device::{Interrupt, QueueEvents, SharedDevice};
+pub use device::Interrupt;
+use device::{QueueEvents, SharedDevice};
 use mmio::{MmioTransport, QUEUE_NOTIFY};
 use net::Net;
 use rng::Rng;
@@ -186,6 +187,8 @@ pub struct VirtioContext<'a> {
     pub slots: &'a mut MmioSlots,
     /// Every device attached so far, in order (for the ACPI DSDT).
     pub placed: Vec<Placement>,
+    /// Every device's name (`virtio-blk0`, `virtio-net0`, ...) and counters (metrics).
+    pub counters: Vec<(String, Interrupt)>,
 }
 
 /// Where an attached device sits.
@@ -279,6 +282,20 @@ fn attach(ctx: &mut VirtioContext<'_>, device: SharedDevice) -> Result<Placement
         .register_irqfd(&irq_event, irq)
         .map_err(|source| Error::Irqfd { irq, source })?;
     let interrupt = Interrupt::new(irq_event);
+    let kind = match device::lock(&device).device_type() {
+        1 => "virtio-net",
+        2 => "virtio-blk",
+        4 => "virtio-rng",
+        19 => "virtio-vsock",
+        _ => "virtio",
+    };
+    let nth = ctx
+        .counters
+        .iter()
+        .filter(|(name, _)| name.starts_with(kind))
+        .count();
+    ctx.counters
+        .push((format!("{kind}{nth}"), interrupt.clone()));
 
     let queues = device::lock(&device).queue_max_sizes().len();
     let mut events = Vec::with_capacity(queues);
