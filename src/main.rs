@@ -57,9 +57,27 @@ fn start(
                 metrics,
                 id: plan.id.clone(),
             };
-            let vmm = setup
-                .wait_for_start(channel, |c| boot(c).map_err(|e| kite::error_chain(&e)))
-                .ok_or_else(|| say("the API thread stopped before the VM was started".into()))?;
+            // Stop signals end the wait (the socket is removed); Vmm::run takes them over.
+            let signals = kite::signals::block_stop_signals()
+                .map_err(|e| log::warn!("cannot watch for stop signals: {e}"))
+                .ok();
+            let started = setup.wait_for_start(channel, signals.as_ref(), |c| {
+                boot(c).map_err(|e| kite::error_chain(&e))
+            });
+            let vmm = match started {
+                Ok(vmm) => vmm,
+                Err(setup::NotStarted::Signal(sig)) => {
+                    let _ = std::fs::remove_file(&channel.socket);
+                    log::info!("stopped on signal {sig} before the VM was started");
+                    return Err(128 + sig);
+                }
+                Err(setup::NotStarted::ApiGone) => {
+                    let _ = std::fs::remove_file(&channel.socket);
+                    return Err(say(
+                        "the API thread stopped before the VM was started".into()
+                    ));
+                }
+            };
             (vmm, setup.config, setup.metrics)
         }
         (None, None) => return Err(say("no kernel to boot".into())),

@@ -50,6 +50,21 @@ pub fn block_stop_signals() -> std::io::Result<OwnedFd> {
     }
 }
 
+/// A stop signal waiting on `signals` (a non-blocking signalfd from [`block_stop_signals`]),
+/// taken from it.
+pub fn pending(signals: &OwnedFd) -> Option<i32> {
+    let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
+    let size = std::mem::size_of::<libc::signalfd_siginfo>();
+    // SAFETY: reading at most `size` bytes into a buffer of exactly that size.
+    let n = unsafe { libc::read(signals.as_raw_fd(), info.as_mut_ptr().cast(), size) };
+    if n != size as isize {
+        return None;
+    }
+    // SAFETY: the kernel wrote a whole signalfd_siginfo.
+    let info = unsafe { info.assume_init() };
+    Some(info.ssi_signo as i32)
+}
+
 /// Wakes the event loop when an exit is requested, and turns stop signals into an exit.
 pub struct ExitWatcher {
     pub exit: Arc<ExitHandle>,
@@ -70,14 +85,8 @@ impl MutEventSubscriber for ExitWatcher {
             let _ = self.exit.eventfd().read();
             return;
         }
-        let mut info = std::mem::MaybeUninit::<libc::signalfd_siginfo>::uninit();
-        let size = std::mem::size_of::<libc::signalfd_siginfo>();
-        // SAFETY: reading at most `size` bytes into a buffer of exactly that size.
-        let n = unsafe { libc::read(self.signals.as_raw_fd(), info.as_mut_ptr().cast(), size) };
-        if n == size as isize {
-            // SAFETY: the kernel wrote a whole signalfd_siginfo.
-            let info = unsafe { info.assume_init() };
-            self.exit.request(ExitReason::Signal(info.ssi_signo as i32));
+        if let Some(signal) = pending(&self.signals) {
+            self.exit.request(ExitReason::Signal(signal));
         }
     }
 }

@@ -465,3 +465,22 @@ fn firecracker_flags_through_a_symlink_named_firecracker() {
         out.stderr
     );
 }
+
+#[test]
+fn a_stop_signal_while_waiting_for_the_api_ends_kite_and_removes_the_socket() {
+    let test = "a_stop_signal_while_waiting_for_the_api_ends_kite_and_removes_the_socket";
+    if guest(test).is_none() {
+        return;
+    }
+    let mut vm = ApiVm::start(test, &["--no-acpi"]);
+    let (status, _) = vm.call("GET", "/", None);
+    assert_eq!(status, 200);
+    vm.signal(libc::SIGTERM);
+    assert_eq!(vm.wait(LIMIT), Some(128 + libc::SIGTERM), "{}", vm.stderr());
+    assert!(!vm.sock.exists(), "the socket is left behind");
+    assert!(
+        vm.stderr().contains("stopped on signal 15"),
+        "{}",
+        vm.stderr()
+    );
+}

@@ -9,6 +9,15 @@ use super::server::ApiChannel;
 use super::types::{FullConfig, InstanceInfo, Logger, MachineConfig};
 use crate::config::VmConfig;
 
+/// Why no VM was started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotStarted {
+    /// A stop signal (its number) arrived while waiting.
+    Signal(i32),
+    /// The API thread stopped.
+    ApiGone,
+}
+
 /// The instance as configured so far.
 pub struct Setup {
     pub config: FullConfig,
@@ -135,14 +144,28 @@ impl Setup {
     }
 
     /// Serve configuration calls until an `InstanceStart` whose `boot` succeeds; its result.
-    /// `None` if the API thread has gone.
+    /// `Err` if a stop signal arrives on `signals` (a signalfd, see
+    /// [`crate::signals::block_stop_signals`]) first, or the API thread has gone.
     pub fn wait_for_start<T>(
         &mut self,
         channel: &ApiChannel,
+        signals: Option<&std::os::fd::OwnedFd>,
         mut boot: impl FnMut(&VmConfig) -> Result<T, String>,
-    ) -> Option<T> {
+    ) -> Result<T, NotStarted> {
         loop {
-            let envelope = channel.rx.recv().ok()?;
+            if let Some(signal) = signals.and_then(crate::signals::pending) {
+                return Err(NotStarted::Signal(signal));
+            }
+            let envelope = match channel
+                .rx
+                .recv_timeout(std::time::Duration::from_millis(100))
+            {
+                Ok(e) => e,
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(NotStarted::ApiGone);
+                }
+            };
             let _ = channel.wake.read();
             if envelope.request != ApiRequest::InstanceStart {
                 let _ = envelope.reply.send(self.apply(envelope.request));
@@ -154,7 +177,7 @@ impl Setup {
             match started {
                 Ok(vm) => {
                     let _ = envelope.reply.send(Response::no_content());
-                    return Some(vm);
+                    return Ok(vm);
                 }
                 Err(e) => {
                     log::error!("InstanceStart: {e}");

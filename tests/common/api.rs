@@ -167,6 +167,13 @@ impl ApiVm {
         }
     }
 
+    /// Send `signal` to kite.
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on the child's pid, which has not been reaped (the child is only
+        // waited for by `wait` and drop).
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+    }
+
     /// Type `text` on the guest's console.
     pub fn type_text(&mut self, text: &str) {
         let stdin = self.child.stdin.as_mut().expect("stdin is piped");
