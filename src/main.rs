@@ -197,7 +197,12 @@ fn main() -> ExitCode {
                 .collect::<Vec<_>>()
                 .join(" ");
             let first = first.trim_start_matches("error: ");
-            eprintln!("kite: error: {first} (see kite --help)");
+            let help = if invoked_as_firecracker() {
+                "firecracker --help; Firecracker flags Kite takes: docs/api.md"
+            } else {
+                "kite --help"
+            };
+            eprintln!("kite: error: {first} (see {help})");
             return ExitCode::from(2);
         }
     };
