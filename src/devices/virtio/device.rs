@@ -617,7 +617,8 @@ mod tests {
         }
         let irq = EventFd::new(libc::EFD_NONBLOCK).unwrap();
         let features = 1 << VIRTIO_RING_F_EVENT_IDX;
-        let mut active = Active::new(mem.clone(), vec![queue], Interrupt::new(irq), features);
+        let interrupt = Interrupt::new(irq);
+        let mut active = Active::new(mem.clone(), vec![queue], interrupt.clone(), features);
         let kick = Arc::new(EventFd::new(0).unwrap());
         let stop = Arc::new(AtomicBool::new(false));
 
@@ -626,7 +627,7 @@ mod tests {
             thread::spawn(move || {
                 let mut log = LogLimiter::new();
                 while kick.read().is_ok() && !stop.load(Ordering::SeqCst) {
-                    while active.drain_queue(0, "race", &mut log, |_, _| Completion::Used(0)) {}
+                    while active.drain_queue(0, "race", &mut log, |_, _| Completion::Used(16)) {}
                 }
             })
         };
@@ -669,6 +670,15 @@ mod tests {
         stop.store(true, Ordering::SeqCst);
         kick.write(1).unwrap();
         device.join().unwrap();
+        // The metrics counters saw every completion and its length.
+        assert_eq!(
+            interrupt.counters(),
+            [
+                ("completed", u64::from(TOTAL)),
+                ("bytes_to_guest", 16 * u64::from(TOTAL)),
+                ("needs_reset", 0)
+            ]
+        );
     }
 
     #[test]
@@ -683,6 +693,7 @@ mod tests {
         assert_eq!(interrupt.status(), VIRTIO_MMIO_INT_CONFIG);
         interrupt.signal_needs_reset();
         assert!(interrupt.needs_reset());
+        assert_eq!(interrupt.counters()[2], ("needs_reset", 1));
         interrupt.reset();
         assert!(!interrupt.needs_reset());
         assert_eq!(interrupt.status(), 0);
