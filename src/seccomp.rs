@@ -335,6 +335,9 @@ pub const MAIN: &[Rule] = &[
     // closes every inherited descriptor.
     with(SYS_clone, eq(0, crate::teardown::CHILD_FLAGS as u64)),
     any(SYS_close_range),
+    // teardown.rs: that child gets a process group of its own (only a child's or one's own
+    // group can be changed), so Kite's group is empty once Kite exits.
+    any(SYS_setpgid),
 ];
 
 /// The API thread (`api/server.rs`), from its start (before the VM is configured) to the

@@ -10,7 +10,9 @@
 //! of Kite's stdout or stderr sees end-of-file when Kite exits), waits until Kite has closed
 //! its own copy of the VM's descriptor (end-of-file on a pipe whose write end only Kite
 //! holds: otherwise, if the child were quicker, Kite's close would be the last and wait),
-//! then closes the VM and exits. Kite itself exits without waiting for it. If the pipe or
+//! then closes the VM and exits. Kite itself exits without waiting for it. The child is moved
+//! to a process group of its own before Kite lets go, so that whoever started Kite in a group
+//! (a shell's job, a supervisor) finds that group empty when Kite has exited. If the pipe or
 //! the child cannot be made, the VM is closed here, as before.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -102,6 +104,12 @@ impl Teardown {
         if pid < 0 {
             log::debug!(
                 "no teardown child ({}); closing the VM here",
+                std::io::Error::last_os_error()
+            );
+        // SAFETY: setpgid on our own child, which has not exec'ed; no memory is passed.
+        } else if unsafe { libc::setpgid(pid, pid) } != 0 {
+            log::debug!(
+                "teardown child left in Kite's process group: {}",
                 std::io::Error::last_os_error()
             );
         }

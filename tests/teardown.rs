@@ -1,9 +1,9 @@
 //! Kite hands the kernel's teardown of the VM to a child process and exits without waiting for
 //! it (src/teardown.rs). This test makes itself a child subreaper, so that the child, orphaned
 //! when Kite exits, becomes its own, and checks what a user depends on: Kite's exit code and
-//! last line are as before, its output pipes reach end-of-file while the child may still run,
-//! and the child, which runs under Kite's seccomp filter, ends by itself with status 0 (not
-//! killed by SIGSYS, not left behind).
+//! last line are as before, its output pipes reach end-of-file and its process group is empty
+//! while the child may still run, and the child, which runs under Kite's seccomp filter, ends by
+//! itself with status 0 (not killed by SIGSYS, not left behind).
 
 mod common;
 
@@ -50,6 +50,9 @@ fn the_vm_is_torn_down_by_a_child_that_exits_cleanly() {
     cmd.args(["run", "--no-acpi", "--memory", "256M", "--kernel"])
         .arg(&guest)
         .args(["--cmdline", "kite_test=hello"]);
+    // A group of its own, as a shell starts a job: once Kite has exited, the group must be
+    // empty (the teardown child, still closing the VM, is in a group of its own).
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd.spawn().expect("kite starts");
     let kite_pid = child.id() as i32;
     let (mut out, mut err) = (String::new(), String::new());
@@ -67,6 +70,9 @@ fn the_vm_is_torn_down_by_a_child_that_exits_cleanly() {
         .read_to_string(&mut err)
         .unwrap();
     let status = child.wait().expect("kite ends");
+    // SAFETY: kill() with signal 0 only checks whether any process of the group exists.
+    let group_alive = unsafe { libc::kill(-kite_pid, 0) } == 0;
+    assert!(!group_alive, "a process of Kite's group outlived it");
     assert_eq!(status.code(), Some(0), "stderr:\n{err}");
     assert!(out.contains("KITE-TEST hello ok"), "stdout:\n{out}");
     assert_eq!(
