@@ -302,9 +302,8 @@ pub const MAIN: &[Rule] = &[
     any(SYS_futex),
     // Instant::now where the vDSO falls back to the system call.
     any(SYS_clock_gettime),
-    // memory.rs: the memory report at exit (mincore on guest RAM, /proc/self/status opened
-    // before the filter).
-    any(SYS_mincore),
+    // memory.rs: the memory report at exit (/proc/self/status and /proc/self/smaps, opened
+    // before the filter, read from their start).
     any(SYS_pread64),
     // vsock.rs: its listening socket is removed when the device is dropped at exit.
     any(SYS_unlink),

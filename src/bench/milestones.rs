@@ -124,7 +124,7 @@ pub fn rows(n: &Naming, guest: &[Sample]) -> Vec<Row> {
         mib(|m| m.0.saturating_sub(m.1)),
     ));
     rows.push(mem_row("peak RSS (VmHWM)", mib(|m| m.0)));
-    rows.push(mem_row("guest RAM touched (mincore)", mib(|m| m.1)));
+    rows.push(mem_row("guest RAM touched (smaps)", mib(|m| m.1)));
     rows
 }
 
@@ -214,7 +214,7 @@ mod tests {
         );
         assert_eq!(get(&rows, "linux-boot: kernel loaded").guest, [6.7; 3]);
         assert_eq!(
-            get(&rows, "linux-boot memory: guest RAM touched (mincore)").guest,
+            get(&rows, "linux-boot memory: guest RAM touched (smaps)").guest,
             [10.0; 3]
         );
         assert!(rows.iter().all(|r| r.status == Status::Ok));
