@@ -1,7 +1,7 @@
 //! A `kite run --api-sock` under test: an HTTP client for its socket (the curl crate), its
 //! console read as it comes, and its end.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -62,20 +62,6 @@ pub struct ApiVm {
     stderr: Arc<Mutex<String>>,
 }
 
-fn drain(mut r: impl Read + Send + 'static, into: Arc<Mutex<String>>) {
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = r.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            into.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-}
-
 impl ApiVm {
     /// `kite run --api-sock DIR/api.sock` with `args`, its socket ready.
     pub fn start(test: &str, args: &[&str]) -> ApiVm {
@@ -93,10 +79,8 @@ impl ApiVm {
             .stderr(Stdio::piped())
             .spawn()
             .expect("kite starts");
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
-        drain(child.stdout.take().unwrap(), stdout.clone());
-        drain(child.stderr.take().unwrap(), stderr.clone());
+        let (stdout, _) = super::collect(child.stdout.take().unwrap());
+        let (stderr, _) = super::collect(child.stderr.take().unwrap());
         let vm = ApiVm {
             sock,
             dir,

@@ -416,6 +416,27 @@ pub fn scenario(test: &str, name: &str, args: &[&str], words: &str) -> Option<Ru
     Some(Run::parse(name, run(cmd, Duration::from_secs(120))))
 }
 
+/// Everything `r` gives, appended to a shared string as it comes, by a thread (whose handle is
+/// returned, for callers that must know the text is complete).
+pub fn collect(
+    mut r: impl Read + Send + 'static,
+) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
+    let text = Arc::new(Mutex::new(String::new()));
+    let into = text.clone();
+    let reader = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = r.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    });
+    (text, reader)
+}
+
 /// A running `kite run` whose console and log are collected as they come.
 pub struct Guest {
     child: std::process::Child,
@@ -430,24 +451,8 @@ impl Guest {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("kite starts");
-        let collect = |mut r: Box<dyn Read + Send>| {
-            let buf = Arc::new(Mutex::new(String::new()));
-            let b = buf.clone();
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = r.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    b.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
-                }
-            });
-            buf
-        };
-        let stdout = collect(Box::new(child.stdout.take().unwrap()));
-        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        let (stdout, _) = collect(child.stdout.take().unwrap());
+        let (stderr, _) = collect(child.stderr.take().unwrap());
         Guest {
             stdin: child.stdin.take(),
             child,

@@ -12,7 +12,9 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::{Outcome, Run, kite, kvm_unavailable, path_str, run, skip, temp_file, testguest};
+use super::{
+    Outcome, Run, collect, kite, kvm_unavailable, path_str, run, skip, temp_file, testguest,
+};
 
 /// Time limit of one run of a [`Machine`].
 pub const LIMIT: Duration = Duration::from_secs(90);
@@ -103,25 +105,9 @@ impl Watched {
             .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("kite starts");
         let pid = child.id();
-        let mut readers = Vec::new();
-        let mut collect = |mut r: Box<dyn Read + Send>| {
-            let buf = Arc::new(Mutex::new(String::new()));
-            let b = buf.clone();
-            readers.push(std::thread::spawn(move || {
-                let mut chunk = [0u8; 4096];
-                while let Ok(n) = r.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    b.lock()
-                        .unwrap()
-                        .push_str(&String::from_utf8_lossy(&chunk[..n]));
-                }
-            }));
-            buf
-        };
-        let stdout = collect(Box::new(child.stdout.take().unwrap()));
-        let stderr = collect(Box::new(child.stderr.take().unwrap()));
+        let (stdout, out_reader) = collect(child.stdout.take().unwrap());
+        let (stderr, err_reader) = collect(child.stderr.take().unwrap());
+        let readers = vec![out_reader, err_reader];
         let cpu = Arc::new(Mutex::new(ThreadCpu::default()));
         let c = cpu.clone();
         std::thread::spawn(move || {
