@@ -6,9 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::api::convert::{self, Extras};
-use crate::api::types::{
-    BootSource, Drive, Entropy, FullConfig, Logger, MachineConfig, NetworkInterface, Vsock,
-};
+use crate::api::types::{BootSource, Entropy, FullConfig, Logger, MachineConfig, Vsock};
 use crate::config::{self, VmConfig};
 
 #[derive(Parser, Debug)]
@@ -259,17 +257,7 @@ impl RunArgs {
             }
             for (i, text) in self.disks.iter().enumerate() {
                 let d = config::parse_disk(text)?;
-                layout.drives.push(Drive {
-                    drive_id: format!("drive{i}"),
-                    path_on_host: path(&d.path),
-                    is_root_device: false,
-                    is_read_only: d.readonly,
-                    partuuid: None,
-                    cache_type: None,
-                    io_engine: None,
-                    rate_limiter: None,
-                    socket: None,
-                });
+                layout.drives.push(convert::drive_of(i, &d));
             }
         }
         if !self.nets.is_empty() {
@@ -278,13 +266,7 @@ impl RunArgs {
             }
             for (i, text) in self.nets.iter().enumerate() {
                 let n = config::parse_net(text)?;
-                layout.network_interfaces.push(NetworkInterface {
-                    iface_id: format!("eth{i}"),
-                    host_dev_name: n.tap,
-                    guest_mac: Some(n.mac.map(|b| format!("{b:02x}")).join(":")),
-                    rx_rate_limiter: None,
-                    tx_rate_limiter: None,
-                });
+                layout.network_interfaces.push(convert::interface_of(i, &n));
             }
         }
         if let Some(text) = &self.vsock {

@@ -98,6 +98,32 @@ pub fn disk(d: &Drive) -> Result<DiskConfig, Error> {
     })
 }
 
+/// The drive a config file gives for disk `d`, the `i`th (`drive{i}`): [`disk`]'s inverse.
+pub fn drive_of(i: usize, d: &DiskConfig) -> Drive {
+    Drive {
+        drive_id: format!("drive{i}"),
+        path_on_host: d.path.to_string_lossy().into_owned(),
+        is_root_device: false,
+        is_read_only: d.readonly,
+        partuuid: None,
+        cache_type: None,
+        io_engine: None,
+        rate_limiter: None,
+        socket: None,
+    }
+}
+
+/// The network interface a config file gives for `n`, the `i`th (`eth{i}`): [`net`]'s inverse.
+pub fn interface_of(i: usize, n: &NetConfig) -> NetworkInterface {
+    NetworkInterface {
+        iface_id: format!("eth{i}"),
+        host_dev_name: n.tap.clone(),
+        guest_mac: Some(n.mac.map(|b| format!("{b:02x}")).join(":")),
+        rx_rate_limiter: None,
+        tx_rate_limiter: None,
+    }
+}
+
 pub fn net(n: &NetworkInterface) -> Result<NetConfig, Error> {
     n.check()?;
     if n.host_dev_name.is_empty() {
@@ -218,29 +244,13 @@ pub fn from_vm_config(v: &VmConfig) -> FullConfig {
             .disks
             .iter()
             .enumerate()
-            .map(|(i, d)| Drive {
-                drive_id: format!("drive{i}"),
-                path_on_host: path(&d.path),
-                is_root_device: false,
-                is_read_only: d.readonly,
-                partuuid: None,
-                cache_type: None,
-                io_engine: None,
-                rate_limiter: None,
-                socket: None,
-            })
+            .map(|(i, d)| drive_of(i, d))
             .collect(),
         network_interfaces: v
             .nets
             .iter()
             .enumerate()
-            .map(|(i, n)| NetworkInterface {
-                iface_id: format!("eth{i}"),
-                host_dev_name: n.tap.clone(),
-                guest_mac: Some(n.mac.map(|b| format!("{b:02x}")).join(":")),
-                rx_rate_limiter: None,
-                tx_rate_limiter: None,
-            })
+            .map(|(i, n)| interface_of(i, n))
             .collect(),
         vsock: v.vsock.as_ref().map(|s| Vsock {
             vsock_id: None,
