@@ -303,8 +303,10 @@ pub const MAIN: &[Rule] = &[
     // Instant::now where the vDSO falls back to the system call.
     any(SYS_clock_gettime),
     // memory.rs: the memory report at exit (/proc/self/status and /proc/self/smaps, opened
-    // before the filter, read from their start).
+    // before the filter, read from their start; mincore only for guest RAM whose mapping was
+    // merged with another's).
     any(SYS_pread64),
+    any(SYS_mincore),
     // vsock.rs: its listening socket is removed when the device is dropped at exit.
     any(SYS_unlink),
     // terminal.rs: the terminal restored at exit, and by the SIGSYS handler (glibc's
