@@ -9,71 +9,12 @@ use crate::report::Line;
 use crate::sys::{ms_to_ticks, rdtsc};
 use crate::virtio::{self, Arena, Buf, Device, ID_VSOCK, Queue, Wait};
 
-pub const HOST_CID: u64 = 2;
-pub const HDR: u64 = 44;
-pub const DATA: u64 = 4096;
+pub use super::vsock::{
+    DATA, HDR, HOST_CID, Hdr, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
+    OP_SHUTDOWN, SHUTDOWN_BOTH, TYPE_STREAM,
+};
+
 pub const RX_BUFS: usize = 16;
-pub const TYPE_STREAM: u16 = 1;
-pub const OP_REQUEST: u16 = 1;
-pub const OP_RESPONSE: u16 = 2;
-pub const OP_RST: u16 = 3;
-pub const OP_SHUTDOWN: u16 = 4;
-pub const OP_RW: u16 = 5;
-pub const OP_CREDIT_UPDATE: u16 = 6;
-pub const SHUTDOWN_BOTH: u32 = 3;
-
-#[derive(Clone, Copy, Default)]
-pub struct Hdr {
-    pub src_cid: u64,
-    pub dst_cid: u64,
-    pub src_port: u32,
-    pub dst_port: u32,
-    pub len: u32,
-    pub kind: u16,
-    pub op: u16,
-    pub flags: u32,
-    pub buf_alloc: u32,
-    pub fwd_cnt: u32,
-}
-
-impl Hdr {
-    fn write(&self, addr: u64) {
-        let mut b = [0u8; HDR as usize];
-        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
-        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
-        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
-        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
-        b[24..28].copy_from_slice(&self.len.to_le_bytes());
-        b[28..30].copy_from_slice(&self.kind.to_le_bytes());
-        b[30..32].copy_from_slice(&self.op.to_le_bytes());
-        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
-        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
-        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
-        // SAFETY: a header buffer of HDR bytes in arena RAM the device does not own now.
-        unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), addr as *mut u8, b.len()) };
-    }
-
-    fn read(addr: u64) -> Hdr {
-        let mut b = [0u8; HDR as usize];
-        // SAFETY: as for write; the device is done with it.
-        unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, b.as_mut_ptr(), b.len()) };
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-        let u16_at = |i: usize| u16::from_le_bytes(b[i..i + 2].try_into().unwrap());
-        Hdr {
-            src_cid: u64_at(0),
-            dst_cid: u64_at(8),
-            src_port: u32_at(16),
-            dst_port: u32_at(20),
-            len: u32_at(24),
-            kind: u16_at(28),
-            op: u16_at(30),
-            flags: u32_at(32),
-            buf_alloc: u32_at(36),
-            fwd_cnt: u32_at(40),
-        }
-    }
-}
 
 pub struct RawVsock {
     pub dev: Device,

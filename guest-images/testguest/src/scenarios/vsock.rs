@@ -19,42 +19,43 @@ use crate::report::{Line, Outcome};
 use crate::sys::{ms_to_ticks, rdtsc};
 use crate::virtio::{self, Arena, Buf, Device, ID_VSOCK, Queue, Wait};
 
-const HOST_CID: u64 = 2;
-const HDR: u64 = 44;
-const DATA: u64 = 4096;
+pub const HOST_CID: u64 = 2;
+pub const HDR: u64 = 44;
+pub const DATA: u64 = 4096;
 const RX_BUFS: usize = 32;
 const TX_SLOTS: usize = 32;
 const EVENT_BUFS: usize = 4;
 const BUF_ALLOC: u32 = 256 << 10;
 const LOCAL_PORT: u32 = 49152;
-const TYPE_STREAM: u16 = 1;
-const OP_REQUEST: u16 = 1;
-const OP_RESPONSE: u16 = 2;
-const OP_RST: u16 = 3;
-const OP_SHUTDOWN: u16 = 4;
-const OP_RW: u16 = 5;
-const OP_CREDIT_UPDATE: u16 = 6;
+pub const TYPE_STREAM: u16 = 1;
+pub const OP_REQUEST: u16 = 1;
+pub const OP_RESPONSE: u16 = 2;
+pub const OP_RST: u16 = 3;
+pub const OP_SHUTDOWN: u16 = 4;
+pub const OP_RW: u16 = 5;
+pub const OP_CREDIT_UPDATE: u16 = 6;
 const OP_CREDIT_REQUEST: u16 = 7;
-const SHUTDOWN_BOTH: u32 = 3;
+pub const SHUTDOWN_BOTH: u32 = 3;
 /// Time limit for each step (connecting, each packet, the echo).
 const STEP_MS: u64 = 5000;
 
+/// A virtio-vsock packet header (also `rawvsock.rs`'s, whose packets may lie in any field).
 #[derive(Clone, Copy, Default)]
-struct Hdr {
-    src_cid: u64,
-    dst_cid: u64,
-    src_port: u32,
-    dst_port: u32,
-    len: u32,
-    kind: u16,
-    op: u16,
-    flags: u32,
-    buf_alloc: u32,
-    fwd_cnt: u32,
+pub struct Hdr {
+    pub src_cid: u64,
+    pub dst_cid: u64,
+    pub src_port: u32,
+    pub dst_port: u32,
+    pub len: u32,
+    pub kind: u16,
+    pub op: u16,
+    pub flags: u32,
+    pub buf_alloc: u32,
+    pub fwd_cnt: u32,
 }
 
 impl Hdr {
-    fn write(&self, addr: u64) {
+    pub fn write(&self, addr: u64) {
         let mut b = [0u8; HDR as usize];
         b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
         b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
@@ -70,7 +71,7 @@ impl Hdr {
         unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), addr as *mut u8, b.len()) };
     }
 
-    fn read(addr: u64) -> Hdr {
+    pub fn read(addr: u64) -> Hdr {
         let mut b = [0u8; HDR as usize];
         // SAFETY: as for write; the device is done with it.
         unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, b.as_mut_ptr(), b.len()) };
