@@ -24,6 +24,23 @@ impl Line {
         &self.buf[..self.len]
     }
 
+    /// The text, or `?` if the cut at the capacity split a character.
+    pub fn as_str(&self) -> &str {
+        core::str::from_utf8(self.as_bytes()).unwrap_or("?")
+    }
+
+    /// The text up to its first space: a result line's first figure.
+    pub fn first_word(&self) -> &str {
+        self.as_str().split(' ').next().unwrap_or("?")
+    }
+
+    /// `<what>: <this line>`: a failure reason given its context.
+    pub fn prefixed(&self, what: &str) -> Line {
+        let mut line = Line::new();
+        let _ = fmt::Write::write_fmt(&mut line, format_args!("{what}: {}", self.as_str()));
+        line
+    }
+
     pub fn push(&mut self, b: u8) {
         if self.len < self.buf.len() {
             self.buf[self.len] = b;

@@ -243,11 +243,7 @@ pub fn notify(ctx: &mut Ctx) -> Outcome {
     let _ = write!(
         line,
         "devices={present} notifies={writes} ms={ms} then_rng={}",
-        core::str::from_utf8(r.as_bytes())
-            .unwrap_or("?")
-            .split(' ')
-            .next()
-            .unwrap_or("?")
+        r.first_word()
     );
     Ok(line)
 }
@@ -319,36 +315,17 @@ pub fn reset(ctx: &mut Ctx) -> Outcome {
             dev.reset()?;
         }
     }
-    let b = blk::virtio_blk(ctx).map_err(|e| prefixed("blk after the resets", &e))?;
-    let r = rng::virtio_rng(ctx).map_err(|e| prefixed("rng after the resets", &e))?;
+    let b = blk::virtio_blk(ctx).map_err(|e| e.prefixed("blk after the resets"))?;
+    let r = rng::virtio_rng(ctx).map_err(|e| e.prefixed("rng after the resets"))?;
     let mut line = Line::new();
     let _ = write!(
         line,
         "rounds={rounds} vsock={} {} rng_{}",
         has_vsock as u8,
-        core::str::from_utf8(b.as_bytes())
-            .unwrap_or("?")
-            .split(' ')
-            .take(1)
-            .next()
-            .unwrap_or("?"),
-        core::str::from_utf8(r.as_bytes())
-            .unwrap_or("?")
-            .split(' ')
-            .next()
-            .unwrap_or("?")
+        b.first_word(),
+        r.first_word()
     );
     Ok(line)
-}
-
-fn prefixed(what: &str, reason: &Line) -> Line {
-    let mut line = Line::new();
-    let _ = write!(
-        line,
-        "{what}: {}",
-        core::str::from_utf8(reason.as_bytes()).unwrap_or("?")
-    );
-    line
 }
 
 /// `hostile-mmio`: `kite_rounds` rounds (default 30) of random values written to every register
@@ -405,10 +382,10 @@ pub fn mmio_fuzz(ctx: &mut Ctx) -> Outcome {
             return fail!("device at {base:#x} did not reset after the writes");
         }
     }
-    let r = rng::virtio_rng(ctx).map_err(|e| prefixed("rng after the writes", &e))?;
+    let r = rng::virtio_rng(ctx).map_err(|e| e.prefixed("rng after the writes"))?;
     let blk_ok = match virtio::find(&ctx.cmdline, ID_BLOCK, 0) {
         Ok(_) => {
-            blk::virtio_blk(ctx).map_err(|e| prefixed("blk after the writes", &e))?;
+            blk::virtio_blk(ctx).map_err(|e| e.prefixed("blk after the writes"))?;
             1
         }
         Err(_) => 0,
@@ -417,11 +394,7 @@ pub fn mmio_fuzz(ctx: &mut Ctx) -> Outcome {
     let _ = write!(
         line,
         "devices={n} rounds={rounds} writes={writes} cycles={cycles} blk_ok={blk_ok} rng_{}",
-        core::str::from_utf8(r.as_bytes())
-            .unwrap_or("?")
-            .split(' ')
-            .next()
-            .unwrap_or("?")
+        r.first_word()
     );
     Ok(line)
 }

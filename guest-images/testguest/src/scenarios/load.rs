@@ -12,23 +12,15 @@ use crate::sys::rdtsc;
 
 /// The value of `key=` in a result line's text, or `?`.
 fn field<'a>(line: &'a Line, key: &str) -> &'a str {
-    let text = core::str::from_utf8(line.as_bytes()).unwrap_or("");
-    text.split(' ')
+    line.as_str()
+        .split(' ')
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
         .unwrap_or("?")
 }
 
 /// Runs `part`, prefixing its failure with `what`.
 fn part(ctx: &mut Ctx, what: &str, run: fn(&mut Ctx) -> Outcome) -> Outcome {
-    run(ctx).map_err(|reason| {
-        let mut line = Line::new();
-        let _ = write!(
-            line,
-            "{what}: {}",
-            core::str::from_utf8(reason.as_bytes()).unwrap_or("?")
-        );
-        line
-    })
+    run(ctx).map_err(|reason| reason.prefixed(what))
 }
 
 pub fn load(ctx: &mut Ctx) -> Outcome {

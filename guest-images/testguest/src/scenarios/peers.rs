@@ -38,15 +38,7 @@ pub fn peers(ctx: &mut Ctx) -> Outcome {
         _ => return fail!("kite_peer must be stall, flood, gone or net"),
     }
     let r = rng::virtio_rng(ctx)?;
-    let _ = write!(
-        line,
-        " rng_{}",
-        core::str::from_utf8(r.as_bytes())
-            .unwrap_or("?")
-            .split(' ')
-            .next()
-            .unwrap_or("?")
-    );
+    let _ = write!(line, " rng_{}", r.first_word());
     Ok(line)
 }
 
