@@ -25,14 +25,14 @@ if [ -x "$ROOT/guest-images/testguest/build.sh" ]; then
 	"$ROOT/guest-images/testguest/build.sh"
 fi
 
-cargo fmt --check
-cargo clippy --all-targets --quiet -- -D warnings
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 export KITE_SKIP_LOG="$ROOT/target/kite-skipped.txt"
 mkdir -p "$ROOT/target"
 : >"$KITE_SKIP_LOG"
 status=0
-cargo test --release --all-targets || status=$?
+cargo test --release --workspace --all-targets || status=$?
 # The fuzz targets under libFuzzer, 20 s each (tests/fuzz_corpus.rs above already ran their
 # seeds on stable); skips, with its reason, where nightly or cargo-fuzz is missing.
 scripts/fuzz.sh || status=$?

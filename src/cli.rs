@@ -5,9 +5,11 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::api::convert::{self, Extras};
-use crate::api::types::{BootSource, Entropy, FullConfig, Logger, MachineConfig, Vsock};
-use crate::config::{self, VmConfig};
+use kite_vmm::api::convert::{self, Extras};
+use kite_vmm::api::types::{BootSource, Entropy, FullConfig, Logger, MachineConfig, Vsock};
+use kite_vmm::arch::x86_64::emulated_ring0;
+use kite_vmm::config::{self, VmConfig};
+use kite_vmm::seccomp;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -25,10 +27,10 @@ pub enum Command {
     /// Boot a kernel and attach its serial console to this terminal.
     Run(RunArgs),
     /// Measure what a VM costs against the bare host: each workload on the host and in a VM.
-    Bench(crate::bench::BenchArgs),
+    Bench(kite_bench::BenchArgs),
     /// Run one benchmark workload as a plain host process (the host side of `kite bench`).
     #[command(hide = true)]
-    Workload(crate::bench::host::WorkloadArgs),
+    Workload(kite_bench::host::WorkloadArgs),
 }
 
 #[derive(Args, Debug, Default)]
@@ -74,7 +76,7 @@ pub struct RunArgs {
     /// that Linux can run there. `auto` applies them when the host looks like one (no vmx/svm
     /// CPU flag, or kvm_pvm loaded) and says so in one log line.
     #[arg(long, value_name = "WHEN", value_enum, default_value = "auto")]
-    pub ring0_workarounds: crate::arch::x86_64::emulated_ring0::Mode,
+    pub ring0_workarounds: Ring0Workarounds,
     /// No ACPI tables. By default Kite writes ACPI tables (MADT, FADT, DSDT) and names the
     /// virtio devices only in the DSDT, as kernels with ACPI (all distro kernels) expect. A
     /// kernel without CONFIG_ACPI needs this flag: the devices then go on its command line
@@ -82,11 +84,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_acpi: bool,
     /// System-call filters: each of Kite's threads may make only the system calls on its list
-    /// (src/seccomp.rs), and any other ends Kite with exit code 159 and one line naming the
+    /// (crates/vmm/src/seccomp.rs), and any other ends Kite with exit code 159 and one line naming the
     /// thread and the call. `off` runs without filters and `log` lets every call through but has
     /// the kernel log those outside the lists (dmesg); both are for debugging only.
     #[arg(long, value_name = "on|off|log", value_enum, default_value = "on")]
-    pub seccomp: crate::seccomp::Mode,
+    pub seccomp: Seccomp,
     /// Serve Firecracker's REST API on this Unix socket (docs/api.md). Without --kernel or
     /// --config-file, Kite waits for the API to configure and start the VM.
     #[arg(long, value_name = "PATH")]
@@ -141,6 +143,50 @@ pub enum Error {
     MemoryHost { given: String, host: u64 },
 }
 
+/// `--ring0-workarounds` (the library's [`emulated_ring0::Mode`], as clap parses it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Ring0Workarounds {
+    /// When the host looks like one whose KVM emulates ring 0.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl From<Ring0Workarounds> for emulated_ring0::Mode {
+    fn from(m: Ring0Workarounds) -> Self {
+        match m {
+            Ring0Workarounds::Auto => Self::Auto,
+            Ring0Workarounds::On => Self::On,
+            Ring0Workarounds::Off => Self::Off,
+        }
+    }
+}
+
+/// `--seccomp` (the library's [`seccomp::Mode`], as clap parses it).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Seccomp {
+    /// A call outside its thread's list ends Kite (exit 159).
+    #[default]
+    On,
+    /// No filters at all: for debugging only.
+    Off,
+    /// Every call is allowed; the kernel logs those outside the lists.
+    Log,
+}
+
+impl From<Seccomp> for seccomp::Mode {
+    fn from(m: Seccomp) -> Self {
+        match m {
+            Seccomp::On => Self::On,
+            Seccomp::Off => Self::Off,
+            Seccomp::Log => Self::Log,
+        }
+    }
+}
+
 /// What `kite run` does: boot now, or serve the API until it says so.
 #[derive(Debug)]
 pub struct Plan {
@@ -164,9 +210,9 @@ impl RunArgs {
         Ok(Extras {
             boot_timer: self.boot_timer,
             timeout,
-            ring0_workarounds: self.ring0_workarounds,
+            ring0_workarounds: self.ring0_workarounds.into(),
             acpi: !self.no_acpi,
-            seccomp: self.seccomp,
+            seccomp: self.seccomp.into(),
         })
     }
 
@@ -174,7 +220,7 @@ impl RunArgs {
     pub fn log_level(&self) -> Result<Option<log::LevelFilter>, Error> {
         self.level
             .as_deref()
-            .map(crate::logging::parse_level)
+            .map(kite_vmm::logging::parse_level)
             .transpose()
             .map_err(Error::Level)
     }
@@ -188,7 +234,7 @@ impl RunArgs {
         self.log_level()?;
         let from_file = self.config_file.is_some();
         let mut layout = match &self.config_file {
-            Some(path) => crate::api::read_config_file(path).map_err(Error::File)?,
+            Some(path) => kite_vmm::api::read_config_file(path).map_err(Error::File)?,
             None => FullConfig::default(),
         };
         let both = |flag, field, what| Error::Both { flag, field, what };
@@ -353,7 +399,7 @@ mod tests {
         let p = plan(&["--kernel", "k"]).unwrap();
         let vm = p.boot.unwrap();
         assert_eq!((vm.cpus, vm.memory, vm.rng), (1, 256 << 20, true));
-        assert_eq!(vm.cmdline, crate::config::DEFAULT_CMDLINE);
+        assert_eq!(vm.cmdline, kite_vmm::config::DEFAULT_CMDLINE);
         assert_eq!(p.id, "anonymous-instance");
         let vm = plan(&[
             "--kernel",

@@ -2,23 +2,25 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::Parser;
-use kite::cli::{Cli, Command, RunArgs};
-use kite::exit::ExitReason;
+mod cli;
+
+use cli::{Cli, Command, RunArgs};
+use kite_vmm::exit::ExitReason;
 
 /// Build the VM the plan names, or serve the API until it starts one; with the API's state
 /// (or the config file's metrics) for the run. `Err` is the exit code.
 fn start(
     args: &RunArgs,
     process_start: Instant,
-) -> Result<(kite::vmm::Vmm, Option<std::path::PathBuf>), i32> {
-    use kite::api::{running::RunningApi, server, setup};
+) -> Result<(kite_vmm::vmm::Vmm, Option<std::path::PathBuf>), i32> {
+    use kite_vmm::api::{running::RunningApi, server, setup};
     let fail = |e: &dyn std::error::Error| {
-        eprintln!("kite: error: {}", kite::error_chain(e));
+        eprintln!("kite: error: {}", kite_vmm::error_chain(e));
         2
     };
     let plan = args.plan().map_err(|e| fail(&e))?;
     let say = |e: String| {
-        eprintln!("kite: error: {}", kite::one_line(&e));
+        eprintln!("kite: error: {}", kite_vmm::one_line(&e));
         2
     };
     if let Some(l) = &plan.layout.logger {
@@ -31,20 +33,20 @@ fn start(
     let channel = match &plan.api_sock {
         Some(path) => {
             let mode = plan.extras.seccomp;
-            let filter = kite::seccomp::Filter::new(kite::seccomp::ThreadKind::Api, mode)
+            let filter = kite_vmm::seccomp::Filter::new(kite_vmm::seccomp::ThreadKind::Api, mode)
                 .map_err(|e| fail(&e))?;
             if filter.is_some() {
-                kite::seccomp::sigsys::install_handler().map_err(|e| fail(&e))?;
+                kite_vmm::seccomp::sigsys::install_handler().map_err(|e| fail(&e))?;
             }
             Some(server::start(path, filter).map_err(|e| fail(&e))?)
         }
         None => None,
     };
-    let boot = |config: &kite::config::VmConfig| kite::vmm::Vmm::new(config, process_start);
+    let boot = |config: &kite_vmm::config::VmConfig| kite_vmm::vmm::Vmm::new(config, process_start);
     let (mut vmm, layout, metrics) = match (plan.boot, channel.as_ref()) {
         (Some(config), _) => {
             let vmm = boot(&config).map_err(|e| {
-                eprintln!("kite: error: {}", kite::error_chain(&e));
+                eprintln!("kite: error: {}", kite_vmm::error_chain(&e));
                 e.exit_code()
             })?;
             (vmm, plan.layout, metrics)
@@ -58,11 +60,11 @@ fn start(
                 id: plan.id.clone(),
             };
             // Stop signals end the wait (the socket is removed); Vmm::run takes them over.
-            let signals = kite::signals::block_stop_signals()
+            let signals = kite_vmm::signals::block_stop_signals()
                 .map_err(|e| log::warn!("cannot watch for stop signals: {e}"))
                 .ok();
             let started = setup.wait_for_start(channel, signals.as_ref(), |c| {
-                boot(c).map_err(|e| kite::error_chain(&e))
+                boot(c).map_err(|e| kite_vmm::error_chain(&e))
             });
             let vmm = match started {
                 Ok(vmm) => vmm,
@@ -94,7 +96,7 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
         Ok(v) => v,
         Err(code) => return code,
     };
-    let terminal = kite::terminal::RawModeGuard::new(libc::STDIN_FILENO);
+    let terminal = kite_vmm::terminal::RawModeGuard::new(libc::STDIN_FILENO);
     let result = vmm.run();
     drop(terminal);
     if let Some(path) = socket {
@@ -134,13 +136,13 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
                 log::debug!("{:>8.1} ms  {name}", at.as_secs_f64() * 1e3);
             }
             if args.timeline {
-                kite::bench::timeline::print(&report, process_start);
+                kite_bench::timeline::print(&report, process_start);
             }
             teardown.finish();
             reason.exit_code()
         }
         Err(e) => {
-            eprintln!("kite: error: {}", kite::error_chain(&e));
+            eprintln!("kite: error: {}", kite_vmm::error_chain(&e));
             1
         }
     }
@@ -216,17 +218,17 @@ fn main() -> ExitCode {
         },
         _ => None,
     };
-    kite::logging::init(level);
+    kite_vmm::logging::init(level);
     let code = match &cli.command {
         Command::Run(args) => run(args, process_start),
-        Command::Bench(args) => match kite::bench::run(args) {
+        Command::Bench(args) => match kite_bench::run(args) {
             Ok(_) => 0,
             Err(e) => {
-                eprintln!("kite: error: {}", kite::error_chain(&e));
+                eprintln!("kite: error: {}", kite_vmm::error_chain(&e));
                 e.exit_code()
             }
         },
-        Command::Workload(args) => kite::bench::host::main(args),
+        Command::Workload(args) => kite_bench::host::main(args),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -6,7 +6,7 @@ mod common;
 use std::process::Command;
 
 use common::*;
-use kite::arch::x86_64::acpi::{self, VirtioWindow};
+use kite_vmm::arch::x86_64::acpi::{self, VirtioWindow};
 
 #[test]
 fn dsdt_decompiles_and_names_every_device() {

@@ -1,4 +1,4 @@
-//! The fuzz targets (`kite::fuzz`) on stable, as ordinary tests: every file of each target's
+//! The fuzz targets (`kite_fuzz_harness`) on stable, as ordinary tests: every file of each target's
 //! seed corpus (`fuzz/corpus/<target>/`) and of its crash regressions
 //! (`fuzz/regressions/<target>/`) runs through the target, so the targets build and pass where
 //! no nightly toolchain is. The seed files are what the targets' own helpers make;
@@ -6,7 +6,7 @@
 
 use std::path::{Path, PathBuf};
 
-use kite::fuzz::{TARGETS, Target, target};
+use kite_fuzz_harness::{TARGETS, Target, target};
 
 fn fuzz_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
@@ -79,7 +79,7 @@ fn every_target_has_a_libfuzzer_binary() {
             .join(format!("{}.rs", t.name));
         let source = std::fs::read_to_string(&path).expect("fuzz target source");
         assert!(
-            source.contains(&format!("kite::fuzz::run(\"{}\", data)", t.name)),
+            source.contains(&format!("kite_fuzz_harness::run(\"{}\", data)", t.name)),
             "{} does not run its target",
             path.display()
         );

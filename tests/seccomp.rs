@@ -35,7 +35,7 @@ fn child_process() {
 /// first, then the filter), then makes one system call; if the call was allowed the process
 /// exits with 0.
 fn child(what: &str) {
-    use kite::seccomp::{Filter, Mode, ThreadKind, sigsys};
+    use kite_vmm::seccomp::{Filter, Mode, ThreadKind, sigsys};
     let mut words = what.split('-');
     let (kind, name) = match words.next() {
         Some("vcpu") => (ThreadKind::Vcpu, "vcpu3"),
@@ -43,7 +43,7 @@ fn child(what: &str) {
     };
     let action = words.next().unwrap_or_default().to_string();
     if words.next() == Some("raw") {
-        let guard = kite::terminal::RawModeGuard::new(libc::STDIN_FILENO);
+        let guard = kite_vmm::terminal::RawModeGuard::new(libc::STDIN_FILENO);
         assert!(guard.is_some(), "stdin is not a terminal");
         // Left in raw mode on purpose: only the SIGSYS handler restores it.
         std::mem::forget(guard);

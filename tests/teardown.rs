@@ -1,5 +1,5 @@
 //! Kite hands the kernel's teardown of the VM to a child process and exits without waiting for
-//! it (src/teardown.rs). This test makes itself a child subreaper, so that the child, orphaned
+//! it (crates/vmm/src/teardown.rs). This test makes itself a child subreaper, so that the child, orphaned
 //! when Kite exits, becomes its own, and checks what a user depends on: Kite's exit code and
 //! last line are as before, its output pipes reach end-of-file and its process group is empty
 //! while the child may still run, and the child, which runs under Kite's seccomp filter, ends by

@@ -1,4 +1,4 @@
-//! libFuzzer entry for the `config` target (see `kite::fuzz`).
+//! libFuzzer entry for the `config` target (see `kite_fuzz_harness`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| kite::fuzz::run("config", data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kite_fuzz_harness::run("config", data));

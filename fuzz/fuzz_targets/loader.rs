@@ -1,4 +1,4 @@
-//! libFuzzer entry for the `loader` target (see `kite::fuzz`).
+//! libFuzzer entry for the `loader` target (see `kite_fuzz_harness`).
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| kite::fuzz::run("loader", data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| kite_fuzz_harness::run("loader", data));

@@ -1,0 +1,745 @@
+//! The workloads of `kite bench`: what runs on each side, and which rows each one makes.
+//!
+//! The host side is `kite workload <name>` (this same executable, as a plain process); the guest
+//! side is `kite run --timeline` on the test guest with `kite_test=<scenario>`. Both print a
+//! `KITE-TEST` line, parsed alike. `linux-boot` boots the Linux guest instead ([`linux`]);
+//! `scale` starts the test guest in machines of several sizes ([`scale`]).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use super::line::{self, TestLine};
+use super::linux::{self, Images};
+use super::milestones;
+use super::net::{self, NetSetup};
+use super::report::{Row, Status};
+use super::runner;
+use super::scale;
+use super::timeline::{self, RunTimeline};
+
+/// Runs of each side of a workload when `--runs` is not given (but see
+/// [`Workload::default_runs`]).
+pub const DEFAULT_RUNS: u32 = 5;
+/// Guest RAM for every guest run (the `mem` scenario needs 64 MiB free above the image).
+pub const GUEST_MEMORY: &str = "256M";
+/// Exits per `pio-rtt`/`mmio-rtt` run: enough to average out, short where an exit costs ~25 µs.
+pub const RTT_EXITS: u64 = 20_000;
+/// UDP datagrams per `virtio-net` run, one at a time, and their payload size.
+pub const NET_FRAMES: u64 = 1000;
+pub const NET_BYTES: u64 = 64;
+/// The guest's MAC address on the bench's tap.
+const GUEST_MAC: &str = "52:54:00:4b:49:54";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Workload {
+    Cpu,
+    Mem,
+    PioRtt,
+    MmioRtt,
+    Startup,
+    /// `startup`'s figures in machines from 64 MiB to 16 GiB and from 1 to 32 vCPUs.
+    Scale,
+    /// N test guests started at once (N = 1, 5, 20): time until all are ready.
+    Concurrent,
+    /// The Linux guest booted to its /init.
+    LinuxBoot,
+    /// virtio-blk, 4 KiB requests at random places.
+    BlkRand,
+    /// virtio-blk, 1 MiB requests in order.
+    BlkSeq,
+    VirtioNet,
+    /// `PATCH /vm` Paused and Resumed over the API socket.
+    PauseResume,
+}
+
+pub const ALL: [Workload; 12] = [
+    Workload::Cpu,
+    Workload::Mem,
+    Workload::PioRtt,
+    Workload::MmioRtt,
+    Workload::Startup,
+    Workload::Scale,
+    Workload::Concurrent,
+    Workload::LinuxBoot,
+    Workload::BlkRand,
+    Workload::BlkSeq,
+    Workload::VirtioNet,
+    Workload::PauseResume,
+];
+
+/// The names `kite bench` takes, in order (`virtio-blk` stands for both of its workloads).
+pub fn names() -> Vec<&'static str> {
+    let mut names: Vec<&str> = ALL.iter().map(|w| w.name()).collect();
+    names.dedup();
+    names
+}
+
+/// The workloads a name on the command line selects.
+pub fn from_name(name: &str) -> Vec<Workload> {
+    ALL.into_iter().filter(|w| w.name() == name).collect()
+}
+
+/// A virtio-blk throughput run: the guest's `kite_blk_mode`, bytes per request, requests per
+/// direction. One request at a time (`kite_blk_depth=1`), as the host side does.
+pub struct BlkParams {
+    pub mode: &'static str,
+    pub bs: u64,
+    pub ops: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    Host,
+    Guest,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Host => "host",
+            Side::Guest => "guest",
+        }
+    }
+}
+
+impl Workload {
+    /// The name `kite bench` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Cpu => "cpu",
+            Workload::Mem => "mem",
+            Workload::PioRtt => "pio-rtt",
+            Workload::MmioRtt => "mmio-rtt",
+            Workload::Startup => "startup",
+            Workload::Scale => "scale",
+            Workload::Concurrent => "concurrent",
+            Workload::LinuxBoot => "linux-boot",
+            Workload::BlkRand | Workload::BlkSeq => "virtio-blk",
+            Workload::VirtioNet => "virtio-net",
+            Workload::PauseResume => "pause-resume",
+        }
+    }
+
+    /// The name in the table and the progress line.
+    pub fn label(self) -> &'static str {
+        match self {
+            Workload::BlkRand => "virtio-blk 4k-rand",
+            Workload::BlkSeq => "virtio-blk 1m-seq",
+            w => w.name(),
+        }
+    }
+
+    /// The test guest's `kite_test=` scenario.
+    fn scenario(self) -> &'static str {
+        match self {
+            Workload::Startup | Workload::Scale | Workload::Concurrent => "hello",
+            Workload::PauseResume => "tick",
+            w => w.name(),
+        }
+    }
+
+    pub fn blk(self) -> Option<BlkParams> {
+        match self {
+            Workload::BlkRand => Some(BlkParams {
+                mode: "rand",
+                bs: 4096,
+                ops: 4096,
+            }),
+            Workload::BlkSeq => Some(BlkParams {
+                mode: "seq",
+                bs: 1 << 20,
+                ops: super::DISK_BYTES >> 20,
+            }),
+            _ => None,
+        }
+    }
+
+    pub fn sides(self) -> &'static [Side] {
+        match self {
+            Workload::Cpu
+            | Workload::Mem
+            | Workload::BlkRand
+            | Workload::BlkSeq
+            | Workload::VirtioNet => &[Side::Host, Side::Guest],
+            _ => &[Side::Guest],
+        }
+    }
+
+    /// Scenarios others may not have written yet: a guest without them makes an n/a row.
+    fn optional(self) -> bool {
+        matches!(
+            self,
+            Workload::BlkRand | Workload::BlkSeq | Workload::VirtioNet
+        )
+    }
+
+    /// Runs of each side when `--runs` is not given.
+    pub fn default_runs(self) -> u32 {
+        match self {
+            Workload::LinuxBoot => linux::DEFAULT_RUNS,
+            _ => DEFAULT_RUNS,
+        }
+    }
+
+    /// Children started per run: one per side, or one per machine shape for `scale`.
+    pub fn children_per_run(self) -> usize {
+        match self {
+            Workload::Scale => scale::POINTS.len(),
+            Workload::Concurrent => super::concurrent::COUNTS.iter().sum(),
+            w => w.sides().len(),
+        }
+    }
+
+    /// Whether it boots the test guest.
+    pub fn needs_test_guest(self) -> bool {
+        self != Workload::LinuxBoot && self.sides().contains(&Side::Guest)
+    }
+
+    pub fn needs_linux(self) -> bool {
+        self == Workload::LinuxBoot
+    }
+
+    /// Time limit of one child run.
+    fn limit(self) -> Duration {
+        if self == Workload::LinuxBoot {
+            return linux::LIMIT;
+        }
+        Duration::from_secs(match self {
+            Workload::Startup | Workload::Scale | Workload::Concurrent => 30,
+            Workload::BlkRand | Workload::BlkSeq | Workload::VirtioNet => 180,
+            _ => 120,
+        })
+    }
+
+    pub fn needs_disk(self) -> bool {
+        self.blk().is_some()
+    }
+
+    pub fn needs_net(self) -> bool {
+        self == Workload::VirtioNet
+    }
+}
+
+/// What one bench run needs to start children.
+pub struct Ctx<'a> {
+    /// Kite's own executable.
+    pub exe: &'a Path,
+    /// The test guest, if a chosen workload boots it.
+    pub guest: Option<&'a Path>,
+    /// The Linux guest, if `linux-boot` is chosen and its images are there.
+    pub linux: Option<&'a Images>,
+    /// The scratch disk image for virtio-blk.
+    pub disk: Option<&'a Path>,
+    /// The namespace, tap and echo server for virtio-net.
+    pub net: Option<&'a NetSetup>,
+    pub tsc_hz: f64,
+}
+
+/// One child run's result.
+#[derive(Clone, Debug, Default)]
+pub struct Sample {
+    pub line: String,
+    pub values: Vec<(String, String)>,
+    pub numbers: BTreeMap<String, f64>,
+    /// Spawn to exit, ms.
+    pub wall_ms: f64,
+    /// Spawn to the arrival of the result line, ms.
+    pub line_ms: f64,
+    /// Spawn to Kite's process start, ms (guest runs with a timeline only).
+    pub exec_ms: Option<f64>,
+    pub timeline: RunTimeline,
+}
+
+pub enum Outcome {
+    Done(Sample),
+    NotAvailable(String),
+    Failed(String),
+}
+
+fn command(ctx: &Ctx, w: Workload, side: Side) -> Command {
+    match side {
+        Side::Host => host_command(ctx, w),
+        Side::Guest => guest_command(ctx, w, GUEST_MEMORY, None),
+    }
+}
+
+fn host_command(ctx: &Ctx, w: Workload) -> Command {
+    let mut cmd = Command::new(ctx.exe);
+    cmd.args(["workload", w.name()]);
+    if let (Some(blk), Some(disk)) = (w.blk(), ctx.disk) {
+        cmd.arg("--disk").arg(disk);
+        cmd.args(["--blk-mode", blk.mode]);
+        cmd.args(["--blk-bs", &blk.bs.to_string(), "--n", &blk.ops.to_string()]);
+    }
+    if w.needs_net() {
+        let peer = format!("{}:{}", net::PEER_IP, net::PEER_PORT);
+        cmd.args(["--n", &NET_FRAMES.to_string()]);
+        cmd.args(["--net-bytes", &NET_BYTES.to_string(), "--peer", &peer]);
+    }
+    wrap_net(ctx, w, cmd)
+}
+
+/// `kite run --timeline` of the test guest with `w`'s scenario, `memory` of RAM (`--memory`'s
+/// syntax) and, if given, `cpus` vCPUs (else Kite's default, 1).
+pub fn guest_command(ctx: &Ctx, w: Workload, memory: &str, cpus: Option<u8>) -> Command {
+    let mut cmd = Command::new(ctx.exe);
+    let mut cmdline = format!("kite_test={}", w.scenario());
+    if matches!(w, Workload::PioRtt | Workload::MmioRtt) {
+        cmdline.push_str(&format!(" kite_n={RTT_EXITS}"));
+    }
+    if let Some(blk) = w.blk() {
+        cmdline.push_str(&format!(
+            " kite_blk_mode={} kite_blk_bs={} kite_blk_depth=1 kite_n={}",
+            blk.mode, blk.bs, blk.ops
+        ));
+    }
+    if w.needs_net() {
+        cmdline.push_str(&format!(
+            " kite_n={NET_FRAMES} kite_net_window=1 kite_net_bytes={NET_BYTES} \
+             kite_net_ip={} kite_net_peer={} kite_net_port={}",
+            net::GUEST_IP,
+            net::PEER_IP,
+            net::PEER_PORT
+        ));
+    }
+    // The test guest finds its devices on the command line, not in ACPI tables.
+    cmd.args(["run", "--no-acpi"]);
+    if let Some(guest) = ctx.guest {
+        cmd.arg("--kernel").arg(guest);
+    }
+    cmd.args(["--memory", memory]);
+    if let Some(cpus) = cpus {
+        cmd.args(["--cpus", &cpus.to_string()]);
+    }
+    cmd.args(["--timeline", "--cmdline", &cmdline]);
+    if w.needs_net() {
+        cmd.arg("--net")
+            .arg(format!("tap={},mac={GUEST_MAC}", net::TAP));
+    }
+    if matches!(w, Workload::Startup | Workload::Scale) {
+        cmd.arg("--boot-timer");
+    }
+    if let (true, Some(disk)) = (w.needs_disk(), ctx.disk) {
+        cmd.arg("--disk").arg(disk);
+    }
+    wrap_net(ctx, w, cmd)
+}
+
+/// `cmd`, run in virtio-net's namespace if `w` is virtio-net.
+fn wrap_net(ctx: &Ctx, w: Workload, cmd: Command) -> Command {
+    match (w.needs_net(), ctx.net) {
+        (true, Some(setup)) => setup.wrap(&cmd),
+        _ => cmd,
+    }
+}
+
+/// Run one side of `w` once and read its result line.
+pub fn run_once(ctx: &Ctx, w: Workload, side: Side) -> Outcome {
+    if w.needs_linux() {
+        return match ctx.linux {
+            Some(images) => linux::run_once(ctx.exe, images),
+            None => Outcome::Failed("no Linux guest images".into()),
+        };
+    }
+    if w == Workload::PauseResume {
+        let Some(guest) = ctx.guest else {
+            return Outcome::Failed("no test guest".into());
+        };
+        let scratch = std::env::temp_dir().join(format!("kite-bench-pause-{}", std::process::id()));
+        let outcome = super::pause::run_once(ctx.exe, guest, &scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        return outcome;
+    }
+    run_command(w, command(ctx, w, side))
+}
+
+/// Run `cmd`, a child of `w` (either side), and read its result line.
+pub fn run_command(w: Workload, cmd: Command) -> Outcome {
+    let out = match runner::run(cmd, w.limit()) {
+        Ok(out) => out,
+        Err(e) => return Outcome::Failed(e.to_string()),
+    };
+    let found = out
+        .lines
+        .iter()
+        .find_map(|(at, l)| Some((*at, l, line::parse(l).filter(|t| t.name() == w.scenario())?)));
+    let Some((at, text, result)) = found else {
+        let last = out.last_stderr_line();
+        return Outcome::Failed(format!(
+            "no KITE-TEST {} line; the child ended with {}{}{}",
+            w.scenario(),
+            out.status,
+            if last.is_empty() { "" } else { ": " },
+            last
+        ));
+    };
+    let values = match result {
+        TestLine::Fail { reason, .. } if reason == "unknown scenario" && w.optional() => {
+            return Outcome::NotAvailable(format!(
+                "the test guest has no {} scenario yet (it said: FAIL unknown scenario)",
+                w.scenario()
+            ));
+        }
+        TestLine::Fail { reason, .. } => return Outcome::Failed(format!("FAIL {reason}")),
+        TestLine::Ok { values, .. } => values,
+    };
+    if !out.status.success() {
+        return Outcome::Failed(format!(
+            "it printed an ok line but ended with {}: {}",
+            out.status,
+            out.last_stderr_line()
+        ));
+    }
+    let timeline = timeline::parse(&out.stderr);
+    let ms_since_spawn = |ns: u64| ns.saturating_sub(out.spawned_ns) as f64 / 1e6;
+    Outcome::Done(Sample {
+        line: text.clone(),
+        numbers: line::numbers(&values),
+        values,
+        wall_ms: out.wall_ms(),
+        line_ms: ms_since_spawn(at),
+        exec_ms: timeline.start_ns.map(ms_since_spawn),
+        timeline,
+    })
+}
+
+/// Samples of `key`, in run order; `None` if some sample lacks it.
+fn column(samples: &[Sample], key: &str) -> Option<Vec<f64>> {
+    samples
+        .iter()
+        .map(|s| s.numbers.get(key).copied())
+        .collect()
+}
+
+fn failed(w: Workload, why: String) -> Vec<Row> {
+    vec![Row::without_figures(w.label(), Status::Failed(why))]
+}
+
+/// The rows of `w` from its samples (host and guest, in run order).
+pub fn rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Row> {
+    let name = w.label();
+    match w {
+        Workload::Cpu | Workload::Mem => {
+            if w == Workload::Cpu {
+                let sums = host
+                    .iter()
+                    .chain(guest)
+                    .map(|s| line::value(&s.values, "checksum"));
+                let sums: Vec<_> = sums.collect();
+                if sums.windows(2).any(|p| p[0] != p[1]) {
+                    return failed(w, format!("the checksums differ between runs: {sums:?}"));
+                }
+            }
+            let (Some(h), Some(g)) = (column(host, "cycles"), column(guest, "cycles")) else {
+                return failed(w, "a result line has no cycles=".into());
+            };
+            let mcycles = |v: Vec<f64>| v.into_iter().map(|c| c / 1e6).collect();
+            let wall = |s: &[Sample]| s.iter().map(|s| s.wall_ms).collect();
+            vec![
+                Row::new(
+                    name,
+                    &format!("{name}: workload (TSC)"),
+                    "Mcycles",
+                    mcycles(h),
+                    mcycles(g),
+                ),
+                Row::new(
+                    name,
+                    &format!("{name}: whole process, wall"),
+                    "ms",
+                    wall(host),
+                    wall(guest),
+                ),
+            ]
+        }
+        Workload::PioRtt | Workload::MmioRtt => {
+            let Some(c) = column(guest, "cycles_per_rtt") else {
+                return failed(w, "a result line has no cycles_per_rtt=".into());
+            };
+            let ns = c.iter().map(|c| c / ctx.tsc_hz * 1e9).collect();
+            vec![
+                Row::new(name, &format!("{name}: one exit"), "cycles", Vec::new(), c),
+                Row::new(name, &format!("{name}: one exit"), "ns", Vec::new(), ns),
+            ]
+        }
+        Workload::Startup => milestones::rows(&milestones::STARTUP, guest),
+        // Its samples are kept per machine shape and its rows made by `scale::rows`.
+        Workload::Scale => failed(w, "scale's rows are made per machine shape".into()),
+        Workload::Concurrent => failed(w, "concurrent's rows are made per group".into()),
+        Workload::LinuxBoot => linux::rows(guest),
+        Workload::PauseResume => super::pause::rows(guest),
+        Workload::BlkRand | Workload::BlkSeq => blk_rows(ctx, w, host, guest),
+        Workload::VirtioNet => {
+            let rtt = |samples: &[Sample]| -> Option<Vec<f64>> {
+                samples
+                    .iter()
+                    .map(|s| {
+                        let frames = s.numbers.get("frames").copied().filter(|&n| n > 0.0)?;
+                        Some(s.numbers.get("cycles")? / frames / ctx.tsc_hz * 1e6)
+                    })
+                    .collect()
+            };
+            match (rtt(host), rtt(guest)) {
+                (Some(h), Some(g)) => vec![Row::new(
+                    name,
+                    &format!("{name}: UDP echo of {NET_BYTES} bytes, round trip"),
+                    "µs",
+                    h,
+                    g,
+                )],
+                _ => failed(w, "a result line has no frames= or cycles=".into()),
+            }
+        }
+    }
+}
+
+/// Per-request write and read times and the flush, on both sides.
+fn blk_rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Row> {
+    let label = w.label();
+    let per = |samples: &[Sample], key: &str, scale: f64| -> Option<Vec<f64>> {
+        samples
+            .iter()
+            .map(|s| {
+                let ops = s.numbers.get("ops").copied().filter(|&n| n > 0.0)?;
+                let cycles = s.numbers.get(key)?;
+                let per = if key == "flush_cycles" { 1.0 } else { ops };
+                Some(cycles / per / ctx.tsc_hz * scale)
+            })
+            .collect()
+    };
+    let mut rows = Vec::new();
+    for (key, what, unit, scale) in [
+        ("write_cycles", "write, one request", "µs", 1e6),
+        ("read_cycles", "read, one request", "µs", 1e6),
+        ("flush_cycles", "flush after the writes", "ms", 1e3),
+    ] {
+        match (per(host, key, scale), per(guest, key, scale)) {
+            (Some(h), Some(g)) => {
+                rows.push(Row::new(label, &format!("{label}: {what}"), unit, h, g))
+            }
+            _ => return failed(w, format!("a result line has no ops= or {key}=")),
+        }
+    }
+    rows
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(line_text: &str, wall_ms: f64) -> Sample {
+        let Some(TestLine::Ok { values, .. }) = line::parse(line_text) else {
+            panic!("{line_text}")
+        };
+        Sample {
+            line: line_text.into(),
+            numbers: line::numbers(&values),
+            values,
+            wall_ms,
+            line_ms: wall_ms - 1.0,
+            exec_ms: Some(1.5),
+            timeline: RunTimeline::default(),
+        }
+    }
+
+    fn ctx() -> Ctx<'static> {
+        Ctx {
+            exe: Path::new("kite"),
+            guest: Some(Path::new("guest.elf")),
+            linux: None,
+            disk: None,
+            net: None,
+            tsc_hz: 2e9,
+        }
+    }
+
+    #[test]
+    fn names_select_workloads() {
+        for w in ALL {
+            assert!(from_name(w.name()).contains(&w));
+        }
+        assert_eq!(
+            from_name("virtio-blk"),
+            [Workload::BlkRand, Workload::BlkSeq]
+        );
+        assert!(from_name("nope").is_empty());
+        assert_eq!(names().len(), 11);
+        assert_eq!(from_name("concurrent"), [Workload::Concurrent]);
+        assert_eq!(from_name("linux-boot"), [Workload::LinuxBoot]);
+    }
+
+    #[test]
+    fn linux_boot_is_guest_only_without_the_test_guest_and_three_runs() {
+        let w = Workload::LinuxBoot;
+        assert_eq!((w.name(), w.label()), ("linux-boot", "linux-boot"));
+        assert_eq!(w.sides(), [Side::Guest]);
+        assert!(!w.needs_test_guest() && w.needs_linux());
+        assert_eq!(w.default_runs(), 3);
+        assert_eq!(w.limit(), Duration::from_secs(180));
+        assert!(Workload::Startup.needs_test_guest() && !Workload::Startup.needs_linux());
+        assert_eq!(Workload::Startup.default_runs(), 5);
+        // Without its images it fails rather than boot something else.
+        assert!(matches!(
+            run_once(&ctx(), w, Side::Guest),
+            Outcome::Failed(_)
+        ));
+    }
+
+    #[test]
+    fn the_guest_gets_the_net_settings_the_host_side_uses() {
+        let cmd = command(&ctx(), Workload::VirtioNet, Side::Guest);
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let at = args.iter().position(|a| a == "--cmdline").unwrap();
+        let cmdline = &args[at + 1];
+        for word in [
+            "kite_test=virtio-net".to_string(),
+            format!("kite_n={NET_FRAMES}"),
+            "kite_net_window=1".to_string(),
+            format!("kite_net_bytes={NET_BYTES}"),
+            format!("kite_net_peer={}", net::PEER_IP),
+        ] {
+            assert!(cmdline.split(' ').any(|w| w == word), "{word} in {cmdline}");
+        }
+    }
+
+    #[test]
+    fn cpu_rows_compare_cycles_and_wall_time() {
+        let host = [sample(
+            "KITE-TEST cpu ok cycles=400000000 checksum=0xab",
+            200.0,
+        )];
+        let guest = [sample(
+            "KITE-TEST cpu ok cycles=500000000 checksum=0xab",
+            300.0,
+        )];
+        let rows = rows(&ctx(), Workload::Cpu, &host, &guest);
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].host, [400.0]);
+        assert!((rows[0].ratio().unwrap().median - 1.25).abs() < 1e-12);
+        assert_eq!(rows[1].unit, "ms");
+        assert!((rows[1].ratio().unwrap().median - 1.5).abs() < 1e-12);
+    }
+
+    #[test]
+    fn a_checksum_mismatch_is_an_error() {
+        let host = [sample("KITE-TEST cpu ok cycles=4 checksum=0xab", 1.0)];
+        let guest = [sample("KITE-TEST cpu ok cycles=5 checksum=0xac", 1.0)];
+        let rows = rows(&ctx(), Workload::Cpu, &host, &guest);
+        assert!(matches!(&rows[0].status, Status::Failed(m) if m.contains("checksums differ")));
+    }
+
+    #[test]
+    fn rtt_rows_convert_cycles_with_the_tsc_frequency() {
+        let guest = [
+            sample("KITE-TEST pio-rtt ok cycles_per_rtt=50000 n=20000", 600.0),
+            sample("KITE-TEST pio-rtt ok cycles_per_rtt=70000 n=20000", 700.0),
+        ];
+        let rows = rows(&ctx(), Workload::PioRtt, &[], &guest);
+        assert_eq!(rows[0].guest, [50000.0, 70000.0]);
+        assert_eq!(rows[1].guest, [25000.0, 35000.0]);
+        assert_eq!(rows[1].unit, "ns");
+        assert!(rows[0].host.is_empty() && rows[0].ratio().is_none());
+    }
+
+    #[test]
+    fn net_rows_are_round_trips_on_both_sides() {
+        let host = [sample(
+            "KITE-TEST virtio-net ok frames=1000 cycles=20000000 window=1",
+            1.0,
+        )];
+        let guest = [sample(
+            "KITE-TEST virtio-net ok frames=1000 frames_per_sec=5 bytes=212000 cycles=400000000 \
+             window=1 mac=52:54:00:4b:49:54 tsc_hz=2000000000",
+            1.0,
+        )];
+        let rows = rows(&ctx(), Workload::VirtioNet, &host, &guest);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].unit, "µs");
+        // 2e7 cycles / 1000 frames at 2 GHz = 10 µs.
+        assert_eq!(rows[0].host, [10.0]);
+        assert_eq!(rows[0].guest, [200.0]);
+        let rows = super::rows(
+            &ctx(),
+            Workload::VirtioNet,
+            &host,
+            &[sample("KITE-TEST virtio-net ok", 1.0)],
+        );
+        assert!(matches!(rows[0].status, Status::Failed(_)));
+    }
+
+    #[test]
+    fn blk_rows_are_times_per_request_on_both_sides() {
+        let host = [sample(
+            "KITE-TEST virtio-blk ok mode=rand bs=4096 depth=1 ops=100 write_cycles=2000000 \
+             flush_cycles=4000000 read_cycles=1000000",
+            1.0,
+        )];
+        let guest = [sample(
+            "KITE-TEST virtio-blk ok mode=rand bs=4096 depth=1 ops=100 readonly=0 \
+             write_cycles=8000000 write_iops=5 flush_cycles=6000000 read_cycles=4000000 \
+             tsc_hz=2000000000 tsc_src=pit",
+            1.0,
+        )];
+        let rows = rows(&ctx(), Workload::BlkRand, &host, &guest);
+        assert_eq!(rows.len(), 3);
+        assert_eq!(rows[0].name, "virtio-blk 4k-rand: write, one request");
+        // 2e6 cycles / 100 requests at 2 GHz = 10 µs.
+        assert_eq!(rows[0].host, [10.0]);
+        assert_eq!(rows[0].guest, [40.0]);
+        assert_eq!(rows[1].guest, [20.0]);
+        assert_eq!(rows[2].unit, "ms");
+        assert_eq!(rows[2].host, [2.0]);
+        assert!((rows[2].ratio().unwrap().median - 1.5).abs() < 1e-12);
+        let bad = [sample("KITE-TEST virtio-blk ok mode=rand", 1.0)];
+        let rows = super::rows(&ctx(), Workload::BlkSeq, &bad, &bad);
+        assert!(matches!(rows[0].status, Status::Failed(_)));
+        assert_eq!(rows[0].workload, "virtio-blk 1m-seq");
+    }
+
+    #[test]
+    fn guest_command_boots_the_scenario_with_a_timeline() {
+        let c = ctx();
+        let cmd = command(&c, Workload::MmioRtt, Side::Guest);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(args[0], "run");
+        assert!(args.iter().any(|a| a == "--timeline"));
+        assert!(args.iter().any(|a| a == "kite_test=mmio-rtt kite_n=20000"));
+        let cmd = command(&c, Workload::Cpu, Side::Host);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(args, ["workload", "cpu"]);
+        let c = Ctx {
+            disk: Some(Path::new("/tmp/d.img")),
+            ..ctx()
+        };
+        let cmd = command(&c, Workload::BlkSeq, Side::Guest);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        assert!(
+            args.windows(2)
+                .any(|p| p[0] == "--disk" && p[1] == "/tmp/d.img")
+        );
+        assert!(args.iter().any(|a| a
+            == "kite_test=virtio-blk kite_blk_mode=seq kite_blk_bs=1048576 kite_blk_depth=1 kite_n=64"));
+        let cmd = command(&c, Workload::BlkRand, Side::Host);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        assert_eq!(
+            args,
+            [
+                "workload",
+                "virtio-blk",
+                "--disk",
+                "/tmp/d.img",
+                "--blk-mode",
+                "rand",
+                "--blk-bs",
+                "4096",
+                "--n",
+                "4096"
+            ]
+        );
+    }
+}
