@@ -11,11 +11,29 @@ use kite_vmm::arch::x86_64::emulated_ring0;
 use kite_vmm::config::{self, VmConfig};
 use kite_vmm::seccomp;
 
+/// Three worked examples, at the end of `kite --help` and `kite run --help`.
+const EXAMPLES: &str = "\
+Examples:
+  Boot the guest-images Linux to a shell on this terminal (2 vCPUs, 256 MiB, a disk):
+    kite run --kernel guest-images/out/vmlinux --initrd guest-images/out/initramfs.cpio \\
+             --cpus 2 --memory 256M --disk disk.img
+
+  Serve Firecracker's API on a socket; a client configures and starts the VM:
+    kite run --api-sock /tmp/kite.sock &
+    curl --unix-socket /tmp/kite.sock -X PUT http://localhost/boot-source \\
+         -d '{\"kernel_image_path\": \"guest-images/out/vmlinux\"}'
+    curl --unix-socket /tmp/kite.sock -X PUT http://localhost/actions \\
+         -d '{\"action_type\": \"InstanceStart\"}'
+
+  Measure what a VM costs against the bare host (CPU and port-I/O round trips, 3 runs):
+    kite bench cpu pio-rtt --runs 3";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kite",
     version,
-    about = "Kite: a small KVM virtual machine monitor"
+    about = "Kite: a small KVM virtual machine monitor",
+    after_help = EXAMPLES
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -25,12 +43,24 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Boot a kernel and attach its serial console to this terminal.
+    #[command(after_help = EXAMPLES)]
     Run(RunArgs),
     /// Measure what a VM costs against the bare host: each workload on the host and in a VM.
     Bench(kite_bench::BenchArgs),
     /// Run one benchmark workload as a plain host process (the host side of `kite bench`).
     #[command(hide = true)]
     Workload(kite_bench::host::WorkloadArgs),
+    /// Print a shell completion script on stdout (scripts/install.sh installs them).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (kite.1, kite-run.1, kite-bench.1, ...) into DIR.
+    Man {
+        /// Where to write them (made if missing).
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args, Debug, Default)]
@@ -291,6 +321,7 @@ impl RunArgs {
             let mut m = MachineConfig::default();
             if let Some(bytes) = memory {
                 m.mem_size_mib = bytes.div_ceil(1 << 20);
+                m.mem_size_bytes = Some(bytes);
             }
             if let Some(n) = cpus {
                 m.vcpu_count = n;
@@ -352,7 +383,7 @@ impl RunArgs {
             (None, Some(_)) => None,
             (None, None) => return Err(Error::NoKernel),
             (Some(_), _) => {
-                let mut vm = match convert::to_vm_config(&layout, &extras) {
+                let vm = match convert::to_vm_config(&layout, &extras) {
                     Err(convert::Error::MemoryHost { host, .. }) if memory.is_some() => {
                         return Err(Error::MemoryHost {
                             given: self.memory.clone().unwrap_or_default(),
@@ -361,9 +392,6 @@ impl RunArgs {
                     }
                     other => other?,
                 };
-                if let Some(bytes) = memory {
-                    vm.memory = bytes;
-                }
                 Some(vm)
             }
         };

@@ -3,6 +3,7 @@ use std::time::Instant;
 
 use clap::Parser;
 mod cli;
+mod manual;
 
 use cli::{Cli, Command, RunArgs};
 use kite_vmm::exit::ExitReason;
@@ -229,6 +230,28 @@ fn main() -> ExitCode {
             }
         },
         Command::Workload(args) => kite_bench::host::main(args),
+        Command::Completions { shell } => match manual::completions(*shell) {
+            Ok(()) => 0,
+            // A reader that stopped early (`| head`) wanted no more.
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => 0,
+            Err(e) => {
+                eprintln!("kite: error: cannot write the completion script: {e}");
+                1
+            }
+        },
+        Command::Man { dir } => match manual::man_pages(dir) {
+            Ok(files) => {
+                println!("wrote {} in {}", files.join(", "), dir.display());
+                0
+            }
+            Err(e) => {
+                eprintln!(
+                    "kite: error: cannot write the manual pages in {}: {e}",
+                    kite_vmm::one_line(&dir.display().to_string())
+                );
+                2
+            }
+        },
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -193,7 +193,7 @@ pub fn to_vm_config(c: &FullConfig, extras: &Extras) -> Result<VmConfig, Error> 
             .as_deref()
             .map(|p| nonempty("boot-source.initrd_path".into(), p))
             .transpose()?,
-        memory: machine.mem_size_mib << 20,
+        memory: machine.mem_size_bytes.unwrap_or(machine.mem_size_mib << 20),
         cpus: machine.vcpu_count,
         cmdline,
         disks,
@@ -226,7 +226,8 @@ fn unique<'a>(what: &'static str, ids: impl Iterator<Item = &'a String>) -> Resu
 }
 
 /// A `VmConfig` made from command-line flags, in Firecracker's layout (for `GET /vm/config`):
-/// drives are `drive0`, `drive1`, ..., interfaces `eth0`, ...; memory is rounded down to MiB.
+/// drives are `drive0`, `drive1`, ..., interfaces `eth0`, ...; memory that is not a whole
+/// number of MiB shows rounded up, and is kept exactly beside it.
 pub fn from_vm_config(v: &VmConfig) -> FullConfig {
     let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
     FullConfig {
@@ -237,7 +238,8 @@ pub fn from_vm_config(v: &VmConfig) -> FullConfig {
         }),
         machine_config: Some(MachineConfig {
             vcpu_count: v.cpus,
-            mem_size_mib: v.memory >> 20,
+            mem_size_mib: v.memory.div_ceil(1 << 20),
+            mem_size_bytes: (!v.memory.is_multiple_of(1 << 20)).then_some(v.memory),
             ..MachineConfig::default()
         }),
         drives: v

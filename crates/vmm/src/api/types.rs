@@ -57,6 +57,10 @@ pub struct MachineConfig {
     pub huge_pages: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<Value>,
+    /// The exact guest RAM when `--memory` gave a size that is not a whole number of MiB
+    /// (`mem_size_mib` then shows it rounded up); not part of Firecracker's layout.
+    #[serde(skip)]
+    pub mem_size_bytes: Option<u64>,
 }
 
 fn huge_pages_none() -> String {
@@ -72,6 +76,7 @@ impl Default for MachineConfig {
             track_dirty_pages: false,
             huge_pages: huge_pages_none(),
             cpu_template: None,
+            mem_size_bytes: None,
         }
     }
 }
@@ -123,6 +128,10 @@ impl MachineConfigUpdate {
             track_dirty_pages: self.track_dirty_pages.unwrap_or(to.track_dirty_pages),
             huge_pages: self.huge_pages.unwrap_or_else(|| to.huge_pages.clone()),
             cpu_template: self.cpu_template.or_else(|| to.cpu_template.clone()),
+            mem_size_bytes: match self.mem_size_mib {
+                Some(_) => None,
+                None => to.mem_size_bytes,
+            },
         }
     }
 }

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Build Kite (release) and install it with its manual pages and shell completions:
+#
+#   scripts/install.sh               into /usr/local (needs root)
+#   scripts/install.sh ~/.local      into a prefix of your own
+#
+# Installs PREFIX/bin/kite, PREFIX/share/man/man1/kite*.1 (`man kite`, `man kite-run`), and the
+# completions for bash (PREFIX/share/bash-completion/completions/kite), zsh
+# (PREFIX/share/zsh/site-functions/_kite) and fish
+# (PREFIX/share/fish/vendor_completions.d/kite.fish). The pages and scripts come from
+# `kite man DIR` and `kite completions SHELL`, generated from the command line's own
+# definitions.
+set -euo pipefail
+ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
+PREFIX=${1:-/usr/local}
+
+cargo build --release --manifest-path "$ROOT/Cargo.toml" --bin kite
+KITE=$ROOT/target/release/kite
+
+install -d "$PREFIX/bin" "$PREFIX/share/man/man1" \
+	"$PREFIX/share/bash-completion/completions" "$PREFIX/share/zsh/site-functions" \
+	"$PREFIX/share/fish/vendor_completions.d"
+install -m 755 "$KITE" "$PREFIX/bin/kite"
+pages=$(mktemp -d)
+trap 'rm -rf "$pages"' EXIT
+"$KITE" man "$pages" >/dev/null
+install -m 644 "$pages"/*.1 "$PREFIX/share/man/man1/"
+"$KITE" completions bash >"$pages/kite.bash"
+"$KITE" completions zsh >"$pages/_kite"
+"$KITE" completions fish >"$pages/kite.fish"
+install -m 644 "$pages/kite.bash" "$PREFIX/share/bash-completion/completions/kite"
+install -m 644 "$pages/_kite" "$PREFIX/share/zsh/site-functions/_kite"
+install -m 644 "$pages/kite.fish" "$PREFIX/share/fish/vendor_completions.d/kite.fish"
+echo "installed kite, its manual pages and bash/zsh/fish completions under $PREFIX"
