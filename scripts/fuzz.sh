@@ -8,10 +8,10 @@
 #
 # Options: -t SECONDS per target (20), -r RUNS per target (no limit), -j targets at a time (2).
 #
-# Needs the nightly toolchain and cargo-fuzz; without either it skips with a one-line reason,
-# also appended to $KITE_SKIP_LOG as the tests' skips are. cargo-fuzz is not installed here
-# unless KITE_FUZZ_INSTALL=1: `cargo install cargo-fuzz` takes about 100 s, close to half of
-# this step's budget (it lands in ~/.cargo/bin, which a machine keeps). The instrumented build
+# Needs the nightly toolchain and cargo-fuzz, which scripts/test.sh installs when missing. Run
+# alone without them, it skips with a one-line reason for need `nightly`, also appended to
+# $KITE_SKIP_LOG as the tests' skips are (`[nightly] scripts/fuzz.sh: ...`); KITE_FUZZ_INSTALL=1
+# makes it install cargo-fuzz itself (about 100 s, into ~/.cargo/bin). The instrumented build
 # goes to $KITE_FUZZ_TARGET_DIR (~/.cache/kite/fuzz-target), outside the checkout, so that CI's
 # fresh clones reuse the dependencies built before: about 3.5 minutes from nothing here, 30 s
 # for Kite alone; then 8 targets x 20 s, two at a time, take about 95 s.
@@ -38,8 +38,9 @@ while getopts "t:r:j:" opt; do
 done
 shift $((OPTIND - 1))
 
+# The line crates/testkit's skip writes: `[need] test: reason`.
 skip() {
-	local line="scripts/fuzz.sh: $1"
+	local line="[nightly] scripts/fuzz.sh: $1"
 	echo "SKIPPED $line"
 	if [ -n "${KITE_SKIP_LOG:-}" ]; then
 		echo "$line" >>"$KITE_SKIP_LOG"

@@ -33,7 +33,13 @@ fn dsdt_decompiles_and_names_every_device() {
     std::fs::write(&aml, dsdt).unwrap();
     let out = match Command::new("iasl").arg("-d").arg(&aml).output() {
         Ok(out) => out,
-        Err(e) => return skip(test, &format!("iasl (acpica-tools) is not available: {e}")),
+        Err(e) => {
+            return skip(
+                test,
+                Need::Tools,
+                &format!("iasl (acpica-tools) is not available: {e}"),
+            );
+        }
     };
     let log = format!(
         "{}{}",

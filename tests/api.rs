@@ -16,7 +16,7 @@ const LIMIT: Duration = Duration::from_secs(60);
 /// The test guest, or None (after a skip line) where it cannot run.
 fn guest(test: &str) -> Option<String> {
     if let Some(reason) = kvm_unavailable() {
-        skip(test, &reason);
+        skip(test, Need::Kvm, &reason);
         return None;
     }
     Some(path_str(&testguest().unwrap_or_else(|e| panic!("{e}"))).to_string())

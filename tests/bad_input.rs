@@ -48,7 +48,7 @@ fn good_kernel(test: &str) -> std::path::PathBuf {
 
 fn needs_kvm(test: &str) -> bool {
     if let Some(reason) = kvm_unavailable() {
-        skip(test, &reason);
+        skip(test, Need::Kvm, &reason);
         return false;
     }
     true
@@ -249,10 +249,19 @@ fn kvm_device_not_permitted() {
         .lines()
         .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
     let setpriv = std::path::Path::new("/usr/bin/setpriv");
-    if !is_root || !setpriv.exists() {
+    if !is_root {
         skip(
             test,
-            "needs root and /usr/bin/setpriv to run kite as an unprivileged user",
+            Need::Root,
+            "needs root to run kite as an unprivileged user",
+        );
+        return;
+    }
+    if !setpriv.exists() {
+        skip(
+            test,
+            Need::Tools,
+            "needs /usr/bin/setpriv (util-linux) to run kite as an unprivileged user",
         );
         return;
     }
@@ -261,6 +270,7 @@ fn kvm_device_not_permitted() {
     if !matches!(mode, Ok(m) if m & 0o006 == 0) {
         skip(
             test,
+            Need::Nobody,
             "/dev/kvm is open to every user on this host, so no permission error can be provoked",
         );
         return;
@@ -282,6 +292,7 @@ fn kvm_device_not_permitted() {
     if out.stderr.contains("Permission denied") && out.stderr.contains("setpriv") {
         skip(
             test,
+            Need::Nobody,
             "the kite binary is not executable by user nobody here",
         );
         return;

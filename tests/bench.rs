@@ -27,7 +27,7 @@ fn figures(line: &str, name: &str) -> Vec<f64> {
 #[test]
 fn bench_runs_cpu_and_pio_rtt_side_by_side() {
     if let Some(reason) = kvm_unavailable() {
-        skip("bench cpu pio-rtt", &reason);
+        skip("bench cpu pio-rtt", Need::Kvm, &reason);
         return;
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
@@ -79,7 +79,7 @@ fn bench_runs_cpu_and_pio_rtt_side_by_side() {
 #[test]
 fn bench_pause_resume_has_both_latencies() {
     if let Some(reason) = kvm_unavailable() {
-        skip("bench pause-resume", &reason);
+        skip("bench pause-resume", Need::Kvm, &reason);
         return;
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
@@ -115,7 +115,7 @@ fn bench_pause_resume_has_both_latencies() {
 #[test]
 fn bench_concurrent_starts_each_group() {
     if let Some(reason) = kvm_unavailable() {
-        skip("bench concurrent", &reason);
+        skip("bench concurrent", Need::Kvm, &reason);
         return;
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
@@ -167,7 +167,7 @@ fn bench_concurrent_starts_each_group() {
 #[test]
 fn bench_scale_starts_every_machine_once() {
     if let Some(reason) = kvm_unavailable() {
-        skip("bench scale", &reason);
+        skip("bench scale", Need::Kvm, &reason);
         return;
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
@@ -314,12 +314,12 @@ impl Drop for Job {
 /// its network namespace nor its scratch directory left behind.
 fn interrupted_bench_cleans_up(test: &str, sig: i32, name: &str, whole_group: bool) {
     if let Some(reason) = kvm_unavailable() {
-        skip(test, &reason);
+        skip(test, Need::Kvm, &reason);
         return;
     }
     // A namespace of this test's own, made and deleted at once: can it make one?
     if let Err(reason) = Netns::create(&format!("probe-{}", name.to_lowercase())) {
-        skip(test, &format!("needs ip netns: {reason}"));
+        skip(test, Need::Tap, &format!("needs ip netns: {reason}"));
         return;
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));

@@ -15,12 +15,13 @@ const BOOT_LIMIT: Duration = Duration::from_secs(240);
 fn send_ctrl_alt_del_makes_linux_reboot() {
     let test = "send_ctrl_alt_del_makes_linux_reboot";
     if let Some(reason) = kvm_unavailable() {
-        return skip(test, &reason);
+        return skip(test, Need::Kvm, &reason);
     }
     let (Some(kernel), Some(initrd)) = (guest_image("vmlinux"), guest_image("initramfs.cpio"))
     else {
         return skip(
             test,
+            Need::GuestImages,
             "guest-images/out has no vmlinux/initramfs.cpio; run guest-images/build.sh",
         );
     };
@@ -29,6 +30,7 @@ fn send_ctrl_alt_del_makes_linux_reboot() {
     if !config.contains("CONFIG_KEYBOARD_ATKBD=y") {
         return skip(
             test,
+            Need::GuestImages,
             "the guest kernel has no AT keyboard driver; rebuild it with guest-images/build.sh",
         );
     }

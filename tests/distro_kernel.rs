@@ -125,11 +125,12 @@ fn boot(label: &'static str, kernel: &str, extra: &[&str], wanted: &[&'static st
 fn debian_cloud_kernel_finds_every_vcpu_through_acpi() {
     let test = "debian_cloud_kernel_finds_every_vcpu_through_acpi";
     if let Some(reason) = kvm_unavailable() {
-        return skip(test, &reason);
+        return skip(test, Need::Kvm, &reason);
     }
     let Some(image) = guest_image(IMAGE) else {
         return skip(
             test,
+            Need::DistroKernel,
             &format!("guest-images/out has no {IMAGE}; run guest-images/debian-kernel.sh"),
         );
     };

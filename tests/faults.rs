@@ -32,12 +32,12 @@ fn disk_arg(path: &Path) -> String {
     path_str(path).to_string()
 }
 
-/// `kite run` of test-guest scenario `name` with `--disk disk`.
-fn kite_cmd(name: &str, disk: &str, words: &str) -> Result<Command, String> {
+/// `kite run` of test-guest scenario `name` with `--disk disk`, or what the machine lacks.
+fn kite_cmd(name: &str, disk: &str, words: &str) -> Result<Command, (Need, String)> {
     if let Some(reason) = kvm_unavailable() {
-        return Err(reason);
+        return Err((Need::Kvm, reason));
     }
-    let elf = testguest()?;
+    let elf = testguest().map_err(|reason| (Need::GuestImages, reason))?;
     let mut cmd = kite();
     cmd.args([
         "run",
@@ -99,7 +99,7 @@ fn a_full_file_system_gives_io_errors_one_line_and_a_failing_flush() {
     const TEST: &str = "a_full_file_system_gives_io_errors_one_line_and_a_failing_flush";
     let fs = match Tmpfs::mount(TEST, "2M") {
         Ok(fs) => fs,
-        Err(reason) => return skip(TEST, &reason),
+        Err(reason) => return skip(TEST, Need::Root, &reason),
     };
     // A sparse 8 MiB image on 2 MiB of space: the guest fills the space, not the disk.
     let img = fs.dir.join("disk.img");
@@ -108,7 +108,7 @@ fn a_full_file_system_gives_io_errors_one_line_and_a_failing_flush() {
         .unwrap();
     let cmd = match kite_cmd("virtio-blk-fill", &disk_arg(&img), "kite_seed=9") {
         Ok(c) => c,
-        Err(reason) => return skip(TEST, &reason),
+        Err((need, reason)) => return skip(TEST, need, &reason),
     };
     let r = Run::parse("virtio-blk-fill", run(cmd, Duration::from_secs(60)));
     r.expect_ok();
@@ -161,7 +161,7 @@ fn reads_past_the_end_of_an_image_truncated_under_the_vm_fail() {
     let img = temp_file(TEST, "disk.img", &vec![0x5au8; 8 << 20]);
     let cmd = match kite_cmd("virtio-blk-shrink", &disk_arg(&img), "") {
         Ok(c) => c,
-        Err(reason) => return skip(TEST, &reason),
+        Err((need, reason)) => return skip(TEST, need, &reason),
     };
     let mut g = Guest::start(cmd);
     assert!(
@@ -235,7 +235,7 @@ fn refused(disk: &str, want: &str) {
 fn a_fifo_as_the_disk_is_one_clear_line_and_no_hang() {
     const TEST: &str = "a_fifo_as_the_disk_is_one_clear_line_and_no_hang";
     if let Some(reason) = kvm_unavailable() {
-        return skip(TEST, &reason);
+        return skip(TEST, Need::Kvm, &reason);
     }
     let fifo = temp_file(TEST, "x", b"").with_file_name("pipe");
     let c = std::ffi::CString::new(path_str(&fifo)).unwrap();
@@ -280,15 +280,15 @@ impl Drop for Loop {
 fn block_devices_work_and_a_mounted_one_is_refused() {
     const TEST: &str = "block_devices_work_and_a_mounted_one_is_refused";
     if !is_root() {
-        return skip(TEST, "loop devices need root");
+        return skip(TEST, Need::Root, "loop devices need root");
     }
     if let Some(reason) = kvm_unavailable() {
-        return skip(TEST, &reason);
+        return skip(TEST, Need::Kvm, &reason);
     }
     let img = temp_file(TEST, "disk.img", &vec![0u8; 4 << 20]);
     let dev = match losetup(&["-f", "--show", path_str(&img)]) {
         Ok(d) => Loop(d),
-        Err(reason) => return skip(TEST, &reason),
+        Err(reason) => return skip(TEST, Need::Loop, &reason),
     };
     // A loop device is a disk like a file: the pattern goes through it to the file.
     let cmd = kite_cmd("virtio-blk", &dev.0, "kite_seed=3 kite_blk_mib=1").unwrap();
@@ -303,7 +303,7 @@ fn block_devices_work_and_a_mounted_one_is_refused() {
     // Mounted, it is refused for writing: our writes would corrupt a live file system.
     let dev = match losetup(&["-f", "--show", path_str(&img)]) {
         Ok(d) => Loop(d),
-        Err(reason) => return skip(TEST, &reason),
+        Err(reason) => return skip(TEST, Need::Loop, &reason),
     };
     let mnt = img.with_file_name("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
@@ -316,6 +316,7 @@ fn block_devices_work_and_a_mounted_one_is_refused() {
         _ => {
             return skip(
                 TEST,
+                Need::Loop,
                 "cannot make and mount an ext4 file system on a loop device",
             );
         }
@@ -512,7 +513,7 @@ fn sigkill_during_writes_and_flushes_loses_no_flushed_block() {
         let words = format!("kite_seed={seed} kite_blk_slots={KILL_SLOTS} kite_blk_batch={BATCH}");
         let cmd = match kite_cmd("virtio-blk-flushlog", &disk_arg(&img), &words) {
             Ok(c) => c,
-            Err(reason) => return skip(TEST, &reason),
+            Err((need, reason)) => return skip(TEST, need, &reason),
         };
         let mut vm = Vm::start(cmd);
         // Kill at a random moment once the loop runs: 0-120 ms after the first flush, so
@@ -563,7 +564,7 @@ fn stop_signals_while_the_disk_is_busy_finish_requests_and_sync() {
         let words = format!("kite_seed={seed} kite_blk_slots={SLOTS} kite_blk_batch={BATCH}");
         let cmd = match kite_cmd("virtio-blk-flushlog", &disk_arg(&img), &words) {
             Ok(c) => c,
-            Err(reason) => return skip(TEST, &reason),
+            Err((need, reason)) => return skip(TEST, need, &reason),
         };
         let mut vm = Vm::start(cmd);
         // Past a wrap of the slots, so that overwrites are in the image too.

@@ -24,7 +24,7 @@ const BOOT_LIMIT: Duration = Duration::from_secs(240);
 /// The kernel and initramfs, or a skip.
 fn images(test: &str) -> Option<(String, String)> {
     if let Some(reason) = kvm_unavailable() {
-        skip(test, &reason);
+        skip(test, Need::Kvm, &reason);
         return None;
     }
     match (guest_image("vmlinux"), guest_image("initramfs.cpio")) {
@@ -32,6 +32,7 @@ fn images(test: &str) -> Option<(String, String)> {
         _ => {
             skip(
                 test,
+                Need::GuestImages,
                 "guest-images/out has no vmlinux/initramfs.cpio; run guest-images/build.sh",
             );
             None
@@ -147,7 +148,7 @@ fn linux_drives_every_kite_device() {
     let word = format!("hello-from-ext4-{}", std::process::id());
     let ext4 = match make_ext4(&dir, &word) {
         Ok(img) => img,
-        Err(reason) => return skip(test, &reason),
+        Err(reason) => return skip(test, Need::Tools, &reason),
     };
     let ro: Vec<u8> = (0..1u32 << 20).map(|i| (i * 7 + 3) as u8).collect();
     let ro_img = dir.join("readonly.img");
@@ -163,7 +164,7 @@ fn linux_drives_every_kite_device() {
             Some(ns)
         }
         Err(reason) => {
-            skip(&format!("{test} (ping check)"), &reason);
+            skip(&format!("{test} (ping check)"), Need::Tap, &reason);
             None
         }
     };

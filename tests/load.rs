@@ -91,7 +91,7 @@ impl Machine {
 fn twenty_vms_at_once_lose_nothing() {
     const TEST: &str = "twenty_vms_at_once_lose_nothing";
     if let Some(reason) = kvm_unavailable() {
-        return skip(TEST, &reason);
+        return skip(TEST, Need::Kvm, &reason);
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
     let machines: Vec<Machine> = (0..=VMS).map(|i| Machine::new(TEST, i)).collect();

@@ -17,7 +17,7 @@ const RESUME: &str = r#"{"state": "Resumed"}"#;
 fn a_paused_guest_makes_no_progress_and_a_resumed_one_goes_on() {
     let test = "a_paused_guest_makes_no_progress_and_a_resumed_one_goes_on";
     if let Some(reason) = kvm_unavailable() {
-        return skip(test, &reason);
+        return skip(test, Need::Kvm, &reason);
     }
     let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
     let mut vm = ApiVm::start(
@@ -66,7 +66,7 @@ fn a_paused_guest_makes_no_progress_and_a_resumed_one_goes_on() {
 fn pausing_during_disk_io_loses_and_corrupts_nothing() {
     let test = "pausing_during_disk_io_loses_and_corrupts_nothing";
     if let Some(reason) = kvm_unavailable() {
-        return skip(test, &reason);
+        return skip(test, Need::Kvm, &reason);
     }
     let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
     let disk = temp_file(test, "disk.img", b"");

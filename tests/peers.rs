@@ -103,7 +103,7 @@ fn a_tap_deleted_under_a_running_vm() {
     let tap = format!("kd{}", std::process::id() % 100_000);
     let ns = match Netns::with_tap("tapdel", &tap) {
         Ok(ns) => ns,
-        Err(why) => return skip(TEST, &why),
+        Err(why) => return skip(TEST, Need::Tap, &why),
     };
     let Some(mut m) = Machine::new(TEST, PEERS) else {
         return;

@@ -220,7 +220,7 @@ fn the_sigsys_handler_restores_the_terminal() {
 /// then the VM is ended by input and must exit 0. `None` if KVM is missing (the test skips).
 fn thread_modes(test: &str, extra: &[&str], want: u32) -> Option<(Vec<(String, u32)>, String)> {
     if let Some(reason) = kvm_unavailable() {
-        skip(test, &reason);
+        skip(test, Need::Kvm, &reason);
         return None;
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));

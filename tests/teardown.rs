@@ -36,11 +36,11 @@ fn reap_adopted(limit: Duration) -> Vec<(i32, i32)> {
 fn the_vm_is_torn_down_by_a_child_that_exits_cleanly() {
     let test = "the_vm_is_torn_down_by_a_child_that_exits_cleanly";
     if let Some(why) = kvm_unavailable() {
-        return skip(test, &why);
+        return skip(test, Need::Kvm, &why);
     }
     let guest = match testguest() {
         Ok(g) => g,
-        Err(why) => return skip(test, &why),
+        Err(why) => return skip(test, Need::GuestImages, &why),
     };
     // SAFETY: prctl with integer arguments; makes this process adopt orphaned descendants.
     let rc = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) };

@@ -52,7 +52,7 @@ fn hello_sees_command_line_and_ram() {
 fn hello_reaches_every_gib_of_ram_above_4g() {
     let test = "hello_reaches_every_gib_of_ram_above_4g";
     if let Some(reason) = kvm_unavailable() {
-        return skip(test, &reason);
+        return skip(test, Need::Kvm, &reason);
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
     let mut cmd = kite();
@@ -126,7 +126,11 @@ fn irq_through_the_ioapic() {
 #[test]
 fn console_input_reaches_the_guest() {
     if kvm_unavailable().is_some() {
-        return skip("console_input_reaches_the_guest", "no usable /dev/kvm");
+        return skip(
+            "console_input_reaches_the_guest",
+            Need::Kvm,
+            "no usable /dev/kvm",
+        );
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
     let mut cmd = kite();
@@ -155,7 +159,11 @@ fn console_input_reaches_the_guest() {
 #[test]
 fn unknown_scenario_fails_cleanly() {
     if kvm_unavailable().is_some() {
-        return skip("unknown_scenario_fails_cleanly", "no usable /dev/kvm");
+        return skip(
+            "unknown_scenario_fails_cleanly",
+            Need::Kvm,
+            "no usable /dev/kvm",
+        );
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
     let mut cmd = kite();
@@ -182,6 +190,7 @@ fn guest_exceptions_report_vector_and_rip() {
     if kvm_unavailable().is_some() {
         return skip(
             "guest_exceptions_report_vector_and_rip",
+            Need::Kvm,
             "no usable /dev/kvm",
         );
     }

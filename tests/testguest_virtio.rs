@@ -208,16 +208,6 @@ fn virtio_rng_absent_with_no_rng() {
     );
 }
 
-/// Why `kite run` cannot take `option` (e.g. `--net`), if it cannot.
-fn kite_lacks(option: &str) -> Option<String> {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kite"))
-        .args(["run", "--help"])
-        .output()
-        .ok()?;
-    let help = String::from_utf8_lossy(&out.stdout);
-    (!help.contains(option)).then(|| format!("kite run has no {option} option"))
-}
-
 /// A UDP echo server at `addr` inside `ns`, on a thread of its own, until `stop` is set.
 /// Returns once it is listening; the thread returns the datagrams it echoed.
 fn udp_echo(
@@ -271,13 +261,13 @@ fn udp_echo(
 #[test]
 fn virtio_net_echoes_udp_through_a_tap() {
     const TEST: &str = "virtio_net_echoes_udp_through_a_tap";
-    if let Some(reason) = kvm_unavailable().or_else(|| kite_lacks("--net")) {
-        return skip(TEST, &reason);
+    if let Some(reason) = kvm_unavailable() {
+        return skip(TEST, Need::Kvm, &reason);
     }
     let tap = "ktap0";
     let ns = match Netns::with_tap("net", tap) {
         Ok(ns) => ns,
-        Err(reason) => return skip(TEST, &reason),
+        Err(reason) => return skip(TEST, Need::Tap, &reason),
     };
     // Fewer unrelated frames (router solicitations and the like) on the link.
     let _ = ns.exec(&[
@@ -391,8 +381,8 @@ fn unix_echo(
 #[test]
 fn virtio_vsock_echoes_through_a_unix_socket() {
     const TEST: &str = "virtio_vsock_echoes_through_a_unix_socket";
-    if let Some(reason) = kvm_unavailable().or_else(|| kite_lacks("--vsock")) {
-        return skip(TEST, &reason);
+    if let Some(reason) = kvm_unavailable() {
+        return skip(TEST, Need::Kvm, &reason);
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
     let dir = temp_file(TEST, "placeholder", b"");

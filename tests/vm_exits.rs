@@ -10,7 +10,7 @@ use common::*;
 fn kvm_ok(test: &str) -> bool {
     match kvm_unavailable() {
         Some(reason) => {
-            skip(test, &reason);
+            skip(test, Need::Kvm, &reason);
             false
         }
         None => true,

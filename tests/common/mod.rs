@@ -98,22 +98,9 @@ pub fn run_with_input(mut cmd: Command, input: Option<Vec<u8>>, limit: Duration)
     outcome
 }
 
-/// Record that a test skipped itself, with a one-line reason, where the test script lists it.
-pub fn skip(test: &str, reason: &str) {
-    let line = format!("{test}: {reason}");
-    eprintln!("SKIPPED {line}");
-    if let Some(path) = std::env::var_os("KITE_SKIP_LOG") {
-        use std::io::Write;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            // One write of the whole line: O_APPEND keeps lines from parallel tests whole.
-            let _ = f.write_all(format!("{line}\n").as_bytes());
-        }
-    }
-}
+/// Skipping: `skip(test, Need::Kvm, reason)` prints one line and appends it to the skip log
+/// that `scripts/test.sh` lists (and checks against the needs the machine declares).
+pub use kite_testkit::{Need, skip};
 
 /// Why a test that needs KVM cannot run here, if it cannot.
 pub fn kvm_unavailable() -> Option<String> {
@@ -396,7 +383,7 @@ impl Run {
 /// words; None (after a skip line) where KVM is unusable.
 pub fn scenario(test: &str, name: &str, args: &[&str], words: &str) -> Option<Run> {
     if let Some(reason) = kvm_unavailable() {
-        skip(test, &reason);
+        skip(test, Need::Kvm, &reason);
         return None;
     }
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::{
-    Outcome, Run, collect, kite, kvm_unavailable, path_str, run, skip, temp_file, testguest,
+    Need, Outcome, Run, collect, kite, kvm_unavailable, path_str, run, skip, temp_file, testguest,
 };
 
 /// Time limit of one run of a [`Machine`].
@@ -291,7 +291,7 @@ pub struct Machine {
 impl Machine {
     pub fn new(test: &'static str, peer_list: &[(u32, Peer)]) -> Option<Machine> {
         if let Some(reason) = kvm_unavailable() {
-            skip(test, &reason);
+            skip(test, Need::Kvm, &reason);
             return None;
         }
         let image = temp_file(test, "disk.img", &vec![0u8; DISK]);

@@ -305,6 +305,8 @@ pub mod testing {
 
 #[cfg(test)]
 mod tests {
+    use kite_testkit::{Need, skip};
+
     use super::*;
 
     #[test]
@@ -339,8 +341,11 @@ mod tests {
     #[test]
     fn a_missing_tap_is_created_with_vnet_headers_and_offloads() {
         if let Err(why) = testing::isolate() {
-            eprintln!("skipped: {why}");
-            return;
+            let test = concat!(
+                module_path!(),
+                "::a_missing_tap_is_created_with_vnet_headers_and_offloads"
+            );
+            return skip(test, Need::Tap, &why);
         }
         let mut tap = Tap::open("kite-t0").unwrap();
         assert!(tap.created());

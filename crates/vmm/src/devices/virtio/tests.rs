@@ -1,3 +1,4 @@
+use kite_testkit::{Need, skip};
 use kvm_ioctls::Kvm;
 use vmm_sys_util::tempfile::TempFile;
 
@@ -34,8 +35,11 @@ fn kvm_vm() -> Option<VmFd> {
 #[test]
 fn attach_wires_a_device_into_kvm_the_bus_the_event_loop_and_the_cmdline() {
     let Some(vm) = kvm_vm() else {
-        eprintln!("skipped: /dev/kvm is not usable here");
-        return;
+        let test = concat!(
+            module_path!(),
+            "::attach_wires_a_device_into_kvm_the_bus_the_event_loop_and_the_cmdline"
+        );
+        return skip(test, Need::Kvm, "/dev/kvm is not usable here");
     };
     let mem = crate::memory::create(16 << 20).unwrap();
     let mut bus = Bus::new();

@@ -2,6 +2,7 @@ use std::os::unix::net::UnixDatagram;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
+use kite_testkit::{Need, skip};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 
@@ -448,8 +449,8 @@ fn reset_stops_receiving_until_the_driver_is_back() {
 #[test]
 fn frames_pass_through_a_real_tap_both_ways() {
     if let Err(why) = testing::isolate() {
-        eprintln!("skipped: {why}");
-        return;
+        let test = concat!(module_path!(), "::frames_pass_through_a_real_tap_both_ways");
+        return skip(test, Need::Tap, &why);
     }
     let name = "kite-n0";
     let tap = Tap::open(name).unwrap();
