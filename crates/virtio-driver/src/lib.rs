@@ -12,7 +12,10 @@
 pub mod mmio;
 mod queue;
 
-pub use queue::{Buf, Chains, Desc, Full, Layout, MAX_QUEUE, Queue, need_event};
+pub use queue::{
+    AVAIL_F_NO_INTERRUPT, Buf, Chains, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Desc, Full,
+    Layout, MAX_QUEUE, Queue, USED_F_NO_NOTIFY, need_event, write_chain,
+};
 
 /// Driver-owned guest memory (rings, descriptor tables), at guest-physical addresses. Each access
 /// is one access of its width, so that a device running beside the driver never sees half of an

@@ -87,7 +87,7 @@ impl Buf {
 
 /// Write `bufs` as one chain into the table at `table`, `bufs[i]` in slot `slot(i)`, each linked
 /// to the next.
-fn write_chain(mem: &mut impl Memory, table: u64, bufs: &[Buf], slot: impl Fn(usize) -> u16) {
+pub fn write_chain(mem: &mut impl Memory, table: u64, bufs: &[Buf], slot: impl Fn(usize) -> u16) {
     for (i, buf) in bufs.iter().enumerate() {
         let next = (i + 1 < bufs.len()).then(|| slot(i + 1));
         buf.desc(next).write(mem, table, slot(i));
@@ -275,6 +275,12 @@ impl Queue {
         // The entry after the index that published it.
         fence(Ordering::Acquire);
         Some(self.used_elem(mem, self.last_used))
+    }
+
+    /// Take every completion there is without looking at them (a driver that lost track of its
+    /// chains).
+    pub fn skip_used(&mut self, mem: &impl Memory) {
+        self.last_used = self.used_idx(mem);
     }
 
     /// Take the next completion, `(id, len)`.
