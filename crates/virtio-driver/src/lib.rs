@@ -29,6 +29,46 @@ pub trait Memory {
     fn write_u64(&mut self, addr: u64, value: u64);
 }
 
+/// Memory that is a byte image starting at address 0 (an image to copy into guest RAM, or a
+/// test's memory). An access past its end panics.
+pub struct Image<'a>(pub &'a mut [u8]);
+
+impl Image<'_> {
+    fn get<const N: usize>(&self, addr: u64) -> [u8; N] {
+        let at = usize::try_from(addr).expect("address in the image");
+        let bytes = self.0.get(at..at + N).expect("address in the image");
+        bytes.try_into().expect("N bytes")
+    }
+
+    fn put(&mut self, addr: u64, value: &[u8]) {
+        let at = usize::try_from(addr).expect("address in the image");
+        let bytes = self.0.get_mut(at..at + value.len());
+        bytes.expect("address in the image").copy_from_slice(value);
+    }
+}
+
+impl Memory for Image<'_> {
+    fn read_u16(&self, addr: u64) -> u16 {
+        u16::from_le_bytes(self.get(addr))
+    }
+
+    fn read_u32(&self, addr: u64) -> u32 {
+        u32::from_le_bytes(self.get(addr))
+    }
+
+    fn write_u16(&mut self, addr: u64, value: u16) {
+        self.put(addr, &value.to_le_bytes())
+    }
+
+    fn write_u32(&mut self, addr: u64, value: u32) {
+        self.put(addr, &value.to_le_bytes())
+    }
+
+    fn write_u64(&mut self, addr: u64, value: u64) {
+        self.put(addr, &value.to_le_bytes())
+    }
+}
+
 /// A device's virtio-mmio register window: 32-bit accesses at offsets into it.
 pub trait Registers {
     fn read(&mut self, offset: u64) -> u32;

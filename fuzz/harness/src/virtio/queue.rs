@@ -10,7 +10,7 @@
 use std::sync::{Arc, Mutex};
 
 use kite_virtio_driver::mmio::F_EVENT_IDX;
-use kite_virtio_driver::{Buf, DESC_F_NEXT, Desc, Layout, Memory, Queue, mmio};
+use kite_virtio_driver::{self as driver, Buf, DESC_F_NEXT, Desc, Layout, Queue, mmio};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{Driver, MEM_SIZE, TRANSPORT_FEATURES};
@@ -267,52 +267,11 @@ pub fn run(data: &[u8]) {
 /// driver area at 0x400, device area at 0x600), built up chain by chain; small, as fuzz inputs
 /// should be.
 pub struct Image {
-    mem: ImageBytes,
+    /// The bytes: the rings, then the buffers as [`Image::buf`] adds them (so that every
+    /// descriptor and table the driver writes lies in them).
+    mem: Vec<u8>,
     queue: Queue,
     next_buf: u32,
-}
-
-/// The image's bytes, growing as the driver writes past their end.
-struct ImageBytes(Vec<u8>);
-
-impl ImageBytes {
-    fn put(&mut self, at: u64, bytes: &[u8]) {
-        let at = at as usize;
-        if self.0.len() < at + bytes.len() {
-            self.0.resize(at + bytes.len(), 0);
-        }
-        self.0[at..at + bytes.len()].copy_from_slice(bytes);
-    }
-
-    fn get<const N: usize>(&self, at: u64) -> [u8; N] {
-        let mut b = [0u8; N];
-        for (i, byte) in b.iter_mut().enumerate() {
-            *byte = self.0.get(at as usize + i).copied().unwrap_or(0);
-        }
-        b
-    }
-}
-
-impl Memory for ImageBytes {
-    fn read_u16(&self, addr: u64) -> u16 {
-        u16::from_le_bytes(self.get(addr))
-    }
-
-    fn read_u32(&self, addr: u64) -> u32 {
-        u32::from_le_bytes(self.get(addr))
-    }
-
-    fn write_u16(&mut self, addr: u64, value: u16) {
-        self.put(addr, &value.to_le_bytes())
-    }
-
-    fn write_u32(&mut self, addr: u64, value: u32) {
-        self.put(addr, &value.to_le_bytes())
-    }
-
-    fn write_u64(&mut self, addr: u64, value: u64) {
-        self.put(addr, &value.to_le_bytes())
-    }
 }
 
 pub const DESC: u32 = 0;
@@ -330,7 +289,7 @@ impl Image {
             used: DEVICE.into(),
         };
         Self {
-            mem: ImageBytes(vec![0u8; BUFS as usize]),
+            mem: vec![0u8; BUFS as usize],
             queue: Queue::new(layout, false),
             next_buf: BUFS,
         }
@@ -340,7 +299,7 @@ impl Image {
     pub fn buf(&mut self, len: u32) -> u32 {
         let at = self.next_buf;
         self.next_buf += len.next_multiple_of(16).max(16);
-        self.mem.put(at.into(), &vec![0u8; len as usize]);
+        self.mem.resize((at + len) as usize, 0);
         at
     }
 
@@ -351,7 +310,8 @@ impl Image {
             .iter()
             .map(|&(addr, len, flags, next)| Desc::new(addr.into(), len, flags, next))
             .collect();
-        self.queue.push_raw(&mut self.mem, &table)
+        self.queue
+            .push_raw(&mut driver::Image(&mut self.mem), &table)
     }
 
     /// A well-formed chain of `(len, device-writable)` buffers.
@@ -360,7 +320,7 @@ impl Image {
             .iter()
             .map(|&(len, write)| self.buffer(len, write))
             .collect();
-        self.queue.push(&mut self.mem, &bufs)
+        self.queue.push(&mut driver::Image(&mut self.mem), &bufs)
     }
 
     /// A well-formed chain of `(len, device-writable)` buffers in an indirect table.
@@ -370,7 +330,8 @@ impl Image {
             .iter()
             .map(|&(len, write)| self.buffer(len, write))
             .collect();
-        self.queue.push_indirect(&mut self.mem, table.into(), &bufs)
+        let mem = &mut driver::Image(&mut self.mem);
+        self.queue.push_indirect(mem, table.into(), &bufs)
     }
 
     fn buffer(&mut self, len: u32, write: bool) -> Buf {
@@ -383,7 +344,7 @@ impl Image {
     }
 
     pub fn bytes(&self) -> &[u8] {
-        &self.mem.0
+        &self.mem
     }
 }
 
