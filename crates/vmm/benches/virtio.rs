@@ -1,6 +1,6 @@
 //! Micro-benchmarks of Kite's virtio code paths that run for every guest request, in process and
-//! without KVM: the bench plays the guest driver in a `GuestMemoryMmap`, as the unit tests'
-//! `testutil.rs` does.
+//! without KVM: the bench plays the guest driver in a `GuestMemoryMmap` with kite-virtio-driver,
+//! as the unit tests' `testutil.rs` does.
 //!
 //! - `queue/pop_complete`: pop one descriptor chain off the available ring, walk and check it,
 //!   put it on the used ring and signal the interrupt eventfd (`Active::drain_queue`; the queue
@@ -17,14 +17,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use kite_virtio_driver::{Buf, Layout, write_chain};
 use kite_vmm::bus::{Bus, BusDevice};
 use kite_vmm::harness::{
-    Active, Block, Completion, Disk, Interrupt, LogLimiter, MmioTransport, VirtioDevice,
+    Active, Block, Completion, Disk, GuestRam, Interrupt, LogLimiter, MmioTransport, VirtioDevice,
 };
 use kite_vmm::memory::GuestMem;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::split::Descriptor;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
@@ -41,16 +40,23 @@ const DATA: u64 = 0x11_0000;
 const STATUS: u64 = 0x12_0000;
 
 /// Guest memory with one split queue's rings and a request's buffers, and the driver's side of
-/// the available ring.
+/// the queue.
 struct Driver {
     mem: GuestMem,
-    avail_idx: u16,
+    ring: kite_virtio_driver::Queue,
 }
 
 impl Driver {
     fn new() -> Driver {
         let mem = kite_vmm::memory::create(4 << 20).expect("guest memory");
-        Driver { mem, avail_idx: 0 }
+        let layout = Layout {
+            size: QUEUE_SIZE,
+            desc: DESC,
+            avail: AVAIL,
+            used: USED,
+        };
+        let ring = kite_virtio_driver::Queue::new(layout, false);
+        Driver { mem, ring }
     }
 
     /// A queue set up on the rings, as the transport hands it to a device at DRIVER_OK.
@@ -66,32 +72,14 @@ impl Driver {
         q
     }
 
-    /// Write a chain into descriptor slots 0.. : `(addr, len, device-writable)`.
-    fn write_chain(&self, descs: &[(u64, u32, bool)]) {
-        for (i, &(addr, len, write)) in descs.iter().enumerate() {
-            let last = i + 1 == descs.len();
-            let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-            if !last {
-                flags |= VRING_DESC_F_NEXT as u16;
-            }
-            let next = if last { 0 } else { i as u16 + 1 };
-            let desc = Descriptor::new(addr, len, flags, next);
-            self.mem
-                .write_obj(desc, GuestAddress(DESC + 16 * i as u64))
-                .expect("descriptor");
-        }
+    /// Write a chain of `bufs` into descriptor slots 0.. .
+    fn write_chain(&self, bufs: &[Buf]) {
+        write_chain(&mut GuestRam(&self.mem), DESC, bufs, |i| i as u16);
     }
 
     /// Put the chain at descriptor 0 on the available ring (again).
     fn post(&mut self) {
-        let slot = u64::from(self.avail_idx % QUEUE_SIZE);
-        self.mem
-            .write_obj(0u16, GuestAddress(AVAIL + 4 + 2 * slot))
-            .expect("avail entry");
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .expect("avail idx");
+        self.ring.publish(&mut GuestRam(&self.mem), 0);
     }
 }
 
@@ -108,7 +96,7 @@ fn blk_request(driver: &Driver, kind: u32, sector: u64, data: u32) {
         .mem
         .write_slice(&header, GuestAddress(HEADER))
         .expect("header");
-    driver.write_chain(&[(HEADER, 16, false), (DATA, data, true), (STATUS, 1, true)]);
+    driver.write_chain(&[Buf::r(HEADER, 16), Buf::w(DATA, data), Buf::w(STATUS, 1)]);
 }
 
 /// A raw image of `size` bytes, opened as Kite opens a disk.
@@ -121,7 +109,7 @@ fn disk(size: u64) -> (TempFile, Disk) {
 
 fn queue(c: &mut Criterion) {
     let mut driver = Driver::new();
-    driver.write_chain(&[(HEADER, 16, false), (DATA, 4096, true), (STATUS, 1, true)]);
+    driver.write_chain(&[Buf::r(HEADER, 16), Buf::w(DATA, 4096), Buf::w(STATUS, 1)]);
     let irq = eventfd();
     let mut active = Active::new(
         driver.mem.clone(),

@@ -1,8 +1,10 @@
 //! The virtio fuzz targets (see [`crate`]): a guest driver played from the fuzz input, in
-//! process and without KVM, as `testutil.rs` plays one for the unit tests. The driver sets the
-//! device up through the virtio-mmio register file, as a guest does, posts descriptor chains in
-//! a fresh guest memory, and calls the device where the event loop would (`process_queue` for a
-//! queue notification, `process_backend` when its host side is ready).
+//! process and without KVM, on kite-virtio-driver as the unit tests' `testutil.rs` and the test
+//! guest are. The driver sets the device up through the virtio-mmio register file, as a guest
+//! does, posts descriptor chains in a fresh guest memory, and calls the device where the event
+//! loop would (`process_queue` for a queue notification, `process_backend` when its host side is
+//! ready). What is the harness's own: the checks below, and the operations that break the rules
+//! on purpose (raw descriptors, pokes, a made-up available index).
 //!
 //! The driver also checks what the device gives back, where the driver itself played by the
 //! rules: every used entry names a chain that was in flight, once, and says no more was written
@@ -17,22 +19,15 @@ pub mod vsock;
 
 use std::collections::HashMap;
 
-use virtio_bindings::virtio_config::{
-    VIRTIO_CONFIG_S_ACKNOWLEDGE, VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_DRIVER_OK,
-    VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_F_VERSION_1,
-};
-use virtio_bindings::virtio_ring::{
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC, VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT,
-    VRING_DESC_F_WRITE,
-};
-use virtio_queue::desc::split::Descriptor;
+use kite_virtio_driver::mmio as reg;
+use kite_virtio_driver::mmio::{F_EVENT_IDX, F_INDIRECT_DESC, F_VERSION_1};
+use kite_virtio_driver::{Buf, Desc, Layout, Queue, Registers};
 use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 
 use crate::input::{Input, Writer};
-use kite_vmm::bus::BusDevice;
-use kite_vmm::harness::{Interrupt, SharedDevice, lock};
-use kite_vmm::harness::{MmioTransport, QUEUE_NOTIFY};
+use kite_vmm::harness::MmioTransport;
+use kite_vmm::harness::{GuestRam, Interrupt, SharedDevice, lock};
 use kite_vmm::memory::GuestMem;
 
 /// Guest RAM of every run: fresh (zeroed) each time, so a run depends on its input alone.
@@ -46,20 +41,6 @@ const BUF_START: u64 = 0x1_0000;
 pub const MAX_OPS: usize = 256;
 /// Segments in one chain the driver builds.
 const MAX_SEGMENTS: u8 = 8;
-
-// virtio-mmio registers (virtio 1.2, 4.2.2).
-pub const REG_DEVICE_FEATURES: u64 = 0x010;
-pub const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
-pub const REG_DRIVER_FEATURES: u64 = 0x020;
-pub const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
-pub const REG_QUEUE_SEL: u64 = 0x030;
-pub const REG_QUEUE_NUM: u64 = 0x038;
-pub const REG_QUEUE_READY: u64 = 0x044;
-pub const REG_STATUS: u64 = 0x070;
-pub const REG_QUEUE_DESC: u64 = 0x080;
-pub const REG_QUEUE_DRIVER: u64 = 0x090;
-pub const REG_QUEUE_DEVICE: u64 = 0x0a0;
-pub const REG_QUEUE_NOTIFY: u64 = QUEUE_NOTIFY;
 
 /// Operations every device target's input is made of (a target adds its own after these).
 pub const OP_CHAIN: u8 = 0;
@@ -84,11 +65,7 @@ pub struct Setup {
 impl Setup {
     /// Every offered feature but EVENT_IDX (or with it), every queue with `size` entries.
     pub fn all(queues: usize, size: u16, event_idx: bool) -> Self {
-        let features = if event_idx {
-            u64::MAX
-        } else {
-            !(1 << VIRTIO_RING_F_EVENT_IDX)
-        };
+        let features = if event_idx { u64::MAX } else { !F_EVENT_IDX };
         Self {
             features,
             queues: vec![Some(size); queues],
@@ -133,16 +110,10 @@ pub struct UsedChain {
     pub data: Vec<u8>,
 }
 
-/// The driver's side of one queue.
+/// The driver's side of one queue: its rings, and the chains in flight for the checks.
 #[derive(Default)]
 struct DriverQueue {
-    size: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    next_desc: u16,
-    avail_idx: u16,
-    used_seen: u16,
+    ring: Queue,
     in_flight: HashMap<u16, InFlight>,
     in_flight_descs: usize,
 }
@@ -172,6 +143,11 @@ impl Seg {
             data: Vec::new(),
         }
     }
+}
+
+/// Queue `q` of `queues`, if the driver set it up.
+fn set_up(queues: &mut [DriverQueue], q: usize) -> Option<&mut DriverQueue> {
+    queues.get_mut(q).filter(|q| q.ring.size() > 0)
 }
 
 /// A guest driver for one device.
@@ -224,60 +200,24 @@ impl Driver {
     }
 
     pub fn read(&mut self, offset: u64) -> u32 {
-        let mut data = [0u8; 4];
-        self.transport.read(offset, &mut data);
-        u32::from_le_bytes(data)
+        self.transport.read(offset)
     }
 
     pub fn write(&mut self, offset: u64, value: u32) {
-        self.transport.write(offset, &value.to_le_bytes());
-    }
-
-    fn set_status(&mut self, bits: u32) {
-        let status = self.read(REG_STATUS);
-        self.write(REG_STATUS, status | bits);
-    }
-
-    pub fn device_features(&mut self) -> u64 {
-        self.write(REG_DEVICE_FEATURES_SEL, 1);
-        let high = self.read(REG_DEVICE_FEATURES);
-        self.write(REG_DEVICE_FEATURES_SEL, 0);
-        let low = self.read(REG_DEVICE_FEATURES);
-        (u64::from(high) << 32) | u64::from(low)
+        self.transport.write(offset, value)
     }
 
     /// Reset the device and negotiate `features` (of those offered); whether it took them.
     pub fn negotiate(&mut self, features: u64) -> bool {
-        self.write(REG_STATUS, 0);
-        self.set_status(VIRTIO_CONFIG_S_ACKNOWLEDGE);
-        self.set_status(VIRTIO_CONFIG_S_DRIVER);
-        let features = (self.device_features() & features) | (1 << VIRTIO_F_VERSION_1);
-        for sel in 0..2u32 {
-            self.write(REG_DRIVER_FEATURES_SEL, sel);
-            self.write(REG_DRIVER_FEATURES, (features >> (32 * sel)) as u32);
-        }
-        self.set_status(VIRTIO_CONFIG_S_FEATURES_OK);
-        self.read(REG_STATUS) & VIRTIO_CONFIG_S_FEATURES_OK != 0
-    }
-
-    /// Write queue `index`'s registers.
-    pub fn queue_registers(&mut self, index: u32, size: u32, rings: [u64; 3], ready: bool) {
-        self.write(REG_QUEUE_SEL, index);
-        self.write(REG_QUEUE_NUM, size);
-        for (reg, addr) in [REG_QUEUE_DESC, REG_QUEUE_DRIVER, REG_QUEUE_DEVICE]
-            .into_iter()
-            .zip(rings)
-        {
-            self.write(reg, addr as u32);
-            self.write(reg + 4, (addr >> 32) as u32);
-        }
-        self.write(REG_QUEUE_READY, u32::from(ready));
+        reg::negotiate(&mut self.transport, |offered| {
+            (offered & features) | F_VERSION_1
+        })
+        .is_some()
     }
 
     /// Set DRIVER_OK; whether the device started (and is not asking for a reset).
     pub fn driver_ok(&mut self) -> bool {
-        self.set_status(VIRTIO_CONFIG_S_DRIVER_OK);
-        self.read(REG_STATUS) & 0x4f == 0x0f
+        reg::started(reg::driver_ok(&mut self.transport))
     }
 
     /// The whole start-up with `setup`, each queue's rings in its own area (zeroed). Whether the
@@ -295,12 +235,11 @@ impl Driver {
         for (i, &max) in max_sizes.iter().enumerate() {
             let base = QUEUE_AREA * i as u64;
             let size = setup.queues.get(i).copied().flatten().map(|s| s.min(max));
-            let q = DriverQueue {
+            let layout = Layout {
                 size: size.unwrap_or(0),
                 desc: base,
                 avail: base + 0x1000,
                 used: base + 0x2000,
-                ..DriverQueue::default()
             };
             if self.restarted {
                 self.mem
@@ -308,9 +247,12 @@ impl Driver {
                     .expect("queue area in guest memory");
             }
             if let Some(size) = size {
-                self.queue_registers(i as u32, u32::from(size), [q.desc, q.avail, q.used], true);
+                reg::queue_registers(&mut self.transport, i as u32, size.into(), &layout, true);
             }
-            self.queues.push(q);
+            self.queues.push(DriverQueue {
+                ring: Queue::new(layout, false),
+                ..DriverQueue::default()
+            });
         }
         self.started = self.driver_ok();
         // Guest RAM starts zeroed: only a restart has rings to clear.
@@ -320,11 +262,6 @@ impl Driver {
 
     fn queue_index(&self, input: &mut Input) -> usize {
         usize::from(input.u8()) % self.queues.len().max(1)
-    }
-
-    /// Queue `q`, if the driver set it up.
-    fn queue(&mut self, q: usize) -> Option<&mut DriverQueue> {
-        self.queues.get_mut(q).filter(|q| q.size > 0)
     }
 
     /// Guest memory for `len` bytes, 16-byte aligned.
@@ -343,41 +280,17 @@ impl Driver {
         addr
     }
 
-    /// Write descriptors `(addr, len, flags, next)` at queue `q`'s next table slots and make
-    /// the first available. Returns its index.
-    fn push_raw(&mut self, q: usize, table: &[(u64, u32, u16, u16)]) -> Option<u16> {
-        let mem = self.mem.clone();
-        let queue = self.queue(q)?;
-        let head = queue.next_desc;
-        for (i, &(addr, len, flags, next)) in table.iter().enumerate() {
-            let slot = (usize::from(head) + i) % usize::from(queue.size);
-            let desc = Descriptor::new(addr, len, flags, next);
-            mem.write_obj(desc, GuestAddress(queue.desc + 16 * slot as u64))
-                .expect("descriptor table in guest memory");
-        }
-        queue.next_desc = ((usize::from(head) + table.len()) % usize::from(queue.size)) as u16;
-        self.make_available(q, head);
-        Some(head)
-    }
-
-    /// Put descriptor `head` on queue `q`'s available ring.
-    fn make_available(&mut self, q: usize, head: u16) {
-        let mem = self.mem.clone();
-        let Some(queue) = self.queue(q) else {
-            return;
-        };
-        let slot = u64::from(queue.avail_idx % queue.size);
-        mem.write_obj(head, GuestAddress(queue.avail + 4 + 2 * slot))
-            .expect("available ring in guest memory");
-        queue.avail_idx = queue.avail_idx.wrapping_add(1);
-        mem.write_obj(queue.avail_idx, GuestAddress(queue.avail + 2))
-            .expect("available ring in guest memory");
+    /// Write `table` at queue `q`'s next table slots and make the first available. Returns its
+    /// index.
+    fn push_raw(&mut self, q: usize, table: &[Desc]) -> Option<u16> {
+        let queue = set_up(&mut self.queues, q)?;
+        Some(queue.ring.push_raw(&mut GuestRam(&self.mem), table))
     }
 
     /// Post a well-formed chain of `segs` on queue `q` (behind one indirect descriptor if
     /// `indirect`); returns its head.
     pub fn post(&mut self, q: usize, segs: &[Seg], indirect: bool) -> Option<u16> {
-        let size = self.queue(q)?.size;
+        let size = set_up(&mut self.queues, q)?.ring.size();
         if segs.is_empty() {
             return None;
         }
@@ -393,57 +306,26 @@ impl Driver {
                 self.mem
                     .write_slice(&seg.data[..n], GuestAddress(addr))
                     .expect("buffer in guest memory");
+                table.push(Buf::r(addr, u32::from(seg.len)));
             } else {
                 writable += u64::from(seg.len);
                 bufs.push((addr, seg.len));
+                table.push(Buf::w(addr, u32::from(seg.len)));
             }
-            let flags = if seg.write {
-                VRING_DESC_F_WRITE as u16
-            } else {
-                0
-            };
-            table.push((addr, u32::from(seg.len), flags));
         }
-        let link = |table: &[(u64, u32, u16)], first: u16, wrap: u16| {
-            let last = table.len() - 1;
-            table
-                .iter()
-                .enumerate()
-                .map(|(i, &(addr, len, flags))| {
-                    if i == last {
-                        (addr, len, flags, 0)
-                    } else {
-                        let next = ((usize::from(first) + i + 1) % usize::from(wrap)) as u16;
-                        (addr, len, flags | VRING_DESC_F_NEXT as u16, next)
-                    }
-                })
-                .collect::<Vec<_>>()
-        };
         let descs = if indirect { 1 } else { table.len() };
-        let queue = self.queue(q)?;
+        let queue = set_up(&mut self.queues, q)?;
         if queue.in_flight_descs + descs > usize::from(size) {
             // Slots still in flight get overwritten: a driver bug the device must survive.
             self.tainted = true;
         }
-        let head = if indirect {
-            let linked = link(&table, 0, u16::MAX);
-            let at = self.alloc(16 * linked.len() as u64);
-            for (i, &(addr, len, flags, next)) in linked.iter().enumerate() {
-                self.mem
-                    .write_obj(
-                        Descriptor::new(addr, len, flags, next),
-                        GuestAddress(at + 16 * i as u64),
-                    )
-                    .expect("indirect table in guest memory");
-            }
-            let len = 16 * linked.len() as u32;
-            self.push_raw(q, &[(at, len, VRING_DESC_F_INDIRECT as u16, 0)])?
-        } else {
-            let first = self.queue(q)?.next_desc;
-            let linked = link(&table, first, size);
-            self.push_raw(q, &linked)?
+        let indirect_at = indirect.then(|| self.alloc(16 * table.len() as u64));
+        let queue = set_up(&mut self.queues, q)?;
+        let mem = &mut GuestRam(&self.mem);
+        let head = match indirect_at {
+            Some(at) => queue.ring.push_indirect(mem, at, &table),
+            None => queue.ring.push(mem, &table),
         };
-        let queue = self.queue(q)?;
         queue.in_flight_descs += descs;
         if queue
             .in_flight
@@ -470,31 +352,26 @@ impl Driver {
     }
 
     fn check_used_queue(&mut self, q: usize) {
-        let mem = self.mem.clone();
-        let tainted = self.tainted;
         let record = self.record_used;
-        let mut used = Vec::new();
-        let Some(queue) = self.queue(q) else {
+        let Some(queue) = set_up(&mut self.queues, q) else {
             return;
         };
-        let Ok(used_idx) = mem.read_obj::<u16>(GuestAddress(queue.used + 2)) else {
-            return;
-        };
-        if tainted {
-            queue.used_seen = used_idx;
+        let mem = GuestRam(&self.mem);
+        if self.tainted {
+            queue.ring.skip_used(&mem);
             return;
         }
-        let new = used_idx.wrapping_sub(queue.used_seen);
+        let new = queue
+            .ring
+            .used_idx(&mem)
+            .wrapping_sub(queue.ring.last_used());
         assert!(
             usize::from(new) <= queue.in_flight.len(),
             "queue {q}: {new} chains used, {} in flight",
             queue.in_flight.len()
         );
-        while queue.used_seen != used_idx {
-            let at = queue.used + 4 + 8 * u64::from(queue.used_seen % queue.size);
-            let id: u32 = mem.read_obj(GuestAddress(at)).expect("used ring");
-            let len: u32 = mem.read_obj(GuestAddress(at + 4)).expect("used ring");
-            assert!(id < u32::from(queue.size), "queue {q}: used id {id}");
+        while let Some((id, len)) = queue.ring.pop_used(&mem) {
+            assert!(id < u32::from(queue.ring.size()), "queue {q}: used id {id}");
             let chain = queue
                 .in_flight
                 .remove(&(id as u16))
@@ -505,24 +382,23 @@ impl Driver {
                 chain.writable
             );
             queue.in_flight_descs -= chain.descs;
-            queue.used_seen = queue.used_seen.wrapping_add(1);
             if record {
                 let mut data = Vec::with_capacity(len as usize);
                 for &(addr, n) in &chain.bufs {
                     let take = usize::from(n).min(len as usize - data.len());
                     let start = data.len();
                     data.resize(start + take, 0);
-                    mem.read_slice(&mut data[start..], GuestAddress(addr))
+                    self.mem
+                        .read_slice(&mut data[start..], GuestAddress(addr))
                         .expect("buffer in guest memory");
                 }
-                used.push(UsedChain {
+                self.used.push(UsedChain {
                     queue: q,
                     len,
                     data,
                 });
             }
         }
-        self.used.extend(used);
     }
 
     /// The event loop would call the device for queue `q`'s notification (and again while it
@@ -592,7 +468,7 @@ impl Driver {
                 let table: Vec<_> = (0..n)
                     .map(|_| {
                         let addr = u64::from(input.u32());
-                        (addr, input.u32(), input.u16(), input.u16())
+                        Desc::new(addr, input.u32(), input.u16(), input.u16())
                     })
                     .collect();
                 self.tainted = true;
@@ -612,20 +488,16 @@ impl Driver {
             OP_AVAIL_IDX => {
                 let q = self.queue_index(input);
                 let idx = input.u16();
-                let mem = self.mem.clone();
-                if let Some(queue) = self.queue(q) {
-                    queue.avail_idx = idx;
-                    let _ = mem.write_obj(idx, GuestAddress(queue.avail + 2));
+                if let Some(queue) = set_up(&mut self.queues, q) {
+                    queue.ring.set_avail_idx(&mut GuestRam(&self.mem), idx);
                     self.tainted = true;
                 }
             }
             OP_USED_EVENT => {
                 let q = self.queue_index(input);
                 let idx = input.u16();
-                let mem = self.mem.clone();
-                if let Some(queue) = self.queue(q) {
-                    let at = queue.avail + 4 + 2 * u64::from(queue.size);
-                    let _ = mem.write_obj(idx, GuestAddress(at));
+                if let Some(queue) = set_up(&mut self.queues, q) {
+                    queue.ring.set_used_event(&mut GuestRam(&self.mem), idx);
                 }
             }
             OP_RESET => {
@@ -746,8 +618,7 @@ impl Script {
 }
 
 /// The transport's own feature bits, for targets that build a setup by hand.
-pub const TRANSPORT_FEATURES: u64 =
-    (1 << VIRTIO_F_VERSION_1) | (1 << VIRTIO_RING_F_INDIRECT_DESC) | (1 << VIRTIO_RING_F_EVENT_IDX);
+pub const TRANSPORT_FEATURES: u64 = F_VERSION_1 | F_INDIRECT_DESC | F_EVENT_IDX;
 
 #[cfg(test)]
 mod tests {

@@ -3,6 +3,11 @@
 //! found through the `virtio_mmio.device=<size>@<addr>:<irq>` command-line entries and
 //! matched by their DeviceID register.
 //!
+//! The register steps, the rings and the descriptor chains are kite-virtio-driver's
+//! (crates/virtio-driver, shared with Kite's device tests and fuzz harness), here on raw
+//! pointers ([`Phys`]: guest RAM is identity-mapped) and volatile MMIO ([`Window`]). What is
+//! this guest's own: discovery, the checks and errors below, and how it waits.
+//!
 //! Everything runs in ring 3, except the interrupt handler in entry.S: for an IOAPIC pin
 //! with a device registered in `virtio_mmio_base[pin]`, it reads the device's
 //! InterruptStatus, writes it back to InterruptACK, ORs it into `virtio_isr[pin]`, counts
@@ -32,6 +37,14 @@
 use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
+use kite_virtio_driver::mmio::{
+    self as reg, CONFIG, CONFIG_GENERATION, DEVICE_ID, INT_CONFIG, MAGIC, MAGIC_VALUE, S_FAILED,
+    STATUS, VERSION,
+};
+pub use kite_virtio_driver::mmio::{F_EVENT_IDX, F_EVENT_IDX_BIT, F_VERSION_1, S_NEEDS_RESET};
+use kite_virtio_driver::{AVAIL_F_NO_INTERRUPT, Chains, Layout, Memory, Registers};
+pub use kite_virtio_driver::{Buf, MAX_QUEUE};
+
 use crate::apic::{IoApic, LocalApic, irq_count};
 use crate::cmdline::{Cmdline, VirtioMmioDevice};
 use crate::mem::{MMIO_WINDOW, PAGE_SIZE, PageAllocator, mmio};
@@ -42,57 +55,51 @@ pub const ID_BLOCK: u32 = 2;
 pub const ID_RNG: u32 = 4;
 pub const ID_VSOCK: u32 = 19;
 
-pub const F_VERSION_1: u64 = 1 << 32;
-/// VIRTIO_RING_F_EVENT_IDX: `used_event` / `avail_event` instead of the ring flags.
-pub const F_EVENT_IDX_BIT: u32 = 29;
-pub const F_EVENT_IDX: u64 = 1 << F_EVENT_IDX_BIT;
+/// Guest RAM as the driver reaches it: identity-mapped, so an address is a pointer.
+pub struct Phys;
 
-// Registers (offsets in the device's window).
-const MAGIC_VALUE: u64 = 0x000;
-const VERSION: u64 = 0x004;
-const DEVICE_ID: u64 = 0x008;
-const DEVICE_FEATURES: u64 = 0x010;
-const DEVICE_FEATURES_SEL: u64 = 0x014;
-const DRIVER_FEATURES: u64 = 0x020;
-const DRIVER_FEATURES_SEL: u64 = 0x024;
-const QUEUE_SEL: u64 = 0x030;
-const QUEUE_NUM_MAX: u64 = 0x034;
-const QUEUE_NUM: u64 = 0x038;
-const QUEUE_READY: u64 = 0x044;
-const QUEUE_NOTIFY: u64 = 0x050;
-const STATUS: u64 = 0x070;
-const QUEUE_DESC_LOW: u64 = 0x080;
-const QUEUE_DESC_HIGH: u64 = 0x084;
-const QUEUE_DRIVER_LOW: u64 = 0x090;
-const QUEUE_DRIVER_HIGH: u64 = 0x094;
-const QUEUE_DEVICE_LOW: u64 = 0x0a0;
-const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
-const CONFIG_GENERATION: u64 = 0x0fc;
-const CONFIG: u64 = 0x100;
+impl Memory for Phys {
+    fn read_u16(&self, addr: u64) -> u16 {
+        // SAFETY: the driver only reads rings and tables it placed in identity-mapped RAM it
+        // owns.
+        unsafe { (addr as *const u16).read_volatile() }
+    }
 
-const MAGIC: u32 = 0x7472_6976; // "virt"
+    fn read_u32(&self, addr: u64) -> u32 {
+        // SAFETY: as in read_u16.
+        unsafe { (addr as *const u32).read_volatile() }
+    }
 
-// Device status bits.
-pub const S_ACKNOWLEDGE: u32 = 1;
-pub const S_DRIVER: u32 = 2;
-pub const S_DRIVER_OK: u32 = 4;
-pub const S_FEATURES_OK: u32 = 8;
-pub const S_NEEDS_RESET: u32 = 64;
-pub const S_FAILED: u32 = 128;
+    fn write_u16(&mut self, addr: u64, value: u16) {
+        // SAFETY: the driver only writes rings and tables it placed in identity-mapped RAM it
+        // owns (the device only reads what the driver writes).
+        unsafe { (addr as *mut u16).write_volatile(value) }
+    }
 
-// InterruptStatus bits.
-#[allow(dead_code)]
-pub const INT_VRING: u32 = 1;
-pub const INT_CONFIG: u32 = 2;
+    fn write_u32(&mut self, addr: u64, value: u32) {
+        // SAFETY: as in write_u16.
+        unsafe { (addr as *mut u32).write_volatile(value) }
+    }
 
-// Split virtqueue flags.
-const DESC_F_NEXT: u16 = 1;
-const DESC_F_WRITE: u16 = 2;
-const AVAIL_F_NO_INTERRUPT: u16 = 1;
-const USED_F_NO_NOTIFY: u16 = 1;
+    fn write_u64(&mut self, addr: u64, value: u64) {
+        // SAFETY: as in write_u16.
+        unsafe { (addr as *mut u64).write_volatile(value) }
+    }
+}
 
-/// Largest queue this driver sets up (a device may offer more; we use fewer).
-pub const MAX_QUEUE: usize = 256;
+/// A device's register window, at its address in the MMIO window.
+#[derive(Clone, Copy)]
+pub struct Window(pub u64);
+
+impl Registers for Window {
+    fn read(&mut self, offset: u64) -> u32 {
+        mmio::read32(self.0 + offset)
+    }
+
+    fn write(&mut self, offset: u64, value: u32) {
+        mmio::write32(self.0 + offset, value)
+    }
+}
 
 unsafe extern "C" {
     /// Per IOAPIC pin: the virtio-mmio window whose interrupt the ring-0 handler
@@ -202,12 +209,6 @@ pub fn ring_features(cmdline: &Cmdline) -> Result<u64, &'static str> {
     }
 }
 
-/// The spec's `vring_need_event`: whether moving an index from `old` to `new` passed
-/// `event`, i.e. `event` is in `[old, new)` (modulo 2^16).
-pub fn need_event(event: u16, new: u16, old: u16) -> bool {
-    new.wrapping_sub(event).wrapping_sub(1) < new.wrapping_sub(old)
-}
-
 /// The `n`-th (from 0) declared virtio-mmio device whose DeviceID is `device_id`. Entries
 /// outside the 32-bit MMIO window (which is all the guest maps for devices) and windows
 /// without the virtio magic are skipped.
@@ -235,12 +236,8 @@ pub struct Device {
 }
 
 impl Device {
-    fn read(&self, reg: u64) -> u32 {
-        mmio::read32(self.base + reg)
-    }
-
-    fn write(&self, reg: u64, value: u32) {
-        mmio::write32(self.base + reg, value)
+    fn read(&self, offset: u64) -> u32 {
+        Window(self.base).read(offset)
     }
 
     /// Resets the device at `entry`, checks it is a version-2 device of `device_id`, and
@@ -278,22 +275,16 @@ impl Device {
             irqs_at_start: 0,
         };
         dev.reset()?;
-        dev.write(STATUS, S_ACKNOWLEDGE);
-        dev.write(STATUS, S_ACKNOWLEDGE | S_DRIVER);
-
-        let offered = dev.device_features();
+        let regs = &mut Window(base);
+        reg::acknowledge(regs);
+        let offered = reg::device_features(regs);
         if offered & F_VERSION_1 == 0 {
-            dev.write(STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FAILED);
+            reg::set_status(regs, S_FAILED);
             return Err(Error::NoVersion1(base));
         }
         let accepted = offered & (wanted | F_VERSION_1);
-        dev.write(DRIVER_FEATURES_SEL, 0);
-        dev.write(DRIVER_FEATURES, accepted as u32);
-        dev.write(DRIVER_FEATURES_SEL, 1);
-        dev.write(DRIVER_FEATURES, (accepted >> 32) as u32);
-        dev.write(STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK);
-        if dev.read(STATUS) & S_FEATURES_OK == 0 {
-            dev.write(STATUS, S_ACKNOWLEDGE | S_DRIVER | S_FAILED);
+        if !reg::accept_features(regs, accepted) {
+            reg::set_status(regs, S_FAILED);
             return Err(Error::FeaturesRefused(base, accepted));
         }
         dev.features = accepted;
@@ -302,7 +293,7 @@ impl Device {
 
     /// Writes 0 to Status and waits (up to ~1 s) for it to read back 0.
     pub fn reset(&self) -> Result<(), Error> {
-        self.write(STATUS, 0);
+        Window(self.base).write(STATUS, 0);
         let start = rdtsc();
         while self.read(STATUS) != 0 {
             if rdtsc().wrapping_sub(start) > 3_000_000_000 {
@@ -311,14 +302,6 @@ impl Device {
             core::hint::spin_loop();
         }
         Ok(())
-    }
-
-    fn device_features(&self) -> u64 {
-        self.write(DEVICE_FEATURES_SEL, 0);
-        let low = self.read(DEVICE_FEATURES) as u64;
-        self.write(DEVICE_FEATURES_SEL, 1);
-        let high = self.read(DEVICE_FEATURES) as u64;
-        high << 32 | low
     }
 
     pub fn has(&self, feature_bit: u32) -> bool {
@@ -386,66 +369,50 @@ impl Device {
         want: u16,
         pages: &mut PageAllocator,
     ) -> Result<Queue, Error> {
-        self.write(QUEUE_SEL, index as u32);
-        if self.read(QUEUE_READY) != 0 {
+        let regs = &mut Window(self.base);
+        let (ready, max) = reg::select_queue(regs, index as u32);
+        if ready {
             return Err(Error::QueueInUse(index));
         }
-        let max = self.read(QUEUE_NUM_MAX);
         if max == 0 {
             return Err(Error::QueueMissing(index));
         }
         let limit = max.min(want.max(1) as u32).min(MAX_QUEUE as u32);
         // Largest power of two not above the limit.
-        let size = 1u32 << (31 - limit.leading_zeros());
-        let n = size as u64;
+        let size = 1u16 << (31 - limit.leading_zeros());
         let pages_for = |bytes: u64| bytes.div_ceil(PAGE_SIZE);
+        let [desc_bytes, avail_bytes, used_bytes] = Layout::bytes(size);
         let desc = pages
-            .alloc_pages_zeroed(pages_for(16 * n))
+            .alloc_pages_zeroed(pages_for(desc_bytes))
             .ok_or(Error::OutOfMemory("a descriptor table"))?;
         let avail = pages
-            .alloc_pages_zeroed(pages_for(6 + 2 * n))
+            .alloc_pages_zeroed(pages_for(avail_bytes))
             .ok_or(Error::OutOfMemory("an available ring"))?;
         let used = pages
-            .alloc_pages_zeroed(pages_for(6 + 8 * n))
+            .alloc_pages_zeroed(pages_for(used_bytes))
             .ok_or(Error::OutOfMemory("a used ring"))?;
-        let event_idx = self.has(F_EVENT_IDX_BIT);
-        if self.wait == Wait::Poll {
-            if event_idx {
-                // The device ignores the flags: used_event trails the used index instead
-                // (0xffff: the device's first completion, 0 -> 1, does not pass it).
-                write16(avail + 4 + 2 * n, 0xffff);
-            } else {
-                write16(avail, AVAIL_F_NO_INTERRUPT);
-            }
-        }
-        self.write(QUEUE_NUM, size);
-        self.write(QUEUE_DESC_LOW, desc as u32);
-        self.write(QUEUE_DESC_HIGH, (desc >> 32) as u32);
-        self.write(QUEUE_DRIVER_LOW, avail as u32);
-        self.write(QUEUE_DRIVER_HIGH, (avail >> 32) as u32);
-        self.write(QUEUE_DEVICE_LOW, used as u32);
-        self.write(QUEUE_DEVICE_HIGH, (used >> 32) as u32);
-        self.write(QUEUE_READY, 1);
-
-        let mut free = [0u16; MAX_QUEUE];
-        for (i, slot) in free.iter_mut().enumerate().take(size as usize) {
-            // Popped from the end: hand out low indices first.
-            *slot = (size as usize - 1 - i) as u16;
-        }
-        Ok(Queue {
-            index,
-            size: size as u16,
+        let layout = Layout {
+            size,
             desc,
             avail,
             used,
-            notify: self.base + QUEUE_NOTIFY,
-            free,
-            free_len: size as u16,
-            chain_len: [0; MAX_QUEUE],
-            avail_idx: 0,
-            kicked_idx: 0,
-            last_used: 0,
-            event_idx,
+        };
+        let ring = kite_virtio_driver::Queue::new(layout, self.has(F_EVENT_IDX_BIT));
+        if self.wait == Wait::Poll {
+            if ring.event_idx {
+                // The device ignores the flags: used_event trails the used index instead
+                // (0xffff: the device's first completion, 0 -> 1, does not pass it).
+                ring.set_used_event(&mut Phys, 0xffff);
+            } else {
+                ring.set_avail_flags(&mut Phys, AVAIL_F_NO_INTERRUPT);
+            }
+        }
+        reg::queue_registers(regs, index as u32, size as u32, &layout, true);
+        Ok(Queue {
+            index,
+            size,
+            ring,
+            chains: Chains::new(size),
             irq: self.irq,
             wait: self.wait,
             base: self.base,
@@ -458,13 +425,11 @@ impl Device {
         if self.wait == Wait::Irq {
             self.enable_irq();
         }
-        let status = S_ACKNOWLEDGE | S_DRIVER | S_FEATURES_OK | S_DRIVER_OK;
-        self.write(STATUS, status);
-        let now = self.read(STATUS);
+        let now = reg::driver_ok(&mut Window(self.base));
         if now & S_NEEDS_RESET != 0 {
             return Err(Error::NeedsReset(self.base));
         }
-        if now & S_DRIVER_OK == 0 {
+        if now & reg::S_DRIVER_OK == 0 {
             return Err(Error::DriverOkRefused(self.base, now));
         }
         Ok(())
@@ -503,72 +468,13 @@ impl Device {
     }
 }
 
-/// One buffer of a descriptor chain: guest-physical address, length, and whether the
-/// device writes it (device-writable) or reads it.
-#[derive(Clone, Copy)]
-pub struct Buf {
-    pub addr: u64,
-    pub len: u32,
-    pub device_writes: bool,
-}
-
-impl Buf {
-    /// A buffer the device reads (driver to device).
-    pub fn out(addr: u64, len: u32) -> Buf {
-        Buf {
-            addr,
-            len,
-            device_writes: false,
-        }
-    }
-
-    /// A buffer the device writes (device to driver).
-    pub fn inp(addr: u64, len: u32) -> Buf {
-        Buf {
-            addr,
-            len,
-            device_writes: true,
-        }
-    }
-}
-
-fn write16(addr: u64, v: u16) {
-    // SAFETY: rings live in identity-mapped RAM the driver owns.
-    unsafe { (addr as *mut u16).write_volatile(v) }
-}
-
-fn read16(addr: u64) -> u16 {
-    // SAFETY: as for write16.
-    unsafe { (addr as *const u16).read_volatile() }
-}
-
-fn read32(addr: u64) -> u32 {
-    // SAFETY: as for write16.
-    unsafe { (addr as *const u32).read_volatile() }
-}
-
 /// A split virtqueue: descriptor table, available ring (driver area) and used ring
 /// (device area), each in its own zeroed pages.
 pub struct Queue {
     pub index: u16,
     pub size: u16,
-    desc: u64,
-    avail: u64,
-    used: u64,
-    notify: u64,
-    /// Stack of free descriptor indices.
-    free: [u16; MAX_QUEUE],
-    free_len: u16,
-    /// Descriptors in the chain headed by each index (0: not a posted head).
-    chain_len: [u16; MAX_QUEUE],
-    /// Our copy of avail.idx.
-    avail_idx: u16,
-    /// avail.idx at the last [`Queue::kick`] (the `old` of `vring_need_event`).
-    kicked_idx: u16,
-    /// used.idx up to which we have taken completions.
-    last_used: u16,
-    /// VIRTIO_RING_F_EVENT_IDX was negotiated.
-    event_idx: bool,
+    ring: kite_virtio_driver::Queue,
+    chains: Chains,
     irq: u8,
     wait: Wait,
     base: u64,
@@ -577,114 +483,49 @@ pub struct Queue {
 impl Queue {
     /// Free descriptors.
     pub fn free(&self) -> u16 {
-        self.free_len
+        self.chains.free()
     }
 
     /// Chains posted and not yet completed.
     #[allow(dead_code)]
     pub fn in_flight(&self) -> u16 {
-        self.avail_idx.wrapping_sub(self.last_used)
+        self.ring.avail_idx().wrapping_sub(self.ring.last_used())
     }
 
     /// Puts a chain of `bufs` (device-readable ones first, as the spec requires) on the
     /// available ring; returns its head descriptor index, which [`Queue::pop_used`] hands
     /// back on completion. The device is not notified: call [`Queue::kick`].
     pub fn post(&mut self, bufs: &[Buf]) -> Result<u16, Error> {
-        let n = bufs.len();
-        if n == 0 || n > self.free_len as usize {
-            return Err(Error::QueueFull);
-        }
-        // Take n descriptors; link them in order.
-        let mut ids = [0u16; MAX_QUEUE];
-        for id in ids.iter_mut().take(n) {
-            self.free_len -= 1;
-            *id = self.free[self.free_len as usize];
-        }
-        for (i, b) in bufs.iter().enumerate() {
-            let d = self.desc + 16 * ids[i] as u64;
-            let mut flags = if b.device_writes { DESC_F_WRITE } else { 0 };
-            let next = if i + 1 < n {
-                flags |= DESC_F_NEXT;
-                ids[i + 1]
-            } else {
-                0
-            };
-            // SAFETY: descriptor table entries in RAM the driver owns.
-            unsafe {
-                (d as *mut u64).write_volatile(b.addr);
-                ((d + 8) as *mut u32).write_volatile(b.len);
-                ((d + 12) as *mut u16).write_volatile(flags);
-                ((d + 14) as *mut u16).write_volatile(next);
-            }
-        }
-        let head = ids[0];
-        self.chain_len[head as usize] = n as u16;
-        let slot = self.avail_idx % self.size;
-        write16(self.avail + 4 + 2 * slot as u64, head);
-        // The descriptors and the ring entry before the index that publishes them.
-        fence(Ordering::Release);
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        write16(self.avail + 2, self.avail_idx);
-        Ok(head)
+        self.chains
+            .post(&mut self.ring, &mut Phys, bufs)
+            .map_err(|_| Error::QueueFull)
     }
 
     /// Notifies the device of new available buffers, unless it said it does not need it:
     /// VIRTQ_USED_F_NO_NOTIFY, or with EVENT_IDX an `avail_event` that the buffers posted
     /// since the last kick did not pass.
     pub fn kick(&mut self) {
-        // The index store must be visible before we read the device's flag or avail_event
-        // (store-load).
-        fence(Ordering::SeqCst);
-        let old = self.kicked_idx;
-        self.kicked_idx = self.avail_idx;
-        let notify = if self.event_idx {
-            let avail_event = read16(self.used + 4 + 8 * self.size as u64);
-            need_event(avail_event, self.avail_idx, old)
-        } else {
-            read16(self.used) & USED_F_NO_NOTIFY == 0
-        };
-        if notify {
-            mmio::write32(self.notify, self.index as u32);
-        }
+        self.ring.kick(&Phys, &mut Window(self.base), self.index);
     }
 
     /// With EVENT_IDX: writes `used_event`, the used index past which the device is to
     /// interrupt.
     fn set_used_event(&self, event: u16) {
-        write16(self.avail + 4 + 2 * self.size as u64, event);
+        self.ring.set_used_event(&mut Phys, event);
     }
 
     /// Takes the next completion off the used ring, if any: (head id, bytes written by the
     /// device). Frees the chain's descriptors.
     pub fn pop_used(&mut self) -> Result<Option<(u16, u32)>, Error> {
-        let used_idx = read16(self.used + 2);
-        if used_idx == self.last_used {
-            return Ok(None);
-        }
-        // The element after the index that published it.
-        fence(Ordering::Acquire);
-        let slot = self.last_used % self.size;
-        let elem = self.used + 4 + 8 * slot as u64;
-        let id = read32(elem);
-        let len = read32(elem + 4);
-        if id >= self.size as u32 || self.chain_len[id as usize] == 0 {
-            return Err(Error::BadUsed(id));
-        }
-        let id = id as u16;
-        self.last_used = self.last_used.wrapping_add(1);
-        if self.event_idx && self.wait == Wait::Poll {
+        let done = self
+            .chains
+            .pop_used(&mut self.ring, &Phys)
+            .map_err(Error::BadUsed)?;
+        if done.is_some() && self.ring.event_idx && self.wait == Wait::Poll {
             // Keep used_event just behind what the device has already passed: no interrupt.
-            self.set_used_event(self.last_used.wrapping_sub(1));
+            self.set_used_event(self.ring.last_used().wrapping_sub(1));
         }
-        // Walk the chain to free it.
-        let mut d = id;
-        for _ in 0..self.chain_len[id as usize] {
-            self.free[self.free_len as usize] = d;
-            self.free_len += 1;
-            d = read16(self.desc + 16 * d as u64 + 14);
-        }
-        self.chain_len[id as usize] = 0;
-        Ok(Some((id, len)))
+        Ok(done)
     }
 
     /// Waits until a completion arrives or `deadline` (a TSC value) passes: spinning on the
@@ -697,16 +538,16 @@ impl Queue {
             }
             match self.wait {
                 Wait::Poll => {
-                    while read16(self.used + 2) == self.last_used && rdtsc() < deadline {
+                    while self.ring.used_idx(&Phys) == self.ring.last_used() && rdtsc() < deadline {
                         core::hint::spin_loop();
                     }
                 }
                 Wait::Irq => {
-                    if self.event_idx {
+                    if self.ring.event_idx {
                         // An interrupt for the next completion (used.idx passing last_used),
                         // then look again: one that landed before the device could see
                         // used_event would not interrupt.
-                        self.set_used_event(self.last_used);
+                        self.set_used_event(self.ring.last_used());
                         fence(Ordering::SeqCst);
                         if let Some(done) = self.pop_used()? {
                             return Ok(done);

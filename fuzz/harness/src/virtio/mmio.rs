@@ -15,13 +15,13 @@ use virtio_bindings::virtio_config::{
 use vm_memory::{Bytes, GuestAddress};
 
 use super::queue::{DESC, DEVICE, DRIVER, Image};
-use super::{
-    Driver, REG_DEVICE_FEATURES_SEL, REG_DRIVER_FEATURES, REG_DRIVER_FEATURES_SEL, REG_QUEUE_DESC,
-    REG_QUEUE_DEVICE, REG_QUEUE_DRIVER, REG_QUEUE_NOTIFY, REG_QUEUE_NUM, REG_QUEUE_READY,
-    REG_QUEUE_SEL, REG_STATUS, lock,
-};
+use super::{Driver, lock};
 use crate::Seed;
 use crate::input::{Input, Writer};
+use kite_virtio_driver::mmio::{
+    DEVICE_FEATURES_SEL, DRIVER_FEATURES, DRIVER_FEATURES_SEL, QUEUE_DESC, QUEUE_DEVICE,
+    QUEUE_DRIVER, QUEUE_NOTIFY, QUEUE_NUM, QUEUE_READY, QUEUE_SEL, STATUS,
+};
 use kite_vmm::bus::BusDevice;
 use kite_vmm::harness::Net;
 use kite_vmm::harness::Rng;
@@ -58,7 +58,7 @@ fn device(kind: u8) -> SharedDevice {
 
 /// The status register keeps to the order of virtio 1.2, 3.1.1.
 fn check_status(driver: &mut Driver) {
-    let status = driver.read(REG_STATUS);
+    let status = driver.read(STATUS);
     let implies = [
         (VIRTIO_CONFIG_S_DRIVER, VIRTIO_CONFIG_S_ACKNOWLEDGE),
         (VIRTIO_CONFIG_S_FEATURES_OK, VIRTIO_CONFIG_S_DRIVER),
@@ -121,7 +121,8 @@ pub fn run(data: &[u8]) {
     }
 }
 
-/// Builds register sequences.
+/// Builds register sequences: the input's operations, byte for byte (so the driver's steps are
+/// spelled out here as the input writes them, not taken from kite-virtio-driver).
 pub struct Regs(Writer);
 
 impl Regs {
@@ -149,31 +150,28 @@ impl Regs {
     /// The driver's whole start-up: status bits in order, `features`, queue `q` with `size`
     /// entries on the image's rings, DRIVER_OK.
     pub fn start(&mut self, features: u64, queues: &[u32], size: u32) -> &mut Self {
-        self.write(REG_STATUS, 0)
-            .write(REG_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE)
-            .write(
-                REG_STATUS,
-                VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
-            )
-            .write(REG_DEVICE_FEATURES_SEL, 1)
+        self.write(STATUS, 0)
+            .write(STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE)
+            .write(STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER)
+            .write(DEVICE_FEATURES_SEL, 1)
             .read(0x10, 4)
-            .write(REG_DRIVER_FEATURES_SEL, 0)
-            .write(REG_DRIVER_FEATURES, features as u32)
-            .write(REG_DRIVER_FEATURES_SEL, 1)
-            .write(REG_DRIVER_FEATURES, (features >> 32) as u32);
+            .write(DRIVER_FEATURES_SEL, 0)
+            .write(DRIVER_FEATURES, features as u32)
+            .write(DRIVER_FEATURES_SEL, 1)
+            .write(DRIVER_FEATURES, (features >> 32) as u32);
         let s = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
-        self.write(REG_STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
+        self.write(STATUS, s | VIRTIO_CONFIG_S_FEATURES_OK);
         for &q in queues {
-            self.write(REG_QUEUE_SEL, q)
+            self.write(QUEUE_SEL, q)
                 .read(0x34, 4)
-                .write(REG_QUEUE_NUM, size)
-                .write(REG_QUEUE_DESC, DESC)
-                .write(REG_QUEUE_DRIVER, DRIVER)
-                .write(REG_QUEUE_DEVICE, DEVICE)
-                .write(REG_QUEUE_READY, 1);
+                .write(QUEUE_NUM, size)
+                .write(QUEUE_DESC, DESC)
+                .write(QUEUE_DRIVER, DRIVER)
+                .write(QUEUE_DEVICE, DEVICE)
+                .write(QUEUE_READY, 1);
         }
         let s = s | VIRTIO_CONFIG_S_FEATURES_OK;
-        self.write(REG_STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK)
+        self.write(STATUS, s | VIRTIO_CONFIG_S_DRIVER_OK)
     }
 
     pub fn finish(&mut self) -> Vec<u8> {
@@ -194,12 +192,12 @@ pub fn seeds() -> Vec<Seed> {
         .read(4, 4)
         .read(8, 4)
         .start(version_1, &[0], 16)
-        .write(REG_QUEUE_NOTIFY, 0)
+        .write(QUEUE_NOTIFY, 0)
         .notify(0)
         .read(0x60, 4)
         .write(0x64, 1)
         .read(0xfc, 4)
-        .write(REG_STATUS, 0);
+        .write(STATUS, 0);
     seeds.push(Seed {
         name: "rng-start-notify-reset",
         data: r.finish(),
@@ -212,7 +210,7 @@ pub fn seeds() -> Vec<Seed> {
         .start(version_1 | (1 << 5), &[0, 1], 16)
         .notify(1)
         .notify(0)
-        .write(REG_QUEUE_NUM, 8);
+        .write(QUEUE_NUM, 8);
     seeds.push(Seed {
         name: "net-config-and-start",
         data: r.finish(),
@@ -223,7 +221,7 @@ pub fn seeds() -> Vec<Seed> {
         .read(0x13c, 4)
         .start(0, &[0], 16)
         .start(version_1, &[0], 3)
-        .write(REG_STATUS, 0x80)
+        .write(STATUS, 0x80)
         .read(0x70, 4);
     seeds.push(Seed {
         name: "blk-refused-then-bad-size",

@@ -9,9 +9,9 @@
 
 use std::sync::{Arc, Mutex};
 
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::split::Descriptor;
-use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemoryBackend};
+use kite_virtio_driver::mmio::F_EVENT_IDX;
+use kite_virtio_driver::{self as driver, Buf, DESC_F_NEXT, Desc, Layout, Queue, mmio};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::{Driver, MEM_SIZE, TRANSPORT_FEATURES};
 use crate::Seed;
@@ -181,8 +181,14 @@ fn start(driver: &mut Driver, features: u64, specs: &[QueueSpec]) {
         return;
     }
     for (i, q) in specs.iter().enumerate() {
-        let rings = [q.desc, q.driver, q.device].map(u64::from);
-        driver.queue_registers(i as u32, u32::from(q.size), rings, q.ready);
+        let rings = Layout {
+            size: q.size,
+            desc: q.desc.into(),
+            avail: q.driver.into(),
+            used: q.device.into(),
+        };
+        let size = u32::from(q.size);
+        mmio::queue_registers(&mut driver.transport, i as u32, size, &rings, q.ready);
     }
     driver.driver_ok();
 }
@@ -261,10 +267,10 @@ pub fn run(data: &[u8]) {
 /// driver area at 0x400, device area at 0x600), built up chain by chain; small, as fuzz inputs
 /// should be.
 pub struct Image {
+    /// The bytes: the rings, then the buffers as [`Image::buf`] adds them (so that every
+    /// descriptor and table the driver writes lies in them).
     mem: Vec<u8>,
-    size: u16,
-    next_desc: u16,
-    avail_idx: u16,
+    queue: Queue,
     next_buf: u32,
 }
 
@@ -276,71 +282,65 @@ const BUFS: u32 = 0x900;
 impl Image {
     pub fn new(size: u16) -> Self {
         assert!(size <= 64);
+        let layout = Layout {
+            size,
+            desc: DESC.into(),
+            avail: DRIVER.into(),
+            used: DEVICE.into(),
+        };
         Self {
             mem: vec![0u8; BUFS as usize],
-            size,
-            next_desc: 0,
-            avail_idx: 0,
+            queue: Queue::new(layout, false),
             next_buf: BUFS,
         }
-    }
-
-    fn put(&mut self, at: u32, bytes: &[u8]) {
-        let at = at as usize;
-        if self.mem.len() < at + bytes.len() {
-            self.mem.resize(at + bytes.len(), 0);
-        }
-        self.mem[at..at + bytes.len()].copy_from_slice(bytes);
     }
 
     /// A buffer of `len` bytes.
     pub fn buf(&mut self, len: u32) -> u32 {
         let at = self.next_buf;
         self.next_buf += len.next_multiple_of(16).max(16);
-        self.put(at, &vec![0u8; len as usize]);
+        self.mem.resize((at + len) as usize, 0);
         at
     }
 
     /// Write descriptors `(addr, len, flags, next)` from the next free slot and make the first
     /// available.
     pub fn raw(&mut self, table: &[(u32, u32, u16, u16)]) -> u16 {
-        let head = self.next_desc;
-        for (i, &(addr, len, flags, next)) in table.iter().enumerate() {
-            let slot = (head + i as u16) % self.size;
-            let desc = Descriptor::new(u64::from(addr), len, flags, next);
-            self.put(DESC + 16 * u32::from(slot), desc.as_slice());
-        }
-        self.next_desc = (head + table.len() as u16) % self.size;
-        self.avail(head);
-        head
+        let table: Vec<_> = table
+            .iter()
+            .map(|&(addr, len, flags, next)| Desc::new(addr.into(), len, flags, next))
+            .collect();
+        self.queue
+            .push_raw(&mut driver::Image(&mut self.mem), &table)
     }
 
     /// A well-formed chain of `(len, device-writable)` buffers.
     pub fn chain(&mut self, bufs: &[(u32, bool)]) -> u16 {
-        let table: Vec<_> = bufs
+        let bufs: Vec<_> = bufs
             .iter()
-            .enumerate()
-            .map(|(i, &(len, write))| {
-                let addr = self.buf(len);
-                let mut flags = if write { VRING_DESC_F_WRITE as u16 } else { 0 };
-                let last = i + 1 == bufs.len();
-                if !last {
-                    flags |= VRING_DESC_F_NEXT as u16;
-                }
-                let next = (self.next_desc + i as u16 + 1) % self.size;
-                (addr, len, flags, if last { 0 } else { next })
-            })
+            .map(|&(len, write)| self.buffer(len, write))
             .collect();
-        self.raw(&table)
+        self.queue.push(&mut driver::Image(&mut self.mem), &bufs)
     }
 
-    /// Put `head` on the available ring.
-    pub fn avail(&mut self, head: u16) {
-        let slot = u32::from(self.avail_idx % self.size);
-        self.put(DRIVER + 4 + 2 * slot, &head.to_le_bytes());
-        self.avail_idx = self.avail_idx.wrapping_add(1);
-        let idx = self.avail_idx;
-        self.put(DRIVER + 2, &idx.to_le_bytes());
+    /// A well-formed chain of `(len, device-writable)` buffers in an indirect table.
+    pub fn indirect(&mut self, bufs: &[(u32, bool)]) -> u16 {
+        let table = self.buf(16 * bufs.len() as u32);
+        let bufs: Vec<_> = bufs
+            .iter()
+            .map(|&(len, write)| self.buffer(len, write))
+            .collect();
+        let mem = &mut driver::Image(&mut self.mem);
+        self.queue.push_indirect(mem, table.into(), &bufs)
+    }
+
+    fn buffer(&mut self, len: u32, write: bool) -> Buf {
+        let addr = u64::from(self.buf(len));
+        if write {
+            Buf::w(addr, len)
+        } else {
+            Buf::r(addr, len)
+        }
     }
 
     pub fn bytes(&self) -> &[u8] {
@@ -366,8 +366,7 @@ pub fn input(size: u16, features: u64, image: &Image, ops: &[u8], script: &[u8])
 }
 
 pub fn seeds() -> Vec<Seed> {
-    use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VRING_DESC_F_INDIRECT};
-    let no_event_idx = TRANSPORT_FEATURES & !(1 << VIRTIO_RING_F_EVENT_IDX);
+    let no_event_idx = TRANSPORT_FEATURES & !F_EVENT_IDX;
     let notify = [OP_NOTIFY, 0];
     let mut seeds = Vec::new();
 
@@ -398,16 +397,7 @@ pub fn seeds() -> Vec<Seed> {
 
     // An indirect table holding a two-buffer chain.
     let mut image = Image::new(8);
-    let table = image.buf(32);
-    let (a, b) = (image.buf(16), image.buf(256));
-    let write = VRING_DESC_F_WRITE as u16;
-    let next = VRING_DESC_F_NEXT as u16;
-    image.put(table, Descriptor::new(u64::from(a), 16, next, 1).as_slice());
-    image.put(
-        table + 16,
-        Descriptor::new(u64::from(b), 256, write, 0).as_slice(),
-    );
-    image.raw(&[(table, 32, VRING_DESC_F_INDIRECT as u16, 0)]);
+    image.indirect(&[(16, false), (256, true)]);
     seeds.push(Seed {
         name: "indirect",
         data: input(8, TRANSPORT_FEATURES, &image, &notify, &[]),
@@ -416,6 +406,7 @@ pub fn seeds() -> Vec<Seed> {
     // A chain that loops back on itself, and one running off the table.
     let mut image = Image::new(4);
     let buf = image.buf(8);
+    let next = DESC_F_NEXT;
     image.raw(&[(buf, 8, next, 1), (buf, 8, next, 0)]);
     seeds.push(Seed {
         name: "loop",

@@ -175,8 +175,8 @@ impl Blk {
             ((s.header + 8) as *mut u64).write_volatile(s.sector);
             ((s.header + 16) as *mut u8).write_volatile(0xff);
         }
-        let mut bufs = [Buf::out(0, 0); virtio::MAX_QUEUE];
-        bufs[0] = Buf::out(s.header, 16);
+        let mut bufs = [Buf::r(0, 0); virtio::MAX_QUEUE];
+        bufs[0] = Buf::r(s.header, 16);
         let mut n = 1;
         let seg = if self.size_max == 0 {
             u32::MAX as u64
@@ -194,7 +194,7 @@ impl Blk {
             n += 1;
             off += len;
         }
-        bufs[n] = Buf::inp(s.header + 16, 1);
+        bufs[n] = Buf::w(s.header + 16, 1);
         n += 1;
         let head = self.q.post(&bufs[..n])?;
         self.slot_of[head as usize] = slot as u8;

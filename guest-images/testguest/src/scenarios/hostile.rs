@@ -116,7 +116,7 @@ pub fn huge(ctx: &mut Ctx) -> Outcome {
     }
     let mut line = Line::new();
     let _ = write!(line, "ram={top} free_block={free_len} blk=");
-    let mut chain = [Buf::out(0, all); 202];
+    let mut chain = [Buf::r(0, all); 202];
     for case in 0..6 {
         // SAFETY: our status byte; a value the device never writes.
         unsafe { (status as *mut u8).write_volatile(0xee) };
@@ -124,34 +124,30 @@ pub fn huge(ctx: &mut Ctx) -> Outcome {
         write_blk_header(hdr, kind, 0);
         let (bufs, what): (&[Buf], &'static str) = match case {
             0 => (
-                &[Buf::out(hdr, 16), Buf::out(0, all), Buf::inp(status, 1)],
+                &[Buf::r(hdr, 16), Buf::r(0, all), Buf::w(status, 1)],
                 "a write of all RAM",
             ),
             1 => (
-                &[Buf::out(hdr, 16), Buf::inp(free, fl), Buf::inp(status, 1)],
+                &[Buf::r(hdr, 16), Buf::w(free, fl), Buf::w(status, 1)],
                 "a read into the free block",
             ),
             2 => {
-                chain[0] = Buf::out(hdr, 16);
-                chain[16] = Buf::inp(status, 1);
+                chain[0] = Buf::r(hdr, 16);
+                chain[16] = Buf::w(status, 1);
                 (&chain[..17], "15 buffers of all RAM")
             }
             3 => (
-                &[Buf::out(0, all), Buf::inp(status, 1)],
+                &[Buf::r(0, all), Buf::w(status, 1)],
                 "a header buffer of all RAM",
             ),
             4 => {
-                chain[0] = Buf::out(hdr, 16);
-                chain[16] = Buf::out(0, all);
-                chain[201] = Buf::inp(status, 1);
+                chain[0] = Buf::r(hdr, 16);
+                chain[16] = Buf::r(0, all);
+                chain[201] = Buf::w(status, 1);
                 (&chain[..202], "200 buffers of all RAM")
             }
             _ => (
-                &[
-                    Buf::out(hdr, 16),
-                    Buf::inp(small, 4096),
-                    Buf::inp(status, 1),
-                ],
+                &[Buf::r(hdr, 16), Buf::w(small, 4096), Buf::w(status, 1)],
                 "a proper read",
             ),
         };
@@ -169,15 +165,15 @@ pub fn huge(ctx: &mut Ctx) -> Outcome {
         }
     }
     let _ = write!(line, "ok rng=");
-    let big = [Buf::inp(free, fl); 200];
+    let big = [Buf::w(free, fl); 200];
     for case in 0..6 {
         let (bufs, what): (&[Buf], &'static str) = match case {
             0 => (&big[..1], "entropy (the free block)"),
             1 => (&big[..15], "entropy (15 free blocks)"),
-            2 => (&[Buf::out(0, all)], "entropy (readable)"),
-            3 => (&[Buf::inp(top + (1 << 30), u32::MAX)], "entropy (past RAM)"),
+            2 => (&[Buf::r(0, all)], "entropy (readable)"),
+            3 => (&[Buf::w(top + (1 << 30), u32::MAX)], "entropy (past RAM)"),
             4 => (&big[..200], "entropy (200 free blocks)"),
-            _ => (&[Buf::inp(small, 64)], "entropy (proper)"),
+            _ => (&[Buf::w(small, 64)], "entropy (proper)"),
         };
         match (case, ask(ctx, ID_RNG, bufs, what)?) {
             (5, Answer::Used(64)) => {}
@@ -271,9 +267,9 @@ pub fn reset(ctx: &mut Ctx) -> Outcome {
         for i in 0..4u64 {
             write_blk_header(hdrs + 16 * i, T_OUT, (round * 4 + i) % 64 * 128);
             q.post(&[
-                Buf::out(hdrs + 16 * i, 16),
-                Buf::out(data + i * (64 << 10), 64 << 10),
-                Buf::inp(statuses + i, 1),
+                Buf::r(hdrs + 16 * i, 16),
+                Buf::r(data + i * (64 << 10), 64 << 10),
+                Buf::w(statuses + i, 1),
             ])?;
         }
         q.kick();
@@ -284,7 +280,7 @@ pub fn reset(ctx: &mut Ctx) -> Outcome {
         let mut q = dev.setup_queue(0, 4, &mut ctx.pages)?;
         let mut dev = dev;
         dev.driver_ok()?;
-        q.post(&[Buf::inp(data, 64 << 10)])?;
+        q.post(&[Buf::w(data, 64 << 10)])?;
         q.kick();
         dev.reset()?;
 
@@ -297,7 +293,7 @@ pub fn reset(ctx: &mut Ctx) -> Outcome {
             let _event = dev.setup_queue(2, 4, &mut ctx.pages)?;
             let mut dev = dev;
             dev.driver_ok()?;
-            rx.post(&[Buf::inp(data, 4096)])?;
+            rx.post(&[Buf::w(data, 4096)])?;
             rx.kick();
             // A REQUEST (op 1) from port 40000 + round to host CID 2.
             let mut h = [0u8; 44];
@@ -310,7 +306,7 @@ pub fn reset(ctx: &mut Ctx) -> Outcome {
             h[36..40].copy_from_slice(&(64u32 << 10).to_le_bytes());
             // SAFETY: our header buffer, which the device does not own now.
             unsafe { core::ptr::copy_nonoverlapping(h.as_ptr(), vsock_hdr as *mut u8, 44) };
-            tx.post(&[Buf::out(vsock_hdr, 44)])?;
+            tx.post(&[Buf::r(vsock_hdr, 44)])?;
             tx.kick();
             dev.reset()?;
         }

@@ -99,7 +99,7 @@ pub fn hostile_vsock(ctx: &mut Ctx) -> Outcome {
                 }
                 "huge" => {
                     h.len = 65537;
-                    v.send(h, &[Buf::out(0, top)])?
+                    v.send(h, &[Buf::r(0, top)])?
                 }
                 "ctl" => {
                     h.op = OP_CREDIT_UPDATE;

@@ -83,7 +83,7 @@ impl Net {
         let mut rx_of = [0u8; virtio::MAX_QUEUE];
         let posted = RX_BUFS.min(rx.size as usize);
         for (i, &b) in rx_bufs.iter().enumerate().take(posted) {
-            let head = rx.post(&[Buf::inp(b, BUF as u32)])?;
+            let head = rx.post(&[Buf::w(b, BUF as u32)])?;
             rx_of[head as usize] = i as u8;
         }
         dev.driver_ok()?;
@@ -131,7 +131,7 @@ impl Net {
         let buf = unsafe { core::slice::from_raw_parts_mut(addr as *mut u8, BUF as usize) };
         buf[..HDR].fill(0);
         let len = build(&mut buf[HDR..]);
-        let head = self.tx.post(&[Buf::out(addr, (HDR + len) as u32)])?;
+        let head = self.tx.post(&[Buf::r(addr, (HDR + len) as u32)])?;
         self.tx_of[head as usize] = slot;
         self.tx.kick();
         Ok(len)
@@ -156,7 +156,7 @@ impl Net {
         // before it goes back on the queue (the closure sees a copy).
         let mut copy = [0u8; BUF as usize];
         unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, copy.as_mut_ptr(), len) };
-        let head = self.rx.post(&[Buf::inp(addr, BUF as u32)])?;
+        let head = self.rx.post(&[Buf::w(addr, BUF as u32)])?;
         self.rx_of[head as usize] = index as u8;
         self.rx.kick();
         let frame = if len >= HDR { &copy[HDR..len] } else { &[][..] };

@@ -191,7 +191,7 @@ fn net(ctx: &mut Ctx, line: &mut Line) -> Result<(), Line> {
     let mut arena = Arena::new(&mut ctx.pages, 9 * 4096)?;
     for _ in 0..8 {
         let b = arena.take(2048, 2048)?;
-        rx.post(&[Buf::inp(b, 2048)])?;
+        rx.post(&[Buf::w(b, 2048)])?;
     }
     let frame = arena.take(12 + 60, 64)?;
     // SAFETY: our frame buffer: a zeroed virtio-net header, then broadcast, our MAC, type 0x88b5.
@@ -209,7 +209,7 @@ fn net(ctx: &mut Ctx, line: &mut Line) -> Result<(), Line> {
     let (mut frames, mut completed, mut received) = (0u64, 0u64, 0u64);
     while rdtsc() < end {
         if tx.free() > 0 {
-            tx.post(&[Buf::out(frame, 72)])?;
+            tx.post(&[Buf::r(frame, 72)])?;
             tx.kick();
             frames += 1;
         }

@@ -52,12 +52,12 @@ impl RawVsock {
         let mut rx_of = [0u8; virtio::MAX_QUEUE];
         for (i, b) in rx_bufs.iter_mut().enumerate() {
             *b = (arena.take(HDR, 64)?, arena.take(DATA, 4096)?);
-            let head = rx.post(&[Buf::inp(b.0, HDR as u32), Buf::inp(b.1, DATA as u32)])?;
+            let head = rx.post(&[Buf::w(b.0, HDR as u32), Buf::w(b.1, DATA as u32)])?;
             rx_of[head as usize] = i as u8;
         }
         for _ in 0..event.size.min(4) {
             let e = arena.take(8, 8)?;
-            event.post(&[Buf::inp(e, 8)])?;
+            event.post(&[Buf::w(e, 8)])?;
         }
         let tx_hdr = arena.take(HDR, 64)?;
         let tx_data = arena.take(DATA, 4096)?;
@@ -99,8 +99,8 @@ impl RawVsock {
     /// Sends `hdr` followed by `bufs` (device-readable) and waits until the device took it.
     pub fn send(&mut self, hdr: Hdr, bufs: &[Buf]) -> Result<(), Line> {
         hdr.write(self.tx_hdr);
-        let mut chain = [Buf::out(0, 0); 8];
-        chain[0] = Buf::out(self.tx_hdr, HDR as u32);
+        let mut chain = [Buf::r(0, 0); 8];
+        chain[0] = Buf::r(self.tx_hdr, HDR as u32);
         let n = bufs.len().min(7);
         chain[1..=n].copy_from_slice(&bufs[..n]);
         self.tx.post(&chain[..=n])?;
@@ -120,7 +120,7 @@ impl RawVsock {
         let len = len.min(DATA as u32);
         // SAFETY: the transmit data buffer, which the device has given back.
         fill(unsafe { core::slice::from_raw_parts_mut(self.tx_data as *mut u8, len as usize) });
-        self.send(hdr, &[Buf::out(self.tx_data, len)])
+        self.send(hdr, &[Buf::r(self.tx_data, len)])
     }
 
     /// The next packet within `ms` milliseconds, or None. With `keep`, its buffer is not
@@ -155,7 +155,7 @@ impl RawVsock {
         } else {
             let head = self
                 .rx
-                .post(&[Buf::inp(h, HDR as u32), Buf::inp(d, DATA as u32)])?;
+                .post(&[Buf::w(h, HDR as u32), Buf::w(d, DATA as u32)])?;
             self.rx_of[head as usize] = index as u8;
             self.rx.kick();
         }

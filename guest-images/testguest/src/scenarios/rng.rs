@@ -44,7 +44,7 @@ pub fn virtio_rng(ctx: &mut Ctx) -> Outcome {
             return fail!("only {got} of {want} bytes after {requests} requests");
         }
         let len = (want - got).min(REQUEST_BYTES);
-        q.post(&[Buf::inp(buf + got, len as u32)])?;
+        q.post(&[Buf::w(buf + got, len as u32)])?;
         q.kick();
         let (_, n) = q.wait_used(rdtsc() + ms_to_ticks(10_000), "entropy")?;
         if n as u64 > len {

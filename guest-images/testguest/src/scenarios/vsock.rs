@@ -156,12 +156,12 @@ impl Vsock {
             if rx.free() < 2 {
                 break;
             }
-            let head = rx.post(&[Buf::inp(h, HDR as u32), Buf::inp(d, DATA as u32)])?;
+            let head = rx.post(&[Buf::w(h, HDR as u32), Buf::w(d, DATA as u32)])?;
             rx_of[head as usize] = i as u8;
         }
         for _ in 0..event.size.min(EVENT_BUFS as u16) {
             let e = headers.take(8, 8)?;
-            event.post(&[Buf::inp(e, 8)])?;
+            event.post(&[Buf::w(e, 8)])?;
         }
         dev.driver_ok()?;
         rx.kick();
@@ -232,9 +232,9 @@ impl Vsock {
         let head = if len > 0 {
             // SAFETY: a free transmit data buffer of DATA bytes.
             fill(unsafe { core::slice::from_raw_parts_mut(d as *mut u8, len as usize) });
-            self.tx.post(&[Buf::out(h, HDR as u32), Buf::out(d, len)])?
+            self.tx.post(&[Buf::r(h, HDR as u32), Buf::r(d, len)])?
         } else {
-            self.tx.post(&[Buf::out(h, HDR as u32)])?
+            self.tx.post(&[Buf::r(h, HDR as u32)])?
         };
         self.tx_of[head as usize] = slot;
         self.tx.kick();
@@ -264,7 +264,7 @@ impl Vsock {
             };
             let head = self
                 .rx
-                .post(&[Buf::inp(h, HDR as u32), Buf::inp(d, DATA as u32)])?;
+                .post(&[Buf::w(h, HDR as u32), Buf::w(d, DATA as u32)])?;
             self.rx_of[head as usize] = index as u8;
             self.rx.kick();
             self.packets_rx += 1;

@@ -17,6 +17,8 @@ pub mod block;
 mod chain;
 mod device;
 mod disk;
+#[cfg(feature = "guest-driver")]
+mod driver;
 mod mmio;
 mod net;
 mod rng;
@@ -172,6 +174,8 @@ pub mod harness {
         read_config_bytes,
     };
     pub use super::disk::Disk;
+    #[cfg(feature = "guest-driver")]
+    pub use super::driver::GuestRam;
     pub use super::mmio::{MmioTransport, QUEUE_NOTIFY};
     pub use super::net::{MAX_FRAME, Net, NetBackend};
     pub use super::rng::Rng;
