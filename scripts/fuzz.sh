@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Run Kite's fuzz targets (fuzz/, kite::fuzz) under libFuzzer: each on its seed corpus
+# Run Kite's fuzz targets (fuzz/, on fuzz/harness) under libFuzzer: each on its seed corpus
 # (fuzz/corpus/<target>/) and its crash regressions (fuzz/regressions/<target>/), two at a time.
 #
 #   scripts/fuzz.sh                      every target for 20 s (what scripts/test.sh runs)

@@ -6,7 +6,7 @@
 //!
 //! Only the kernel's early log is read: where the host's KVM emulates guest ring 0 the kernel
 //! prints its table list and `smpboot: Allowing 2 CPUs` about half a minute in (with
-//! `earlyprintk`, see KVM-HERE.md) and can never reach user space, so the test stops the VM
+//! `earlyprintk`; README.md, "Hosts whose KVM emulates guest ring 0") and can never reach user space, so the test stops the VM
 //! as soon as it has seen those lines. The two VMs run at the same time.
 
 mod common;

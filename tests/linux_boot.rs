@@ -5,7 +5,8 @@
 //! boot takes the other way in: `--no-acpi`, with the MP table and command-line devices.
 //!
 //! These run on every KVM host. Where the host's KVM emulates guest ring 0, a boot takes about
-//! half a minute and each fork+exec in the guest about a second (see KVM-HERE.md), so the
+//! half a minute and each fork+exec in the guest about a second (README.md, "Hosts whose KVM
+//! emulates guest ring 0"), so the
 //! checks share one boot, and the tests run two VMs at once on the two cores.
 
 mod common;

@@ -7,7 +7,8 @@
 //! (`kite_test=virtio-blk kite_blk_mode=seq|rand`) does on its disk: `n` writes of `bs` bytes
 //! (sequential from offset 0, wrapping, or at random `bs`-aligned places), an fdatasync, then `n`
 //! reads, one request at a time. It goes through the page cache with pwrite/pread (no O_DIRECT),
-//! as Kite's virtio-blk back end does, and the flush is an fdatasync, as the device's FLUSH is.
+//! as Kite's virtio-blk back end does with lseek and read/write, and the flush is an fdatasync,
+//! as the device's FLUSH is.
 //! It prints the guest's keys: `mode= bs= depth=1 ops= write_bytes= write_cycles= flush_cycles=
 //! read_bytes= read_cycles=`.
 //!
