@@ -4,7 +4,7 @@
 //!   XSDT, FADT, MADT, DSDT) and writing them into guest memory, as `Vmm::new` does before the
 //!   vCPUs are configured; the second is the largest machine the CLI allows.
 //!
-//! `cargo bench --bench startup`; under `cargo test` each benchmark runs once, as a smoke test.
+//! `cargo bench -p kite-vmm --bench startup`; under `cargo test` each benchmark runs once, as a smoke test.
 
 use std::hint::black_box;
 use std::time::Duration;

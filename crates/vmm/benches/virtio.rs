@@ -10,7 +10,7 @@
 //! - `mmio/*`: the register file (`MmioTransport` as a bus device) and the MMIO bus dispatch in
 //!   front of it, as a vCPU thread runs them on every register access of the guest.
 //!
-//! `cargo bench --bench virtio`; under `cargo test` each benchmark runs once, as a smoke test.
+//! `cargo bench -p kite-vmm --bench virtio`; under `cargo test` each benchmark runs once, as a smoke test.
 
 use std::hint::black_box;
 use std::sync::{Arc, Mutex};
@@ -218,7 +218,7 @@ fn mmio(c: &mut Criterion) {
 
 fn config() -> Criterion {
     // Short runs: these are nanosecond-scale paths, and the whole suite should take well under a
-    // minute. `cargo bench -- --measurement-time 10` asks for more.
+    // minute. `cargo bench -p kite-vmm -- --measurement-time 10` asks for more.
     Criterion::default()
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2))
