@@ -1,4 +1,4 @@
-//! Fuzz target `config`: the command-line value parsers of [`crate::config`] (`--memory`,
+//! Fuzz target `config`: the command-line value parsers of [`kite_vmm::config`] (`--memory`,
 //! `--cpus`, `--disk`, `--net` with its MAC, `--vsock`). The first byte picks the parser, the rest
 //! is the text. Whatever a parser accepts must be what its documentation promises.
 
