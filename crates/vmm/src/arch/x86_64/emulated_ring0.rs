@@ -12,8 +12,11 @@
 //!   at a time, so the kernel's byte-wise `rep movsb`/`rep stosb`, chosen when these are set,
 //!   costs eight times the iterations of the `rep movsq` it uses otherwise) and
 //!   `noreplace-smp` (a one-vCPU guest otherwise rewrites every `lock` prefix of the kernel
-//!   with one text_poke each, seconds of emulated ring 0); each only if the command line does
-//!   not already set that option. These go on the command line, not into CPUID: on such a
+//!   with one text_poke each, seconds of emulated ring 0); `rcupdate.rcu_cpu_stall_suppress=1`
+//!   (on a busy host the emulated kernel falls behind its RCU grace periods, and the stall
+//!   report's NMI backtrace runs `lsl`, which the emulator refuses: the VM ended with a KVM
+//!   internal error mid-boot; stalls are expected there, so only the report is dropped); each
+//!   only if the command line does not already set that option. These go on the command line, not into CPUID: on such a
 //!   host the guest kernel reads leaf 7 from the CPU itself, whatever KVM_SET_CPUID2 says;
 //! * CPUID leaf 0x4000_0001: KVM_FEATURE_PV_SEND_IPI, PV_UNHALT and PV_SCHED_YIELD cleared,
 //!   because their hypercalls (`vmcall`) never come back there: a second vCPU sending an IPI
@@ -39,10 +42,11 @@ pub enum Mode {
 }
 
 /// Words added to the kernel command line.
-pub const CMDLINE_WORDS: [&str; 3] = [
+pub const CMDLINE_WORDS: [&str; 4] = [
     "noxsave",
     "clearcpuid=popcnt,smap,smep,cx16,erms,fsrm",
     "noreplace-smp",
+    "rcupdate.rcu_cpu_stall_suppress=1",
 ];
 
 /// CPUID leaf of KVM's paravirtual features.
@@ -147,12 +151,19 @@ mod tests {
     fn words_are_added_once() {
         assert_eq!(missing_words("console=ttyS0"), CMDLINE_WORDS.to_vec());
         assert_eq!(
-            missing_words("console=ttyS0 noxsave clearcpuid=popcnt noreplace-smp"),
+            missing_words(
+                "console=ttyS0 noxsave clearcpuid=popcnt noreplace-smp \
+                 rcupdate.rcu_cpu_stall_suppress=0"
+            ),
             Vec::<&str>::new()
         );
         assert_eq!(
             missing_words("clearcpuid=smap"),
-            vec!["noxsave", "noreplace-smp"],
+            vec![
+                "noxsave",
+                "noreplace-smp",
+                "rcupdate.rcu_cpu_stall_suppress=1"
+            ],
             "a user's own clearcpuid= wins"
         );
     }
