@@ -14,6 +14,10 @@
 //! guest only and starts the test guest as `startup` does in machines from 64 MiB to 16 GiB and
 //! from 1 to 32 vCPUs ([`scale`]), each once per run.
 //!
+//! `--peer PATH` runs the workloads a Firecracker-compatible binary can run under it too, Kite
+//! and the peer in turn, with Kite/peer ratios and each side's whole cost ([`peer`],
+//! [`measure`]).
+//!
 //! `pause-resume` is guest only: [`pause::CYCLES`] pauses and resumes of the test guest over
 //! the API socket per run ([`pause`]).
 //!
@@ -28,9 +32,11 @@ pub mod host;
 pub mod interrupt;
 pub mod line;
 pub mod linux;
+pub mod measure;
 pub mod milestones;
 pub mod net;
 pub mod pause;
+pub mod peer;
 pub mod report;
 pub mod runner;
 pub mod scale;
@@ -75,6 +81,24 @@ pub struct BenchArgs {
     /// The initramfs linux-boot boots (default: guest-images/out/initramfs.cpio).
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
+    /// Also run the workloads a Firecracker-compatible binary can run (cpu, mem, pio-rtt,
+    /// mmio-rtt, startup, virtio-blk, virtio-net) under this one, from the same JSON config file
+    /// (`--no-api --config-file`), in turn with Kite's runs; adds Kite/peer ratios and each
+    /// side's whole cost (until the VM is freed, CPU of every process, the VMM's peak RSS).
+    #[arg(long, value_name = "PATH")]
+    pub peer: Option<PathBuf>,
+    /// System-call filters of Kite and of the peer alike: `off` runs Kite with `--seccomp off`
+    /// and the peer with `--no-seccomp`.
+    #[arg(long, value_name = "on|off", value_enum, default_value = "on")]
+    pub seccomp: SeccompArg,
+}
+
+/// `--seccomp` of `kite bench`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeccompArg {
+    #[default]
+    On,
+    Off,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,13 +133,15 @@ pub enum Error {
     Json(#[source] serde_json::Error),
     #[error("{0} failed (see the table)")]
     Failed(String),
+    #[error("--peer {}: no such executable file; give the path of a Firecracker binary", .0.display())]
+    NoPeer(PathBuf),
 }
 
 impl Error {
     /// 2 for what the user gave, 128+N after signal N, 1 for a failed bench.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::UnknownWorkload(_) | Error::Runs(_) => 2,
+            Error::UnknownWorkload(_) | Error::Runs(_) | Error::NoPeer(_) => 2,
             Error::Runner(runner::Error::GuestMissing(_) | runner::Error::NoGuest) => 2,
             Error::Linux(linux::Error::Given { .. }) => 2,
             Error::Interrupted(signal) => 128 + signal,
@@ -271,7 +297,11 @@ fn bench_workload(
     runs: u32,
     progress: &mut Progress,
     raw: &mut Vec<RawRun>,
+    peer: Option<&peer::Peer>,
 ) -> Vec<Row> {
+    if let (Some(p), true) = (peer, peer::runs(w)) {
+        return bench_with_peer(ctx, w, runs, p, progress, raw);
+    }
     if w == Workload::Scale {
         return bench_scale(ctx, runs, progress, raw);
     }
@@ -315,6 +345,111 @@ fn bench_workload(
         }
     }
     workloads::rows(ctx, w, &host, &guest)
+}
+
+/// Keep `s`, the result line of `side` ("host", "guest" or "peer"), in `raw`.
+fn record(raw: &mut Vec<RawRun>, w: Workload, side: &'static str, run: u32, s: &Sample) {
+    raw.push(RawRun {
+        workload: w.label().into(),
+        side,
+        run,
+        line: s.line.clone(),
+        wall_ms: s.wall_ms,
+    });
+}
+
+/// [`bench_workload`] with a peer: each run is host (if `w` has one), Kite, peer; Kite and the
+/// peer boot from one configuration file through [`measure`]. A peer that fails a run is not
+/// started again for `w` and its samples are left out (an n/a row says why); Kite's stay.
+fn bench_with_peer(
+    ctx: &Ctx,
+    w: Workload,
+    runs: u32,
+    p: &peer::Peer,
+    progress: &mut Progress,
+    raw: &mut Vec<RawRun>,
+) -> Vec<Row> {
+    let file = match peer::write_config(ctx, w, &p.dir) {
+        Ok(file) => file,
+        Err(e) => {
+            let why = format!("cannot write its configuration file: {e}");
+            return vec![Row::without_figures(w.label(), Status::Failed(why))];
+        }
+    };
+    let with_host = w.sides().contains(&Side::Host);
+    let (mut host, mut kite, mut peer_samples) = (Vec::new(), Vec::new(), Vec::new());
+    let mut peer_failed: Option<String> = None;
+    for run in 1..=runs {
+        if interrupt::received().is_some() {
+            return Vec::new();
+        }
+        let fail = |side: &str, why: String| {
+            let why = format!("{side} run {run}: {why}");
+            vec![Row::without_figures(w.label(), Status::Failed(why))]
+        };
+        if with_host {
+            progress.show(&format!("{}: host run {run} of {runs}", w.label()));
+            match workloads::run_once(ctx, w, Side::Host) {
+                Outcome::Done(s) => {
+                    record(raw, w, "host", run, &s);
+                    host.push(s);
+                }
+                Outcome::NotAvailable(why) => {
+                    return vec![Row::without_figures(w.label(), Status::NotAvailable(why))];
+                }
+                Outcome::Failed(why) => return fail("host", why),
+            }
+        }
+        progress.show(&format!("{}: kite run {run} of {runs}", w.label()));
+        match peer::run_measured(w, &peer::kite_command(ctx, w, &file)) {
+            Outcome::Done(s) => {
+                record(raw, w, "guest", run, &s);
+                kite.push(s);
+            }
+            Outcome::NotAvailable(why) => {
+                return vec![Row::without_figures(w.label(), Status::NotAvailable(why))];
+            }
+            Outcome::Failed(why) => return fail("guest", why),
+        }
+        if peer_failed.is_some() {
+            progress.done += 1;
+            continue;
+        }
+        if interrupt::received().is_some() {
+            return Vec::new();
+        }
+        progress.show(&format!("{}: peer run {run} of {runs}", w.label()));
+        match peer::run_measured(w, &peer::peer_command(ctx, w, &p.path, &file)) {
+            Outcome::Done(s) => {
+                record(raw, w, "peer", run, &s);
+                peer_samples.push(s);
+            }
+            Outcome::NotAvailable(why) | Outcome::Failed(why) => {
+                peer_failed = Some(format!("peer run {run}: {why}"));
+                peer_samples.clear();
+            }
+        }
+    }
+    let mut rows = match w {
+        Workload::Startup => peer::startup_rows(&kite, &peer_samples),
+        _ => {
+            let mut rows = workloads::rows(ctx, w, &host, &kite);
+            if !peer_samples.is_empty() {
+                let peer_rows = workloads::rows(ctx, w, &host, &peer_samples);
+                peer::add_peer_samples(&mut rows, &peer_rows);
+            }
+            rows
+        }
+    };
+    if rows.iter().any(|r| matches!(r.status, Status::Failed(_))) {
+        return rows;
+    }
+    rows.extend(peer::cost_rows(w.label(), &kite, &peer_samples));
+    if let Some(why) = peer_failed {
+        let name = format!("{} (peer)", w.label());
+        rows.push(Row::without_figures(&name, Status::NotAvailable(why)));
+    }
+    rows
 }
 
 /// Run every machine of `scale` `runs` times, one after the other in each run, and make its
@@ -418,6 +553,15 @@ fn bench_concurrent(
 /// The whole `kite bench`: runs, then the table on stdout and the files asked for.
 pub fn run(args: &BenchArgs) -> Result<Report, Error> {
     let (chosen, given_runs) = parse_args(args)?;
+    if let Some(path) = &args.peer {
+        use std::os::unix::fs::PermissionsExt;
+        let runnable = std::fs::metadata(path)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if !runnable {
+            return Err(Error::NoPeer(path.clone()));
+        }
+    }
     interrupt::catch().map_err(Error::Signals)?;
     let exe = std::env::current_exe().map_err(Error::Exe)?;
     let guest = match chosen.iter().any(|w| w.needs_test_guest()) {
@@ -452,12 +596,21 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
         disk: disk.as_deref(),
         net: net.as_ref().and_then(|n| n.as_ref().ok()),
         tsc_hz: measure_tsc_hz(),
+        seccomp: args.seccomp == SeccompArg::On,
     };
+    // The peer is run by its path as given, made absolute (the runs' directory is the bench's).
+    let peer = args.peer.as_ref().map(|path| peer::Peer {
+        path: std::path::absolute(path).unwrap_or_else(|_| path.clone()),
+        dir: scratch.0.join("peer"),
+    });
     let mut progress = Progress {
         tty: std::io::stderr().is_terminal(),
         total: chosen
             .iter()
-            .map(|&w| w.children_per_run() * runs_of(w, given_runs) as usize)
+            .map(|&w| {
+                let extra = usize::from(peer.is_some() && peer::runs(w));
+                (w.children_per_run() + extra) * runs_of(w, given_runs) as usize
+            })
             .sum(),
         done: 0,
     };
@@ -475,6 +628,12 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
                 l.initrd.display().to_string(),
             )
         }),
+        peer: peer.as_ref().map(|p| p.path.display().to_string()),
+        seccomp: match args.seccomp {
+            SeccompArg::On => "on",
+            SeccompArg::Off => "off",
+        }
+        .into(),
         ..Report::default()
     };
     for &w in &chosen {
@@ -499,7 +658,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
                 .push(Row::without_figures(w.label(), Status::NotAvailable(why)));
             continue;
         }
-        let rows = bench_workload(&ctx, w, runs, &mut progress, &mut report.raw);
+        let rows = bench_workload(&ctx, w, runs, &mut progress, &mut report.raw, peer.as_ref());
         report.rows.extend(rows);
     }
     // A run cut short by the signal is no result.
@@ -542,6 +701,8 @@ mod tests {
             guest: None,
             kernel: None,
             initrd: None,
+            peer: None,
+            seccomp: SeccompArg::On,
         }
     }
 

@@ -1,0 +1,319 @@
+//! `kite bench --peer PATH`: the same guest runs under a Firecracker-compatible binary too.
+//!
+//! For each workload both can run, every run is host (if the workload has a host side), Kite,
+//! peer, in turn, so drift hits all alike. Kite and the peer boot from one Firecracker JSON
+//! configuration file, written here per workload: Kite as `kite run --no-acpi --no-api
+//! --config-file FILE`, the peer as `PATH --no-api --config-file FILE` (Firecracker's own flags;
+//! `--no-seccomp` on the peer, `--seccomp off` on Kite when the bench runs with `--seccomp off`).
+//! Both go through [`measure`], which counts each run's whole cost: until the VM is freed, the
+//! CPU of every process, and the VMM's own peak RSS ([`cost_rows`]). The figures the guest
+//! prints (cycles per workload) give the same rows as for Kite, with the peer's samples beside
+//! Kite's and a Kite/peer ratio ([`add_peer_samples`]).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::json;
+
+use super::measure;
+use super::net;
+use super::report::{Row, Status};
+use super::workloads::{self, Ctx, Outcome, Sample, Workload};
+
+/// The peer and how both sides run.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// The Firecracker-compatible binary.
+    pub path: PathBuf,
+    /// Where the per-workload configuration files go.
+    pub dir: PathBuf,
+}
+
+/// Whether the peer runs `w`: the workloads that boot the test guest from a plain configuration
+/// (no API calls, no Kite-only flags, one machine at a time).
+pub fn runs(w: Workload) -> bool {
+    matches!(
+        w,
+        Workload::Cpu
+            | Workload::Mem
+            | Workload::PioRtt
+            | Workload::MmioRtt
+            | Workload::Startup
+            | Workload::BlkRand
+            | Workload::BlkSeq
+            | Workload::VirtioNet
+    )
+}
+
+/// The Firecracker JSON configuration of `w`'s guest run: the test guest with `w`'s command
+/// line, [`workloads::GUEST_MEMORY`], one vCPU, and `w`'s disk or network interface.
+pub fn config(ctx: &Ctx, w: Workload) -> serde_json::Value {
+    let guest = ctx
+        .guest
+        .map(|g| g.display().to_string())
+        .unwrap_or_default();
+    let mut doc = json!({
+        "boot-source": {
+            "kernel_image_path": guest,
+            "boot_args": workloads::cmdline(w),
+        },
+        "machine-config": {
+            "vcpu_count": 1,
+            "mem_size_mib": workloads::guest_memory_mib(),
+        },
+    });
+    if let (true, Some(disk)) = (w.needs_disk(), ctx.disk) {
+        doc["drives"] = json!([{
+            "drive_id": "vda",
+            "path_on_host": disk.display().to_string(),
+            "is_root_device": false,
+            "is_read_only": false,
+        }]);
+    }
+    if w.needs_net() {
+        doc["network-interfaces"] = json!([{
+            "iface_id": "eth0",
+            "host_dev_name": net::TAP,
+            "guest_mac": workloads::GUEST_MAC,
+        }]);
+    }
+    doc
+}
+
+/// Write `w`'s configuration file in `dir`; its path.
+pub fn write_config(ctx: &Ctx, w: Workload, dir: &Path) -> std::io::Result<PathBuf> {
+    std::fs::create_dir_all(dir)?;
+    let path = dir.join(format!("{}.json", w.label().replace(' ', "-")));
+    let text = serde_json::to_string_pretty(&config(ctx, w)).map_err(std::io::Error::other)?;
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Kite's side: `kite run --no-acpi --no-api --config-file FILE`.
+pub fn kite_command(ctx: &Ctx, w: Workload, file: &Path) -> Command {
+    let mut cmd = Command::new(ctx.exe);
+    // The test guest finds its devices on the command line, as Firecracker puts them there.
+    cmd.args(["run", "--no-acpi", "--no-api", "--config-file"])
+        .arg(file);
+    if !ctx.seccomp {
+        cmd.args(["--seccomp", "off"]);
+    }
+    workloads::wrap_net(ctx, w, cmd)
+}
+
+/// The peer's side: `PATH --no-api --config-file FILE`, as Firecracker takes them.
+pub fn peer_command(ctx: &Ctx, w: Workload, peer: &Path, file: &Path) -> Command {
+    let mut cmd = Command::new(peer);
+    cmd.args(["--no-api", "--config-file"]).arg(file);
+    if !ctx.seccomp {
+        cmd.arg("--no-seccomp");
+    }
+    workloads::wrap_net(ctx, w, cmd)
+}
+
+/// Run `cmd`, one side of `w`, through [`measure`]; its result line and its cost.
+pub fn run_measured(w: Workload, cmd: &Command) -> Outcome {
+    match measure::run(cmd, w.limit()) {
+        Ok((out, cost)) => match workloads::parse_output(w, out) {
+            Outcome::Done(mut s) => {
+                s.wall_ms = cost.exit_ms;
+                s.cost = Some(cost);
+                Outcome::Done(s)
+            }
+            other => other,
+        },
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// Give each of `rows` the peer's samples of the row of the same name in `peer_rows` (made from
+/// the peer's runs as `rows` were from Kite's).
+pub fn add_peer_samples(rows: &mut [Row], peer_rows: &[Row]) {
+    for row in rows.iter_mut().filter(|r| r.status == Status::Ok) {
+        if let Some(p) = peer_rows
+            .iter()
+            .find(|p| p.status == Status::Ok && p.name == row.name && p.unit == row.unit)
+        {
+            row.peer = p.guest.clone();
+        }
+    }
+}
+
+/// The rows `startup` makes with a peer: the guest's `hello` line after the start, on both.
+/// (Kite's timeline milestones need `--timeline`, which the peer has not.)
+pub fn startup_rows(kite: &[Sample], peer: &[Sample]) -> Vec<Row> {
+    let line = |s: &[Sample]| s.iter().map(|s| s.line_ms).collect::<Vec<f64>>();
+    let mut row = Row::new(
+        "startup",
+        "startup: hello line after the start",
+        "ms",
+        Vec::new(),
+        line(kite),
+    );
+    row.peer = line(peer);
+    vec![row]
+}
+
+/// One figure of a [`measure::Cost`].
+type CostField = fn(&measure::Cost) -> f64;
+
+/// Each side's whole cost for `label`: exit, VM freed, CPU of every process, the VMM's peak RSS.
+/// `peer` is empty when the peer did not run it.
+pub fn cost_rows(label: &str, kite: &[Sample], peer: &[Sample]) -> Vec<Row> {
+    let costs = |s: &[Sample]| -> Option<Vec<measure::Cost>> { s.iter().map(|s| s.cost).collect() };
+    let Some(k) = costs(kite) else {
+        return Vec::new();
+    };
+    let p = costs(peer).unwrap_or_default();
+    let field = |v: &[measure::Cost], f: fn(&measure::Cost) -> f64| v.iter().map(f).collect();
+    let figures: [(&str, &str, CostField); 4] = [
+        ("whole run, the VMM's exit", "ms", |c| c.exit_ms),
+        ("whole run, until the VM is freed", "ms", |c| c.freed_ms),
+        ("CPU, every process", "ms", |c| c.cpu_ms),
+        ("peak RSS of the VMM", "MiB", |c| c.peak_rss_mib),
+    ];
+    figures
+        .into_iter()
+        .map(|(what, unit, f)| {
+            let mut row = Row::new(
+                label,
+                &format!("{label}: {what}"),
+                unit,
+                Vec::new(),
+                field(&k, f),
+            );
+            row.peer = field(&p, f);
+            row
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::measure::Cost;
+
+    fn ctx(seccomp: bool) -> Ctx<'static> {
+        Ctx {
+            exe: Path::new("/k/kite"),
+            guest: Some(Path::new("/g/testguest.elf")),
+            linux: None,
+            disk: Some(Path::new("/d/disk.img")),
+            net: None,
+            tsc_hz: 2e9,
+            seccomp,
+        }
+    }
+
+    fn args(cmd: &Command) -> Vec<String> {
+        cmd.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn both_sides_boot_one_configuration_with_the_same_seccomp() {
+        let c = ctx(true);
+        let doc = config(&c, Workload::BlkRand);
+        assert_eq!(doc["boot-source"]["kernel_image_path"], "/g/testguest.elf");
+        assert_eq!(
+            doc["boot-source"]["boot_args"],
+            "kite_test=virtio-blk kite_blk_mode=rand kite_blk_bs=4096 kite_blk_depth=1 kite_n=4096"
+        );
+        assert_eq!(doc["machine-config"]["mem_size_mib"], 256);
+        assert_eq!(doc["drives"][0]["path_on_host"], "/d/disk.img");
+        assert!(doc.get("network-interfaces").is_none());
+        let net = config(&c, Workload::VirtioNet);
+        assert_eq!(net["network-interfaces"][0]["host_dev_name"], net::TAP);
+        assert!(net.get("drives").is_none());
+
+        let file = Path::new("/t/cpu.json");
+        let k = kite_command(&c, Workload::Cpu, file);
+        assert_eq!(
+            args(&k),
+            [
+                "run",
+                "--no-acpi",
+                "--no-api",
+                "--config-file",
+                "/t/cpu.json"
+            ]
+        );
+        let p = peer_command(&c, Workload::Cpu, Path::new("/p/firecracker"), file);
+        assert_eq!(p.get_program(), "/p/firecracker");
+        assert_eq!(args(&p), ["--no-api", "--config-file", "/t/cpu.json"]);
+        let off = ctx(false);
+        assert!(
+            args(&kite_command(&off, Workload::Cpu, file))
+                .ends_with(&["--seccomp".into(), "off".into()])
+        );
+        assert!(
+            args(&peer_command(&off, Workload::Cpu, Path::new("fc"), file))
+                .contains(&"--no-seccomp".into())
+        );
+    }
+
+    #[test]
+    fn the_peer_runs_only_plain_configurations() {
+        assert!(runs(Workload::Cpu) && runs(Workload::Startup) && runs(Workload::BlkSeq));
+        for w in [
+            Workload::Scale,
+            Workload::Concurrent,
+            Workload::LinuxBoot,
+            Workload::PauseResume,
+        ] {
+            assert!(!runs(w), "{w:?}");
+        }
+    }
+
+    fn costly(exit: f64, cpu: f64, rss: f64) -> Sample {
+        Sample {
+            line_ms: exit - 1.0,
+            cost: Some(Cost {
+                exit_ms: exit,
+                freed_ms: exit + 10.0,
+                cpu_ms: cpu,
+                peak_rss_mib: rss,
+            }),
+            ..Sample::default()
+        }
+    }
+
+    #[test]
+    fn cost_rows_pair_kite_with_the_peer() {
+        let kite = [costly(40.0, 30.0, 4.8), costly(44.0, 32.0, 4.8)];
+        let peer = [costly(50.0, 20.0, 4.0), costly(50.0, 21.0, 4.4)];
+        let rows = cost_rows("cpu", &kite, &peer);
+        assert_eq!(rows.len(), 4);
+        assert_eq!(rows[1].name, "cpu: whole run, until the VM is freed");
+        assert_eq!(rows[1].guest, [50.0, 54.0]);
+        assert_eq!(rows[1].peer, [60.0, 60.0]);
+        let r = rows[2].peer_ratio().unwrap();
+        assert!((r.median - 31.0 / 20.5).abs() < 1e-9, "{r:?}");
+        assert!((r.min - 1.5).abs() < 1e-9 && (r.max - 32.0 / 21.0).abs() < 1e-9);
+        assert_eq!(rows[3].unit, "MiB");
+        assert!(rows.iter().all(|r| r.ratio().is_none()));
+        // Without the peer's runs, Kite's own figures stay.
+        let alone = cost_rows("cpu", &kite, &[]);
+        assert!(alone[0].peer.is_empty() && alone[0].peer_ratio().is_none());
+        assert_eq!(alone[0].guest, [40.0, 44.0]);
+        assert!(cost_rows("cpu", &[Sample::default()], &peer).is_empty());
+
+        let start = startup_rows(&kite, &peer);
+        assert_eq!(start[0].guest, [39.0, 43.0]);
+        assert_eq!(start[0].peer, [49.0, 49.0]);
+    }
+
+    #[test]
+    fn peer_samples_go_to_the_row_of_the_same_name() {
+        let mut rows = vec![
+            Row::new("cpu", "cpu: a", "ms", vec![1.0], vec![2.0]),
+            Row::new("cpu", "cpu: b", "ms", vec![1.0], vec![2.0]),
+        ];
+        let peer = vec![Row::new("cpu", "cpu: b", "ms", vec![1.0], vec![4.0])];
+        add_peer_samples(&mut rows, &peer);
+        assert!(rows[0].peer.is_empty());
+        assert_eq!(rows[1].peer, [4.0]);
+        assert!((rows[1].peer_ratio().unwrap().median - 0.5).abs() < 1e-12);
+    }
+}
