@@ -87,6 +87,15 @@ pub struct BenchArgs {
     /// side's whole cost (until the VM is freed, CPU of every process, the VMM's peak RSS).
     #[arg(long, value_name = "PATH")]
     pub peer: Option<PathBuf>,
+    /// An argument given to the peer before its own flags; repeatable (e.g. `--peer-arg=--no-acpi`
+    /// for an older Kite run as `firecracker`, to compare two builds of Kite alike).
+    #[arg(
+        long,
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        requires = "peer"
+    )]
+    pub peer_arg: Vec<String>,
     /// System-call filters of Kite and of the peer alike: `off` runs Kite with `--seccomp off`
     /// and the peer with `--no-seccomp`.
     #[arg(long, value_name = "on|off", value_enum, default_value = "on")]
@@ -419,7 +428,7 @@ fn bench_with_peer(
             return Vec::new();
         }
         progress.show(&format!("{}: peer run {run} of {runs}", w.label()));
-        match peer::run_measured(w, &peer::peer_command(ctx, w, &p.path, &file)) {
+        match peer::run_measured(w, &peer::peer_command(ctx, w, p, &file)) {
             Outcome::Done(s) => {
                 record(raw, w, "peer", run, &s);
                 peer_samples.push(s);
@@ -601,6 +610,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
     // The peer is run by its path as given, made absolute (the runs' directory is the bench's).
     let peer = args.peer.as_ref().map(|path| peer::Peer {
         path: std::path::absolute(path).unwrap_or_else(|_| path.clone()),
+        args: args.peer_arg.clone(),
         dir: scratch.0.join("peer"),
     });
     let mut progress = Progress {
@@ -628,7 +638,11 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
                 l.initrd.display().to_string(),
             )
         }),
-        peer: peer.as_ref().map(|p| p.path.display().to_string()),
+        peer: peer.as_ref().map(|p| {
+            let mut words = vec![p.path.display().to_string()];
+            words.extend(p.args.iter().cloned());
+            words.join(" ")
+        }),
         seccomp: match args.seccomp {
             SeccompArg::On => "on",
             SeccompArg::Off => "off",
@@ -702,6 +716,7 @@ mod tests {
             kernel: None,
             initrd: None,
             peer: None,
+            peer_arg: Vec::new(),
             seccomp: SeccompArg::On,
         }
     }

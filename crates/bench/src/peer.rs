@@ -25,6 +25,8 @@ use super::workloads::{self, Ctx, Outcome, Sample, Workload};
 pub struct Peer {
     /// The Firecracker-compatible binary.
     pub path: PathBuf,
+    /// Arguments the peer gets before its own flags (`--peer-arg`).
+    pub args: Vec<String>,
     /// Where the per-workload configuration files go.
     pub dir: PathBuf,
 }
@@ -101,9 +103,10 @@ pub fn kite_command(ctx: &Ctx, w: Workload, file: &Path) -> Command {
     workloads::wrap_net(ctx, w, cmd)
 }
 
-/// The peer's side: `PATH --no-api --config-file FILE`, as Firecracker takes them.
-pub fn peer_command(ctx: &Ctx, w: Workload, peer: &Path, file: &Path) -> Command {
-    let mut cmd = Command::new(peer);
+/// The peer's side: `PATH [ARGS] --no-api --config-file FILE`, as Firecracker takes them.
+pub fn peer_command(ctx: &Ctx, w: Workload, peer: &Peer, file: &Path) -> Command {
+    let mut cmd = Command::new(&peer.path);
+    cmd.args(&peer.args);
     cmd.args(["--no-api", "--config-file"]).arg(file);
     if !ctx.seccomp {
         cmd.arg("--no-seccomp");
@@ -239,17 +242,30 @@ mod tests {
                 "/t/cpu.json"
             ]
         );
-        let p = peer_command(&c, Workload::Cpu, Path::new("/p/firecracker"), file);
+        let fc = Peer {
+            path: "/p/firecracker".into(),
+            args: Vec::new(),
+            dir: "/t".into(),
+        };
+        let p = peer_command(&c, Workload::Cpu, &fc, file);
         assert_eq!(p.get_program(), "/p/firecracker");
         assert_eq!(args(&p), ["--no-api", "--config-file", "/t/cpu.json"]);
+        let old_kite = Peer {
+            args: vec!["--no-acpi".into()],
+            ..fc.clone()
+        };
+        let p = peer_command(&c, Workload::Cpu, &old_kite, file);
+        assert_eq!(
+            args(&p),
+            ["--no-acpi", "--no-api", "--config-file", "/t/cpu.json"]
+        );
         let off = ctx(false);
         assert!(
             args(&kite_command(&off, Workload::Cpu, file))
                 .ends_with(&["--seccomp".into(), "off".into()])
         );
         assert!(
-            args(&peer_command(&off, Workload::Cpu, Path::new("fc"), file))
-                .contains(&"--no-seccomp".into())
+            args(&peer_command(&off, Workload::Cpu, &fc, file)).contains(&"--no-seccomp".into())
         );
     }
 
