@@ -66,17 +66,36 @@ pub fn detect_from(cpuinfo: &str, modules: &str) -> Option<&'static str> {
         .lines()
         .filter(|l| l.starts_with("flags"))
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    if hw {
-        None
-    } else {
-        Some("the CPU has no vmx/svm flag")
-    }
+    detect_hw(hw)
 }
 
-/// [`detect_from`] on this host's /proc files (a file that cannot be read counts as empty).
+/// [`detect_from`]'s answer for this host, without reading either file (both cost, on every
+/// `kite run`: the kernel makes /proc/cpuinfo afresh, its `cpu MHz` lines asking each CPU):
+/// a module, loaded or built in (as kvm_pvm is on some hosts, where /proc/modules does not
+/// list it or does not exist), has a directory in /sys/module; and the `vmx`/`svm` flags of
+/// /proc/cpuinfo are CPUID.1:ECX[5] and CPUID.80000001h:ECX[2], asked of the CPU directly.
 pub fn detect() -> Option<&'static str> {
-    let read = |p: &str| std::fs::read_to_string(Path::new(p)).unwrap_or_default();
-    detect_from(&read("/proc/cpuinfo"), &read("/proc/modules"))
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Some("the kvm_pvm module is loaded");
+    }
+    detect_hw(cpu_has_vmx_or_svm())
+}
+
+/// The CPU's own answer: VT-x (CPUID.1:ECX bit 5) or AMD-V (CPUID.80000001h:ECX bit 2).
+fn cpu_has_vmx_or_svm() -> bool {
+    use std::arch::x86_64::__cpuid;
+    let vmx = __cpuid(1).ecx & (1 << 5) != 0;
+    let extended = __cpuid(0x8000_0000).eax;
+    let svm = extended >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 2) != 0;
+    vmx || svm
+}
+
+/// [`detect_from`]'s answer from the flag alone (no kvm_pvm module).
+fn detect_hw(vmx_or_svm: bool) -> Option<&'static str> {
+    match vmx_or_svm {
+        true => None,
+        false => Some("the CPU has no vmx/svm flag"),
+    }
 }
 
 /// Whether to apply the workarounds, and why (for the log line).
@@ -131,6 +150,26 @@ mod tests {
         );
         // A flag that merely contains the letters does not count.
         assert!(detect_from("flags\t: vmxsomething\n", "").is_some());
+    }
+
+    /// The quick answer (sysfs and CPUID) is the one the /proc files give on this host.
+    #[test]
+    fn quick_detection_agrees_with_the_proc_files() {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let flags = detect_from(&cpuinfo, "");
+        assert_eq!(
+            detect_hw(cpu_has_vmx_or_svm()),
+            flags,
+            "CPUID against /proc/cpuinfo"
+        );
+        let modules = read("/proc/modules");
+        if modules.lines().any(|l| l.starts_with("kvm_pvm ")) {
+            assert_eq!(detect(), Some("the kvm_pvm module is loaded"));
+        }
+        if flags.is_none() && !Path::new("/sys/module/kvm_pvm").exists() {
+            assert_eq!(detect(), None);
+        }
     }
 
     #[test]
