@@ -48,8 +48,11 @@ pub fn runs(w: Workload) -> bool {
 }
 
 /// The Firecracker JSON configuration of `w`'s guest run: the test guest with `w`'s command
-/// line, [`workloads::GUEST_MEMORY`], one vCPU, and `w`'s disk or network interface.
-pub fn config(ctx: &Ctx, w: Workload) -> serde_json::Value {
+/// line, [`workloads::GUEST_MEMORY`], one vCPU, `w`'s disk or network interface, and the log
+/// to the file `log` at level Info. (Firecracker logs to stdout by default, where its lines
+/// could land in the middle of the guest's result line, which the serial port writes a byte at
+/// a time; both sides log to the file alike.)
+pub fn config(ctx: &Ctx, w: Workload, log: &Path) -> serde_json::Value {
     let guest = ctx
         .guest
         .map(|g| g.display().to_string())
@@ -62,6 +65,12 @@ pub fn config(ctx: &Ctx, w: Workload) -> serde_json::Value {
         "machine-config": {
             "vcpu_count": 1,
             "mem_size_mib": workloads::guest_memory_mib(),
+        },
+        // Firecracker requires the list, empty or not.
+        "drives": [],
+        "logger": {
+            "log_path": log.display().to_string(),
+            "level": "Info",
         },
     });
     if let (true, Some(disk)) = (w.needs_disk(), ctx.disk) {
@@ -85,8 +94,13 @@ pub fn config(ctx: &Ctx, w: Workload) -> serde_json::Value {
 /// Write `w`'s configuration file in `dir`; its path.
 pub fn write_config(ctx: &Ctx, w: Workload, dir: &Path) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(dir)?;
-    let path = dir.join(format!("{}.json", w.label().replace(' ', "-")));
-    let text = serde_json::to_string_pretty(&config(ctx, w)).map_err(std::io::Error::other)?;
+    let name = w.label().replace(' ', "-");
+    let path = dir.join(format!("{name}.json"));
+    // Firecracker opens the log file, but does not make it.
+    let log = dir.join(format!("{name}.log"));
+    std::fs::File::create(&log)?;
+    let text =
+        serde_json::to_string_pretty(&config(ctx, w, &log)).map_err(std::io::Error::other)?;
     std::fs::write(&path, text)?;
     Ok(path)
 }
@@ -217,7 +231,8 @@ mod tests {
     #[test]
     fn both_sides_boot_one_configuration_with_the_same_seccomp() {
         let c = ctx(true);
-        let doc = config(&c, Workload::BlkRand);
+        let doc = config(&c, Workload::BlkRand, Path::new("/t/blk.log"));
+        assert_eq!(doc["logger"]["log_path"], "/t/blk.log");
         assert_eq!(doc["boot-source"]["kernel_image_path"], "/g/testguest.elf");
         assert_eq!(
             doc["boot-source"]["boot_args"],
@@ -226,9 +241,9 @@ mod tests {
         assert_eq!(doc["machine-config"]["mem_size_mib"], 256);
         assert_eq!(doc["drives"][0]["path_on_host"], "/d/disk.img");
         assert!(doc.get("network-interfaces").is_none());
-        let net = config(&c, Workload::VirtioNet);
+        let net = config(&c, Workload::VirtioNet, Path::new("/t/net.log"));
         assert_eq!(net["network-interfaces"][0]["host_dev_name"], net::TAP);
-        assert!(net.get("drives").is_none());
+        assert_eq!(net["drives"], json!([]));
 
         let file = Path::new("/t/cpu.json");
         let k = kite_command(&c, Workload::Cpu, file);
