@@ -163,7 +163,7 @@ pub fn run(cmd: &Command, limit: Duration) -> Result<(Output, Cost), Error> {
             source: std::io::Error::from_raw_os_error(words[F_EXEC_ERRNO] as i32),
         });
     }
-    let (lines, out_end) = out.join().unwrap_or_default();
+    let (lines, _) = out.join().unwrap_or_default();
     let (err_lines, _) = err.join().unwrap_or_default();
     let stderr = err_lines.into_iter().map(|(_, l)| l + "\n").collect();
     let ms = |a: u64, b: u64| b.saturating_sub(a) as f64 / 1e6;
@@ -178,7 +178,7 @@ pub fn run(cmd: &Command, limit: Duration) -> Result<(Output, Cost), Error> {
         stderr,
         status: ExitStatus::from_raw(words[F_STATUS] as i32),
         spawned_ns,
-        ended_ns: words[F_EXIT].min(out_end.max(words[F_EXIT])),
+        ended_ns: words[F_EXIT],
     };
     Ok((output, cost))
 }
@@ -217,6 +217,12 @@ unsafe fn launcher(argv: *const *const libc::c_char, fds: [i32; 3], result: i32)
             libc::dup2(fds[0], 0);
             libc::dup2(fds[1], 1);
             libc::dup2(fds[2], 2);
+            // As std's Command does: no signal blocked, SIGPIPE (which Rust's runtime ignores,
+            // and exec keeps ignored) back to its default.
+            let mut none: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut none);
+            libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
             libc::ptrace(libc::PTRACE_TRACEME, 0, NIL, NIL);
             libc::execvp(*argv, argv);
             let errno = *libc::__errno_location();
@@ -385,6 +391,21 @@ mod tests {
             "{cost:?}"
         );
         assert_eq!(ballast.iter().map(|&b| b as usize).sum::<usize>(), 64 << 20);
+    }
+
+    #[test]
+    fn the_vmm_gets_default_signal_dispositions() {
+        // SigBlk and SigIgn of the started process: nothing blocked, SIGPIPE not ignored.
+        let (out, _) = run(
+            &sh("grep -E '^Sig(Ign|Blk)' /proc/self/status"),
+            Duration::from_secs(30),
+        )
+        .unwrap();
+        let text: Vec<&str> = out.lines.iter().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(text[0], "SigBlk:\t0000000000000000");
+        // SIGPIPE (13) is not ignored, though this process ignores it.
+        let ign = u64::from_str_radix(text[1].trim_start_matches("SigIgn:\t"), 16).unwrap();
+        assert_eq!(ign & (1 << (libc::SIGPIPE - 1)), 0, "{}", text[1]);
     }
 
     #[test]
