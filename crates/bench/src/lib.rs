@@ -186,14 +186,14 @@ pub fn measure_tsc_hz() -> f64 {
 }
 
 /// The progress line on stderr: rewritten in place on a terminal, one line per run otherwise.
-struct Progress {
+pub(crate) struct Progress {
     tty: bool,
     total: usize,
-    done: usize,
+    pub(crate) done: usize,
 }
 
 impl Progress {
-    fn show(&mut self, text: &str) {
+    pub(crate) fn show(&mut self, text: &str) {
         self.done += 1;
         let line = format!("kite bench [{}/{}] {text}", self.done, self.total);
         let mut err = std::io::stderr().lock();
@@ -309,7 +309,7 @@ fn bench_workload(
     peer: Option<&peer::Peer>,
 ) -> Vec<Row> {
     if let (Some(p), true) = (peer, peer::runs(w)) {
-        return bench_with_peer(ctx, w, runs, p, progress, raw);
+        return peer::bench(ctx, w, runs, p, progress, raw);
     }
     if w == Workload::Scale {
         return bench_scale(ctx, runs, progress, raw);
@@ -354,111 +354,6 @@ fn bench_workload(
         }
     }
     workloads::rows(ctx, w, &host, &guest)
-}
-
-/// Keep `s`, the result line of `side` ("host", "guest" or "peer"), in `raw`.
-fn record(raw: &mut Vec<RawRun>, w: Workload, side: &'static str, run: u32, s: &Sample) {
-    raw.push(RawRun {
-        workload: w.label().into(),
-        side,
-        run,
-        line: s.line.clone(),
-        wall_ms: s.wall_ms,
-    });
-}
-
-/// [`bench_workload`] with a peer: each run is host (if `w` has one), Kite, peer; Kite and the
-/// peer boot from one configuration file through [`measure`]. A peer that fails a run is not
-/// started again for `w` and its samples are left out (an n/a row says why); Kite's stay.
-fn bench_with_peer(
-    ctx: &Ctx,
-    w: Workload,
-    runs: u32,
-    p: &peer::Peer,
-    progress: &mut Progress,
-    raw: &mut Vec<RawRun>,
-) -> Vec<Row> {
-    let file = match peer::write_config(ctx, w, &p.dir) {
-        Ok(file) => file,
-        Err(e) => {
-            let why = format!("cannot write its configuration file: {e}");
-            return vec![Row::without_figures(w.label(), Status::Failed(why))];
-        }
-    };
-    let with_host = w.sides().contains(&Side::Host);
-    let (mut host, mut kite, mut peer_samples) = (Vec::new(), Vec::new(), Vec::new());
-    let mut peer_failed: Option<String> = None;
-    for run in 1..=runs {
-        if interrupt::received().is_some() {
-            return Vec::new();
-        }
-        let fail = |side: &str, why: String| {
-            let why = format!("{side} run {run}: {why}");
-            vec![Row::without_figures(w.label(), Status::Failed(why))]
-        };
-        if with_host {
-            progress.show(&format!("{}: host run {run} of {runs}", w.label()));
-            match workloads::run_once(ctx, w, Side::Host) {
-                Outcome::Done(s) => {
-                    record(raw, w, "host", run, &s);
-                    host.push(s);
-                }
-                Outcome::NotAvailable(why) => {
-                    return vec![Row::without_figures(w.label(), Status::NotAvailable(why))];
-                }
-                Outcome::Failed(why) => return fail("host", why),
-            }
-        }
-        progress.show(&format!("{}: kite run {run} of {runs}", w.label()));
-        match peer::run_measured(w, &peer::kite_command(ctx, w, &file)) {
-            Outcome::Done(s) => {
-                record(raw, w, "guest", run, &s);
-                kite.push(s);
-            }
-            Outcome::NotAvailable(why) => {
-                return vec![Row::without_figures(w.label(), Status::NotAvailable(why))];
-            }
-            Outcome::Failed(why) => return fail("guest", why),
-        }
-        if peer_failed.is_some() {
-            progress.done += 1;
-            continue;
-        }
-        if interrupt::received().is_some() {
-            return Vec::new();
-        }
-        progress.show(&format!("{}: peer run {run} of {runs}", w.label()));
-        match peer::run_measured(w, &peer::peer_command(ctx, w, p, &file)) {
-            Outcome::Done(s) => {
-                record(raw, w, "peer", run, &s);
-                peer_samples.push(s);
-            }
-            Outcome::NotAvailable(why) | Outcome::Failed(why) => {
-                peer_failed = Some(format!("peer run {run}: {why}"));
-                peer_samples.clear();
-            }
-        }
-    }
-    let mut rows = match w {
-        Workload::Startup => peer::startup_rows(&kite, &peer_samples),
-        _ => {
-            let mut rows = workloads::rows(ctx, w, &host, &kite);
-            if !peer_samples.is_empty() {
-                let peer_rows = workloads::rows(ctx, w, &host, &peer_samples);
-                peer::add_peer_samples(&mut rows, &peer_rows);
-            }
-            rows
-        }
-    };
-    if rows.iter().any(|r| matches!(r.status, Status::Failed(_))) {
-        return rows;
-    }
-    rows.extend(peer::cost_rows(w.label(), &kite, &peer_samples));
-    if let Some(why) = peer_failed {
-        let name = format!("{} (peer)", w.label());
-        rows.push(Row::without_figures(&name, Status::NotAvailable(why)));
-    }
-    rows
 }
 
 /// Run every machine of `scale` `runs` times, one after the other in each run, and make its

@@ -15,10 +15,11 @@ use std::process::Command;
 
 use serde_json::json;
 
+use super::interrupt;
 use super::measure;
 use super::net;
-use super::report::{Row, Status};
-use super::workloads::{self, Ctx, Outcome, Sample, Workload};
+use super::report::{RawRun, Row, Status};
+use super::workloads::{self, Ctx, Outcome, Sample, Side, Workload};
 
 /// The peer and how both sides run.
 #[derive(Clone, Debug)]
@@ -203,6 +204,111 @@ pub fn cost_rows(label: &str, kite: &[Sample], peer: &[Sample]) -> Vec<Row> {
             row
         })
         .collect()
+}
+
+/// Keep `s`, the result line of `side` ("host", "guest" or "peer"), in `raw`.
+fn record(raw: &mut Vec<RawRun>, w: Workload, side: &'static str, run: u32, s: &Sample) {
+    raw.push(RawRun {
+        workload: w.label().into(),
+        side,
+        run,
+        line: s.line.clone(),
+        wall_ms: s.wall_ms,
+    });
+}
+
+/// `kite bench`'s run of `w` with a peer: each run is host (if `w` has one), Kite, peer; Kite and the
+/// peer boot from one configuration file through [`measure`]. A peer that fails a run is not
+/// started again for `w` and its samples are left out (an n/a row says why); Kite's stay.
+pub(crate) fn bench(
+    ctx: &Ctx,
+    w: Workload,
+    runs: u32,
+    p: &Peer,
+    progress: &mut super::Progress,
+    raw: &mut Vec<RawRun>,
+) -> Vec<Row> {
+    let file = match write_config(ctx, w, &p.dir) {
+        Ok(file) => file,
+        Err(e) => {
+            let why = format!("cannot write its configuration file: {e}");
+            return vec![Row::without_figures(w.label(), Status::Failed(why))];
+        }
+    };
+    let with_host = w.sides().contains(&Side::Host);
+    let (mut host, mut kite, mut peer_samples) = (Vec::new(), Vec::new(), Vec::new());
+    let mut peer_failed: Option<String> = None;
+    for run in 1..=runs {
+        if interrupt::received().is_some() {
+            return Vec::new();
+        }
+        let fail = |side: &str, why: String| {
+            let why = format!("{side} run {run}: {why}");
+            vec![Row::without_figures(w.label(), Status::Failed(why))]
+        };
+        if with_host {
+            progress.show(&format!("{}: host run {run} of {runs}", w.label()));
+            match workloads::run_once(ctx, w, Side::Host) {
+                Outcome::Done(s) => {
+                    record(raw, w, "host", run, &s);
+                    host.push(s);
+                }
+                Outcome::NotAvailable(why) => {
+                    return vec![Row::without_figures(w.label(), Status::NotAvailable(why))];
+                }
+                Outcome::Failed(why) => return fail("host", why),
+            }
+        }
+        progress.show(&format!("{}: kite run {run} of {runs}", w.label()));
+        match run_measured(w, &kite_command(ctx, w, &file)) {
+            Outcome::Done(s) => {
+                record(raw, w, "guest", run, &s);
+                kite.push(s);
+            }
+            Outcome::NotAvailable(why) => {
+                return vec![Row::without_figures(w.label(), Status::NotAvailable(why))];
+            }
+            Outcome::Failed(why) => return fail("guest", why),
+        }
+        if peer_failed.is_some() {
+            progress.done += 1;
+            continue;
+        }
+        if interrupt::received().is_some() {
+            return Vec::new();
+        }
+        progress.show(&format!("{}: peer run {run} of {runs}", w.label()));
+        match run_measured(w, &peer_command(ctx, w, p, &file)) {
+            Outcome::Done(s) => {
+                record(raw, w, "peer", run, &s);
+                peer_samples.push(s);
+            }
+            Outcome::NotAvailable(why) | Outcome::Failed(why) => {
+                peer_failed = Some(format!("peer run {run}: {why}"));
+                peer_samples.clear();
+            }
+        }
+    }
+    let mut rows = match w {
+        Workload::Startup => startup_rows(&kite, &peer_samples),
+        _ => {
+            let mut rows = workloads::rows(ctx, w, &host, &kite);
+            if !peer_samples.is_empty() {
+                let peer_rows = workloads::rows(ctx, w, &host, &peer_samples);
+                add_peer_samples(&mut rows, &peer_rows);
+            }
+            rows
+        }
+    };
+    if rows.iter().any(|r| matches!(r.status, Status::Failed(_))) {
+        return rows;
+    }
+    rows.extend(cost_rows(w.label(), &kite, &peer_samples));
+    if let Some(why) = peer_failed {
+        let name = format!("{} (peer)", w.label());
+        rows.push(Row::without_figures(&name, Status::NotAvailable(why)));
+    }
+    rows
 }
 
 #[cfg(test)]
