@@ -119,6 +119,9 @@ pub struct RunArgs {
     /// the kernel log those outside the lists (dmesg); both are for debugging only.
     #[arg(long, value_name = "on|off|log", value_enum, default_value = "on")]
     pub seccomp: Seccomp,
+    /// Firecracker's spelling of `--seccomp off` (no filters; for debugging only).
+    #[arg(long, conflicts_with = "seccomp")]
+    pub no_seccomp: bool,
     /// Serve Firecracker's REST API on this Unix socket (docs/api.md). Without --kernel or
     /// --config-file, Kite waits for the API to configure and start the VM.
     #[arg(long, value_name = "PATH")]
@@ -242,7 +245,10 @@ impl RunArgs {
             timeout,
             ring0_workarounds: self.ring0_workarounds.into(),
             acpi: !self.no_acpi,
-            seccomp: self.seccomp.into(),
+            seccomp: match self.no_seccomp {
+                true => seccomp::Mode::Off,
+                false => self.seccomp.into(),
+            },
         })
     }
 
@@ -463,5 +469,17 @@ mod tests {
         let e = plan(&["--kernel", "k", "--level", "loud"]).unwrap_err();
         assert!(matches!(e, Error::Level(_)), "{e}");
         assert!(e.to_string().contains("invalid log level 'loud'"), "{e}");
+    }
+
+    #[test]
+    fn no_seccomp_is_firecrackers_seccomp_off() {
+        assert_eq!(
+            plan(&["--kernel", "k"]).unwrap().extras.seccomp,
+            seccomp::Mode::On
+        );
+        let off = plan(&["--kernel", "k", "--no-seccomp"]).unwrap();
+        assert_eq!(off.extras.seccomp, seccomp::Mode::Off);
+        let both = Cli::try_parse_from(["kite", "run", "--no-seccomp", "--seccomp", "on"]);
+        assert!(both.is_err());
     }
 }

@@ -246,6 +246,130 @@ fn bench_scale_starts_every_machine_once() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `kite bench --peer`: Kite itself is the peer, through a link named `firecracker` (as which
+/// it takes Firecracker's flags). `cpu` (host, Kite, peer) and `startup` (Kite, peer) once each:
+/// every row has the Kite/peer columns, the cost rows are there with sane figures, and the JSON
+/// and the SVG have the ratios.
+#[test]
+fn bench_with_kite_as_its_own_peer() {
+    if let Some(reason) = kvm_unavailable() {
+        skip("bench --peer", Need::Kvm, &reason);
+        return;
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("kite-test-{}-bench-peer", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("firecracker");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kite"), &link).unwrap();
+    let (json, svg) = (dir.join("out.json"), dir.join("out.svg"));
+    let mut cmd = kite();
+    cmd.args(["bench", "--runs", "1", "--guest", path_str(&elf)])
+        .args(["--peer", path_str(&link)])
+        .args(["--json", path_str(&json), "--svg", path_str(&svg)])
+        .args(["cpu", "startup"]);
+    let out = run(cmd, Duration::from_secs(240));
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let header = out.stdout.lines().next().unwrap();
+    let words: Vec<&str> = header.split_whitespace().collect();
+    assert_eq!(
+        words[words.len() - 6..],
+        ["peer", "median", "min", "max", "kite/peer", "(min..max)"],
+        "{header}"
+    );
+    let line = |name: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row in\n{}", out.stdout))
+            .to_string()
+    };
+    // Kite median/min/max, the peer's, the ratio (min..max); no host side.
+    let kite_and_peer = |name: &str| -> (f64, f64, f64) {
+        let l = line(name);
+        let f = figures(&l, name);
+        assert_eq!(f.len(), 9, "{l}");
+        assert!(f.iter().all(|&x| x > 0.0 && x.is_finite()), "{l}");
+        // One run: median = min = max on each side, and the ratio is Kite's over the peer's.
+        assert!((f[6] - f[0] / f[3]).abs() < 0.01 * f[6] + 0.006, "{l}");
+        (f[0], f[3], f[6])
+    };
+    // The same binary on both sides: the ratios stay within what a busy machine explains.
+    for row in [
+        "cpu: whole run, until the VM is freed",
+        "cpu: CPU, every process",
+        "startup: hello line after the start",
+        "startup: CPU, every process",
+    ] {
+        let (_, _, ratio) = kite_and_peer(row);
+        assert!((0.2..5.0).contains(&ratio), "{row}: {ratio}");
+    }
+    let (rss, peer_rss, ratio) = kite_and_peer("startup: peak RSS of the VMM");
+    assert!(
+        (1.0..64.0).contains(&rss) && (1.0..64.0).contains(&peer_rss),
+        "{rss} {peer_rss}"
+    );
+    assert!(
+        (0.8..1.25).contains(&ratio),
+        "same binary, same guest: {ratio}"
+    );
+    let (exit, _, _) = kite_and_peer("startup: whole run, the VMM's exit");
+    let (freed, _, _) = kite_and_peer("startup: whole run, until the VM is freed");
+    assert!(freed >= exit, "freed {freed} before the exit {exit}");
+    // The guest/host row of cpu has all four groups: host, Kite, ratio, peer, ratio.
+    let cpu = line("cpu: workload (TSC)");
+    let f = figures(&cpu, "cpu: workload (TSC)");
+    assert_eq!(f.len(), 15, "{cpu}");
+    assert!(
+        out.stdout.contains("interleaved host/kite/peer"),
+        "{}",
+        out.stdout
+    );
+    assert!(out.stdout.contains("seccomp on on both"), "{}", out.stdout);
+
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    assert_eq!(v["peer"], path_str(&link));
+    assert_eq!(v["seccomp"], "on");
+    let rows = v["rows"].as_array().unwrap();
+    assert!(
+        rows.iter()
+            .all(|r| r["kite_over_peer"]["median"].as_f64().unwrap() > 0.0)
+    );
+    let sides: Vec<&str> = v["result_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["side"].as_str().unwrap())
+        .collect();
+    assert_eq!(sides, ["host", "guest", "peer", "guest", "peer"]);
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("Kite / peer"), "{svg}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `--peer` that is not there is a usage error, before anything runs.
+#[test]
+fn bench_rejects_a_missing_peer() {
+    let mut cmd = kite();
+    cmd.args([
+        "bench",
+        "--runs",
+        "1",
+        "--peer",
+        "/nonexistent/firecracker",
+        "cpu",
+    ]);
+    let out = run(cmd, Duration::from_secs(30));
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    assert_eq!(
+        out.error_lines(),
+        [
+            "kite: error: --peer /nonexistent/firecracker: no such executable file; give the path of a Firecracker binary"
+        ]
+    );
+}
+
 #[test]
 fn bench_rejects_an_unknown_workload() {
     let mut cmd = kite();

@@ -14,6 +14,10 @@
 //! guest only and starts the test guest as `startup` does in machines from 64 MiB to 16 GiB and
 //! from 1 to 32 vCPUs ([`scale`]), each once per run.
 //!
+//! `--peer PATH` runs the workloads a Firecracker-compatible binary can run under it too, Kite
+//! and the peer in turn, with Kite/peer ratios and each side's whole cost ([`peer`],
+//! [`measure`]).
+//!
 //! `pause-resume` is guest only: [`pause::CYCLES`] pauses and resumes of the test guest over
 //! the API socket per run ([`pause`]).
 //!
@@ -28,9 +32,11 @@ pub mod host;
 pub mod interrupt;
 pub mod line;
 pub mod linux;
+pub mod measure;
 pub mod milestones;
 pub mod net;
 pub mod pause;
+pub mod peer;
 pub mod report;
 pub mod runner;
 pub mod scale;
@@ -75,6 +81,33 @@ pub struct BenchArgs {
     /// The initramfs linux-boot boots (default: guest-images/out/initramfs.cpio).
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
+    /// Also run the workloads a Firecracker-compatible binary can run (cpu, mem, pio-rtt,
+    /// mmio-rtt, startup, virtio-blk, virtio-net) under this one, from the same JSON config file
+    /// (`--no-api --config-file`), in turn with Kite's runs; adds Kite/peer ratios and each
+    /// side's whole cost (until the VM is freed, CPU of every process, the VMM's peak RSS).
+    #[arg(long, value_name = "PATH")]
+    pub peer: Option<PathBuf>,
+    /// An argument given to the peer before its own flags; repeatable (e.g. `--peer-arg=--no-acpi`
+    /// for an older Kite run as `firecracker`, to compare two builds of Kite alike).
+    #[arg(
+        long,
+        value_name = "ARG",
+        allow_hyphen_values = true,
+        requires = "peer"
+    )]
+    pub peer_arg: Vec<String>,
+    /// System-call filters of Kite and of the peer alike: `off` runs Kite with `--seccomp off`
+    /// and the peer with `--no-seccomp`.
+    #[arg(long, value_name = "on|off", value_enum, default_value = "on")]
+    pub seccomp: SeccompArg,
+}
+
+/// `--seccomp` of `kite bench`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SeccompArg {
+    #[default]
+    On,
+    Off,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -109,13 +142,15 @@ pub enum Error {
     Json(#[source] serde_json::Error),
     #[error("{0} failed (see the table)")]
     Failed(String),
+    #[error("--peer {}: no such executable file; give the path of a Firecracker binary", .0.display())]
+    NoPeer(PathBuf),
 }
 
 impl Error {
     /// 2 for what the user gave, 128+N after signal N, 1 for a failed bench.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::UnknownWorkload(_) | Error::Runs(_) => 2,
+            Error::UnknownWorkload(_) | Error::Runs(_) | Error::NoPeer(_) => 2,
             Error::Runner(runner::Error::GuestMissing(_) | runner::Error::NoGuest) => 2,
             Error::Linux(linux::Error::Given { .. }) => 2,
             Error::Interrupted(signal) => 128 + signal,
@@ -151,14 +186,14 @@ pub fn measure_tsc_hz() -> f64 {
 }
 
 /// The progress line on stderr: rewritten in place on a terminal, one line per run otherwise.
-struct Progress {
+pub(crate) struct Progress {
     tty: bool,
     total: usize,
-    done: usize,
+    pub(crate) done: usize,
 }
 
 impl Progress {
-    fn show(&mut self, text: &str) {
+    pub(crate) fn show(&mut self, text: &str) {
         self.done += 1;
         let line = format!("kite bench [{}/{}] {text}", self.done, self.total);
         let mut err = std::io::stderr().lock();
@@ -271,7 +306,11 @@ fn bench_workload(
     runs: u32,
     progress: &mut Progress,
     raw: &mut Vec<RawRun>,
+    peer: Option<&peer::Peer>,
 ) -> Vec<Row> {
+    if let (Some(p), true) = (peer, peer::runs(w)) {
+        return peer::bench(ctx, w, runs, p, progress, raw);
+    }
     if w == Workload::Scale {
         return bench_scale(ctx, runs, progress, raw);
     }
@@ -418,6 +457,15 @@ fn bench_concurrent(
 /// The whole `kite bench`: runs, then the table on stdout and the files asked for.
 pub fn run(args: &BenchArgs) -> Result<Report, Error> {
     let (chosen, given_runs) = parse_args(args)?;
+    if let Some(path) = &args.peer {
+        use std::os::unix::fs::PermissionsExt;
+        let runnable = std::fs::metadata(path)
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false);
+        if !runnable {
+            return Err(Error::NoPeer(path.clone()));
+        }
+    }
     interrupt::catch().map_err(Error::Signals)?;
     let exe = std::env::current_exe().map_err(Error::Exe)?;
     let guest = match chosen.iter().any(|w| w.needs_test_guest()) {
@@ -452,12 +500,22 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
         disk: disk.as_deref(),
         net: net.as_ref().and_then(|n| n.as_ref().ok()),
         tsc_hz: measure_tsc_hz(),
+        seccomp: args.seccomp == SeccompArg::On,
     };
+    // The peer is run by its path as given, made absolute (the runs' directory is the bench's).
+    let peer = args.peer.as_ref().map(|path| peer::Peer {
+        path: std::path::absolute(path).unwrap_or_else(|_| path.clone()),
+        args: args.peer_arg.clone(),
+        dir: scratch.0.join("peer"),
+    });
     let mut progress = Progress {
         tty: std::io::stderr().is_terminal(),
         total: chosen
             .iter()
-            .map(|&w| w.children_per_run() * runs_of(w, given_runs) as usize)
+            .map(|&w| {
+                let extra = usize::from(peer.is_some() && peer::runs(w));
+                (w.children_per_run() + extra) * runs_of(w, given_runs) as usize
+            })
             .sum(),
         done: 0,
     };
@@ -475,6 +533,16 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
                 l.initrd.display().to_string(),
             )
         }),
+        peer: peer.as_ref().map(|p| {
+            let mut words = vec![p.path.display().to_string()];
+            words.extend(p.args.iter().cloned());
+            words.join(" ")
+        }),
+        seccomp: match args.seccomp {
+            SeccompArg::On => "on",
+            SeccompArg::Off => "off",
+        }
+        .into(),
         ..Report::default()
     };
     for &w in &chosen {
@@ -499,7 +567,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
                 .push(Row::without_figures(w.label(), Status::NotAvailable(why)));
             continue;
         }
-        let rows = bench_workload(&ctx, w, runs, &mut progress, &mut report.raw);
+        let rows = bench_workload(&ctx, w, runs, &mut progress, &mut report.raw, peer.as_ref());
         report.rows.extend(rows);
     }
     // A run cut short by the signal is no result.
@@ -542,6 +610,9 @@ mod tests {
             guest: None,
             kernel: None,
             initrd: None,
+            peer: None,
+            peer_arg: Vec::new(),
+            seccomp: SeccompArg::On,
         }
     }
 

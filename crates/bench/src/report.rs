@@ -24,6 +24,8 @@ pub struct Row {
     pub unit: String,
     pub host: Vec<f64>,
     pub guest: Vec<f64>,
+    /// Samples from the peer's runs (`--peer`), paired with `guest` (Kite's); empty without.
+    pub peer: Vec<f64>,
     pub status: Status,
 }
 
@@ -35,6 +37,7 @@ impl Row {
             unit: unit.into(),
             host,
             guest,
+            peer: Vec::new(),
             status: Status::Ok,
         }
     }
@@ -47,6 +50,7 @@ impl Row {
             unit: String::new(),
             host: Vec::new(),
             guest: Vec::new(),
+            peer: Vec::new(),
             status,
         }
     }
@@ -62,6 +66,16 @@ impl Row {
     /// guest/host: ratio of the medians, spread of the per-pair ratios.
     pub fn ratio(&self) -> Option<Summary> {
         stats::ratio(&self.host, &self.guest)
+    }
+
+    pub fn peer_summary(&self) -> Option<Summary> {
+        Summary::of(&self.peer)
+    }
+
+    /// Kite/peer: ratio of the medians, spread of the per-pair ratios (each Kite run with the
+    /// peer's run after it).
+    pub fn peer_ratio(&self) -> Option<Summary> {
+        stats::ratio(&self.peer, &self.guest)
     }
 }
 
@@ -91,6 +105,10 @@ pub struct Report {
     pub guest_image: String,
     /// The Linux guest's kernel and initramfs, if `linux-boot` booted them.
     pub linux_images: Option<(String, String)>,
+    /// The peer binary (`--peer`), if one ran.
+    pub peer: Option<String>,
+    /// Kite's system-call filters, and the peer's: "on" or "off" (`--seccomp`).
+    pub seccomp: String,
     pub rows: Vec<Row>,
     pub raw: Vec<RawRun>,
 }
@@ -115,6 +133,10 @@ struct Document<'a> {
     tsc_hz: f64,
     guest_image: &'a str,
     linux_images: Option<LinuxImages<'a>>,
+    /// The peer binary, `null` without `--peer`.
+    peer: Option<&'a str>,
+    /// "on" or "off", on Kite and the peer alike.
+    seccomp: &'a str,
     rows: Vec<JsonRow<'a>>,
     result_lines: &'a [RawRun],
 }
@@ -137,6 +159,9 @@ struct JsonRow<'a> {
     host: JsonSide<'a>,
     guest: JsonSide<'a>,
     guest_over_host: Option<Summary>,
+    /// The peer's samples (empty without `--peer` or where it did not run).
+    peer: JsonSide<'a>,
+    kite_over_peer: Option<Summary>,
 }
 
 #[derive(Serialize)]
@@ -171,6 +196,11 @@ impl<'a> From<&'a Row> for JsonRow<'a> {
                 summary: row.guest_summary(),
             },
             guest_over_host: row.ratio(),
+            peer: JsonSide {
+                samples: &row.peer,
+                summary: row.peer_summary(),
+            },
+            kite_over_peer: row.peer_ratio(),
         }
     }
 }
@@ -186,6 +216,8 @@ pub fn to_json(report: &Report) -> serde_json::Result<String> {
             .linux_images
             .as_ref()
             .map(|(kernel, initrd)| LinuxImages { kernel, initrd }),
+        peer: report.peer.as_deref(),
+        seccomp: &report.seccomp,
         rows: report.rows.iter().map(JsonRow::from).collect(),
         result_lines: &report.raw,
     };
@@ -208,6 +240,8 @@ pub(crate) mod tests {
             tsc_hz: 2.6e9,
             guest_image: "/tmp/guest \"a\".elf".into(),
             linux_images: Some(("/k/vmlinux".into(), "/k/initramfs.cpio".into())),
+            peer: None,
+            seccomp: "on".into(),
             rows: vec![
                 Row::new(
                     "cpu",
@@ -234,6 +268,33 @@ pub(crate) mod tests {
                 wall_ms: 210.5,
             }],
         }
+    }
+
+    /// [`sample_report`] run with a peer: the cpu row has its samples.
+    pub fn peer_report() -> Report {
+        let mut report = sample_report();
+        report.peer = Some("/p/firecracker".into());
+        report.rows[0].peer = vec![400.0, 470.0, 500.0];
+        report
+    }
+
+    #[test]
+    fn json_has_the_peer_and_the_kite_over_peer_ratio() {
+        let text = to_json(&peer_report()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["peer"], "/p/firecracker");
+        assert_eq!(v["seccomp"], "on");
+        let cpu = &v["rows"][0];
+        assert_eq!(cpu["peer"]["samples"].as_array().unwrap().len(), 3);
+        assert_eq!(cpu["peer"]["summary"]["median"], 470.0);
+        // Kite 470 / peer 470; pairs 460/400, 470/470, 800/500.
+        assert_eq!(cpu["kite_over_peer"]["median"], 1.0);
+        assert_eq!(cpu["kite_over_peer"]["max"], 1.6);
+        assert!(v["rows"][1]["kite_over_peer"].is_null());
+        let plain: serde_json::Value =
+            serde_json::from_str(&to_json(&sample_report()).unwrap()).unwrap();
+        assert!(plain["peer"].is_null());
+        assert!(plain["rows"][0]["kite_over_peer"].is_null());
     }
 
     #[test]
@@ -285,9 +346,11 @@ pub(crate) mod tests {
                 "guest_image",
                 "linux_images",
                 "other_runs",
+                "peer",
                 "result_lines",
                 "rows",
                 "runs",
+                "seccomp",
                 "tsc_hz"
             ]
         );
@@ -299,7 +362,9 @@ pub(crate) mod tests {
                 "guest",
                 "guest_over_host",
                 "host",
+                "kite_over_peer",
                 "name",
+                "peer",
                 "reason",
                 "status",
                 "unit",
@@ -310,6 +375,16 @@ pub(crate) mod tests {
             assert_eq!(keys(&row[side]), ["samples", "summary"]);
             assert_eq!(keys(&row[side]["summary"]), ["max", "median", "min"]);
         }
+        assert_eq!(keys(&row["peer"]), ["samples", "summary"]);
+        let v: serde_json::Value = serde_json::from_str(&to_json(&peer_report()).unwrap()).unwrap();
+        assert_eq!(
+            keys(&v["rows"][0]["peer"]["summary"]),
+            ["max", "median", "min"]
+        );
+        assert_eq!(
+            keys(&v["rows"][0]["kite_over_peer"]),
+            ["max", "median", "min"]
+        );
         assert_eq!(keys(&row["guest_over_host"]), ["max", "median", "min"]);
         assert_eq!(
             keys(&v["result_lines"][0]),

@@ -69,7 +69,8 @@ impl Output {
     }
 }
 
-fn read_lines(pipe: impl Read + Send + 'static) -> JoinHandle<(Vec<(u64, String)>, u64)> {
+/// Read `pipe` to its end on a thread: its lines, each stamped as it arrived, and when it ended.
+pub fn read_lines(pipe: impl Read + Send + 'static) -> JoinHandle<(Vec<(u64, String)>, u64)> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(pipe);
         let mut lines = Vec::new();

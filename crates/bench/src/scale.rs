@@ -530,6 +530,7 @@ pub(crate) mod tests {
             disk: None,
             net: None,
             tsc_hz: 2e9,
+            seccomp: true,
         };
         let cmd = workloads::guest_command(&ctx, Workload::Scale, "16G", Some(32));
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();

@@ -79,10 +79,30 @@ pub fn render(report: &Report) -> String {
         .filter_map(|r| Some((r, r.ratio()?)))
         .filter(|(_, s)| s.median.is_finite() && s.min.is_finite() && s.max.is_finite())
         .collect();
+    let peer_bars: Vec<(&Row, Summary)> = report
+        .rows
+        .iter()
+        .filter(|r| r.status == Status::Ok)
+        .filter_map(|r| Some((r, r.peer_ratio()?)))
+        .filter(|(_, s)| s.median.is_finite() && s.min.is_finite() && s.max.is_finite())
+        .collect();
     let mut body = String::new();
     let mut height = 0.0;
-    if !bars.is_empty() || panels.is_empty() {
-        height = ratio_chart(&mut body, report.runs, &bars, height);
+    if !bars.is_empty() || (panels.is_empty() && peer_bars.is_empty()) {
+        height = ratio_chart(&mut body, report.runs, &bars, height, &GUEST_HOST);
+    }
+    if !peer_bars.is_empty() {
+        let peer = report.peer.as_deref().unwrap_or("the peer");
+        let subtitle = format!(
+            "1 = as under {}; lower = Kite costs less (seccomp {} on both)",
+            escape(peer),
+            escape(&report.seccomp)
+        );
+        let titles = Titles {
+            title: "Kite / peer",
+            subtitle: &subtitle,
+        };
+        height = ratio_chart(&mut body, report.runs, &peer_bars, height, &titles);
     }
     if !panels.is_empty() {
         height = scale_chart(&mut body, &panels, height);
@@ -102,8 +122,25 @@ pub fn render(report: &Report) -> String {
     s
 }
 
-/// The guest/host bars, from `top` down; returns where the chart ends.
-fn ratio_chart(s: &mut String, runs: u32, bars: &[(&Row, Summary)], top: f64) -> f64 {
+/// What a ratio chart says above its bars (`subtitle` already escaped).
+struct Titles<'a> {
+    title: &'a str,
+    subtitle: &'a str,
+}
+
+const GUEST_HOST: Titles<'static> = Titles {
+    title: "Kite: guest / host",
+    subtitle: "1 = as on the bare host; higher = the VM costs more",
+};
+
+/// The ratio bars (guest/host or Kite/peer), from `top` down; returns where the chart ends.
+fn ratio_chart(
+    s: &mut String,
+    runs: u32,
+    bars: &[(&Row, Summary)],
+    top: f64,
+    titles: &Titles,
+) -> f64 {
     let (lo, hi) = axis(bars.iter().flat_map(|(_, s)| [s.min, s.median, s.max]));
     let span = (hi / lo).ln();
     let x = |v: f64| PLOT_X + ((v.max(lo).min(hi) / lo).ln() / span) * PLOT_W;
@@ -112,17 +149,18 @@ fn ratio_chart(s: &mut String, runs: u32, bars: &[(&Row, Summary)], top: f64) ->
 
     let _ = writeln!(
         s,
-        "<text x=\"{}\" y=\"{}\" font-size=\"16\" font-weight=\"bold\">Kite: guest / host, \
+        "<text x=\"{}\" y=\"{}\" font-size=\"16\" font-weight=\"bold\">{}, \
          log scale (bar: ratio of medians; whisker: min..max of {} paired runs)</text>",
         10.0,
         top + 24.0,
+        titles.title,
         runs
     );
     let _ = writeln!(
         s,
-        "<text x=\"10\" y=\"{}\" fill=\"#555\">1 = as on the bare host; higher = the VM \
-         costs more</text>",
-        top + 44.0
+        "<text x=\"10\" y=\"{}\" fill=\"#555\">{}</text>",
+        top + 44.0,
+        titles.subtitle
     );
     // Grid and axis labels.
     for tick in ticks(lo, hi) {
@@ -401,6 +439,22 @@ mod tests {
         assert!(svg.contains(">cpu: workload cycles</text>"));
         assert!(svg.contains("1.09"));
         assert!(!svg.contains("pio-rtt"));
+    }
+
+    #[test]
+    fn a_peer_adds_its_own_chart() {
+        let svg = render(&crate::report::tests::peer_report());
+        check_xml(&svg);
+        let (guest, peer) = (
+            svg.find("guest / host").unwrap(),
+            svg.find("Kite / peer").unwrap(),
+        );
+        assert!(guest < peer);
+        assert!(svg.contains("as under /p/firecracker") && svg.contains("seccomp on on both"));
+        // Kite/peer of the cpu row: 470/470, whisker 1.0..1.6.
+        assert!(svg[peer..].contains(">1.00</text>"), "{svg}");
+        assert_eq!(svg.matches(">cpu: workload cycles</text>").count(), 2);
+        assert!(!render(&sample_report()).contains("Kite / peer"));
     }
 
     #[test]

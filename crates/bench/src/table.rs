@@ -1,6 +1,6 @@
 //! The plain-text table `kite bench` prints on stdout.
 
-use super::report::{Report, Row, Status};
+use super::report::{Report, Status};
 use super::stats::Summary;
 
 /// A figure with about four significant digits.
@@ -27,8 +27,8 @@ fn summary_cells(s: Option<Summary>) -> [String; 3] {
     }
 }
 
-fn ratio_cell(row: &Row) -> String {
-    match row.ratio() {
+fn ratio_cell(ratio: Option<Summary>) -> String {
+    match ratio {
         Some(r) => format!("{:.2} ({:.2}..{:.2})", r.median, r.min, r.max),
         None => "-".into(),
     }
@@ -45,10 +45,18 @@ const HEADER: [&str; 9] = [
     "max",
     "guest/host (min..max)",
 ];
+/// The columns a peer adds (`--peer`); "guest" is then Kite's side.
+const PEER_HEADER: [&str; 4] = ["peer median", "min", "max", "kite/peer (min..max)"];
 
 /// The table: one line per row; a row without figures says why after its name.
 pub fn render(report: &Report) -> String {
-    let mut cells: Vec<Vec<String>> = vec![HEADER.iter().map(|s| s.to_string()).collect()];
+    let with_peer = report.peer.is_some();
+    let mut header: Vec<String> = HEADER.iter().map(|s| s.to_string()).collect();
+    if with_peer {
+        header.extend(PEER_HEADER.iter().map(|s| s.to_string()));
+    }
+    let columns = header.len();
+    let mut cells: Vec<Vec<String>> = vec![header];
     let mut notes: Vec<Option<String>> = vec![None];
     for row in &report.rows {
         match &row.status {
@@ -56,7 +64,11 @@ pub fn render(report: &Report) -> String {
                 let mut line = vec![row.name.clone(), row.unit.clone()];
                 line.extend(summary_cells(row.host_summary()));
                 line.extend(summary_cells(row.guest_summary()));
-                line.push(ratio_cell(row));
+                line.push(ratio_cell(row.ratio()));
+                if with_peer {
+                    line.extend(summary_cells(row.peer_summary()));
+                    line.push(ratio_cell(row.peer_ratio()));
+                }
                 cells.push(line);
                 notes.push(None);
             }
@@ -70,7 +82,7 @@ pub fn render(report: &Report) -> String {
             }
         }
     }
-    let mut widths = [0usize; HEADER.len()];
+    let mut widths = vec![0usize; columns];
     for line in &cells {
         for (i, c) in line.iter().enumerate() {
             widths[i] = widths[i].max(c.chars().count());
@@ -107,10 +119,27 @@ pub fn render(report: &Report) -> String {
             true => String::new(),
             false => format!(" ({})", others.join(", ")),
         };
+        let order = if with_peer {
+            "host/kite/peer"
+        } else {
+            "host/guest"
+        };
         out.push_str(&format!(
-            "{} runs per side{others}, interleaved host/guest; TSC {:.3} GHz (measured on the host)\n",
+            "{} runs per side{others}, interleaved {order}; TSC {:.3} GHz (measured on the host)\n",
             report.runs,
             report.tsc_hz / 1e9
+        ));
+    }
+    if let Some(peer) = &report.peer {
+        out.push_str(&format!(
+            "peer: {peer} (--no-api --config-file, the guest's configuration as Kite's); seccomp {} on both; \
+             cost rows count every process of a run, until the VM is freed\n",
+            report.seccomp
+        ));
+    } else if !report.seccomp.is_empty() && report.seccomp != "on" {
+        out.push_str(&format!(
+            "seccomp {} (Kite's system-call filters)\n",
+            report.seccomp
         ));
     }
     out
@@ -128,6 +157,25 @@ mod tests {
         assert_eq!(num(25.04), "25.04");
         assert_eq!(num(1.23456), "1.235");
         assert_eq!(num(f64::NAN), "-");
+    }
+
+    #[test]
+    fn a_peer_adds_its_columns_and_says_how_it_ran() {
+        let text = render(&crate::report::tests::peer_report());
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("peer median") && lines[0].ends_with("kite/peer (min..max)"));
+        let cpu = lines.iter().find(|l| l.starts_with("cpu:")).unwrap();
+        let words: Vec<&str> = cpu.split_whitespace().collect();
+        assert_eq!(
+            words[words.len() - 5..],
+            ["470.0", "400.0", "500.0", "1.00", "(1.00..1.60)"]
+        );
+        let pio = lines.iter().find(|l| l.starts_with("pio-rtt")).unwrap();
+        let words: Vec<&str> = pio.split_whitespace().collect();
+        assert_eq!(words[words.len() - 5..], ["-", "-", "-", "-", "-"], "{pio}");
+        assert!(text.contains("interleaved host/kite/peer"));
+        assert!(text.contains("peer: /p/firecracker") && text.contains("seccomp on on both"));
+        assert!(!render(&crate::report::tests::sample_report()).contains("peer"));
     }
 
     #[test]

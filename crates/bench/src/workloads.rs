@@ -30,7 +30,7 @@ pub const RTT_EXITS: u64 = 20_000;
 pub const NET_FRAMES: u64 = 1000;
 pub const NET_BYTES: u64 = 64;
 /// The guest's MAC address on the bench's tap.
-const GUEST_MAC: &str = "52:54:00:4b:49:54";
+pub const GUEST_MAC: &str = "52:54:00:4b:49:54";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Workload {
@@ -202,7 +202,7 @@ impl Workload {
     }
 
     /// Time limit of one child run.
-    fn limit(self) -> Duration {
+    pub fn limit(self) -> Duration {
         if self == Workload::LinuxBoot {
             return linux::LIMIT;
         }
@@ -235,6 +235,8 @@ pub struct Ctx<'a> {
     /// The namespace, tap and echo server for virtio-net.
     pub net: Option<&'a NetSetup>,
     pub tsc_hz: f64,
+    /// Kite's system-call filters on (`--seccomp on`, the default) or off, and the peer's too.
+    pub seccomp: bool,
 }
 
 /// One child run's result.
@@ -250,6 +252,8 @@ pub struct Sample {
     /// Spawn to Kite's process start, ms (guest runs with a timeline only).
     pub exec_ms: Option<f64>,
     pub timeline: RunTimeline,
+    /// The whole run's cost, for runs made through [`super::measure`] (`--peer`).
+    pub cost: Option<super::measure::Cost>,
 }
 
 pub enum Outcome {
@@ -285,6 +289,40 @@ fn host_command(ctx: &Ctx, w: Workload) -> Command {
 /// syntax) and, if given, `cpus` vCPUs (else Kite's default, 1).
 pub fn guest_command(ctx: &Ctx, w: Workload, memory: &str, cpus: Option<u8>) -> Command {
     let mut cmd = Command::new(ctx.exe);
+    let cmdline = cmdline(w);
+    // The test guest finds its devices on the command line, not in ACPI tables.
+    cmd.args(["run", "--no-acpi"]);
+    if let Some(guest) = ctx.guest {
+        cmd.arg("--kernel").arg(guest);
+    }
+    cmd.args(["--memory", memory]);
+    if let Some(cpus) = cpus {
+        cmd.args(["--cpus", &cpus.to_string()]);
+    }
+    if !ctx.seccomp {
+        cmd.args(["--seccomp", "off"]);
+    }
+    cmd.args(["--timeline", "--cmdline", &cmdline]);
+    if w.needs_net() {
+        cmd.arg("--net")
+            .arg(format!("tap={},mac={GUEST_MAC}", net::TAP));
+    }
+    if matches!(w, Workload::Startup | Workload::Scale) {
+        cmd.arg("--boot-timer");
+    }
+    if let (true, Some(disk)) = (w.needs_disk(), ctx.disk) {
+        cmd.arg("--disk").arg(disk);
+    }
+    wrap_net(ctx, w, cmd)
+}
+
+/// [`GUEST_MEMORY`] in MiB.
+pub fn guest_memory_mib() -> u64 {
+    GUEST_MEMORY.trim_end_matches('M').parse().unwrap_or(256)
+}
+
+/// The test guest's command line for `w`: its scenario and settings.
+pub fn cmdline(w: Workload) -> String {
     let mut cmdline = format!("kite_test={}", w.scenario());
     if matches!(w, Workload::PioRtt | Workload::MmioRtt) {
         cmdline.push_str(&format!(" kite_n={RTT_EXITS}"));
@@ -304,31 +342,11 @@ pub fn guest_command(ctx: &Ctx, w: Workload, memory: &str, cpus: Option<u8>) -> 
             net::PEER_PORT
         ));
     }
-    // The test guest finds its devices on the command line, not in ACPI tables.
-    cmd.args(["run", "--no-acpi"]);
-    if let Some(guest) = ctx.guest {
-        cmd.arg("--kernel").arg(guest);
-    }
-    cmd.args(["--memory", memory]);
-    if let Some(cpus) = cpus {
-        cmd.args(["--cpus", &cpus.to_string()]);
-    }
-    cmd.args(["--timeline", "--cmdline", &cmdline]);
-    if w.needs_net() {
-        cmd.arg("--net")
-            .arg(format!("tap={},mac={GUEST_MAC}", net::TAP));
-    }
-    if matches!(w, Workload::Startup | Workload::Scale) {
-        cmd.arg("--boot-timer");
-    }
-    if let (true, Some(disk)) = (w.needs_disk(), ctx.disk) {
-        cmd.arg("--disk").arg(disk);
-    }
-    wrap_net(ctx, w, cmd)
+    cmdline
 }
 
 /// `cmd`, run in virtio-net's namespace if `w` is virtio-net.
-fn wrap_net(ctx: &Ctx, w: Workload, cmd: Command) -> Command {
+pub fn wrap_net(ctx: &Ctx, w: Workload, cmd: Command) -> Command {
     match (w.needs_net(), ctx.net) {
         (true, Some(setup)) => setup.wrap(&cmd),
         _ => cmd,
@@ -357,10 +375,14 @@ pub fn run_once(ctx: &Ctx, w: Workload, side: Side) -> Outcome {
 
 /// Run `cmd`, a child of `w` (either side), and read its result line.
 pub fn run_command(w: Workload, cmd: Command) -> Outcome {
-    let out = match runner::run(cmd, w.limit()) {
-        Ok(out) => out,
-        Err(e) => return Outcome::Failed(e.to_string()),
-    };
+    match runner::run(cmd, w.limit()) {
+        Ok(out) => parse_output(w, out),
+        Err(e) => Outcome::Failed(e.to_string()),
+    }
+}
+
+/// The result of a finished child of `w` (either side) from its output.
+pub fn parse_output(w: Workload, out: runner::Output) -> Outcome {
     let found = out
         .lines
         .iter()
@@ -402,6 +424,7 @@ pub fn run_command(w: Workload, cmd: Command) -> Outcome {
         line_ms: ms_since_spawn(at),
         exec_ms: timeline.start_ns.map(ms_since_spawn),
         timeline,
+        cost: None,
     })
 }
 
@@ -541,6 +564,7 @@ mod tests {
             line_ms: wall_ms - 1.0,
             exec_ms: Some(1.5),
             timeline: RunTimeline::default(),
+            cost: None,
         }
     }
 
@@ -552,6 +576,7 @@ mod tests {
             disk: None,
             net: None,
             tsc_hz: 2e9,
+            seccomp: true,
         }
     }
 

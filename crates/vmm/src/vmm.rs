@@ -201,7 +201,13 @@ impl Vmm {
                 .map_err(Error::Cmdline)?;
         let ring0 = emulated_ring0::decide(config.ring0_workarounds, emulated_ring0::detect);
         if let Some(why) = ring0 {
-            let words = emulated_ring0::missing_words(&config.cmdline);
+            let bzimage = kernel.format == boot::KernelFormat::BzImage;
+            let words = emulated_ring0::words_for(
+                config.ring0_workarounds,
+                &config.kernel,
+                bzimage,
+                &config.cmdline,
+            );
             for w in &words {
                 cmdline.insert_str(w).map_err(Error::Cmdline)?;
             }

@@ -70,17 +70,36 @@ pub fn detect_from(cpuinfo: &str, modules: &str) -> Option<&'static str> {
         .lines()
         .filter(|l| l.starts_with("flags"))
         .any(|l| l.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-    if hw {
-        None
-    } else {
-        Some("the CPU has no vmx/svm flag")
-    }
+    detect_hw(hw)
 }
 
-/// [`detect_from`] on this host's /proc files (a file that cannot be read counts as empty).
+/// [`detect_from`]'s answer for this host, without reading either file (both cost, on every
+/// `kite run`: the kernel makes /proc/cpuinfo afresh, its `cpu MHz` lines asking each CPU):
+/// a module, loaded or built in (as kvm_pvm is on some hosts, where /proc/modules does not
+/// list it or does not exist), has a directory in /sys/module; and the `vmx`/`svm` flags of
+/// /proc/cpuinfo are CPUID.1:ECX[5] and CPUID.80000001h:ECX[2], asked of the CPU directly.
 pub fn detect() -> Option<&'static str> {
-    let read = |p: &str| std::fs::read_to_string(Path::new(p)).unwrap_or_default();
-    detect_from(&read("/proc/cpuinfo"), &read("/proc/modules"))
+    if Path::new("/sys/module/kvm_pvm").exists() {
+        return Some("the kvm_pvm module is loaded");
+    }
+    detect_hw(cpu_has_vmx_or_svm())
+}
+
+/// The CPU's own answer: VT-x (CPUID.1:ECX bit 5) or AMD-V (CPUID.80000001h:ECX bit 2).
+fn cpu_has_vmx_or_svm() -> bool {
+    use std::arch::x86_64::__cpuid;
+    let vmx = __cpuid(1).ecx & (1 << 5) != 0;
+    let extended = __cpuid(0x8000_0000).eax;
+    let svm = extended >= 0x8000_0001 && __cpuid(0x8000_0001).ecx & (1 << 2) != 0;
+    vmx || svm
+}
+
+/// [`detect_from`]'s answer from the flag alone (no kvm_pvm module).
+fn detect_hw(vmx_or_svm: bool) -> Option<&'static str> {
+    match vmx_or_svm {
+        true => None,
+        false => Some("the CPU has no vmx/svm flag"),
+    }
 }
 
 /// Whether to apply the workarounds, and why (for the log line).
@@ -90,6 +109,84 @@ pub fn decide(mode: Mode, detected: impl FnOnce() -> Option<&'static str>) -> Op
         Mode::On => Some("--ring0-workarounds on"),
         Mode::Auto => detected(),
     }
+}
+
+/// The words to add to `cmdline` for `kernel` once [`decide`] said yes: [`missing_words`], if
+/// the kernel is Linux or `mode` is `On`. They are Linux's options: another kernel (the ring-3
+/// test guest, a unikernel) gets none, and its command line stays as given (it may show it).
+/// Linux is a bzImage, or an ELF with a note of Linux's or Xen's (every vmlinux since 4.20 has
+/// Linux's build-salt note; PVH-capable ones have Xen's).
+pub fn words_for(mode: Mode, kernel: &Path, bzimage: bool, cmdline: &str) -> Vec<&'static str> {
+    if mode == Mode::On || bzimage || elf_notes_say_linux(kernel) {
+        missing_words(cmdline)
+    } else {
+        Vec::new()
+    }
+}
+
+/// Whether the ELF file at `path` has a note (in a PT_NOTE segment) named "Linux" or "Xen".
+/// `false` if it cannot be read or parsed.
+fn elf_notes_say_linux(path: &Path) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = std::fs::File::open(path) else {
+        return false;
+    };
+    let mut read_at = |offset: u64, len: usize| -> Option<Vec<u8>> {
+        // Notes are small; a segment claiming more than 1 MiB is not read.
+        if len > 1 << 20 {
+            return None;
+        }
+        let mut buf = vec![0u8; len];
+        file.seek(SeekFrom::Start(offset)).ok()?;
+        file.read_exact(&mut buf).ok()?;
+        Some(buf)
+    };
+    let Some(header) = read_at(0, 64) else {
+        return false;
+    };
+    let u16_at = |b: &[u8], at: usize| u16::from_le_bytes([b[at], b[at + 1]]);
+    let u32_at =
+        |b: &[u8], at: usize| u32::from_le_bytes(b[at..at + 4].try_into().unwrap_or([0; 4]));
+    let u64_at =
+        |b: &[u8], at: usize| u64::from_le_bytes(b[at..at + 8].try_into().unwrap_or([0; 8]));
+    // A little-endian ELF64.
+    if header[..4] != *b"\x7fELF" || header[4] != 2 || header[5] != 1 {
+        return false;
+    }
+    let (phoff, phentsize, phnum) = (
+        u64_at(&header, 32),
+        u16_at(&header, 54),
+        u16_at(&header, 56),
+    );
+    if phentsize < 56 {
+        return false;
+    }
+    let Some(table) = read_at(phoff, usize::from(phentsize) * usize::from(phnum)) else {
+        return false;
+    };
+    table
+        .chunks_exact(usize::from(phentsize))
+        .filter(|ph| u32_at(ph, 0) == 4) // PT_NOTE
+        .filter_map(|ph| read_at(u64_at(ph, 8), u64_at(ph, 32) as usize))
+        .any(|notes| note_names(&notes).any(|name| name == b"Linux" || name == b"Xen"))
+}
+
+/// The names of the notes in a PT_NOTE segment's bytes (without their NUL).
+fn note_names(mut notes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let align4 = |n: usize| n.div_ceil(4) * 4;
+    std::iter::from_fn(move || {
+        if notes.len() < 12 {
+            return None;
+        }
+        let namesz = u32::from_le_bytes(notes[0..4].try_into().ok()?) as usize;
+        let descsz = u32::from_le_bytes(notes[4..8].try_into().ok()?) as usize;
+        let name = notes.get(12..12 + namesz)?;
+        let next = 12usize
+            .checked_add(align4(namesz))?
+            .checked_add(align4(descsz))?;
+        notes = notes.get(next..).unwrap_or(&[]);
+        Some(name.strip_suffix(&[0]).unwrap_or(name))
+    })
 }
 
 /// The words of [`CMDLINE_WORDS`] whose option `cmdline` does not set yet.
@@ -135,6 +232,103 @@ mod tests {
         );
         // A flag that merely contains the letters does not count.
         assert!(detect_from("flags\t: vmxsomething\n", "").is_some());
+    }
+
+    /// The quick answer (sysfs and CPUID) is the one the /proc files give on this host.
+    #[test]
+    fn quick_detection_agrees_with_the_proc_files() {
+        let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let flags = detect_from(&cpuinfo, "");
+        assert_eq!(
+            detect_hw(cpu_has_vmx_or_svm()),
+            flags,
+            "CPUID against /proc/cpuinfo"
+        );
+        let modules = read("/proc/modules");
+        if modules.lines().any(|l| l.starts_with("kvm_pvm ")) {
+            assert_eq!(detect(), Some("the kvm_pvm module is loaded"));
+        }
+        if flags.is_none() && !Path::new("/sys/module/kvm_pvm").exists() {
+            assert_eq!(detect(), None);
+        }
+    }
+
+    /// A note as it sits in a PT_NOTE segment: sizes, type, name and description, 4-aligned.
+    fn note(name: &[u8], desc: &[u8]) -> Vec<u8> {
+        let mut v = Vec::new();
+        v.extend_from_slice(&(name.len() as u32 + 1).to_le_bytes());
+        v.extend_from_slice(&(desc.len() as u32).to_le_bytes());
+        v.extend_from_slice(&1u32.to_le_bytes());
+        v.extend_from_slice(name);
+        v.push(0);
+        while v.len() % 4 != 0 {
+            v.push(0);
+        }
+        v.extend_from_slice(desc);
+        while v.len() % 4 != 0 {
+            v.push(0);
+        }
+        v
+    }
+
+    /// An ELF64 with one PT_NOTE segment holding `notes`.
+    fn elf_with_notes(notes: &[u8]) -> Vec<u8> {
+        let mut elf = vec![0u8; 64 + 56];
+        elf[..4].copy_from_slice(b"\x7fELF");
+        elf[4] = 2;
+        elf[5] = 1;
+        elf[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+        elf[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+        elf[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+        let ph = &mut elf[64..120];
+        ph[0..4].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+        ph[8..16].copy_from_slice(&120u64.to_le_bytes()); // p_offset
+        ph[32..40].copy_from_slice(&(notes.len() as u64).to_le_bytes()); // p_filesz
+        elf.extend_from_slice(notes);
+        elf
+    }
+
+    #[test]
+    fn linux_words_go_only_to_linux() {
+        let dir = std::env::temp_dir().join(format!("kite-ring0-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let write = |name: &str, bytes: &[u8]| {
+            let p = dir.join(name);
+            std::fs::write(&p, bytes).unwrap();
+            p
+        };
+        let gnu = note(b"GNU", &[1; 20]);
+        let linux = [gnu.clone(), note(b"Linux", &[0; 4])].concat();
+        let vmlinux = write("vmlinux", &elf_with_notes(&linux));
+        let pvh = write("pvh", &elf_with_notes(&note(b"Xen", &[0; 8])));
+        let other = write("other", &elf_with_notes(&gnu));
+        let bare = write("bare", &elf_with_notes(&[]));
+        let junk = write("junk", b"not an elf");
+        let all = CMDLINE_WORDS.to_vec();
+        let words = |m, p: &Path, bz| words_for(m, p, bz, "console=ttyS0");
+        assert_eq!(words(Mode::Auto, &vmlinux, false), all);
+        assert_eq!(words(Mode::Auto, &pvh, false), all);
+        assert!(words(Mode::Auto, &other, false).is_empty());
+        assert!(words(Mode::Auto, &bare, false).is_empty());
+        assert!(words(Mode::Auto, &junk, false).is_empty());
+        assert!(words(Mode::Auto, Path::new("/nonexistent"), false).is_empty());
+        // A bzImage is Linux; `on` adds them whatever the kernel.
+        assert_eq!(words(Mode::Auto, &junk, true), all);
+        assert_eq!(words(Mode::On, &other, false), all);
+        // A note cut short ends the walk without a panic.
+        let cut = elf_with_notes(&linux[..linux.len() - 6]);
+        let _ = elf_notes_say_linux(&write("cut", &cut));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The guest-images kernel, if built, is recognised.
+    #[test]
+    fn the_guest_images_vmlinux_is_linux() {
+        let vmlinux = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../guest-images/out/vmlinux");
+        if vmlinux.is_file() {
+            assert!(elf_notes_say_linux(&vmlinux));
+        }
     }
 
     #[test]
