@@ -1,0 +1,91 @@
+//! Guest memory in its own file: written sparse (a page of zeroes, which includes every page
+//! the guest never touched, is a hole), and mapped back private and lazily, so that pages are
+//! read from the file (the page cache, shared by every clone of one snapshot) only when the
+//! guest touches them, and the guest's writes stay in the process that made them.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use vm_memory::mmap::MmapRegionBuilder;
+use vm_memory::{
+    FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
+};
+
+use crate::memory::{GuestMem, ram_ranges};
+
+/// Pages are compared in blocks of this size: a block that is all zeroes is left as a hole.
+const BLOCK: usize = 4096;
+
+/// Write guest RAM to `file` (already empty), regions one after another, skipping zero blocks;
+/// returns the bytes written. The file's length is the size of RAM.
+pub fn write_sparse(mem: &GuestMem, file: &File) -> std::io::Result<u64> {
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    file.set_len(total)?;
+    let mut offset = 0u64;
+    let mut written = 0u64;
+    for region in mem.iter() {
+        let len = region.len() as usize;
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // SAFETY: `host` is the start of this region's live mapping of `len` bytes, owned by
+        // `mem` for the duration of this call. The vCPUs are parked, so nothing writes to it
+        // while it is read; the bytes are only copied out.
+        let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
+        let mut at = 0;
+        while at < len {
+            // One run of non-zero blocks, written at once.
+            let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
+            while at < len && zero(&bytes[at..(at + BLOCK).min(len)]) {
+                at += BLOCK;
+            }
+            let start = at;
+            while at < len && !zero(&bytes[at..(at + BLOCK).min(len)]) {
+                at += BLOCK;
+            }
+            let end = at.min(len);
+            if end > start {
+                file.write_all_at(&bytes[start..end], offset + start as u64)?;
+                written += (end - start) as u64;
+            }
+        }
+        offset += len as u64;
+    }
+    Ok(written)
+}
+
+/// Map `size` bytes of guest RAM from `file`, MAP_PRIVATE (copy on write) and lazily, laid out
+/// as [`crate::memory::create`] lays out fresh RAM. `Err` names what is wrong in one line.
+pub fn map_private(path: &Path, size: u64) -> Result<GuestMem, String> {
+    let file = File::open(path)
+        .map_err(|e| format!("cannot open the memory file {}: {e}", path.display()))?;
+    let len = file
+        .metadata()
+        .map_err(|e| format!("cannot read the memory file {}: {e}", path.display()))?
+        .len();
+    if len < size {
+        return Err(format!(
+            "the memory file {} has {len} bytes, the snapshot's guest RAM {size}: wrong or truncated memory file",
+            path.display()
+        ));
+    }
+    let mut regions = Vec::new();
+    let mut offset = 0u64;
+    for (start, len) in ram_ranges(size) {
+        let fd = file
+            .try_clone()
+            .map_err(|e| format!("cannot reuse the memory file descriptor: {e}"))?;
+        let region = MmapRegionBuilder::new(len)
+            .with_file_offset(FileOffset::new(fd, offset))
+            .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
+            .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .build()
+            .map_err(|e| format!("cannot map the memory file {}: {e}", path.display()))?;
+        let region = GuestRegionMmap::new(region, start)
+            .ok_or_else(|| format!("guest RAM at {:#x} does not fit", start.0))?;
+        regions.push(region);
+        offset += len as u64;
+    }
+    GuestMemoryMmap::from_regions(regions).map_err(|e| format!("guest RAM layout: {e}"))
+}
