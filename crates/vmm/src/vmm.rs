@@ -160,6 +160,10 @@ pub struct Vmm {
     devices: DeviceManager,
     /// The machine's shape, as a snapshot records it.
     machine: snapshot::MachineState,
+    /// Guest RAM is anonymous (booted), not mapped from a snapshot's memory file.
+    anonymous_ram: bool,
+    /// /proc/self/status, opened now for snapshots made once the seccomp filters are on.
+    proc_status: Option<std::fs::File>,
     api: Option<RunningApi>,
     timeout: Option<Duration>,
     seccomp: seccomp::Mode,
@@ -232,6 +236,7 @@ impl Vmm {
         let mut vmm = finish(m, &config, cpuids, process_start, timeline);
         let ids: Vec<String> = state.machine.nets.iter().map(|n| n.0.clone()).collect();
         vmm.machine = snapshot::MachineState::of(&config, &ids);
+        vmm.anonymous_ram = false;
         if !resume {
             vmm.pause.start_paused();
         }
@@ -297,6 +302,8 @@ impl Vmm {
             threads,
             devices: &self.devices,
             machine,
+            anonymous: self.anonymous_ram,
+            status: self.proc_status.as_ref(),
         };
         snapshot::create(&parts, state, mem).map_err(|e| crate::error_chain(&e))
     }
@@ -734,6 +741,8 @@ fn finish(
         device_counters: m.device_counters,
         devices: m.devices,
         machine: snapshot::MachineState::of(config, &[]),
+        anonymous_ram: true,
+        proc_status: std::fs::File::open("/proc/self/status").ok(),
         api: None,
         timeout: config.timeout,
         seccomp: config.seccomp,

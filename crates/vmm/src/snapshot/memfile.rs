@@ -17,9 +17,29 @@ use crate::memory::{GuestMem, ram_ranges};
 /// Pages are compared in blocks of this size: a block that is all zeroes is left as a hole.
 const BLOCK: usize = 4096;
 
+/// Which pages of `len` bytes at `host` are resident (mincore): in anonymous memory with
+/// nothing in swap, a page that is not resident was never written.
+fn resident(host: *const u8, len: usize) -> Option<Vec<u8>> {
+    let pages = len.div_ceil(BLOCK);
+    let mut vec = vec![0u8; pages];
+    // SAFETY: `host` is page-aligned and the start of a live mapping of `len` bytes; `vec`
+    // has one byte per page of it, as mincore writes.
+    let rc = unsafe { libc::mincore(host as *mut libc::c_void, len, vec.as_mut_ptr()) };
+    (rc == 0).then_some(vec)
+}
+
 /// Write guest RAM to `file` (already empty), regions one after another, skipping zero blocks;
-/// returns the bytes written. The file's length is the size of RAM.
-pub fn write_sparse(mem: &GuestMem, file: &File) -> std::io::Result<u64> {
+/// returns the bytes written. The file's length is the size of RAM. With `anonymous` (RAM that
+/// is not a mapping of a memory file), pages never touched are skipped without reading them.
+/// `status`: /proc/self/status, opened beforehand (the main thread may not open files), to
+/// tell whether any page is in swap; `None` reads every page.
+pub fn write_sparse(
+    mem: &GuestMem,
+    file: &File,
+    anonymous: bool,
+    status: Option<&File>,
+) -> std::io::Result<u64> {
+    let trust_mincore = anonymous && status.is_some_and(|s| !swapped(s));
     let total: u64 = mem.iter().map(|r| r.len()).sum();
     file.set_len(total)?;
     let mut offset = 0u64;
@@ -33,15 +53,23 @@ pub fn write_sparse(mem: &GuestMem, file: &File) -> std::io::Result<u64> {
         // `mem` for the duration of this call. The vCPUs are parked, so nothing writes to it
         // while it is read; the bytes are only copied out.
         let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
+        // Swapped-out pages also read as not resident: only trust mincore when nothing of
+        // this process is in swap.
+        let map = trust_mincore
+            .then(|| resident(host as *const u8, len))
+            .flatten();
+        let blank = |at: usize| {
+            map.as_ref().is_some_and(|m| m[at / BLOCK] & 1 == 0)
+                || bytes[at..(at + BLOCK).min(len)].iter().all(|&x| x == 0)
+        };
         let mut at = 0;
         while at < len {
             // One run of non-zero blocks, written at once.
-            let zero = |b: &[u8]| b.iter().all(|&x| x == 0);
-            while at < len && zero(&bytes[at..(at + BLOCK).min(len)]) {
+            while at < len && blank(at) {
                 at += BLOCK;
             }
             let start = at;
-            while at < len && !zero(&bytes[at..(at + BLOCK).min(len)]) {
+            while at < len && !blank(at) {
                 at += BLOCK;
             }
             let end = at.min(len);
@@ -53,6 +81,25 @@ pub fn write_sparse(mem: &GuestMem, file: &File) -> std::io::Result<u64> {
         offset += len as u64;
     }
     Ok(written)
+}
+
+/// Whether any of this process's memory is in swap (VmSwap in /proc/self/status), or that
+/// cannot be told.
+fn swapped(status: &File) -> bool {
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match status.read_at(&mut buf, text.len() as u64) {
+            Ok(0) => break,
+            Ok(n) => text.extend_from_slice(&buf[..n]),
+            Err(_) => return true,
+        }
+    }
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix("VmSwap:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .is_none_or(|kib| kib > 0)
 }
 
 /// Map `size` bytes of guest RAM from `file`, MAP_PRIVATE (copy on write) and lazily, laid out

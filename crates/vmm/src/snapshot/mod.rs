@@ -323,6 +323,10 @@ pub struct Parts<'a> {
     pub threads: &'a [VcpuThread],
     pub devices: &'a DeviceManager,
     pub machine: MachineState,
+    /// Guest RAM is anonymous memory (a booted VM), not a memory file's mapping.
+    pub anonymous: bool,
+    /// /proc/self/status, opened before the seccomp filters (see [`memfile::write_sparse`]).
+    pub status: Option<&'a std::fs::File>,
 }
 
 /// Save the paused VM of `parts`: the state to `snapshot_path`, guest RAM to `mem_path`, each
@@ -360,7 +364,7 @@ pub fn create(parts: &Parts, snapshot_path: &Path, mem_path: &Path) -> Result<Cr
     let what = "cannot write the memory file";
     let mem_file = Pending::create(mem_path, what)?;
     let written =
-        memfile::write_sparse(parts.mem, mem_file.file()).map_err(|source| Error::Io {
+        memfile::write_sparse(parts.mem, mem_file.file(), parts.anonymous, parts.status).map_err(|source| Error::Io {
             what,
             path: mem_path.to_owned(),
             source,
