@@ -363,8 +363,8 @@ pub fn create(parts: &Parts, snapshot_path: &Path, mem_path: &Path) -> Result<Cr
 
     let what = "cannot write the memory file";
     let mem_file = Pending::create(mem_path, what)?;
-    let written =
-        memfile::write_sparse(parts.mem, mem_file.file(), parts.anonymous, parts.status).map_err(|source| Error::Io {
+    let written = memfile::write_sparse(parts.mem, mem_file.file(), parts.anonymous, parts.status)
+        .map_err(|source| Error::Io {
             what,
             path: mem_path.to_owned(),
             source,
