@@ -41,7 +41,9 @@ fn linux_restored_at_its_shell_runs_a_command() {
             "console=ttyS0 reboot=k panic=1",
         ],
     );
-    vm.wait_stdout(BOOT_LIMIT, |out| out.contains("busybox shell on the console"));
+    vm.wait_stdout(BOOT_LIMIT, |out| {
+        out.contains("busybox shell on the console")
+    });
     // The shell is up; make sure it is reading (its answer comes back), then snapshot it.
     vm.type_text("echo before-$((6 * 7))\n");
     vm.wait_stdout(Duration::from_secs(60), |out| out.contains("before-42"));
@@ -53,7 +55,11 @@ fn linux_restored_at_its_shell_runs_a_command() {
         .arg("--leave-paused")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     drop(vm);
 
     let started = Instant::now();
@@ -62,7 +68,12 @@ fn linux_restored_at_its_shell_runs_a_command() {
     let mut g = Guest::start(cmd);
     g.type_line("echo restored-$((6 * 7))");
     let answered = g.wait_for(Duration::from_secs(60), |out| out.contains("restored-42"));
-    assert!(answered, "no answer after restore\n{}\n{}", g.out(), g.err());
+    assert!(
+        answered,
+        "no answer after restore\n{}\n{}",
+        g.out(),
+        g.err()
+    );
     eprintln!(
         "restore to the shell's answer: {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3

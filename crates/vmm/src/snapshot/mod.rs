@@ -388,3 +388,47 @@ pub fn create(parts: &Parts, snapshot_path: &Path, mem_path: &Path) -> Result<Cr
         memory_written: written,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overrides_give_a_clone_its_own_tap_and_vsock_socket() {
+        let machine = file::example_state(1).machine;
+        let same = machine.config(&Overrides::default()).unwrap();
+        assert_eq!(same.nets[0].tap, "tap0");
+        assert_eq!(
+            same.vsock.as_ref().unwrap().socket,
+            PathBuf::from("/tmp/v.sock")
+        );
+        assert_eq!((same.memory, same.cpus), (64 << 20, 1));
+        let clone = machine
+            .config(&Overrides {
+                taps: vec![("eth0".into(), "tap7".into())],
+                vsock_socket: Some("/tmp/clone.sock".into()),
+            })
+            .unwrap();
+        assert_eq!(clone.nets[0].tap, "tap7");
+        assert_eq!(clone.nets[0].mac, machine.nets[0].2);
+        assert_eq!(
+            clone.vsock.unwrap().socket,
+            PathBuf::from("/tmp/clone.sock")
+        );
+        let e = machine
+            .config(&Overrides {
+                taps: vec![("eth9".into(), "tap7".into())],
+                vsock_socket: None,
+            })
+            .unwrap_err();
+        assert!(e.contains("\"eth9\""), "{e}");
+    }
+
+    #[test]
+    fn a_machine_reads_back_as_its_config() {
+        let machine = file::example_state(2).machine;
+        let config = machine.config(&Overrides::default()).unwrap();
+        let ids: Vec<String> = machine.nets.iter().map(|n| n.0.clone()).collect();
+        assert_eq!(MachineState::of(&config, &ids), machine);
+    }
+}
