@@ -13,7 +13,10 @@ const BOOT_LIMIT: Duration = Duration::from_secs(240);
 
 #[test]
 fn linux_restored_at_its_shell_runs_a_command() {
-    let test = "snap_linux_shell";
+    shell_restored("snap_linux_shell", "1");
+}
+
+fn shell_restored(test: &str, cpus: &str) {
     if let Some(reason) = kvm_unavailable() {
         return skip(test, &reason);
     }
@@ -37,6 +40,8 @@ fn linux_restored_at_its_shell_runs_a_command() {
             "--no-acpi",
             "--memory",
             "256M",
+            "--cpus",
+            cpus,
             "--cmdline",
             "console=ttyS0 reboot=k panic=1",
         ],
