@@ -371,3 +371,58 @@ fn damaged_files_are_refused_with_one_line() {
     vm.bad("PUT", "/snapshot/load", Some(&uffd), "Uffd");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_full_disk_is_400_and_leaves_no_file_and_the_vm_goes_on() {
+    let test = "snap_enospc";
+    let Some(kernel) = ready(test) else { return };
+    let dir = snap_dir(test);
+    // A 64 KiB file system: the memory file cannot fit.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        let _ = std::fs::remove_dir_all(&dir);
+        return skip(test, "cannot mount a small tmpfs (needs root) to fill up");
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _unmount = Unmount(&dir);
+    let vm = ApiVm::start(
+        test,
+        &[
+            "--no-acpi",
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "64M",
+            "--cmdline",
+            "kite_test=tick kite_tick_ms=5 kite_n=100000",
+        ],
+    );
+    vm.wait_stdout(LIMIT, |out| last_tick(out) >= 3);
+    vm.ok("PATCH", "/vm", PAUSE);
+    let body = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        dir.join("vmstate").display(),
+        dir.join("memory").display()
+    );
+    vm.bad(
+        "PUT",
+        "/snapshot/create",
+        Some(&body),
+        "No space left on device",
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    vm.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    let at = last_tick(&vm.stdout());
+    vm.wait_stdout(LIMIT, |out| last_tick(out) > at + 2);
+}
