@@ -426,3 +426,58 @@ fn a_full_disk_is_400_and_leaves_no_file_and_the_vm_goes_on() {
     let at = last_tick(&vm.stdout());
     vm.wait_stdout(LIMIT, |out| last_tick(out) > at + 2);
 }
+
+#[test]
+fn a_clone_listens_on_its_own_vsock_socket() {
+    let test = "snap_vsock";
+    let Some(kernel) = ready(test) else { return };
+    let dir = snap_dir(test);
+    let first = dir.join("first.sock");
+    let vm = ApiVm::start(
+        test,
+        &[
+            "--no-acpi",
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "64M",
+            "--vsock",
+            &format!("cid=3,socket={}", first.display()),
+            "--cmdline",
+            "kite_test=tick kite_tick_ms=5 kite_n=120",
+        ],
+    );
+    vm.wait_stdout(LIMIT, |out| last_tick(out) >= 5);
+    let (state, mem) = create(&vm, &dir);
+    drop(vm);
+    let clone = dir.join("clone.sock");
+    let restored = ApiVm::start(&format!("{test}-restored"), &[]);
+    let body = |over: &str| {
+        format!(
+            r#"{{"snapshot_path": "{}", "mem_file_path": "{}", "resume_vm": true, "vsock_override": {{"uds_path": "{over}"}}, "network_overrides": [{{"iface_id": "eth9", "host_dev_name": "tap9"}}]}}"#,
+            state.display(),
+            mem.display()
+        )
+    };
+    // An interface the snapshot does not have: 400, and the load can be tried again.
+    restored.bad(
+        "PUT",
+        "/snapshot/load",
+        Some(&body(path_str(&clone))),
+        "eth9",
+    );
+    let body = body(path_str(&clone)).replace(
+        r#", "network_overrides": [{"iface_id": "eth9", "host_dev_name": "tap9"}]"#,
+        "",
+    );
+    restored.ok("PUT", "/snapshot/load", &body);
+    assert!(
+        clone.exists(),
+        "the clone does not listen on {}",
+        clone.display()
+    );
+    let mut restored = restored;
+    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
+    assert!(restored.stdout().contains("KITE-TEST tick ok ticks=120"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
