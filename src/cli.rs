@@ -47,6 +47,12 @@ pub enum Command {
     Run(RunArgs),
     /// Measure what a VM costs against the bare host: each workload on the host and in a VM.
     Bench(kite_bench::BenchArgs),
+    /// Restore a VM from a snapshot directory (`vmstate` and `memory`, as `kite snapshot`
+    /// writes them) and attach its serial console to this terminal.
+    Restore(crate::snapshot_cli::RestoreArgs),
+    /// Snapshot the VM of a running `kite run --api-sock SOCKET` into a directory: pause it,
+    /// write `vmstate` and `memory`, and resume it.
+    Snapshot(crate::snapshot_cli::SnapshotArgs),
     /// Run one benchmark workload as a plain host process (the host side of `kite bench`).
     #[command(hide = true)]
     Workload(kite_bench::host::WorkloadArgs),

@@ -4,6 +4,7 @@ use std::time::Instant;
 use clap::Parser;
 mod cli;
 mod manual;
+mod snapshot_cli;
 
 use cli::{Cli, Command, RunArgs};
 use kite_vmm::exit::ExitReason;
@@ -64,9 +65,16 @@ fn start(
             let signals = kite_vmm::signals::block_stop_signals()
                 .map_err(|e| log::warn!("cannot watch for stop signals: {e}"))
                 .ok();
-            let started = setup.wait_for_start(channel, signals.as_ref(), |c| {
-                boot(c).map_err(|e| kite_vmm::error_chain(&e))
-            });
+            let seccomp = setup.extras.seccomp;
+            let started = setup.wait_for_start(
+                channel,
+                signals.as_ref(),
+                |c| boot(c).map_err(|e| kite_vmm::error_chain(&e)),
+                |l, m| {
+                    kite_vmm::api::snapshot::load(l, m, process_start)
+                        .map(|vmm| vmm.with_seccomp(seccomp))
+                },
+            );
             let vmm = match started {
                 Ok(vmm) => vmm,
                 Err(setup::NotStarted::Signal(sig)) => {
@@ -97,6 +105,16 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
         Ok(v) => v,
         Err(code) => return code,
     };
+    run_vmm(vmm, socket, args.timeline, process_start)
+}
+
+/// Run a built (or restored) VM to its end; the exit code.
+pub(crate) fn run_vmm(
+    vmm: kite_vmm::vmm::Vmm,
+    socket: Option<std::path::PathBuf>,
+    timeline: bool,
+    process_start: Instant,
+) -> i32 {
     let terminal = kite_vmm::terminal::RawModeGuard::new(libc::STDIN_FILENO);
     let result = vmm.run();
     drop(terminal);
@@ -136,7 +154,7 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
             for (name, at) in &report.timeline.marks {
                 log::debug!("{:>8.1} ms  {name}", at.as_secs_f64() * 1e3);
             }
-            if args.timeline {
+            if timeline {
                 kite_bench::timeline::print(&report, process_start);
             }
             teardown.finish();
@@ -229,6 +247,8 @@ fn main() -> ExitCode {
                 e.exit_code()
             }
         },
+        Command::Restore(args) => snapshot_cli::restore(args, process_start),
+        Command::Snapshot(args) => snapshot_cli::snapshot(args),
         Command::Workload(args) => kite_bench::host::main(args),
         Command::Completions { shell } => match manual::completions(*shell) {
             Ok(()) => 0,

@@ -186,7 +186,7 @@ fn bad_requests_get_400_and_a_fault_message_and_the_api_keeps_working() {
         "PUT",
         "/snapshot/create",
         Some("{}"),
-        "does not support snapshots",
+        "missing field `snapshot_path`",
     );
     vm.bad("PUT", "/mmds", Some("{}"), "does not support MMDS");
     vm.bad("GET", "/nowhere", None, "no such endpoint");

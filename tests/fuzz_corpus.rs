@@ -64,6 +64,7 @@ corpus_tests!(
     loader,
     config,
     api,
+    snapshot,
 );
 
 /// Each target has its libFuzzer binary in `fuzz/` (which only builds on nightly), and each

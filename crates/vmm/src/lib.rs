@@ -19,6 +19,7 @@ pub mod logging;
 pub mod memory;
 pub mod seccomp;
 pub mod signals;
+pub mod snapshot;
 pub mod teardown;
 pub mod terminal;
 pub mod vcpu;

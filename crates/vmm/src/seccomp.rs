@@ -27,7 +27,10 @@ pub mod sigsys;
 use std::collections::BTreeMap;
 use std::mem::size_of;
 
-use kvm_bindings::{kvm_fpu, kvm_mp_state, kvm_regs, kvm_sregs, kvm_vcpu_events};
+use kvm_bindings::{
+    kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msrs,
+    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+};
 use libc::*;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -180,6 +183,18 @@ pub const KVM_GET_FPU: u64 = kvm_ioc(IOC_READ, 0x8c, size_of::<kvm_fpu>());
 pub const KVM_GET_MP_STATE: u64 = kvm_ioc(IOC_READ, 0x98, size_of::<kvm_mp_state>());
 pub const KVM_GET_VCPU_EVENTS: u64 = kvm_ioc(IOC_READ, 0x9f, size_of::<kvm_vcpu_events>());
 pub const KVM_SET_VCPU_EVENTS: u64 = kvm_ioc(IOC_WRITE, 0xa0, size_of::<kvm_vcpu_events>());
+// Snapshots (snapshot/, vcpu/state.rs): a parked vCPU reads its state, the main thread the VM's.
+pub const KVM_GET_XSAVE: u64 = kvm_ioc(IOC_READ, 0xa4, size_of::<kvm_xsave>());
+pub const KVM_GET_XCRS: u64 = kvm_ioc(IOC_READ, 0xa6, size_of::<kvm_xcrs>());
+pub const KVM_GET_DEBUGREGS: u64 = kvm_ioc(IOC_READ, 0xa1, size_of::<kvm_debugregs>());
+pub const KVM_GET_LAPIC: u64 = kvm_ioc(IOC_READ, 0x8e, size_of::<kvm_lapic_state>());
+pub const KVM_GET_MSRS: u64 = kvm_ioc(IOC_READ | IOC_WRITE, 0x88, size_of::<kvm_msrs>());
+pub const KVM_GET_IRQCHIP: u64 = kvm_ioc(IOC_READ | IOC_WRITE, 0x62, size_of::<kvm_irqchip>());
+pub const KVM_GET_PIT2: u64 = kvm_ioc(IOC_READ, 0x9f, size_of::<kvm_pit_state2>());
+pub const KVM_GET_CLOCK: u64 = kvm_ioc(IOC_READ, 0x7c, size_of::<kvm_clock_data>());
+
+/// The only open(2) the main thread may make: `File::create` of a snapshot's files.
+const CREATE_FLAGS: u64 = (O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC) as u64;
 
 /// The vCPU kick signal, SIGRTMIN under glibc (`vcpu::kick_signal`; a test checks they agree).
 const KICK_SIGNAL: u64 = 34;
@@ -207,6 +222,12 @@ pub const VCPU: &[Rule] = &[
     // vcpu/complete.rs: drop KVM's queued exception, inject int3's #BP.
     ioctl(KVM_GET_VCPU_EVENTS),
     ioctl(KVM_SET_VCPU_EVENTS),
+    // vcpu/state.rs: a parked vCPU saves its state for a snapshot.
+    ioctl(KVM_GET_XSAVE),
+    ioctl(KVM_GET_XCRS),
+    ioctl(KVM_GET_DEBUGREGS),
+    ioctl(KVM_GET_LAPIC),
+    ioctl(KVM_GET_MSRS),
     // virtio-net's activation (the driver's DRIVER_OK write to the transport) sets the tap's
     // offloads.
     ioctl(TUNSETOFFLOAD),
@@ -307,8 +328,19 @@ pub const MAIN: &[Rule] = &[
     // merged with another's).
     any(SYS_pread64),
     any(SYS_mincore),
-    // vsock.rs: its listening socket is removed when the device is dropped at exit.
+    // vsock.rs: its listening socket is removed when the device is dropped at exit; a
+    // snapshot's temporary file is removed when writing it failed.
     any(SYS_unlink),
+    // snapshot/: `PUT /snapshot/create` writes two new files (created write-only, never
+    // opened for reading), each under a temporary name renamed into place once synced.
+    with(SYS_openat, eq(2, CREATE_FLAGS)),
+    any(SYS_ftruncate),
+    any(SYS_pwrite64),
+    any(SYS_fsync),
+    any(SYS_rename),
+    ioctl(KVM_GET_IRQCHIP),
+    ioctl(KVM_GET_PIT2),
+    ioctl(KVM_GET_CLOCK),
     // terminal.rs: the terminal restored at exit, and by the SIGSYS handler (glibc's
     // tcsetattr reads the mode back after setting it).
     ioctl_on(STDIN_FILENO, TCSETS),
@@ -533,8 +565,17 @@ mod tests {
             assert!(VCPU.iter().all(|r| r.nr != nr), "{nr}");
         }
         for nr in [SYS_open, SYS_openat, SYS_execve, SYS_clone3] {
-            assert!(MAIN.iter().all(|r| r.nr != nr), "{nr}");
             assert!(API.iter().all(|r| r.nr != nr), "{nr}");
+        }
+        for nr in [SYS_open, SYS_execve, SYS_clone3] {
+            assert!(MAIN.iter().all(|r| r.nr != nr), "{nr}");
+        }
+        // The main thread only creates (snapshot files): it never opens a file to read.
+        for r in MAIN.iter().filter(|r| r.nr == SYS_openat) {
+            assert!(
+                matches!(r.args, Args::One(Arg::Eq { index: 2, value }) if value & O_CREAT as u64 != 0 && value & O_ACCMODE as u64 == O_WRONLY as u64),
+                "{r:?}"
+            );
         }
         for nr in [SYS_socket, SYS_connect, SYS_ioctl, SYS_unlink] {
             assert!(

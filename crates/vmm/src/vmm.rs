@@ -20,12 +20,14 @@ use crate::config::VmConfig;
 use crate::devices::acpi_pm::AcpiPm;
 use crate::devices::boot_timer::BootTimer;
 use crate::devices::i8042::I8042;
+use crate::devices::manager::DeviceManager;
 use crate::devices::serial::{ConsoleInput, SerialDevice};
 use crate::devices::virtio::{self, BlockHandle, MmioSlots, VirtioContext};
 use crate::exit::{ExitHandle, ExitReason};
 use crate::memory::{self, GuestMem};
 use crate::seccomp::{self, ThreadKind};
 use crate::signals::{ExitWatcher, block_stop_signals};
+use crate::snapshot;
 use crate::teardown::Teardown;
 use crate::vcpu::pause::PauseControl;
 use crate::vcpu::probe::HaltProbe;
@@ -97,6 +99,8 @@ pub enum Error {
     Cmdline(linux_loader::cmdline::Error),
     #[error(transparent)]
     Seccomp(#[from] seccomp::Error),
+    #[error("cannot restore the snapshot: {0}")]
+    Restore(String),
 }
 
 impl Error {
@@ -152,6 +156,14 @@ pub struct Vmm {
     exits: Arc<ExitCounts>,
     i8042: Arc<Mutex<I8042>>,
     device_counters: Vec<(String, virtio::Interrupt)>,
+    /// Every device, for snapshots (and, later, the API and metrics).
+    devices: DeviceManager,
+    /// The machine's shape, as a snapshot records it.
+    machine: snapshot::MachineState,
+    /// Guest RAM is anonymous (booted), not mapped from a snapshot's memory file.
+    anonymous_ram: bool,
+    /// /proc/self/status, opened now for snapshots made once the seccomp filters are on.
+    proc_status: Option<std::fs::File>,
     api: Option<RunningApi>,
     timeout: Option<Duration>,
     seccomp: seccomp::Mode,
@@ -159,185 +171,94 @@ pub struct Vmm {
     timeline: Timeline,
 }
 
+/// Where a machine's guest RAM comes from.
+pub enum Ram<'a> {
+    /// Fresh anonymous memory, for a boot.
+    Fresh,
+    /// A snapshot's memory file, mapped private and lazily.
+    File(&'a Path),
+}
+
+/// A machine built but not yet booted or restored: KVM VM, guest RAM, irqchip, devices, and
+/// vCPUs created but without state.
+struct Machine {
+    kvm: Kvm,
+    vm: VmFd,
+    mem: GuestMem,
+    exit: Arc<ExitHandle>,
+    event_manager: EventMgr,
+    pio: Bus,
+    mmio: Bus,
+    serial: Arc<Mutex<SerialDevice>>,
+    i8042: Arc<Mutex<I8042>>,
+    boot_timer: Option<Arc<Mutex<BootTimer>>>,
+    disks: Vec<BlockHandle>,
+    placed: Vec<virtio::Placement>,
+    device_counters: Vec<(String, virtio::Interrupt)>,
+    devices: DeviceManager,
+    fds: Vec<kvm_ioctls::VcpuFd>,
+    ring0: Option<&'static str>,
+}
+
 impl Vmm {
-    /// Build the VM from `config`, top to bottom. `process_start` anchors the boot timeline.
+    /// Build the VM from `config`, top to bottom, and boot its kernel. `process_start` anchors
+    /// the boot timeline.
     pub fn new(config: &VmConfig, process_start: Instant) -> Result<Vmm, Error> {
         let mut timeline = Timeline::default();
-        let mut mark = |name| timeline.marks.push((name, process_start.elapsed()));
+        let mut m = build(config, Ram::Fresh, process_start, &mut timeline)?;
+        let cpuids = boot(&mut m, config, process_start, &mut timeline)?;
+        Ok(finish(m, config, cpuids, process_start, timeline))
+    }
 
-        let kvm = open_kvm(&kvm_device_path())?;
-        check_kvm(&kvm, config.cpus)?;
-        let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
-        mark("KVM VM created");
-
-        // RAM goes in before the irqchip: on some hosts adding memory slots to a VM that already
-        // has an in-kernel irqchip costs milliseconds (30x more, measured on a PVM host).
-        let mem = memory::create(config.memory)?;
-        memory::register(&vm, &mem)?;
-        setup_irqchip(&vm)?;
-        mark("guest RAM ready");
-
-        let kernel = boot::load_kernel(&mem, &config.kernel)?;
+    /// Build the machine a snapshot describes (with `overrides`), on its memory file, and give
+    /// every part its saved state instead of booting a kernel. The vCPUs start parked unless
+    /// `resume`.
+    pub fn restore(
+        state: &snapshot::SnapshotState,
+        mem_file: &Path,
+        overrides: &snapshot::Overrides,
+        resume: bool,
+        process_start: Instant,
+    ) -> Result<Vmm, Error> {
+        let mut timeline = Timeline::default();
+        let config = state.machine.config(overrides).map_err(Error::Restore)?;
+        let m = build(&config, Ram::File(mem_file), process_start, &mut timeline)?;
+        state.vm.restore(&m.vm).map_err(Error::Restore)?;
+        for (i, (fd, s)) in m.fds.iter().zip(&state.vcpus).enumerate() {
+            crate::vcpu::state::restore(fd, s)
+                .map_err(|e| Error::Restore(format!("vCPU {i}: {e}")))?;
+        }
+        m.devices.restore(&state.devices).map_err(Error::Restore)?;
+        timeline
+            .marks
+            .push(("state restored", process_start.elapsed()));
+        let cpuids = state.vcpus.iter().map(|v| v.cpuid.clone()).collect();
+        let mut vmm = finish(m, &config, cpuids, process_start, timeline);
+        let ids: Vec<String> = state.machine.nets.iter().map(|n| n.0.clone()).collect();
+        vmm.machine = snapshot::MachineState::of(&config, &ids);
+        vmm.anonymous_ram = false;
+        if !resume {
+            vmm.pause.start_paused();
+        }
         log::info!(
-            "kernel {} ({:?}) loaded, ends at {:#x}, entry {:#x}",
-            config.kernel.display(),
-            kernel.format,
-            kernel.end,
-            kernel.entry.0
+            "restored a snapshot: {} vCPUs, {} MiB of RAM from {}",
+            config.cpus,
+            config.memory >> 20,
+            mem_file.display()
         );
-        let initrd = config
-            .initrd
-            .as_deref()
-            .map(|path| load_initrd(&mem, path, &kernel))
-            .transpose()?;
-        mark("kernel loaded");
+        Ok(vmm)
+    }
 
-        let exit = Arc::new(ExitHandle::new().map_err(io_err("cannot create the exit eventfd"))?);
-        let mut event_manager = EventMgr::new().map_err(Error::EventLoop)?;
-        let mut pio = Bus::new();
-        let mut mmio = Bus::new();
-        let mut cmdline =
-            linux_loader::cmdline::Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE * 4)
-                .map_err(Error::Cmdline)?;
-        let ring0 = emulated_ring0::decide(config.ring0_workarounds, emulated_ring0::detect);
-        if let Some(why) = ring0 {
-            let bzimage = kernel.format == boot::KernelFormat::BzImage;
-            let words = emulated_ring0::words_for(
-                config.ring0_workarounds,
-                &config.kernel,
-                bzimage,
-                &config.cmdline,
-            );
-            for w in &words {
-                cmdline.insert_str(w).map_err(Error::Cmdline)?;
-            }
-            let added = if words.is_empty() {
-                String::new()
-            } else {
-                format!("adding '{}' to the command line, ", words.join(" "))
-            };
-            log::info!(
-                "this host's KVM emulates guest ring 0 ({why}): its kernel code runs emulated, so Linux takes tens of seconds to reach user space; {added}hiding the PV IPI/unhalt/yield CPUID features; --ring0-workarounds off turns this off"
-            );
-        }
+    /// Enforce the seccomp filters as `mode` says (a restored VM starts with them on).
+    pub fn with_seccomp(mut self, mode: seccomp::Mode) -> Self {
+        self.seccomp = mode;
+        self
+    }
 
-        let serial = add_serial(&vm, &mut pio, &mut event_manager)?;
-        let i8042 = add_i8042(&vm, &mut pio, exit.clone())?;
-        let boot_timer = if config.boot_timer {
-            let timer = Arc::new(Mutex::new(BootTimer::new(process_start)));
-            mmio.insert(timer.clone(), layout::BOOT_TIMER_ADDR, 0x1000)?;
-            Some(timer)
-        } else {
-            None
-        };
-        // With ACPI tables the DSDT names the virtio devices; without, the command line does
-        // (never both: an ACPI kernel would find each device twice).
-        let (disks, placed, device_counters) = attach_virtio(
-            config,
-            &vm,
-            &mem,
-            &mut mmio,
-            &mut event_manager,
-            (!config.acpi).then_some(&mut cmdline),
-        )?;
-        let rsdp = if config.acpi {
-            pio.insert(
-                Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
-                layout::ACPI_SLEEP_CONTROL_PORT,
-                layout::ACPI_PM_PORT_LEN,
-            )?;
-            let windows: Vec<_> = placed
-                .iter()
-                .map(|p| acpi::VirtioWindow {
-                    addr: p.addr,
-                    irq: p.irq,
-                })
-                .collect();
-            Some(acpi::write(&mem, config.cpus, &windows)?)
-        } else {
-            None
-        };
-
-        let cmdline = cmdline.as_cstring().map_err(Error::Cmdline)?;
-        let cmdline = cmdline.to_string_lossy().into_owned();
-        let mut params = boot::zero_page(&kernel, cmdline.len(), initrd, config.memory)?;
-        if let Some(rsdp) = rsdp {
-            params.acpi_rsdp_addr = rsdp.raw_value();
-        }
-        boot::write_boot_data(&mem, &cmdline, &params)?;
-        regs::write_boot_tables(&mem).map_err(|source| Error::Regs { index: 0, source })?;
-        mptable::setup_mptable(&mem, config.cpus)?;
-        log::info!("command line: {cmdline}");
-        log::info!("{} vCPUs, {} MiB of RAM", config.cpus, config.memory >> 20);
-
-        let (pio, mmio) = (Arc::new(pio), Arc::new(mmio));
-        let stop = Arc::new(AtomicBool::new(false));
-        let supported = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(kvm_err("report supported CPUID"))?;
-        let completed = Arc::new(crate::vcpu::complete::Counts::default());
-        let samples = profile::path().map(|_| Arc::new(Mutex::new(Vec::new())));
-        let halt = Arc::new(HaltProbe::new(config.cpus.into()));
-        let pause = Arc::new(PauseControl::new());
-        let exits = Arc::new(ExitCounts::default());
-        let mut vcpus = Vec::with_capacity(config.cpus.into());
-        for index in 0..config.cpus {
-            let fd = vm
-                .create_vcpu(index.into())
-                .map_err(kvm_err("create a vCPU"))?;
-            let mut cpuid = supported.clone();
-            cpuid::filter_cpuid(&mut cpuid, index, config.cpus);
-            if ring0.is_some() {
-                emulated_ring0::filter_cpuid(&mut cpuid);
-            }
-            fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
-            regs::setup_common(&fd).map_err(|source| Error::Regs { index, source })?;
-            if index == 0 {
-                regs::setup_boot_cpu(&fd, kernel.entry.0)
-                    .map_err(|source| Error::Regs { index, source })?;
-            }
-            vcpus.push(Vcpu {
-                index,
-                fd,
-                pio: pio.clone(),
-                mmio: mmio.clone(),
-                exit: exit.clone(),
-                stop: stop.clone(),
-                completed: completed.clone(),
-                samples: samples.clone(),
-                halt: halt.clone(),
-                pause: pause.clone(),
-                exits: exits.clone(),
-            });
-        }
-        mark("vCPUs configured");
-        for (name, at) in &timeline.marks {
-            log::info!("{:>8.1} ms  {name}", at.as_secs_f64() * 1e3);
-        }
-
-        Ok(Vmm {
-            _kvm: kvm,
-            vm,
-            mem,
-            vcpus,
-            exit,
-            event_manager,
-            serial,
-            boot_timer,
-            disks,
-            completed,
-            samples,
-            halt,
-            pause,
-            exits,
-            i8042,
-            device_counters,
-            api: None,
-            timeout: config.timeout,
-            seccomp: config.seccomp,
-            process_start,
-            timeline,
-        })
+    /// Stop the VM after `timeout`.
+    pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// Serve the API (`--api-sock`) from the event loop while the VM runs.
@@ -360,6 +281,31 @@ impl Vmm {
                 .collect(),
             ..Default::default()
         }
+    }
+
+    /// Save the paused VM to `state` and `mem` (see [`snapshot::create`]).
+    fn snapshot(
+        &self,
+        threads: &[VcpuThread],
+        state: &Path,
+        mem: &Path,
+        net_ids: &[String],
+    ) -> Result<snapshot::CreateReport, String> {
+        let mut machine = self.machine.clone();
+        for (net, id) in machine.nets.iter_mut().zip(net_ids) {
+            net.0 = id.clone();
+        }
+        let parts = snapshot::Parts {
+            vm: &self.vm,
+            mem: &self.mem,
+            pause: &self.pause,
+            threads,
+            devices: &self.devices,
+            machine,
+            anonymous: self.anonymous_ram,
+            status: self.proc_status.as_ref(),
+        };
+        snapshot::create(&parts, state, mem).map_err(|e| crate::error_chain(&e))
     }
 
     /// Run until the guest or the user ends the VM; every vCPU thread is joined on return.
@@ -437,12 +383,16 @@ impl Vmm {
         let loop_result = loop {
             if let Some(mut api) = self.api.take() {
                 let counters = || self.counters();
+                let snapshot = |state: &Path, mem: &Path, net_ids: &[String]| {
+                    self.snapshot(&threads, state, mem, net_ids)
+                };
                 let vm = VmHandles {
                     pause: &self.pause,
                     threads: &threads,
                     exit: &self.exit,
                     i8042: &self.i8042,
                     counters: &counters,
+                    snapshot: &snapshot,
                 };
                 api.serve(&vm);
                 api.tick(&vm);
@@ -543,6 +493,267 @@ impl Vmm {
         // Everything else in `self` (devices, disks, sockets, the event loop) is dropped, and
         // so closed, when this returns.
         Ok((report, Teardown::new(self.vm, self.mem, teardown_signal)))
+    }
+}
+
+/// The machine of `config`, without kernel or state: everything a boot and a restore share.
+fn build(
+    config: &VmConfig,
+    ram: Ram,
+    process_start: Instant,
+    timeline: &mut Timeline,
+) -> Result<Machine, Error> {
+    let mut mark = |name| timeline.marks.push((name, process_start.elapsed()));
+    let kvm = open_kvm(&kvm_device_path())?;
+    check_kvm(&kvm, config.cpus)?;
+    let vm = kvm.create_vm().map_err(kvm_err("create a VM"))?;
+    mark("KVM VM created");
+
+    // RAM goes in before the irqchip: on some hosts adding memory slots to a VM that already
+    // has an in-kernel irqchip costs milliseconds (30x more, measured on a PVM host).
+    let mem = match ram {
+        Ram::Fresh => memory::create(config.memory)?,
+        Ram::File(path) => {
+            snapshot::memfile::map_private(path, config.memory).map_err(Error::Restore)?
+        }
+    };
+    memory::register(&vm, &mem)?;
+    setup_irqchip(&vm)?;
+    mark("guest RAM ready");
+
+    let exit = Arc::new(ExitHandle::new().map_err(io_err("cannot create the exit eventfd"))?);
+    let mut event_manager = EventMgr::new().map_err(Error::EventLoop)?;
+    let mut pio = Bus::new();
+    let mut mmio = Bus::new();
+    let mut devices = DeviceManager::new();
+    let ring0 = emulated_ring0::decide(config.ring0_workarounds, emulated_ring0::detect);
+
+    let serial = add_serial(&vm, &mut pio, &mut event_manager)?;
+    devices.add_serial(serial.clone());
+    let i8042 = add_i8042(&vm, &mut pio, exit.clone())?;
+    devices.add_i8042(i8042.clone());
+    let boot_timer = if config.boot_timer {
+        let timer = Arc::new(Mutex::new(BootTimer::new(process_start)));
+        mmio.insert(timer.clone(), layout::BOOT_TIMER_ADDR, 0x1000)?;
+        devices.add_boot_timer(timer.clone());
+        Some(timer)
+    } else {
+        None
+    };
+    let (disks, placed, device_counters, attached) =
+        attach_virtio(config, &vm, &mem, &mut mmio, &mut event_manager)?;
+    attached.iter().for_each(|a| devices.add_virtio(a));
+    if config.acpi {
+        let pm = Arc::new(Mutex::new(AcpiPm::new(exit.clone())));
+        pio.insert(
+            pm.clone(),
+            layout::ACPI_SLEEP_CONTROL_PORT,
+            layout::ACPI_PM_PORT_LEN,
+        )?;
+        devices.add_acpi_pm(pm);
+    }
+    let mut fds = Vec::with_capacity(config.cpus.into());
+    for index in 0..config.cpus {
+        fds.push(
+            vm.create_vcpu(index.into())
+                .map_err(kvm_err("create a vCPU"))?,
+        );
+    }
+    Ok(Machine {
+        kvm,
+        vm,
+        mem,
+        exit,
+        event_manager,
+        pio,
+        mmio,
+        serial,
+        i8042,
+        boot_timer,
+        disks,
+        placed,
+        device_counters,
+        devices,
+        fds,
+        ring0,
+    })
+}
+
+/// Boot `m`: load the kernel and initrd, write the command line, the zero page, the MP and
+/// ACPI tables, and give each vCPU its CPUID and registers. Returns each vCPU's CPUID table.
+fn boot(
+    m: &mut Machine,
+    config: &VmConfig,
+    process_start: Instant,
+    timeline: &mut Timeline,
+) -> Result<Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>, Error> {
+    let mut mark = |name| timeline.marks.push((name, process_start.elapsed()));
+    let mem = &m.mem;
+    let kernel = boot::load_kernel(mem, &config.kernel)?;
+    log::info!(
+        "kernel {} ({:?}) loaded, ends at {:#x}, entry {:#x}",
+        config.kernel.display(),
+        kernel.format,
+        kernel.end,
+        kernel.entry.0
+    );
+    let initrd = config
+        .initrd
+        .as_deref()
+        .map(|path| load_initrd(mem, path, &kernel))
+        .transpose()?;
+    mark("kernel loaded");
+
+    let mut cmdline =
+        linux_loader::cmdline::Cmdline::try_from(&config.cmdline, layout::CMDLINE_MAX_SIZE * 4)
+            .map_err(Error::Cmdline)?;
+    if let Some(why) = &m.ring0 {
+        let bzimage = kernel.format == boot::KernelFormat::BzImage;
+        let words = emulated_ring0::words_for(
+            config.ring0_workarounds,
+            &config.kernel,
+            bzimage,
+            &config.cmdline,
+        );
+        for w in &words {
+            cmdline.insert_str(w).map_err(Error::Cmdline)?;
+        }
+        let added = if words.is_empty() {
+            String::new()
+        } else {
+            format!("adding '{}' to the command line, ", words.join(" "))
+        };
+        log::info!(
+            "this host's KVM emulates guest ring 0 ({why}): its kernel code runs emulated, so Linux takes tens of seconds to reach user space; {added}hiding the PV IPI/unhalt/yield CPUID features; --ring0-workarounds off turns this off"
+        );
+    }
+    // With ACPI tables the DSDT names the virtio devices; without, the command line does
+    // (never both: an ACPI kernel would find each device twice).
+    let rsdp = if config.acpi {
+        let windows: Vec<_> = m
+            .placed
+            .iter()
+            .map(|p| acpi::VirtioWindow {
+                addr: p.addr,
+                irq: p.irq,
+            })
+            .collect();
+        Some(acpi::write(mem, config.cpus, &windows)?)
+    } else {
+        for p in &m.placed {
+            cmdline
+                .add_virtio_mmio_device(
+                    layout::VIRTIO_MMIO_SIZE,
+                    vm_memory::GuestAddress(p.addr),
+                    p.irq,
+                    None,
+                )
+                .map_err(Error::Cmdline)?;
+        }
+        None
+    };
+
+    let cmdline = cmdline.as_cstring().map_err(Error::Cmdline)?;
+    let cmdline = cmdline.to_string_lossy().into_owned();
+    let mut params = boot::zero_page(&kernel, cmdline.len(), initrd, config.memory)?;
+    if let Some(rsdp) = rsdp {
+        params.acpi_rsdp_addr = rsdp.raw_value();
+    }
+    boot::write_boot_data(mem, &cmdline, &params)?;
+    regs::write_boot_tables(mem).map_err(|source| Error::Regs { index: 0, source })?;
+    mptable::setup_mptable(mem, config.cpus)?;
+    log::info!("command line: {cmdline}");
+    log::info!("{} vCPUs, {} MiB of RAM", config.cpus, config.memory >> 20);
+
+    let supported = m
+        .kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(kvm_err("report supported CPUID"))?;
+    let mut tables = Vec::with_capacity(m.fds.len());
+    for (index, fd) in (0u8..).zip(&m.fds) {
+        let mut cpuid = supported.clone();
+        cpuid::filter_cpuid(&mut cpuid, index, config.cpus);
+        if m.ring0.is_some() {
+            emulated_ring0::filter_cpuid(&mut cpuid);
+        }
+        fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
+        tables.push(cpuid.as_slice().to_vec());
+        regs::setup_common(fd).map_err(|source| Error::Regs { index, source })?;
+        if index == 0 {
+            regs::setup_boot_cpu(fd, kernel.entry.0)
+                .map_err(|source| Error::Regs { index, source })?;
+        }
+    }
+    Ok(tables)
+}
+
+/// The [`Vmm`] of a built machine whose vCPUs have their state (`cpuids`: the CPUID table each
+/// was given).
+fn finish(
+    m: Machine,
+    config: &VmConfig,
+    cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
+    process_start: Instant,
+    mut timeline: Timeline,
+) -> Vmm {
+    let (pio, mmio) = (Arc::new(m.pio), Arc::new(m.mmio));
+    let stop = Arc::new(AtomicBool::new(false));
+    let completed = Arc::new(crate::vcpu::complete::Counts::default());
+    let samples = profile::path().map(|_| Arc::new(Mutex::new(Vec::new())));
+    let halt = Arc::new(HaltProbe::new(config.cpus.into()));
+    let pause = Arc::new(PauseControl::new());
+    let exits = Arc::new(ExitCounts::default());
+    let msr_indices = Arc::new(crate::vcpu::state::msr_indices(&m.kvm));
+    let vcpus = (0u8..)
+        .zip(m.fds.into_iter().zip(cpuids))
+        .map(|(index, (fd, cpuid))| Vcpu {
+            index,
+            fd,
+            pio: pio.clone(),
+            mmio: mmio.clone(),
+            exit: m.exit.clone(),
+            stop: stop.clone(),
+            completed: completed.clone(),
+            samples: samples.clone(),
+            halt: halt.clone(),
+            pause: pause.clone(),
+            exits: exits.clone(),
+            cpuid,
+            msr_indices: msr_indices.clone(),
+        })
+        .collect();
+    timeline
+        .marks
+        .push(("vCPUs configured", process_start.elapsed()));
+    for (name, at) in &timeline.marks {
+        log::info!("{:>8.1} ms  {name}", at.as_secs_f64() * 1e3);
+    }
+    Vmm {
+        _kvm: m.kvm,
+        vm: m.vm,
+        mem: m.mem,
+        vcpus,
+        exit: m.exit,
+        event_manager: m.event_manager,
+        serial: m.serial,
+        boot_timer: m.boot_timer,
+        disks: m.disks,
+        completed,
+        samples,
+        halt,
+        pause,
+        exits,
+        i8042: m.i8042,
+        device_counters: m.device_counters,
+        devices: m.devices,
+        machine: snapshot::MachineState::of(config, &[]),
+        anonymous_ram: true,
+        proc_status: std::fs::File::open("/proc/self/status").ok(),
+        api: None,
+        timeout: config.timeout,
+        seccomp: config.seccomp,
+        process_start,
+        timeline,
     }
 }
 
@@ -660,11 +871,12 @@ fn load_initrd(
     Ok((addr, size))
 }
 
-/// The disks, where each virtio device sits, and each one's counters.
+/// The disks, where each virtio device sits, each one's counters, and the devices.
 type Attached = (
     Vec<BlockHandle>,
     Vec<virtio::Placement>,
     Vec<(String, virtio::Interrupt)>,
+    Vec<virtio::Attached>,
 );
 
 /// Disks first (so the guest names them vda, vdb, ... in order), then the entropy device, then
@@ -675,7 +887,6 @@ fn attach_virtio(
     mem: &GuestMem,
     mmio: &mut Bus,
     event_manager: &mut EventMgr,
-    cmdline: Option<&mut linux_loader::cmdline::Cmdline>,
 ) -> Result<Attached, Error> {
     let mut slots = MmioSlots::new();
     let mut ctx = VirtioContext {
@@ -683,10 +894,11 @@ fn attach_virtio(
         mem,
         mmio_bus: mmio,
         event_manager,
-        cmdline,
+        cmdline: None,
         slots: &mut slots,
         placed: Vec::new(),
         counters: Vec::new(),
+        attached: Vec::new(),
     };
     let mut disks = Vec::new();
     for disk in &config.disks {
@@ -724,7 +936,7 @@ fn attach_virtio(
             at.irq
         );
     }
-    Ok((disks, ctx.placed, ctx.counters))
+    Ok((disks, ctx.placed, ctx.counters, ctx.attached))
 }
 
 /// The i8042 at ports 0x60-0x64, its keyboard on IRQ 1.

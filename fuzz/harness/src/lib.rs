@@ -10,6 +10,7 @@ pub mod api;
 pub mod config;
 pub mod input;
 pub mod loader;
+pub mod snapshot;
 
 pub mod virtio;
 
@@ -70,6 +71,11 @@ pub const TARGETS: &[Target] = &[
         name: "api",
         run: api::run,
         seeds: api::seeds,
+    },
+    Target {
+        name: "snapshot",
+        run: snapshot::run,
+        seeds: snapshot::seeds,
     },
 ];
 

@@ -9,6 +9,7 @@
 //! - [`setup`]: configuration calls before `InstanceStart`, carried out by the VMM thread.
 //! - [`running`]: requests while the VM runs (pause, resume, Ctrl-Alt-Del, metrics).
 //! - [`metrics`]: the metrics file's JSON lines.
+//! - [`snapshot`]: `PUT /snapshot/create` and `/snapshot/load`.
 
 pub mod convert;
 pub mod http;
@@ -17,6 +18,7 @@ pub mod routes;
 pub mod running;
 pub mod server;
 pub mod setup;
+pub mod snapshot;
 pub mod types;
 
 use std::os::fd::AsRawFd;

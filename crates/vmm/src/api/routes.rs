@@ -5,6 +5,7 @@
 use serde::de::DeserializeOwned;
 
 use super::http::{Request, Response};
+use super::snapshot::{SnapshotCreate, SnapshotLoad};
 use super::types::*;
 
 /// A request the VMM carries out (the API thread only decodes it).
@@ -27,6 +28,8 @@ pub enum ApiRequest {
     FlushMetrics,
     Pause,
     Resume,
+    CreateSnapshot(SnapshotCreate),
+    LoadSnapshot(SnapshotLoad),
 }
 
 impl ApiRequest {
@@ -51,7 +54,6 @@ impl ApiRequest {
 /// Endpoints Firecracker has and Kite does not, with what they are.
 const NOT_YET: &[(&str, &str)] = &[
     ("balloon", "the balloon device"),
-    ("snapshot", "snapshots"),
     ("mmds", "MMDS (the metadata service)"),
     ("cpu-config", "custom CPU templates"),
     ("hotplug", "hotplug"),
@@ -138,6 +140,8 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
                 }
             }
         }
+        ("PUT", ["snapshot", "create"]) => A::CreateSnapshot(body(req)?),
+        ("PUT", ["snapshot", "load"]) => A::LoadSnapshot(body(req)?),
         ("PATCH", ["drives", _]) | ("PATCH", ["network-interfaces", _]) => {
             return Err(Response::bad_request(
                 "Kite does not support changing a drive or network interface after boot yet",
@@ -156,7 +160,7 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
             _,
             [
                 "" | "vm" | "machine-config" | "boot-source" | "drives" | "network-interfaces"
-                | "vsock" | "entropy" | "logger" | "metrics" | "actions",
+                | "vsock" | "entropy" | "logger" | "metrics" | "actions" | "snapshot",
                 ..,
             ],
         ) => {
@@ -235,7 +239,8 @@ mod tests {
             .contains("unknown field `x`")
         );
         assert!(fault(route(&req("PUT", "/balloon", "{}"))).contains("does not support"));
-        assert!(fault(route(&req("PUT", "/snapshot/create", "{}"))).contains("does not support"));
+        assert!(fault(route(&req("PUT", "/snapshot/create", "{}"))).contains("missing field"));
+        assert!(fault(route(&req("GET", "/snapshot/create", ""))).contains("not an operation"));
         assert!(fault(route(&req("GET", "/nope", ""))).contains("no such endpoint"));
         assert!(fault(route(&req("DELETE", "/vm", ""))).contains("not an operation"));
         assert!(

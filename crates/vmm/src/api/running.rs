@@ -37,7 +37,17 @@ pub struct VmHandles<'a> {
     pub i8042: &'a Mutex<I8042>,
     /// The counters of the VM's own parts (exits, completions, devices).
     pub counters: &'a dyn Fn() -> Counters,
+    /// Save the paused VM: (snapshot file, memory file, the network interfaces' ids).
+    pub snapshot: &'a SnapshotFn<'a>,
 }
+
+/// What [`VmHandles::snapshot`] is.
+pub type SnapshotFn<'a> = dyn Fn(
+        &std::path::Path,
+        &std::path::Path,
+        &[String],
+    ) -> Result<crate::snapshot::CreateReport, String>
+    + 'a;
 
 impl RunningApi {
     pub fn new(
@@ -158,6 +168,40 @@ impl RunningApi {
                 Ok(()) => Response::no_content(),
                 Err(e) => Response::bad_request(e),
             },
+            ApiRequest::CreateSnapshot(c) => {
+                if !vm.pause.is_paused() {
+                    return Response::bad_request(
+                        "the VM is running: pause it first (PATCH /vm {\"state\": \"Paused\"})",
+                    );
+                }
+                let (state, mem) = match super::snapshot::create_paths(&c) {
+                    Ok(p) => p,
+                    Err(e) => return Response::bad_request(e),
+                };
+                let ids: Vec<String> = (self.config.network_interfaces.iter())
+                    .map(|n| n.iface_id.clone())
+                    .collect();
+                match (vm.snapshot)(&state, &mem, &ids) {
+                    Ok(r) => {
+                        log::info!(
+                            "snapshot written to {} and {} in {:.1} ms (state {:.1} ms, {} MiB of memory written)",
+                            state.display(),
+                            mem.display(),
+                            (r.state + r.memory).as_secs_f64() * 1e3,
+                            r.state.as_secs_f64() * 1e3,
+                            r.memory_written >> 20
+                        );
+                        Response::no_content()
+                    }
+                    Err(e) => {
+                        log::error!("snapshot create: {e}");
+                        Response::bad_request(format!("cannot create the snapshot: {e}"))
+                    }
+                }
+            }
+            ApiRequest::LoadSnapshot(_) => Response::bad_request(
+                "a VM is already running: load a snapshot in a new Kite that has not started one",
+            ),
             ApiRequest::InstanceStart => Response::bad_request(
                 "the VM is already running: InstanceStart works once, before boot",
             ),

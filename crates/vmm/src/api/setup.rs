@@ -135,6 +135,12 @@ impl Setup {
             ApiRequest::InstanceStart => {
                 Response::bad_request("InstanceStart is handled by the boot loop")
             }
+            ApiRequest::LoadSnapshot(_) => {
+                Response::bad_request("PUT /snapshot/load is handled by the boot loop")
+            }
+            ApiRequest::CreateSnapshot(_) => Response::bad_request(
+                "no VM to snapshot: start one (or load a snapshot), pause it, then PUT /snapshot/create",
+            ),
             ApiRequest::SendCtrlAltDel | ApiRequest::Pause | ApiRequest::Resume => {
                 Response::bad_request(
                     "the VM has not started: configure it, then PUT /actions {\"action_type\": \"InstanceStart\"}",
@@ -143,7 +149,9 @@ impl Setup {
         }
     }
 
-    /// Serve configuration calls until an `InstanceStart` whose `boot` succeeds; its result.
+    /// Serve configuration calls until an `InstanceStart` whose `boot` succeeds, or a
+    /// `PUT /snapshot/load` whose `load` does (given the machine-config set before, if any);
+    /// its result.
     /// `Err` if a stop signal arrives on `signals` (a signalfd, see
     /// [`crate::signals::block_stop_signals`]) first, or the API thread has gone.
     pub fn wait_for_start<T>(
@@ -151,6 +159,10 @@ impl Setup {
         channel: &ApiChannel,
         signals: Option<&std::os::fd::OwnedFd>,
         mut boot: impl FnMut(&VmConfig) -> Result<T, String>,
+        mut load: impl FnMut(
+            &super::snapshot::SnapshotLoad,
+            Option<&MachineConfig>,
+        ) -> Result<T, String>,
     ) -> Result<T, NotStarted> {
         loop {
             if let Some(signal) = signals.and_then(crate::signals::pending) {
@@ -167,6 +179,21 @@ impl Setup {
                 }
             };
             let _ = channel.wake.read();
+            if let ApiRequest::LoadSnapshot(request) = &envelope.request {
+                match load(request, self.config.machine_config.as_ref()) {
+                    Ok(vm) => {
+                        let _ = envelope.reply.send(Response::no_content());
+                        return Ok(vm);
+                    }
+                    Err(e) => {
+                        log::error!("snapshot load: {e}");
+                        let _ = envelope.reply.send(Response::bad_request(format!(
+                            "cannot load the snapshot: {e}"
+                        )));
+                        continue;
+                    }
+                }
+            }
             if envelope.request != ApiRequest::InstanceStart {
                 let _ = envelope.reply.send(self.apply(envelope.request));
                 continue;

@@ -57,7 +57,32 @@ pub struct I8042 {
     out: VecDeque<u8>,
 }
 
+/// What a snapshot keeps of the controller: its command byte, a command waiting for its data
+/// byte, and the bytes the guest has not read yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct I8042State {
+    pub ctr: u8,
+    pub pending: Option<u8>,
+    pub out: Vec<u8>,
+}
+
 impl I8042 {
+    /// The controller's state, for a snapshot.
+    pub fn state(&self) -> I8042State {
+        I8042State {
+            ctr: self.ctr,
+            pending: self.pending,
+            out: self.out.iter().copied().collect(),
+        }
+    }
+
+    /// Take up `state` (from a snapshot); more bytes than the controller holds are dropped.
+    pub fn restore(&mut self, state: &I8042State) {
+        self.ctr = state.ctr;
+        self.pending = state.pending;
+        self.out = state.out.iter().copied().take(OUT_MAX).collect();
+    }
+
     pub fn new(exit: Arc<ExitHandle>, irq: Option<EventFd>) -> Self {
         Self {
             exit,

@@ -115,6 +115,79 @@ impl SerialDevice {
     }
 }
 
+/// The 16550's registers and receive FIFO, for a snapshot (vm-superio's `SerialState`, in a
+/// form serde can write).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SerialDeviceState {
+    pub baud_divisor_low: u8,
+    pub baud_divisor_high: u8,
+    pub interrupt_enable: u8,
+    pub interrupt_identification: u8,
+    pub line_control: u8,
+    pub line_status: u8,
+    pub modem_control: u8,
+    pub modem_status: u8,
+    pub scratch: u8,
+    pub in_buffer: Vec<u8>,
+}
+
+impl SerialDevice {
+    /// The UART's state, for a snapshot.
+    pub fn state(&self) -> SerialDeviceState {
+        let s = self.uart.state();
+        SerialDeviceState {
+            baud_divisor_low: s.baud_divisor_low,
+            baud_divisor_high: s.baud_divisor_high,
+            interrupt_enable: s.interrupt_enable,
+            interrupt_identification: s.interrupt_identification,
+            line_control: s.line_control,
+            line_status: s.line_status,
+            modem_control: s.modem_control,
+            modem_status: s.modem_status,
+            scratch: s.scratch,
+            in_buffer: s.in_buffer,
+        }
+    }
+
+    /// Rebuild the UART from `state`, keeping its interrupt line, events and console.
+    pub fn restore(&mut self, state: &SerialDeviceState) -> Result<(), String> {
+        let s = vm_superio::serial::SerialState {
+            baud_divisor_low: state.baud_divisor_low,
+            baud_divisor_high: state.baud_divisor_high,
+            interrupt_enable: state.interrupt_enable,
+            interrupt_identification: state.interrupt_identification,
+            line_control: state.line_control,
+            line_status: state.line_status,
+            modem_control: state.modem_control,
+            modem_status: state.modem_status,
+            scratch: state.scratch,
+            // The FIFO holds 64 bytes; a longer buffer (a damaged snapshot) is cut there.
+            in_buffer: state.in_buffer.iter().copied().take(64).collect(),
+        };
+        let trigger = IrqTrigger(
+            self.uart
+                .interrupt_evt()
+                .0
+                .try_clone()
+                .map_err(|e| e.to_string())?,
+        );
+        let events = InputDrained(
+            self.uart
+                .events()
+                .0
+                .try_clone()
+                .map_err(|e| e.to_string())?,
+        );
+        let out = std::mem::replace(
+            self.uart.writer_mut(),
+            ConsoleOut::new(Box::new(io::sink())),
+        );
+        self.uart = Serial::from_state(&s, trigger, events, out)
+            .map_err(|e| format!("serial port state: {e:?}"))?;
+        Ok(())
+    }
+}
+
 impl BusDevice for SerialDevice {
     fn read(&mut self, offset: u64, data: &mut [u8]) {
         data.fill(0);

@@ -7,6 +7,7 @@ pub mod complete;
 pub mod pause;
 pub mod probe;
 pub mod profile;
+pub mod state;
 pub mod stats;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -55,12 +56,17 @@ pub struct Vcpu {
     pub pause: Arc<pause::PauseControl>,
     /// Exits handled, by kind (shared by all vCPUs).
     pub exits: Arc<stats::ExitCounts>,
+    /// The CPUID table Kite set (what a snapshot keeps).
+    pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    /// The MSRs a snapshot saves ([`state::msr_indices`]).
+    pub msr_indices: Arc<Vec<u32>>,
 }
 
 /// A running vCPU thread.
 pub struct VcpuThread {
     pub index: u8,
     handle: JoinHandle<()>,
+    requests: std::sync::mpsc::Sender<state::Request>,
 }
 
 /// Holds the vCPU threads back until the main thread has installed its own seccomp filter, so
@@ -106,6 +112,7 @@ impl Vcpu {
     ) -> std::io::Result<VcpuThread> {
         let index = self.index;
         let name = format!("vcpu{index}");
+        let (requests, inbox) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
@@ -119,20 +126,41 @@ impl Vcpu {
                     return;
                 }
                 if gate.wait() {
-                    self.run(&started);
+                    self.run(&started, &inbox);
                 }
             })?;
-        Ok(VcpuThread { index, handle })
+        Ok(VcpuThread {
+            index,
+            handle,
+            requests,
+        })
     }
 
-    fn run(mut self, started: &std::sync::OnceLock<Instant>) {
+    /// Answer the messages waiting (the thread is parked).
+    fn serve(&mut self, inbox: &std::sync::mpsc::Receiver<state::Request>) {
+        while let Ok(request) = inbox.try_recv() {
+            match request {
+                state::Request::Save(reply) => {
+                    let saved = state::save(&mut self.fd, &self.cpuid, &self.msr_indices);
+                    let _ = reply.send(saved);
+                }
+            }
+        }
+    }
+
+    fn run(
+        mut self,
+        started: &std::sync::OnceLock<Instant>,
+        inbox: &std::sync::mpsc::Receiver<state::Request>,
+    ) {
         let index = self.index;
         let exits = self.exits.clone();
         let count = |c: &std::sync::atomic::AtomicU64| stats::ExitCounts::add(c);
         while !self.stop.load(Ordering::Acquire) {
             if self.pause.requested() {
                 // Parked between two KVM_RUNs: the last exit has been handled in full.
-                self.pause.park();
+                let pause = self.pause.clone();
+                pause.park_with(&mut || self.serve(inbox));
                 if self.stop.load(Ordering::Acquire) {
                     break;
                 }
@@ -340,6 +368,16 @@ impl Vcpu {
 }
 
 impl VcpuThread {
+    /// Ask the (parked) vCPU for its state: the reply comes on the returned channel once the
+    /// thread has been woken with [`pause::PauseControl::post`].
+    pub fn request_state(&self) -> std::sync::mpsc::Receiver<Result<state::VcpuState, String>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        if self.requests.send(state::Request::Save(tx)).is_err() {
+            log::debug!("vCPU {} has stopped: no state", self.index);
+        }
+        rx
+    }
+
     /// Interrupt KVM_RUN once (the thread goes straight back in).
     pub fn kick(&self) {
         let _ = self.handle.kill(kick_signal());

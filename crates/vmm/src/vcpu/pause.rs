@@ -18,6 +18,8 @@ struct State {
     parked: usize,
     /// The VM is stopping: parked vCPUs leave and none parks again.
     released: bool,
+    /// Bumped when a message waits for the parked vCPUs (see [`PauseControl::post`]).
+    mail: u64,
 }
 
 #[derive(Debug, Default)]
@@ -40,13 +42,27 @@ impl PauseControl {
 
     /// vCPU thread: wait here while the VM is paused.
     pub fn park(&self) {
+        self.park_with(&mut || {});
+    }
+
+    /// vCPU thread: wait here while the VM is paused, calling `on_mail` (to answer messages)
+    /// when parked and whenever [`post`](Self::post) says one came.
+    pub fn park_with(&self, on_mail: &mut dyn FnMut()) {
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !s.paused || s.released {
             return;
         }
         s.parked += 1;
         self.changed.notify_all();
+        let mut seen = None;
         while s.paused && !s.released {
+            if seen != Some(s.mail) {
+                seen = Some(s.mail);
+                drop(s);
+                on_mail();
+                s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
             s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
         }
         s.parked -= 1;
@@ -110,6 +126,38 @@ impl PauseControl {
                 .unwrap_or_else(|e| e.into_inner())
                 .0;
         }
+    }
+
+    /// Main thread: a message for the parked vCPUs is waiting; wake them to read it.
+    pub fn post(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.mail = s.mail.wrapping_add(1);
+        self.changed.notify_all();
+    }
+
+    /// Before the vCPU threads start: they park before their first KVM_RUN (a VM restored
+    /// without `resume_vm`).
+    pub fn start_paused(&self) {
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        s.paused = true;
+        self.requested.store(true, Ordering::Release);
+    }
+
+    /// Main thread: wait (at most [`PARK_TIMEOUT`]) until `vcpus` vCPUs have parked.
+    pub fn wait_parked(&self, vcpus: usize) -> Result<(), String> {
+        let deadline = Instant::now() + PARK_TIMEOUT;
+        let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while s.parked < vcpus {
+            if !s.paused || Instant::now() >= deadline {
+                return Err(format!("only {} of {vcpus} vCPUs are parked", s.parked));
+            }
+            s = self
+                .changed
+                .wait_timeout(s, Duration::from_millis(1))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        Ok(())
     }
 
     /// Whether a pause is in force.

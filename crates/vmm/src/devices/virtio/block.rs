@@ -439,6 +439,10 @@ fn name(disk: &Disk) -> String {
 }
 
 impl VirtioDevice for Block {
+    fn active(&self) -> Option<&Active> {
+        self.active.as_ref()
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_BLOCK
     }

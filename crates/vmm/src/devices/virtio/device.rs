@@ -46,6 +46,13 @@ pub trait VirtioDevice: Send {
     /// [`Self::backend_fd`] is readable: serve what is ready. Work left over (a full ring, a
     /// spent budget) keeps the descriptor readable or waits for a queue notification.
     fn process_backend(&mut self) {}
+    /// The queues the device serves, if the driver activated it (for a snapshot).
+    fn active(&self) -> Option<&Active> {
+        None
+    }
+    /// The device was rebuilt from a snapshot and activated again: connections to the host
+    /// that the snapshot could not keep are gone (vsock tells the driver here).
+    fn restored(&mut self) {}
 }
 
 /// Shared handle to a device: the transport (vCPU threads) and the event loop both hold one.
@@ -81,6 +88,14 @@ struct InterruptState {
     completed: AtomicU64,
     bytes_to_guest: AtomicU64,
     needs_reset_count: AtomicU64,
+}
+
+/// The interrupt registers a snapshot keeps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InterruptSnapshot {
+    pub status: u32,
+    pub needs_reset: bool,
+    pub config_generation: u32,
 }
 
 /// How a device (and its transport) interrupts the driver.
@@ -155,6 +170,28 @@ impl Interrupt {
         self.0.config_generation.load(Ordering::SeqCst)
     }
 
+    /// The registers, for a snapshot.
+    pub fn save(&self) -> InterruptSnapshot {
+        InterruptSnapshot {
+            status: self.status(),
+            needs_reset: self.needs_reset(),
+            config_generation: self.config_generation(),
+        }
+    }
+
+    /// Take up `s` (from a snapshot); a pending event is raised again, so that a driver that
+    /// had not taken it yet gets its interrupt.
+    pub fn restore(&self, s: &InterruptSnapshot) {
+        self.0.status.store(s.status, Ordering::SeqCst);
+        self.0.needs_reset.store(s.needs_reset, Ordering::SeqCst);
+        self.0
+            .config_generation
+            .store(s.config_generation, Ordering::SeqCst);
+        if s.status != 0 {
+            let _ = self.0.irq.write(1);
+        }
+    }
+
     /// Device reset: no event is pending and the error state is gone.
     pub fn reset(&self) {
         self.0.status.store(0, Ordering::SeqCst);
@@ -208,6 +245,24 @@ impl Active {
             features,
             broken: false,
         }
+    }
+
+    /// Each queue's next available and next used index, for a snapshot.
+    pub fn positions(&self) -> Vec<(u16, u16)> {
+        self.queues
+            .iter()
+            .map(|q| (q.next_avail(), q.next_used()))
+            .collect()
+    }
+
+    /// Whether the device is in the needs-reset state.
+    pub fn is_broken(&self) -> bool {
+        self.broken
+    }
+
+    /// Put the device into the needs-reset state again (a snapshot taken in it).
+    pub fn set_broken(&mut self) {
+        self.broken = true;
     }
 
     /// Whether the driver accepted feature bit `bit`.

@@ -16,7 +16,7 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{GuestAddress, GuestMemoryBackend};
 use vmm_sys_util::eventfd::EventFd;
 
-use super::device::{Active, Interrupt, LogLimiter, SharedDevice, lock};
+use super::device::{Active, Interrupt, InterruptSnapshot, LogLimiter, SharedDevice, lock};
 use crate::bus::BusDevice;
 use crate::memory::GuestMem;
 
@@ -91,8 +91,8 @@ macro_rules! guest_error {
 }
 
 /// A queue's registers as the driver wrote them; checked only when the driver sets DRIVER_OK.
-#[derive(Clone, Copy, Default)]
-struct QueueRegs {
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QueueRegs {
     size: u32,
     ready: bool,
     desc: u64,
@@ -106,6 +106,25 @@ fn set_low(reg: &mut u64, v: u32) {
 
 fn set_high(reg: &mut u64, v: u32) {
     *reg = (*reg & 0xffff_ffff) | (u64::from(v) << 32);
+}
+
+/// What a snapshot keeps of a transport: the registers, the interrupt state and, once the
+/// driver set DRIVER_OK, where the device is in each queue.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TransportState {
+    pub device_type: u32,
+    pub status: u32,
+    pub device_features_sel: u32,
+    pub driver_features_sel: u32,
+    pub driver_features: u64,
+    pub unknown_features: bool,
+    pub queue_sel: u32,
+    pub queues: Vec<QueueRegs>,
+    pub interrupt: InterruptSnapshot,
+    /// Each queue's (next available, next used) index while the device is active.
+    pub positions: Option<Vec<(u16, u16)>>,
+    /// The device was in the needs-reset state.
+    pub broken: bool,
 }
 
 /// The register file of one virtio-mmio device.
@@ -412,6 +431,86 @@ impl MmioTransport {
             SHM_SEL | QUEUE_RESET => {}
             _ => guest_error!(self, "write to unknown register {offset:#x}"),
         }
+    }
+}
+
+impl MmioTransport {
+    /// The transport's state, for a snapshot (the VM is paused: no vCPU touches the registers
+    /// and the event loop does no device work).
+    pub fn state(&self) -> TransportState {
+        let (positions, broken) = {
+            let d = lock(&self.device);
+            match d.active() {
+                Some(a) => (Some(a.positions()), a.is_broken()),
+                None => (None, false),
+            }
+        };
+        TransportState {
+            device_type: self.device_type,
+            status: self.status,
+            device_features_sel: self.device_features_sel,
+            driver_features_sel: self.driver_features_sel,
+            driver_features: self.driver_features,
+            unknown_features: self.unknown_features,
+            queue_sel: self.queue_sel,
+            queues: self.queues.clone(),
+            interrupt: self.interrupt.save(),
+            positions,
+            broken,
+        }
+    }
+
+    /// The first `len` bytes of the device's configuration space.
+    pub fn config_bytes(&self, len: usize) -> Vec<u8> {
+        let mut bytes = vec![0; len];
+        lock(&self.device).read_config(0, &mut bytes);
+        bytes
+    }
+
+    /// Take up `state` on a freshly attached device of the same kind: the registers, and, if
+    /// the driver had set DRIVER_OK, the queues, activated where the device had got to.
+    pub fn restore(&mut self, state: &TransportState) -> Result<(), String> {
+        if state.device_type != self.device_type || state.queues.len() != self.queues.len() {
+            return Err(format!(
+                "virtio device type {} with {} queues in the snapshot, type {} with {} here",
+                state.device_type,
+                state.queues.len(),
+                self.device_type,
+                self.queues.len()
+            ));
+        }
+        self.status = state.status;
+        self.device_features_sel = state.device_features_sel;
+        self.driver_features_sel = state.driver_features_sel;
+        self.driver_features = state.driver_features;
+        self.unknown_features = state.unknown_features;
+        self.queue_sel = state.queue_sel;
+        self.queues = state.queues.clone();
+        self.interrupt.restore(&state.interrupt);
+        let Some(positions) = &state.positions else {
+            return Ok(());
+        };
+        if self.status & VIRTIO_CONFIG_S_DRIVER_OK == 0 || positions.len() != self.queues.len() {
+            return Err("virtio queue positions without DRIVER_OK, or for other queues".into());
+        }
+        let mut queues = self.build_queues().map_err(|e| e.to_string())?;
+        for (queue, &(next_avail, next_used)) in queues.iter_mut().zip(positions) {
+            queue.set_next_avail(next_avail);
+            queue.set_next_used(next_used);
+        }
+        let mut active = Active::new(
+            self.mem.clone(),
+            queues,
+            self.interrupt.clone(),
+            self.driver_features,
+        );
+        if state.broken {
+            active.set_broken();
+        }
+        let mut device = lock(&self.device);
+        device.activate(active);
+        device.restored();
+        Ok(())
     }
 }
 

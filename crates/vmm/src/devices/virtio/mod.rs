@@ -45,7 +45,8 @@ use crate::memory::GuestMem;
 use block::Block;
 pub use device::Interrupt;
 use device::{QueueEvents, SharedDevice};
-use mmio::{MmioTransport, QUEUE_NOTIFY};
+use mmio::QUEUE_NOTIFY;
+pub use mmio::{MmioTransport, QueueRegs, TransportState};
 use net::Net;
 use rng::Rng;
 use tap::Tap;
@@ -197,6 +198,17 @@ pub struct VirtioContext<'a> {
     pub placed: Vec<Placement>,
     /// Every device's name (`virtio-blk0`, `virtio-net0`, ...) and counters (metrics).
     pub counters: Vec<(String, Interrupt)>,
+    /// Every device attached so far, with its transport (for the device manager).
+    pub attached: Vec<Attached>,
+}
+
+/// An attached device as the device manager holds it.
+#[derive(Clone)]
+pub struct Attached {
+    /// `virtio-blk0`, `virtio-net0`, ...
+    pub name: String,
+    pub placement: Placement,
+    pub transport: Arc<Mutex<MmioTransport>>,
 }
 
 /// Where an attached device sits.
@@ -302,8 +314,8 @@ fn attach(ctx: &mut VirtioContext<'_>, device: SharedDevice) -> Result<Placement
         .iter()
         .filter(|(name, _)| name.starts_with(kind))
         .count();
-    ctx.counters
-        .push((format!("{kind}{nth}"), interrupt.clone()));
+    let name = format!("{kind}{nth}");
+    ctx.counters.push((name.clone(), interrupt.clone()));
 
     let queues = device::lock(&device).queue_max_sizes().len();
     let mut events = Vec::with_capacity(queues);
@@ -323,9 +335,15 @@ fn attach(ctx: &mut VirtioContext<'_>, device: SharedDevice) -> Result<Placement
 
     let transport =
         MmioTransport::new(device.clone(), ctx.mem.clone(), interrupt, transport_events)?;
+    let transport = Arc::new(Mutex::new(transport));
     ctx.mmio_bus
-        .insert(Arc::new(Mutex::new(transport)), addr, VIRTIO_MMIO_SIZE)
+        .insert(transport.clone(), addr, VIRTIO_MMIO_SIZE)
         .map_err(|source| Error::Bus { addr, source })?;
+    ctx.attached.push(Attached {
+        name,
+        placement: Placement { addr, irq },
+        transport,
+    });
     ctx.event_manager
         .add_subscriber(Arc::new(Mutex::new(QueueEvents::new(device, events))));
     Ok(Placement { addr, irq })

@@ -298,6 +298,10 @@ fn gather(mem: &GuestMem, chain: &Chain, frame: &mut [u8]) -> Result<usize, TxEr
 }
 
 impl VirtioDevice for Net {
+    fn active(&self) -> Option<&Active> {
+        self.active.as_ref()
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
     }

@@ -83,6 +83,10 @@ fn handle(log: &mut LogLimiter, mem: &GuestMem, chain: &Chain) -> Completion {
 }
 
 impl VirtioDevice for Rng {
+    fn active(&self) -> Option<&Active> {
+        self.active.as_ref()
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_RNG
     }

@@ -55,6 +55,7 @@ fn attach_wires_a_device_into_kvm_the_bus_the_event_loop_and_the_cmdline() {
         slots: &mut slots,
         placed: Vec::new(),
         counters: Vec::new(),
+        attached: Vec::new(),
     };
     let image = TempFile::new().unwrap();
     image.as_file().set_len(1 << 20).unwrap();

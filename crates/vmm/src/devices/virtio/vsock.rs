@@ -561,6 +561,10 @@ impl Drop for Vsock {
 }
 
 impl VirtioDevice for Vsock {
+    fn active(&self) -> Option<&Active> {
+        self.active.as_ref()
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_VSOCK
     }
@@ -593,6 +597,27 @@ impl VirtioDevice for Vsock {
         if let Err(e) = self.wake.write(1) {
             error!("{}: cannot wake the event loop: {e}", self.name);
         }
+    }
+
+    fn restored(&mut self) {
+        // The connections the guest had are gone with the old process: tell the driver with
+        // VIRTIO_VSOCK_EVENT_TRANSPORT_RESET (id 0) on the event queue, so its sockets see it.
+        const EVENT: usize = 2;
+        let Some(active) = self.active.as_mut() else {
+            return;
+        };
+        let name = self.name.clone();
+        let Some(chain) = active.pop_chain(EVENT, &name, &mut self.chain_log) else {
+            log::debug!("{name}: no event buffer for the transport reset after restore");
+            return;
+        };
+        let written = chain
+            .writable_only(&active.mem, 4)
+            .ok()
+            .and_then(|bufs| bufs.write(&active.mem, &0u32.to_le_bytes()).ok());
+        let len = written.map_or(0, |n| n as u32);
+        active.add_used(EVENT, chain.head(), len, &name, &mut self.chain_log);
+        active.notify_used(EVENT);
     }
 
     fn process_queue(&mut self, index: usize) -> bool {

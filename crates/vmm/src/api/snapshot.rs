@@ -1,0 +1,165 @@
+//! `PUT /snapshot/create` and `PUT /snapshot/load`: Firecracker's bodies, checked, and a load
+//! carried out on a Kite that has not started a VM.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use serde::Deserialize;
+
+use super::types::MachineConfig;
+use crate::snapshot::{self, Overrides};
+use crate::vmm::Vmm;
+
+/// `PUT /snapshot/create`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotCreate {
+    #[serde(default)]
+    pub snapshot_type: Option<String>,
+    pub snapshot_path: String,
+    pub mem_file_path: String,
+    /// Firecracker's old field (the format version to write); only Kite's own is written.
+    #[serde(default)]
+    pub version: Option<String>,
+}
+
+/// `mem_backend` of `PUT /snapshot/load`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemBackend {
+    pub backend_type: String,
+    pub backend_path: String,
+}
+
+/// One entry of `network_overrides`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOverride {
+    pub iface_id: String,
+    pub host_dev_name: String,
+}
+
+/// `vsock_override`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockOverride {
+    pub uds_path: String,
+}
+
+/// `PUT /snapshot/load`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotLoad {
+    pub snapshot_path: String,
+    #[serde(default)]
+    pub mem_backend: Option<MemBackend>,
+    /// Deprecated in Firecracker: the memory file, without `mem_backend`.
+    #[serde(default)]
+    pub mem_file_path: Option<String>,
+    #[serde(default)]
+    pub track_dirty_pages: Option<bool>,
+    /// Deprecated in Firecracker: `track_dirty_pages`.
+    #[serde(default)]
+    pub enable_diff_snapshots: Option<bool>,
+    #[serde(default)]
+    pub resume_vm: Option<bool>,
+    #[serde(default)]
+    pub network_overrides: Vec<NetworkOverride>,
+    #[serde(default)]
+    pub vsock_override: Option<VsockOverride>,
+}
+
+/// The two paths of a create, checked.
+pub fn create_paths(c: &SnapshotCreate) -> Result<(PathBuf, PathBuf), String> {
+    match c.snapshot_type.as_deref() {
+        None | Some("Full") => {}
+        Some("Diff") => {
+            return Err(
+                "snapshot_type Diff needs dirty page tracking, which Kite does not have yet: use Full".into(),
+            );
+        }
+        Some(other) => {
+            return Err(format!(
+                "unknown snapshot_type {other:?}: use Full (Kite has no Diff snapshots yet)"
+            ));
+        }
+    }
+    if c.snapshot_path.is_empty() || c.mem_file_path.is_empty() {
+        return Err("snapshot_path and mem_file_path must both be given".into());
+    }
+    let (state, mem) = (
+        PathBuf::from(&c.snapshot_path),
+        PathBuf::from(&c.mem_file_path),
+    );
+    if state == mem {
+        return Err("snapshot_path and mem_file_path are the same file: give two paths".into());
+    }
+    // A missing directory shows when the files are created (the main thread, which does
+    // this, may not stat(2) paths).
+    Ok((state, mem))
+}
+
+/// What a load asks for, checked: (snapshot file, memory file, overrides, resume).
+pub fn load_request(l: &SnapshotLoad) -> Result<(PathBuf, PathBuf, Overrides, bool), String> {
+    let mem = match (&l.mem_backend, &l.mem_file_path) {
+        (Some(_), Some(_)) => {
+            return Err("give mem_backend or the deprecated mem_file_path, not both".into());
+        }
+        (None, None) => return Err("mem_backend is missing: say where the memory file is".into()),
+        (None, Some(path)) => path.clone(),
+        (Some(b), None) => match b.backend_type.as_str() {
+            "File" => b.backend_path.clone(),
+            "Uffd" => {
+                return Err("mem_backend Uffd is not supported by Kite yet: use File".into());
+            }
+            other => return Err(format!("unknown backend_type {other:?}: use File")),
+        },
+    };
+    if l.track_dirty_pages == Some(true) || l.enable_diff_snapshots == Some(true) {
+        return Err(
+            "track_dirty_pages (enable_diff_snapshots): Kite has no dirty page tracking yet; leave it false".into(),
+        );
+    }
+    if l.snapshot_path.is_empty() || mem.is_empty() {
+        return Err("snapshot_path and the memory file path must both be given".into());
+    }
+    let overrides = Overrides {
+        taps: l
+            .network_overrides
+            .iter()
+            .map(|o| (o.iface_id.clone(), o.host_dev_name.clone()))
+            .collect(),
+        vsock_socket: l
+            .vsock_override
+            .as_ref()
+            .map(|v| PathBuf::from(&v.uds_path)),
+    };
+    Ok((
+        PathBuf::from(&l.snapshot_path),
+        PathBuf::from(mem),
+        overrides,
+        l.resume_vm.unwrap_or(false),
+    ))
+}
+
+/// Carry out a load: read and check the snapshot, check it against a machine-config given
+/// before (if any), and build the VM from it.
+pub fn load(
+    l: &SnapshotLoad,
+    machine: Option<&MachineConfig>,
+    process_start: Instant,
+) -> Result<Vmm, String> {
+    let (state_path, mem_path, overrides, resume) = load_request(l)?;
+    let state = snapshot::read(&state_path).map_err(|e| crate::error_chain(&e))?;
+    if let Some(m) = machine {
+        let (cpus, mib) = (state.machine.cpus, state.machine.memory >> 20);
+        if m.vcpu_count != cpus || m.mem_size_mib != mib {
+            return Err(format!(
+                "the snapshot is of a VM with {cpus} vCPUs and {mib} MiB, the machine-config given says {} vCPUs and {} MiB: leave machine-config out when loading a snapshot",
+                m.vcpu_count, m.mem_size_mib
+            ));
+        }
+    }
+    Vmm::restore(&state, &mem_path, &overrides, resume, process_start)
+        .map_err(|e| crate::error_chain(&e))
+}

@@ -1,0 +1,199 @@
+//! `kite restore DIR` and `kite snapshot SOCKET DIR`: snapshots for a user without an API
+//! client. A snapshot directory holds `vmstate` (the state file) and `memory` (guest RAM).
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use clap::Args;
+
+/// The state file's name in a snapshot directory.
+pub const STATE_FILE: &str = "vmstate";
+/// The memory file's name in a snapshot directory.
+pub const MEMORY_FILE: &str = "memory";
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The snapshot directory (`kite snapshot` writes one).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Serve Firecracker's API on this Unix socket while the VM runs.
+    #[arg(long, value_name = "PATH")]
+    pub api_sock: Option<PathBuf>,
+    /// Leave the VM paused (resume it with PATCH /vm on --api-sock).
+    #[arg(long)]
+    pub paused: bool,
+    /// Use another host tap for a network interface: ID=TAP (the snapshot's iface id, or
+    /// net0, net1, ... for VMs started without the API). May be repeated.
+    #[arg(long = "net-override", value_name = "ID=TAP")]
+    pub net_overrides: Vec<String>,
+    /// Listen for vsock connections on this socket instead of the snapshot's.
+    #[arg(long, value_name = "PATH")]
+    pub vsock_socket: Option<PathBuf>,
+    /// Stop the VM after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
+    pub timeout: Option<u64>,
+    /// Print the start-up timeline at the end.
+    #[arg(long)]
+    pub timeline: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    /// The API socket of the running Kite (`kite run --api-sock SOCKET`).
+    #[arg(value_name = "SOCKET")]
+    pub socket: PathBuf,
+    /// Where to write the snapshot (created if missing; its parent must exist).
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Leave the VM paused after the snapshot.
+    #[arg(long)]
+    pub leave_paused: bool,
+}
+
+fn fail(text: &str) -> i32 {
+    eprintln!("kite: error: {}", kite_vmm::one_line(text));
+    2
+}
+
+pub fn restore(args: &RestoreArgs, process_start: Instant) -> i32 {
+    let mut overrides = kite_vmm::snapshot::Overrides {
+        vsock_socket: args.vsock_socket.clone(),
+        ..Default::default()
+    };
+    for o in &args.net_overrides {
+        let Some((id, tap)) = o
+            .split_once('=')
+            .filter(|(i, t)| !i.is_empty() && !t.is_empty())
+        else {
+            return fail(&format!("--net-override {o:?}: write ID=TAP"));
+        };
+        overrides.taps.push((id.to_string(), tap.to_string()));
+    }
+    let state = match kite_vmm::snapshot::read(&args.dir.join(STATE_FILE)) {
+        Ok(s) => s,
+        Err(e) => return fail(&kite_vmm::error_chain(&e)),
+    };
+    let mem = args.dir.join(MEMORY_FILE);
+    let vmm =
+        match kite_vmm::vmm::Vmm::restore(&state, &mem, &overrides, !args.paused, process_start) {
+            Ok(v) => v.with_timeout(args.timeout.map(Duration::from_secs)),
+            Err(e) => return fail(&kite_vmm::error_chain(&e)),
+        };
+    let mut vmm = vmm;
+    let mut socket = None;
+    if let Some(path) = &args.api_sock {
+        use kite_vmm::api::{running::RunningApi, server};
+        let mode = kite_vmm::seccomp::Mode::On;
+        let filter = match kite_vmm::seccomp::Filter::new(kite_vmm::seccomp::ThreadKind::Api, mode)
+        {
+            Ok(f) => f,
+            Err(e) => return fail(&kite_vmm::error_chain(&e)),
+        };
+        if filter.is_some()
+            && let Err(e) = kite_vmm::seccomp::sigsys::install_handler()
+        {
+            return fail(&kite_vmm::error_chain(&e));
+        }
+        let channel = match server::start(path, filter) {
+            Ok(c) => c,
+            Err(e) => return fail(&kite_vmm::error_chain(&e)),
+        };
+        socket = Some(channel.socket.clone());
+        vmm.attach_api(RunningApi::new(
+            Some(channel),
+            "kite".into(),
+            Default::default(),
+            None,
+        ));
+    }
+    crate::run_vmm(vmm, socket, args.timeline, process_start)
+}
+
+/// One request on the API socket; the status and body of the answer.
+fn call(socket: &Path, method: &str, path: &str, body: &str) -> Result<(u16, String), String> {
+    let mut s = UnixStream::connect(socket)
+        .map_err(|e| format!("cannot connect to {}: {e}", socket.display()))?;
+    s.set_read_timeout(Some(Duration::from_secs(120)))
+        .map_err(|e| e.to_string())?;
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(request.as_bytes())
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| format!("{method} {path}: no answer: {e}"))?;
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("{method} {path}: not an HTTP answer"))?;
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    Ok((status, body))
+}
+
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+pub fn snapshot(args: &SnapshotArgs) -> i32 {
+    if let Err(e) = std::fs::create_dir_all(&args.dir) {
+        return fail(&format!("cannot create {}: {e}", args.dir.display()));
+    }
+    let (Some(state), Some(mem)) = (
+        args.dir.join(STATE_FILE).to_str().map(String::from),
+        args.dir.join(MEMORY_FILE).to_str().map(String::from),
+    ) else {
+        return fail("the snapshot directory's path is not UTF-8");
+    };
+    let step = |method: &str, path: &str, body: &str| -> Result<(), String> {
+        match call(&args.socket, method, path, body)? {
+            (s, _) if s < 300 => Ok(()),
+            (_, body) => Err(format!("{method} {path}: {}", body.trim())),
+        }
+    };
+    let started = Instant::now();
+    if let Err(e) = step("PATCH", "/vm", r#"{"state": "Paused"}"#) {
+        return fail(&e);
+    }
+    let body = format!(
+        r#"{{"snapshot_type": "Full", "snapshot_path": {}, "mem_file_path": {}}}"#,
+        json_string(&state),
+        json_string(&mem)
+    );
+    let created = step("PUT", "/snapshot/create", &body);
+    let after = if args.leave_paused {
+        Ok(())
+    } else {
+        step("PATCH", "/vm", r#"{"state": "Resumed"}"#)
+    };
+    if let Err(e) = created {
+        return fail(&e);
+    }
+    if let Err(e) = after {
+        return fail(&e);
+    }
+    eprintln!(
+        "kite: snapshot written to {} in {:.0} ms; restore it with: kite restore {}",
+        args.dir.display(),
+        started.elapsed().as_secs_f64() * 1e3,
+        args.dir.display()
+    );
+    0
+}

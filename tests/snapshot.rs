@@ -1,0 +1,487 @@
+//! Snapshots of the ring-3 test guest: paused in the middle of a scenario, saved with
+//! `PUT /snapshot/create` (or `kite snapshot`), and restored in a new process (with
+//! `PUT /snapshot/load` or `kite restore`), where the scenario finishes with a correct result
+//! line. And the bad input of issue 18: damaged, truncated and other-version files, a short
+//! memory file, create while running, load after start, a directory that does not exist.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::api::*;
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+const PAUSE: &str = r#"{"state": "Paused"}"#;
+
+/// A directory of the test's own for snapshot files (kept apart from the VMs' directories,
+/// which go with them).
+fn snap_dir(test: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kite-snap-{}-{test}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Pause `vm` and write its snapshot to `dir/vmstate` and `dir/memory`.
+fn create(vm: &ApiVm, dir: &Path) -> (PathBuf, PathBuf) {
+    let (state, mem) = (dir.join("vmstate"), dir.join("memory"));
+    vm.ok("PATCH", "/vm", PAUSE);
+    let body = format!(
+        r#"{{"snapshot_type": "Full", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        state.display(),
+        mem.display()
+    );
+    vm.ok("PUT", "/snapshot/create", &body);
+    (state, mem)
+}
+
+/// A new `kite run --api-sock` that loads the snapshot and resumes it.
+fn load(test: &str, state: &Path, mem: &Path) -> ApiVm {
+    let vm = ApiVm::start(&format!("{test}-restored"), &[]);
+    let body = format!(
+        r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}, "resume_vm": true}}"#,
+        state.display(),
+        mem.display()
+    );
+    vm.ok("PUT", "/snapshot/load", &body);
+    vm
+}
+
+fn first_tick(console: &str) -> u64 {
+    console
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .next()
+        .unwrap_or(0)
+}
+
+fn ready(test: &str) -> Option<PathBuf> {
+    if let Some(reason) = kvm_unavailable() {
+        skip(test, Need::Kvm, &reason);
+        return None;
+    }
+    Some(testguest().unwrap_or_else(|e| panic!("{e}")))
+}
+
+#[test]
+fn a_ticking_guest_goes_on_where_it_was_in_a_new_process() {
+    let test = "snap_tick";
+    let Some(kernel) = ready(test) else { return };
+    let dir = snap_dir(test);
+    let vm = ApiVm::start(
+        test,
+        &[
+            "--no-acpi",
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "256M",
+            "--cmdline",
+            "kite_test=tick kite_tick_ms=5 kite_n=200",
+        ],
+    );
+    vm.wait_stdout(LIMIT, |out| last_tick(out) >= 10);
+    vm.bad(
+        "PUT",
+        "/snapshot/create",
+        Some(r#"{"snapshot_path": "/tmp/x", "mem_file_path": "/tmp/y"}"#),
+        "pause it first",
+    );
+    let (state, mem) = create(&vm, &dir);
+    std::thread::sleep(Duration::from_millis(50));
+    let paused_at = last_tick(&vm.stdout());
+    assert!(paused_at < 200, "the scenario ended before the snapshot");
+    // The memory file is sparse: most of 256 MiB was never touched.
+    let meta = std::fs::metadata(&mem).unwrap();
+    assert_eq!(meta.len(), 256 << 20);
+    use std::os::unix::fs::MetadataExt;
+    assert!(
+        meta.blocks() * 512 < 16 << 20,
+        "{} bytes allocated",
+        meta.blocks() * 512
+    );
+    drop(vm);
+
+    let mut restored = load(test, &state, &mem);
+    restored.bad(
+        "PUT",
+        "/snapshot/load",
+        Some("{\"snapshot_path\": \"x\", \"mem_file_path\": \"y\"}"),
+        "already running",
+    );
+    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
+    let out = restored.stdout();
+    assert!(out.contains("KITE-TEST tick ok ticks=200"), "{out}");
+    assert_eq!(first_tick(&out), paused_at + 1, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn two_vcpus_restored_with_kite_restore_finish_their_scenario() {
+    let test = "snap_smp";
+    let Some(kernel) = ready(test) else { return };
+    let dir = snap_dir(test);
+    // smp brings the second vCPU up with INIT-SIPI-SIPI and waits for it: pause as early as
+    // possible, so that the snapshot falls inside the scenario; try again if it finished.
+    for attempt in 0..5 {
+        let vm = ApiVm::start(
+            &format!("{test}{attempt}"),
+            &[
+                "--no-acpi",
+                "--kernel",
+                path_str(&kernel),
+                "--memory",
+                "64M",
+                "--cpus",
+                "2",
+                "--cmdline",
+                "kite_test=smp",
+            ],
+        );
+        let out = kite()
+            .arg("snapshot")
+            .arg(&vm.sock)
+            .arg(&dir)
+            .arg("--leave-paused")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        if vm.stdout().contains("KITE-TEST") {
+            eprintln!("attempt {attempt}: the scenario ended before the snapshot; again");
+            continue;
+        }
+        drop(vm);
+        let mut cmd = kite();
+        cmd.arg("restore").arg(&dir).args(["--timeout", "30"]);
+        let run = run(cmd, LIMIT);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        assert!(
+            run.stdout.contains("KITE-TEST smp ok cpus=2 expected=2"),
+            "{}\n{}",
+            run.stdout,
+            run.stderr
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    panic!("the smp scenario ended before every one of 5 snapshots");
+}
+
+#[test]
+fn disk_writes_go_on_after_restore_and_the_disk_has_what_the_guest_wrote() {
+    let test = "snap_blk";
+    let Some(kernel) = ready(test) else { return };
+    let dir = snap_dir(test);
+    let disk = dir.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(16 << 20)
+        .unwrap();
+    let vm = ApiVm::start(
+        test,
+        &[
+            "--no-acpi",
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "64M",
+            "--disk",
+            path_str(&disk),
+            "--cmdline",
+            "kite_test=virtio-blk kite_blk_req=4096 kite_blk_depth=4 kite_seed=9",
+        ],
+    );
+    // The check writes 16 MiB in 4 KiB requests, then reads it back: a few seconds here.
+    std::thread::sleep(Duration::from_millis(700));
+    let (state, mem) = create(&vm, &dir);
+    assert!(
+        !vm.stdout().contains("KITE-TEST"),
+        "finished before the snapshot"
+    );
+    drop(vm);
+    let mut restored = load(test, &state, &mem);
+    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
+    let out = restored.stdout();
+    assert!(out.contains("KITE-TEST virtio-blk ok"), "{out}");
+    let image = std::fs::read(&disk).unwrap();
+    assert_eq!(
+        kite_workloads::disk_pattern_check(9, 0, &image),
+        None,
+        "the image differs from what the guest wrote"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_entropy_request_in_flight_completes_after_restore() {
+    let test = "snap_rng";
+    let Some(kernel) = ready(test) else { return };
+    let dir = snap_dir(test);
+    for attempt in 0..5 {
+        let vm = ApiVm::start(
+            &format!("{test}{attempt}"),
+            &[
+                "--no-acpi",
+                "--kernel",
+                path_str(&kernel),
+                "--memory",
+                "64M",
+                "--cmdline",
+                "kite_test=virtio-rng kite_n=1048576",
+            ],
+        );
+        let (state, mem) = create(&vm, &dir);
+        std::thread::sleep(Duration::from_millis(50));
+        if vm.stdout().contains("KITE-TEST") {
+            eprintln!("attempt {attempt}: the scenario ended before the snapshot; again");
+            continue;
+        }
+        drop(vm);
+        let mut restored = load(test, &state, &mem);
+        assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
+        let out = restored.stdout();
+        assert!(
+            out.contains("KITE-TEST virtio-rng ok bytes=1048576"),
+            "{out}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
+    panic!("the virtio-rng scenario ended before every one of 5 snapshots");
+}
+
+/// One snapshot of a ticking guest, for the bad-input tests to damage.
+fn good_snapshot(test: &str, kernel: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let dir = snap_dir(test);
+    let vm = ApiVm::start(
+        test,
+        &[
+            "--no-acpi",
+            "--kernel",
+            path_str(kernel),
+            "--memory",
+            "64M",
+            "--cpus",
+            "2",
+            "--cmdline",
+            "kite_test=tick kite_tick_ms=5 kite_n=100",
+        ],
+    );
+    vm.wait_stdout(LIMIT, |out| last_tick(out) >= 3);
+    // A directory that does not exist: 400, the VM stays paused and well.
+    vm.ok("PATCH", "/vm", PAUSE);
+    vm.bad(
+        "PUT",
+        "/snapshot/create",
+        Some(r#"{"snapshot_path": "/nonexistent-dir/s", "mem_file_path": "/nonexistent-dir/m"}"#),
+        "No such file or directory",
+    );
+    vm.bad(
+        "PUT",
+        "/snapshot/create",
+        Some(r#"{"snapshot_type": "Diff", "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#),
+        "Diff",
+    );
+    vm.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    let (state, mem) = create(&vm, &dir);
+    vm.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    let at = last_tick(&vm.stdout());
+    vm.wait_stdout(LIMIT, |out| last_tick(out) > at + 2);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(leftovers.len(), 2, "{leftovers:?}");
+    (dir, state, mem)
+}
+
+/// `kite restore DIR` ends with exit 2 and one error line containing `want`.
+fn restore_refused(dir: &Path, want: &str) {
+    let mut cmd = kite();
+    cmd.arg("restore").arg(dir);
+    let out = run(cmd, LIMIT);
+    assert_eq!(out.code, Some(2), "{}", out.stderr);
+    let errors = out.error_lines();
+    assert_eq!(errors.len(), 1, "{}", out.stderr);
+    assert!(errors[0].contains(want), "{}", out.stderr);
+    assert!(!out.stdout.contains("tick"), "{}", out.stdout);
+}
+
+#[test]
+fn damaged_files_are_refused_with_one_line() {
+    let test = "snap_bad";
+    let Some(kernel) = ready(test) else { return };
+    let (dir, state, mem) = good_snapshot(test, &kernel);
+    let good = std::fs::read(&state).unwrap();
+
+    std::fs::write(&state, &good[..good.len() / 2]).unwrap();
+    restore_refused(&dir, "truncated");
+    let mut flipped = good.clone();
+    let last = flipped.len() - 10;
+    flipped[last] ^= 0x40;
+    std::fs::write(&state, &flipped).unwrap();
+    restore_refused(&dir, "checksum mismatch");
+    let mut other = good.clone();
+    other[8] = 99;
+    std::fs::write(&state, &other).unwrap();
+    restore_refused(&dir, "format version 99");
+    std::fs::write(&state, b"hello").unwrap();
+    restore_refused(&dir, "not a Kite snapshot file");
+
+    std::fs::write(&state, &good).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&mem)
+        .unwrap()
+        .set_len(32 << 20)
+        .unwrap();
+    restore_refused(&dir, "wrong or truncated memory file");
+
+    // Over the API: a machine-config of another shape, then load after start.
+    let vm = ApiVm::start(&format!("{test}-api"), &[]);
+    vm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 64}"#,
+    );
+    let body = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        state.display(),
+        mem.display()
+    );
+    vm.bad("PUT", "/snapshot/load", Some(&body), "2 vCPUs");
+    vm.bad(
+        "PUT",
+        "/snapshot/create",
+        Some(r#"{"snapshot_path": "a", "mem_file_path": "b"}"#),
+        "no VM to snapshot",
+    );
+    let uffd = format!(
+        r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "Uffd", "backend_path": "/tmp/uffd.sock"}}}}"#,
+        state.display()
+    );
+    vm.bad("PUT", "/snapshot/load", Some(&uffd), "Uffd");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_full_disk_is_400_and_leaves_no_file_and_the_vm_goes_on() {
+    let test = "snap_enospc";
+    let Some(kernel) = ready(test) else { return };
+    let dir = snap_dir(test);
+    // A 64 KiB file system: the memory file cannot fit.
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        let _ = std::fs::remove_dir_all(&dir);
+        return skip(
+            test,
+            Need::Root,
+            "cannot mount a small tmpfs (needs root) to fill up",
+        );
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(self.0).status();
+            let _ = std::fs::remove_dir_all(self.0);
+        }
+    }
+    let _unmount = Unmount(&dir);
+    let vm = ApiVm::start(
+        test,
+        &[
+            "--no-acpi",
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "64M",
+            "--cmdline",
+            "kite_test=tick kite_tick_ms=5 kite_n=100000",
+        ],
+    );
+    vm.wait_stdout(LIMIT, |out| last_tick(out) >= 3);
+    vm.ok("PATCH", "/vm", PAUSE);
+    let body = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        dir.join("vmstate").display(),
+        dir.join("memory").display()
+    );
+    vm.bad(
+        "PUT",
+        "/snapshot/create",
+        Some(&body),
+        "No space left on device",
+    );
+    let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
+    assert!(left.is_empty(), "{left:?}");
+    vm.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    let at = last_tick(&vm.stdout());
+    vm.wait_stdout(LIMIT, |out| last_tick(out) > at + 2);
+}
+
+#[test]
+fn a_clone_listens_on_its_own_vsock_socket() {
+    let test = "snap_vsock";
+    let Some(kernel) = ready(test) else { return };
+    let dir = snap_dir(test);
+    let first = dir.join("first.sock");
+    let vm = ApiVm::start(
+        test,
+        &[
+            "--no-acpi",
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "64M",
+            "--vsock",
+            &format!("cid=3,socket={}", first.display()),
+            "--cmdline",
+            "kite_test=tick kite_tick_ms=5 kite_n=120",
+        ],
+    );
+    vm.wait_stdout(LIMIT, |out| last_tick(out) >= 5);
+    let (state, mem) = create(&vm, &dir);
+    drop(vm);
+    let clone = dir.join("clone.sock");
+    let restored = ApiVm::start(&format!("{test}-restored"), &[]);
+    let body = |over: &str| {
+        format!(
+            r#"{{"snapshot_path": "{}", "mem_file_path": "{}", "resume_vm": true, "vsock_override": {{"uds_path": "{over}"}}, "network_overrides": [{{"iface_id": "eth9", "host_dev_name": "tap9"}}]}}"#,
+            state.display(),
+            mem.display()
+        )
+    };
+    // An interface the snapshot does not have: 400, and the load can be tried again.
+    restored.bad(
+        "PUT",
+        "/snapshot/load",
+        Some(&body(path_str(&clone))),
+        "eth9",
+    );
+    let body = body(path_str(&clone)).replace(
+        r#", "network_overrides": [{"iface_id": "eth9", "host_dev_name": "tap9"}]"#,
+        "",
+    );
+    restored.ok("PUT", "/snapshot/load", &body);
+    assert!(
+        clone.exists(),
+        "the clone does not listen on {}",
+        clone.display()
+    );
+    let mut restored = restored;
+    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
+    assert!(restored.stdout().contains("KITE-TEST tick ok ticks=120"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
