@@ -3,6 +3,7 @@ use std::time::Instant;
 
 use clap::Parser;
 mod cli;
+mod firecracker;
 
 use cli::{Cli, Command, RunArgs};
 use kite_vmm::exit::ExitReason;
@@ -30,6 +31,9 @@ fn start(
         Some(m) => Some(setup::open_metrics(&m.metrics_path).map_err(say)?),
         None => None,
     };
+    if let Some(limit) = args.fc.http_api_max_payload_size {
+        kite_vmm::api::http::set_max_body(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
     let channel = match &plan.api_sock {
         Some(path) => {
             let mode = plan.extras.seccomp;
@@ -42,6 +46,8 @@ fn start(
         }
         None => None,
     };
+    // The API is ready (or there is none): Firecracker's startup figures end here.
+    args.fc.record_startup();
     let boot = |config: &kite_vmm::config::VmConfig| kite_vmm::vmm::Vmm::new(config, process_start);
     let (mut vmm, layout, metrics) = match (plan.boot, channel.as_ref()) {
         (Some(config), _) => {
@@ -148,32 +154,50 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
     }
 }
 
-/// Run as `firecracker` (through a symlink of that name): Firecracker's flags, no subcommand.
+/// Run as `firecracker` (through a symlink or a copy of that name): Firecracker's flags, no
+/// subcommand.
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "firecracker",
-    version,
+    disable_version_flag = true,
     about = "Kite, run under Firecracker's name: the flags of `kite run` (see docs/api.md)"
 )]
 struct AsFirecracker {
     #[command(flatten)]
     run: RunArgs,
+    /// Print the version (Firecracker's first line, then Kite's).
+    #[arg(long)]
+    version: bool,
 }
 
-fn invoked_as_firecracker() -> bool {
+fn invoked_as(name: &str) -> bool {
     std::env::args_os()
         .next()
         .map(std::path::PathBuf::from)
-        .and_then(|p| p.file_name().map(|n| n == "firecracker"))
+        .and_then(|p| p.file_name().map(|n| n == name))
         .unwrap_or(false)
+}
+
+fn invoked_as_firecracker() -> bool {
+    invoked_as("firecracker")
 }
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
     let parsed = if invoked_as_firecracker() {
-        AsFirecracker::try_parse().map(|fc| Cli {
-            command: Command::Run(fc.run),
-        })
+        match AsFirecracker::try_parse() {
+            Ok(fc) if fc.version => {
+                print!("{}", firecracker::firecracker_version_text());
+                return ExitCode::SUCCESS;
+            }
+            Ok(fc) => Ok(Cli {
+                command: Command::Run(Box::new(RunArgs {
+                    as_firecracker: true,
+                    ..fc.run
+                })),
+            }),
+            Err(e) => Err(e),
+        }
     } else {
         Cli::try_parse()
     };

@@ -251,6 +251,10 @@ pub const VCPU: &[Rule] = &[
     any(SYS_exit_group),
 ];
 
+/// disk.rs's flags for an image (std adds O_CLOEXEC).
+const DISK_OPEN_RO: u64 = (O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC) as u64;
+const DISK_OPEN_RW: u64 = (O_RDWR | O_NONBLOCK | O_NOCTTY | O_CLOEXEC) as u64;
+
 /// The main thread, from just before the vCPUs enter the guest to the process's exit.
 pub const MAIN: &[Rule] = &[
     // vmm.rs: the event loop (event-manager) waits on its epoll set.
@@ -309,6 +313,19 @@ pub const MAIN: &[Rule] = &[
     any(SYS_mincore),
     // vsock.rs: its listening socket is removed when the device is dropped at exit.
     any(SYS_unlink),
+    // api/hotplug.rs, PATCH /drives: disk.rs opens the new image (look at it, open, look
+    // again, clear O_NONBLOCK, lock it, probe fallocate and restore the size). Only with the
+    // flags Disk::open uses: never O_CREAT, O_TRUNC or write-only.
+    with(SYS_openat, eq(2, DISK_OPEN_RO)),
+    with(SYS_openat, eq(2, DISK_OPEN_RW)),
+    with(SYS_openat, eq(2, DISK_OPEN_RW | O_EXCL as u64)),
+    any(SYS_statx),
+    any(SYS_newfstatat),
+    any(SYS_fstat),
+    with(SYS_fcntl, eq(1, F_GETFL as u64)),
+    with(SYS_fcntl, eq(1, F_SETFL as u64)),
+    any(SYS_flock),
+    any(SYS_ftruncate),
     // terminal.rs: the terminal restored at exit, and by the SIGSYS handler (glibc's
     // tcsetattr reads the mode back after setting it).
     ioctl_on(STDIN_FILENO, TCSETS),
@@ -533,8 +550,14 @@ mod tests {
             assert!(VCPU.iter().all(|r| r.nr != nr), "{nr}");
         }
         for nr in [SYS_open, SYS_openat, SYS_execve, SYS_clone3] {
-            assert!(MAIN.iter().all(|r| r.nr != nr), "{nr}");
             assert!(API.iter().all(|r| r.nr != nr), "{nr}");
+        }
+        for nr in [SYS_open, SYS_execve, SYS_clone3] {
+            assert!(MAIN.iter().all(|r| r.nr != nr), "{nr}");
+        }
+        // The main thread opens disk images for PATCH /drives, with exact flags only.
+        for r in MAIN.iter().filter(|r| r.nr == SYS_openat) {
+            assert!(!matches!(r.args, Args::Any));
         }
         for nr in [SYS_socket, SYS_connect, SYS_ioctl, SYS_unlink] {
             assert!(

@@ -225,16 +225,23 @@ impl Vmm {
             None
         };
         // With ACPI tables the DSDT names the virtio devices; without, the command line does
-        // (never both: an ACPI kernel would find each device twice).
+        // (never both: an ACPI kernel would find each device twice). A guest told `acpi=off`
+        // (Kata's command line) gets the command line.
+        let use_acpi = config.acpi && !acpi::off_in(&config.cmdline);
+        if config.acpi && !use_acpi {
+            log::info!(
+                "acpi=off on the guest's command line: no ACPI tables, the virtio devices are named on the command line"
+            );
+        }
         let (disks, placed, device_counters) = attach_virtio(
             config,
             &vm,
             &mem,
             &mut mmio,
             &mut event_manager,
-            (!config.acpi).then_some(&mut cmdline),
+            (!use_acpi).then_some(&mut cmdline),
         )?;
-        let rsdp = if config.acpi {
+        let rsdp = if use_acpi {
             pio.insert(
                 Arc::new(Mutex::new(AcpiPm::new(exit.clone()))),
                 layout::ACPI_SLEEP_CONTROL_PORT,
@@ -379,7 +386,7 @@ impl Vmm {
             .map_err(io_err("cannot install the vCPU kick handler"))?;
 
         // Everything the rest of the run opens is opened now: the main thread's filter allows
-        // no open(2).
+        // open(2) only of disk images (PATCH /drives).
         let usage = memory::UsageProbe::new()
             .map_err(|e| log::debug!("{e}"))
             .ok();
@@ -431,12 +438,17 @@ impl Vmm {
         let loop_result = loop {
             if let Some(mut api) = self.api.take() {
                 let counters = || self.counters();
+                let update_disk = |i: usize, path: &std::path::Path| match self.disks.get(i) {
+                    Some(disk) => disk.update(path).map_err(|e| crate::error_chain(&e)),
+                    None => Err(format!("the VM has no disk {i}")),
+                };
                 let vm = VmHandles {
                     pause: &self.pause,
                     threads: &threads,
                     exit: &self.exit,
                     i8042: &self.i8042,
                     counters: &counters,
+                    update_disk: &update_disk,
                 };
                 api.serve(&vm);
                 api.tick(&vm);
@@ -483,6 +495,10 @@ impl Vmm {
         self.pause.release();
         for t in threads {
             t.join();
+        }
+        let counters = self.counters();
+        if let Some(api) = self.api.as_mut() {
+            api.last_line(counters);
         }
         if let Some(summary) = self.completed.summary() {
             log::info!("{summary}");

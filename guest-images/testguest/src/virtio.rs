@@ -67,6 +67,7 @@ const QUEUE_DRIVER_LOW: u64 = 0x090;
 const QUEUE_DRIVER_HIGH: u64 = 0x094;
 const QUEUE_DEVICE_LOW: u64 = 0x0a0;
 const QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const INTERRUPT_STATUS: u64 = 0x060;
 const CONFIG_GENERATION: u64 = 0x0fc;
 const CONFIG: u64 = 0x100;
 
@@ -357,6 +358,16 @@ impl Device {
                 return out;
             }
         }
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.read(CONFIG_GENERATION)
+    }
+
+    /// The InterruptStatus register (bit 1: the configuration changed).
+    pub fn interrupt_status(&self) -> u32 {
+        self.read(INTERRUPT_STATUS)
     }
 
     #[allow(dead_code)]

@@ -47,8 +47,10 @@ pub enum Error {
     EmptyPath { field: String },
     #[error("network-interfaces[{id}].guest_mac {mac:?}: use six hex bytes, unicast")]
     Mac { id: String, mac: String },
-    #[error("vsock.guest_cid {0} is reserved: use 3 or more (below 4294967295)")]
-    VsockCid(u32),
+    #[error(
+        "machine-config.vcpu_count {0} with smt: give 1 or an even number of vCPUs (two threads per core)"
+    )]
+    SmtOdd(u8),
 }
 
 /// The host's RAM in MiB (MemTotal), if it can be read.
@@ -64,6 +66,9 @@ pub fn check_machine(m: &MachineConfig) -> Result<(), Error> {
     m.check()?;
     if m.vcpu_count == 0 || m.vcpu_count > MAX_VCPUS {
         return Err(Error::Vcpus(m.vcpu_count));
+    }
+    if m.smt && m.vcpu_count > 1 && m.vcpu_count % 2 == 1 {
+        return Err(Error::SmtOdd(m.vcpu_count));
     }
     if m.mem_size_mib == 0 {
         return Err(Error::MemoryZero);
@@ -144,10 +149,8 @@ pub fn net(n: &NetworkInterface) -> Result<NetConfig, Error> {
     })
 }
 
+/// Any `guest_cid` is taken, as Firecracker takes it (the device logs a reserved one).
 pub fn vsock(v: &Vsock) -> Result<VsockConfig, Error> {
-    if v.guest_cid < 3 || v.guest_cid == u32::MAX {
-        return Err(Error::VsockCid(v.guest_cid));
-    }
     Ok(VsockConfig {
         cid: v.guest_cid,
         socket: nonempty("vsock.uds_path".into(), &v.uds_path)?,
@@ -167,6 +170,14 @@ pub fn to_vm_config(c: &FullConfig, extras: &Extras) -> Result<VmConfig, Error> 
     )?;
     let machine = c.machine_config.clone().unwrap_or_default();
     check_machine(&machine)?;
+    if let Some(line) = super::cpu_template::not_applied(&machine.cpu_template) {
+        log::info!("{line}");
+    }
+    if machine.smt {
+        log::info!(
+            "smt: accepted; the guest's CPU topology stays one thread per core (docs/api.md)"
+        );
+    }
     let mut cmdline = boot
         .boot_args
         .clone()
@@ -333,8 +344,8 @@ mod tests {
                 "given twice",
             ),
             (
-                r#"{"boot-source":{"kernel_image_path":"k"},"vsock":{"guest_cid":2,"uds_path":"v"}}"#,
-                "reserved",
+                r#"{"boot-source":{"kernel_image_path":"k"},"machine-config":{"vcpu_count":3,"mem_size_mib":64,"smt":true}}"#,
+                "even number",
             ),
             (
                 r#"{"boot-source":{"kernel_image_path":"k"},"network-interfaces":[{"iface_id":"e","host_dev_name":"t","guest_mac":"01:00:00:00:00:00"}]}"#,

@@ -2,7 +2,9 @@
 //! configuration file (`--config-file`). See docs/api.md for every endpoint.
 //!
 //! - [`types`]: Firecracker's request bodies and file sections (serde).
+//! - [`cpu_template`]: `cpu_template` and `smt` as Firecracker's clients send them.
 //! - [`convert`]: that layout to and from `VmConfig`, the one input of the boot recipe.
+//! - [`hotplug`]: `PATCH /drives/{id}` on a running VM.
 //! - [`http`]: HTTP/1.1 framing (httparse) and responses.
 //! - [`routes`]: method and path to an [`routes::ApiRequest`].
 //! - [`server`]: the API thread (epoll over the socket's connections).
@@ -11,6 +13,8 @@
 //! - [`metrics`]: the metrics file's JSON lines.
 
 pub mod convert;
+pub mod cpu_template;
+pub mod hotplug;
 pub mod http;
 pub mod metrics;
 pub mod routes;
@@ -18,6 +22,10 @@ pub mod running;
 pub mod server;
 pub mod setup;
 pub mod types;
+
+/// The Firecracker release whose API and flags Kite answers to (`firecracker --version`,
+/// `GET /version`). Kata refuses a version below 0.21.1; nothing reads more than the number.
+pub const FIRECRACKER_VERSION: &str = "1.7.0";
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;

@@ -29,6 +29,9 @@ pub struct RunningApi {
     resumes: u64,
 }
 
+/// Backs disk N with the file at a path: its old and new capacity in sectors, or why not.
+pub type UpdateDisk<'a> = dyn Fn(usize, &std::path::Path) -> Result<(u64, u64), String> + 'a;
+
 /// What the API may act on.
 pub struct VmHandles<'a> {
     pub pause: &'a PauseControl,
@@ -37,6 +40,8 @@ pub struct VmHandles<'a> {
     pub i8042: &'a Mutex<I8042>,
     /// The counters of the VM's own parts (exits, completions, devices).
     pub counters: &'a dyn Fn() -> Counters,
+    /// Back disk N with another file (`PATCH /drives`): old and new capacity in sectors.
+    pub update_disk: &'a UpdateDisk<'a>,
 }
 
 impl RunningApi {
@@ -81,6 +86,25 @@ impl RunningApi {
             && let Err(e) = self.flush(vm)
         {
             log::warn!("{e}");
+        }
+    }
+
+    /// The last metrics line, when the VM has stopped (Firecracker writes one at exit too).
+    pub fn last_line(&mut self, counters: Counters) {
+        let counters = Counters {
+            api_requests: self.requests,
+            api_errors: self.errors,
+            pauses: self.pauses,
+            resumes: self.resumes,
+            ..counters
+        };
+        if let Some(sink) = &mut self.metrics
+            && let Err(e) = sink.write(&counters)
+        {
+            log::warn!(
+                "cannot write the last metrics line to {}: {e}",
+                sink.path.display()
+            );
         }
     }
 
@@ -158,6 +182,7 @@ impl RunningApi {
                 Ok(()) => Response::no_content(),
                 Err(e) => Response::bad_request(e),
             },
+            ApiRequest::PatchDrive(u) => super::hotplug::patch_drive(&mut self.config, u, vm),
             ApiRequest::InstanceStart => Response::bad_request(
                 "the VM is already running: InstanceStart works once, before boot",
             ),

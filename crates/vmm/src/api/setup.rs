@@ -46,7 +46,14 @@ pub fn apply_logger(l: &Logger) -> Result<(), String> {
         .map(crate::logging::parse_level)
         .transpose()?;
     let path = l.log_path.as_deref().map(std::path::Path::new);
-    crate::logging::configure(path, level, l.show_level, l.show_log_origin).map_err(|e| {
+    crate::logging::configure(
+        path,
+        level,
+        l.show_level,
+        l.show_log_origin,
+        l.module.as_deref(),
+    )
+    .map_err(|e| {
         format!(
             "cannot open the log file {}: {e}",
             l.log_path.as_deref().unwrap_or_default()
@@ -132,6 +139,9 @@ impl Setup {
                     Response::bad_request("no metrics file: configure one with PUT /metrics first")
                 }
             },
+            ApiRequest::PatchDrive(_) => Response::bad_request(
+                "PATCH /drives works on a running VM; before InstanceStart, PUT /drives/{id} again",
+            ),
             ApiRequest::InstanceStart => {
                 Response::bad_request("InstanceStart is handled by the boot loop")
             }

@@ -15,6 +15,26 @@ pub struct Unsupported {
     pub what: &'static str,
 }
 
+/// A `null` where Firecracker's clients may send one for a field with a default: the default.
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `null`, `{}`, or an object whose members are all `null` (`{"bandwidth": null}`): a rate
+/// limiter that limits nothing, which Kata writes on every interface. Firecracker takes it as
+/// no limiter at all, and so does Kite.
+pub fn limits_nothing(v: &Option<Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(m)) => m.values().all(Value::is_null),
+        Some(_) => false,
+    }
+}
+
 /// `field` may only be absent, null, or one of `allowed`.
 fn only(
     field: &str,
@@ -49,11 +69,11 @@ pub struct BootSource {
 pub struct MachineConfig {
     pub vcpu_count: u8,
     pub mem_size_mib: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub smt: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub track_dirty_pages: bool,
-    #[serde(default = "huge_pages_none")]
+    #[serde(default = "huge_pages_none", deserialize_with = "huge_pages_or_none")]
     pub huge_pages: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<Value>,
@@ -61,6 +81,10 @@ pub struct MachineConfig {
 
 fn huge_pages_none() -> String {
     "None".into()
+}
+
+fn huge_pages_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(huge_pages_none))
 }
 
 impl Default for MachineConfig {
@@ -84,8 +108,8 @@ impl MachineConfig {
                 what,
             })
         };
-        if self.smt {
-            return unsupported("smt", "simultaneous multithreading");
+        if self.smt && !crate::api::cpu_template::smt_possible() {
+            return unsupported("smt", "simultaneous multithreading on this host");
         }
         if self.track_dirty_pages {
             return unsupported("track_dirty_pages", "dirty page tracking (snapshots)");
@@ -93,12 +117,7 @@ impl MachineConfig {
         if self.huge_pages != "None" {
             return unsupported("huge_pages", "huge pages");
         }
-        only(
-            "machine-config.cpu_template",
-            &self.cpu_template,
-            &[Value::from("None")],
-            "CPU templates",
-        )
+        crate::api::cpu_template::check(&self.cpu_template)
     }
 }
 
@@ -133,8 +152,9 @@ impl MachineConfigUpdate {
 pub struct Drive {
     pub drive_id: String,
     pub path_on_host: String,
+    #[serde(deserialize_with = "null_default")]
     pub is_root_device: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub is_read_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partuuid: Option<String>,
@@ -171,13 +191,38 @@ impl Drive {
             &[Value::from("Sync")],
             "the Async (io_uring) engine",
         )?;
-        only(
-            &field("rate_limiter"),
-            &self.rate_limiter,
-            &[],
-            "rate limiters",
-        )?;
+        if !limits_nothing(&self.rate_limiter) {
+            return Err(Unsupported {
+                field: field("rate_limiter"),
+                what: "rate limiters that limit",
+            });
+        }
         only(&field("socket"), &self.socket, &[], "vhost-user drives")
+    }
+}
+
+/// `PATCH /drives/{drive_id}` on a running VM: a new backing file (firecracker-containerd's
+/// block hotplug: the same path after a bind mount, or another), and a rate limiter (only one
+/// that limits nothing, for now).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    pub drive_id: String,
+    #[serde(default)]
+    pub path_on_host: Option<String>,
+    #[serde(default)]
+    pub rate_limiter: Option<Value>,
+}
+
+impl DriveUpdate {
+    pub fn check(&self) -> Result<(), Unsupported> {
+        if !limits_nothing(&self.rate_limiter) {
+            return Err(Unsupported {
+                field: format!("drives[{}].rate_limiter", self.drive_id),
+                what: "rate limiters that limit",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -198,18 +243,18 @@ pub struct NetworkInterface {
 impl NetworkInterface {
     pub fn check(&self) -> Result<(), Unsupported> {
         let field = |f: &str| format!("network-interfaces[{}].{f}", self.iface_id);
-        only(
-            &field("rx_rate_limiter"),
-            &self.rx_rate_limiter,
-            &[],
-            "rate limiters",
-        )?;
-        only(
-            &field("tx_rate_limiter"),
-            &self.tx_rate_limiter,
-            &[],
-            "rate limiters",
-        )
+        for (name, limiter) in [
+            ("rx_rate_limiter", &self.rx_rate_limiter),
+            ("tx_rate_limiter", &self.tx_rate_limiter),
+        ] {
+            if !limits_nothing(limiter) {
+                return Err(Unsupported {
+                    field: field(name),
+                    what: "rate limiters that limit",
+                });
+            }
+        }
+        Ok(())
     }
 }
 
@@ -234,12 +279,13 @@ pub struct Entropy {
 
 impl Entropy {
     pub fn check(&self) -> Result<(), Unsupported> {
-        only(
-            "entropy.rate_limiter",
-            &self.rate_limiter,
-            &[],
-            "rate limiters",
-        )
+        if !limits_nothing(&self.rate_limiter) {
+            return Err(Unsupported {
+                field: "entropy.rate_limiter".into(),
+                what: "rate limiters that limit",
+            });
+        }
+        Ok(())
     }
 }
 
@@ -261,12 +307,6 @@ pub struct Logger {
 
 impl Logger {
     pub fn check(&self) -> Result<(), Unsupported> {
-        if self.module.is_some() {
-            return Err(Unsupported {
-                field: "logger.module".into(),
-                what: "filtering the log by module",
-            });
-        }
         if let Some(level) = &self.level {
             crate::logging::parse_level(level).map_err(|_| Unsupported {
                 field: "logger.level".into(),
@@ -295,7 +335,13 @@ pub struct FullConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub boot_source: Option<BootSource>,
-    #[serde(rename = "machine-config", default)]
+    /// Unset, `GET /vm/config` shows the defaults the VM would boot with (Firecracker's schema
+    /// has no `null` here).
+    #[serde(
+        rename = "machine-config",
+        default,
+        serialize_with = "machine_or_default"
+    )]
     pub machine_config: Option<MachineConfig>,
     #[serde(default)]
     pub drives: Vec<Drive>,
@@ -315,6 +361,16 @@ pub struct FullConfig {
     pub mmds_config: Option<Value>,
     #[serde(rename = "cpu-config", default, skip_serializing)]
     pub cpu_config: Option<Value>,
+}
+
+fn machine_or_default<S: serde::Serializer>(
+    m: &Option<MachineConfig>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => m.serialize(s),
+        None => MachineConfig::default().serialize(s),
+    }
 }
 
 impl FullConfig {
@@ -404,9 +460,24 @@ mod tests {
         let e = serde_json::from_str::<MachineConfig>(r#"{"vcpu_count":1,"mem_size_mib":1,"x":1}"#)
             .unwrap_err();
         assert!(e.to_string().contains("unknown field `x`"), "{e}");
-        let m: MachineConfig =
-            serde_json::from_str(r#"{"vcpu_count":1,"mem_size_mib":64,"smt":true}"#).unwrap();
-        assert_eq!(m.check().unwrap_err().field, "machine-config.smt");
+        // What Kata and firecracker-containerd send: smt, nulls, `{}` rate limiters.
+        let m: MachineConfig = serde_json::from_str(
+            r#"{"vcpu_count":2,"mem_size_mib":64,"smt":true,"track_dirty_pages":null,"huge_pages":null}"#,
+        )
+        .unwrap();
+        m.check().unwrap();
+        assert_eq!(m.huge_pages, "None");
+        let n: NetworkInterface = serde_json::from_str(
+            r#"{"iface_id":"eth0","host_dev_name":"tap0","rx_rate_limiter":{},"tx_rate_limiter":{"bandwidth":null,"ops":null}}"#,
+        )
+        .unwrap();
+        n.check().unwrap();
+        let d: Drive = serde_json::from_str(
+            r#"{"drive_id":"a","path_on_host":"p","is_root_device":false,"is_read_only":null,"rate_limiter":{}}"#,
+        )
+        .unwrap();
+        d.check().unwrap();
+        assert!(!d.is_read_only);
         let c: FullConfig = serde_json::from_str(r#"{"balloon":{"amount_mib":1}}"#).unwrap();
         let e = c.check().unwrap_err();
         assert_eq!(e.field, "balloon");

@@ -74,9 +74,32 @@ pub fn detect_from(cpuinfo: &str, modules: &str) -> Option<&'static str> {
 }
 
 /// [`detect_from`] on this host's /proc files (a file that cannot be read counts as empty).
+/// Without /proc (in the jailer's chroot) the CPU flags come from CPUID instead, so that a
+/// hardware host is not taken for an emulating one.
 pub fn detect() -> Option<&'static str> {
-    let read = |p: &str| std::fs::read_to_string(Path::new(p)).unwrap_or_default();
-    detect_from(&read("/proc/cpuinfo"), &read("/proc/modules"))
+    let read = |p: &str| std::fs::read_to_string(Path::new(p)).ok();
+    let cpuinfo = read("/proc/cpuinfo").unwrap_or_else(cpuid_flags_line);
+    detect_from(&cpuinfo, &read("/proc/modules").unwrap_or_default())
+}
+
+/// A /proc/cpuinfo `flags` line naming `vmx`/`svm` if CPUID lists them.
+fn cpuid_flags_line() -> String {
+    // SAFETY: CPUID leaves 1 and 0x8000_0001 exist on every x86-64 CPU; it only reads registers.
+    #[allow(unused_unsafe)]
+    let (leaf1, ext) = unsafe {
+        (
+            std::arch::x86_64::__cpuid(1),
+            std::arch::x86_64::__cpuid(0x8000_0001),
+        )
+    };
+    let mut line = String::from("flags\t\t:");
+    if leaf1.ecx & (1 << 5) != 0 {
+        line.push_str(" vmx");
+    }
+    if ext.ecx & (1 << 2) != 0 {
+        line.push_str(" svm");
+    }
+    line
 }
 
 /// Whether to apply the workarounds, and why (for the log line).

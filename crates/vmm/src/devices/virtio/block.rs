@@ -57,6 +57,9 @@ pub struct BlockStats {
     pub requests: std::sync::atomic::AtomicU64,
     pub bytes: std::sync::atomic::AtomicU64,
     pub errors: std::sync::atomic::AtomicU64,
+    /// `PATCH /drives` that changed the backing file, and those that failed.
+    pub updates: std::sync::atomic::AtomicU64,
+    pub update_fails: std::sync::atomic::AtomicU64,
 }
 
 impl BlockStats {
@@ -66,6 +69,8 @@ impl BlockStats {
             ("requests", self.requests.load(Relaxed)),
             ("bytes", self.bytes.load(Relaxed)),
             ("errors", self.errors.load(Relaxed)),
+            ("updates", self.updates.load(Relaxed)),
+            ("update_fails", self.update_fails.load(Relaxed)),
         ]
     }
 }
@@ -151,6 +156,36 @@ impl Block {
 
     pub fn path(&self) -> &std::path::Path {
         &self.requests.disk.path
+    }
+
+    pub fn readonly(&self) -> bool {
+        self.requests.disk.readonly
+    }
+
+    /// Disk size in 512-byte sectors, as the guest sees it in the configuration space.
+    pub fn sectors(&self) -> u64 {
+        self.requests.disk.sectors
+    }
+
+    /// Back the device with `disk` from now on (`PATCH /drives`): the new capacity goes into
+    /// the configuration space, and a failed write or flush of the old file is forgotten. The
+    /// caller raises the configuration change interrupt. Returns the old disk.
+    pub fn replace_disk(&mut self, disk: Disk) -> Disk {
+        put(&mut self.config, 0, &disk.sectors.to_le_bytes());
+        self.requests.failed_write = None;
+        self.requests.failed_sync = None;
+        self.name = name(&disk);
+        std::mem::replace(&mut self.requests.disk, disk)
+    }
+
+    /// Release the current file's lock (see [`Disk::unlock`]).
+    pub fn unlock_disk(&self) {
+        self.requests.disk.unlock();
+    }
+
+    /// Take the current file's lock back; false if another process holds it now.
+    pub fn relock_disk(&self) -> bool {
+        self.requests.disk.relock()
     }
 
     pub fn stats(&self) -> std::sync::Arc<BlockStats> {

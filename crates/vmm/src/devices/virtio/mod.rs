@@ -207,6 +207,8 @@ pub struct Placement {
 pub struct BlockHandle {
     device: Arc<Mutex<Block>>,
     stats: Arc<block::BlockStats>,
+    /// The transport's interrupt, for the configuration change `PATCH /drives` raises.
+    interrupt: Interrupt,
     pub placement: Placement,
 }
 
@@ -225,6 +227,42 @@ impl BlockHandle {
             source,
         })
     }
+
+    /// `PATCH /drives/{id}` with `path_on_host`: open `path` (readonly as before), make what
+    /// the guest wrote to the old file durable, back the device with the new file and tell the
+    /// driver its capacity changed (configuration change interrupt), as Firecracker does. The
+    /// same path again (after a bind mount over it) works: the old file's lock is released for
+    /// the open and taken back if it fails. On any error the device keeps its old file.
+    /// Returns the old and new capacity in sectors.
+    pub fn update(&self, path: &std::path::Path) -> Result<(u64, u64), Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut block = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let readonly = block.readonly();
+        block.unlock_disk();
+        let opened = disk::Disk::open(path, readonly);
+        let image = match opened {
+            Ok(image) => image,
+            Err(e) => {
+                if !block.relock_disk() {
+                    log::warn!(
+                        "{}: another process locked it while PATCH /drives tried {}",
+                        block.path().display(),
+                        path.display()
+                    );
+                }
+                self.stats.update_fails.fetch_add(1, Relaxed);
+                return Err(e.into());
+            }
+        };
+        let new = image.sectors;
+        let old_sectors = block.sectors();
+        // Dropping the old disk syncs what the guest wrote to it (and logs a failure).
+        drop(block.replace_disk(image));
+        drop(block);
+        self.interrupt.signal_config_changed();
+        self.stats.updates.fetch_add(1, Relaxed);
+        Ok((old_sectors, new))
+    }
 }
 
 /// Open `disk` (locked against other writers) and attach it as a virtio-blk device.
@@ -234,9 +272,14 @@ pub fn attach_block(ctx: &mut VirtioContext<'_>, disk: &DiskConfig) -> Result<Bl
     let stats = block.stats();
     let device = Arc::new(Mutex::new(block));
     let placement = attach(ctx, device.clone())?;
+    let interrupt = match ctx.counters.last() {
+        Some((_, interrupt)) => interrupt.clone(),
+        None => unreachable!("attach records every device's interrupt"),
+    };
     Ok(BlockHandle {
         device,
         stats,
+        interrupt,
         placement,
     })
 }

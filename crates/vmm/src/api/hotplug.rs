@@ -1,0 +1,80 @@
+//! `PATCH /drives/{id}` on a running VM: firecracker-containerd's and Kata's block hotplug.
+//! The runtime PUTs 0-byte placeholder drives before boot, then points each at a container's
+//! image (often the same path, after a bind mount over the placeholder); the device reopens
+//! the file, takes its new capacity and raises a configuration change interrupt.
+
+use std::path::Path;
+use std::time::Instant;
+
+use super::http::Response;
+use super::running::VmHandles;
+use super::types::{DriveUpdate, FullConfig};
+
+/// The index among the VM's disks of drive `id`: the order [`super::convert::to_vm_config`]
+/// attaches them in (the root device first, then the others as listed).
+pub fn disk_index(c: &FullConfig, id: &str) -> Option<usize> {
+    let roots = c.drives.iter().filter(|d| d.is_root_device);
+    let others = c.drives.iter().filter(|d| !d.is_root_device);
+    roots.chain(others).position(|d| d.drive_id == id)
+}
+
+/// Carry out `PATCH /drives/{id}`; `config` (what `GET /vm/config` shows) follows a success.
+pub fn patch_drive(config: &mut FullConfig, u: DriveUpdate, vm: &VmHandles) -> Response {
+    let id = u.drive_id.clone();
+    let Some(index) = disk_index(config, &id) else {
+        return Response::bad_request(format!(
+            "no drive {id:?}: PATCH /drives works on the drives given before InstanceStart"
+        ));
+    };
+    if let Err(e) = u.check() {
+        return Response::bad_request(e.to_string());
+    }
+    if vm.pause.is_paused() {
+        return Response::bad_request(format!(
+            "the VM is paused: resume it before changing drive {id:?}"
+        ));
+    }
+    let Some(path) = u.path_on_host else {
+        // Only a rate limiter that limits nothing: nothing changes.
+        return Response::no_content();
+    };
+    if path.is_empty() {
+        return Response::bad_request(format!("drives[{id}].path_on_host is empty: give a path"));
+    }
+    let started = Instant::now();
+    match (vm.update_disk)(index, Path::new(&path)) {
+        Ok((old, new)) => {
+            log::info!(
+                "drive {id}: now {path} ({new} sectors, was {old}) in {:.1} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            if let Some(d) = config.drives.iter_mut().find(|d| d.drive_id == id) {
+                d.path_on_host = path;
+            }
+            Response::no_content()
+        }
+        Err(e) => Response::bad_request(format!(
+            "cannot change drive {id:?} to {path}: {e}; it keeps its old file"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drives_are_numbered_root_first() {
+        let c: FullConfig = serde_json::from_str(
+            r#"{"drives":[
+                {"drive_id":"a","path_on_host":"a","is_root_device":false},
+                {"drive_id":"root","path_on_host":"r","is_root_device":true},
+                {"drive_id":"b","path_on_host":"b","is_root_device":false}]}"#,
+        )
+        .unwrap();
+        assert_eq!(disk_index(&c, "root"), Some(0));
+        assert_eq!(disk_index(&c, "a"), Some(1));
+        assert_eq!(disk_index(&c, "b"), Some(2));
+        assert_eq!(disk_index(&c, "c"), None);
+    }
+}
