@@ -32,6 +32,9 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Measure what a VM costs against the bare host: each workload on the host and in a VM.
     Bench(kite_bench::BenchArgs),
+    /// Firecracker's jailer: make a chroot jail and exec the VMM in it (as `jailer` does;
+    /// docs/api.md, "The jailer").
+    Jail(kite_jailer::JailArgs),
     /// Run one benchmark workload as a plain host process (the host side of `kite bench`).
     #[command(hide = true)]
     Workload(kite_bench::host::WorkloadArgs),

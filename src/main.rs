@@ -170,6 +170,18 @@ struct AsFirecracker {
     version: bool,
 }
 
+/// Run as `jailer`: Firecracker's jailer's flags, no subcommand.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "jailer",
+    version = firecracker::KITE_VERSION,
+    about = "Kite's jailer: Firecracker's jailer (see docs/api.md)"
+)]
+struct AsJailer {
+    #[command(flatten)]
+    jail: kite_jailer::JailArgs,
+}
+
 fn invoked_as(name: &str) -> bool {
     std::env::args_os()
         .next()
@@ -182,8 +194,38 @@ fn invoked_as_firecracker() -> bool {
     invoked_as("firecracker")
 }
 
+/// Make the jail and exec the VMM; returns only on failure.
+fn jail(args: &kite_jailer::JailArgs, start_us: u64, start_cpu_us: u64) -> i32 {
+    match kite_jailer::run(args, start_us, start_cpu_us) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("jailer: error: {e}");
+            1
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let process_start = Instant::now();
+    let start_us = kite_jailer::clock_us(libc::CLOCK_MONOTONIC);
+    let start_cpu_us = kite_jailer::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
+    if invoked_as("jailer") {
+        return match AsJailer::try_parse() {
+            Ok(j) => {
+                ExitCode::from(u8::try_from(jail(&j.jail, start_us, start_cpu_us)).unwrap_or(1))
+            }
+            Err(e) if !e.use_stderr() => {
+                let _ = e.print();
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                eprintln!("jailer: {first} (see jailer --help)");
+                ExitCode::from(2)
+            }
+        };
+    }
     let parsed = if invoked_as_firecracker() {
         match AsFirecracker::try_parse() {
             Ok(fc) if fc.version => {
@@ -253,6 +295,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Workload(args) => kite_bench::host::main(args),
+        Command::Jail(args) => jail(args, start_us, start_cpu_us),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
