@@ -114,6 +114,13 @@ fn a_placeholder_drive_is_swapped_for_an_image_while_the_guest_runs() {
         "PATCH /drives latency (curl, request to 204): {:.2} ms",
         latency.as_secs_f64() * 1e3
     );
+    if let Some(l) = vm
+        .stderr()
+        .lines()
+        .find(|l| l.contains("drive drive_0: now"))
+    {
+        eprintln!("Kite's own measure: {l}");
+    }
     let out = vm.wait_stdout(LIMIT, |out| {
         out.split("virtio-blk-resize ok")
             .nth(1)

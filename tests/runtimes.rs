@@ -345,3 +345,219 @@ fn started_as_the_runtimes_start_firecracker() {
     assert!(!sock.exists(), "the socket is removed at exit");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn bind_mount(from: &Path, to: &Path) {
+    let (f, t) = (
+        std::ffi::CString::new(path_str(from)).unwrap(),
+        std::ffi::CString::new(path_str(to)).unwrap(),
+    );
+    // SAFETY: mount reads the two NUL-terminated paths only.
+    let r = unsafe {
+        libc::mount(
+            f.as_ptr(),
+            t.as_ptr(),
+            std::ptr::null(),
+            libc::MS_BIND,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "bind mount {} on {}: {}",
+        from.display(),
+        to.display(),
+        std::io::Error::last_os_error()
+    );
+}
+
+fn umount(at: &Path) {
+    let c = std::ffi::CString::new(path_str(at)).unwrap();
+    // SAFETY: umount2 reads the NUL-terminated path only.
+    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+}
+
+/// Kata Containers' Go runtime with `jailer_path` set, step by step as
+/// src/runtime/virtcontainers/fc.go does it: `firecracker --version` (getVersionNumber,
+/// parseVersion, checkVersion >= 0.21.1); `<root>/run` made by Kata (fcInitConfiguration); the
+/// jail root bind-mounted on itself and made shared (fcRemountJailerRootWithExec); the kernel
+/// and rootfs put in the jail as `/vmlinux` and `/rootfs` (fcJailResource, fcSetBootSource,
+/// fcSetVMRootfs); eight 0-byte `/drive_N` placeholders (createDiskPool, createJailedDrive); the
+/// log and metrics FIFOs opened for reading first (fcListenToFifo); `fcConfig.json` written
+/// into the jail (StartVM); `jailer --id --exec-file --uid 0 --gid 0 --chroot-base-dir
+/// --daemonize -- --config-file /fcConfig.json` (fcInit); the API polled on
+/// `<root>/run/firecracker.socket` (waitVMMRunning) and the pid read from
+/// `<root>/firecracker.pid` (readJailedFirecrackerPID); `kata.hvsock` chmodded (StartVM); a
+/// container's image bind-mounted over `/drive_0` and `PATCH /drives/drive_0` (block hotplug).
+/// The guest (the test guest's `virtio-blk-resize` on the second disk) sees the new capacity,
+/// reads the new file, and resets.
+#[test]
+fn kata_go_jailed() {
+    let test = "kata_go_jailed";
+    if let Some(reason) = kvm_unavailable() {
+        return skip(test, &reason);
+    }
+    // SAFETY: geteuid only reads the caller's id.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip(test, "the jailer and Kata's bind mounts need root");
+    }
+    let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let dir = firecracker_dir("kata-jailed");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kite"), dir.join("jailer")).unwrap();
+    let base = dir.join("vc");
+    let id = format!("kata{}", std::process::id());
+    let root = base.join("firecracker").join(&id).join("root");
+    // fc.go getVersionNumber/checkVersion.
+    let v = Command::new(dir.join("firecracker"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("Firecracker v"));
+    // fcInitConfiguration: MkdirAll(jailerRoot/run); fcRemountJailerRootWithExec.
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    bind_mount(&root, &root);
+    let c = std::ffi::CString::new(path_str(&root)).unwrap();
+    // SAFETY: mount reads the NUL-terminated path only.
+    let shared = unsafe {
+        libc::mount(
+            std::ptr::null(),
+            c.as_ptr(),
+            std::ptr::null(),
+            libc::MS_SHARED,
+            std::ptr::null(),
+        )
+    };
+    assert_eq!(shared, 0);
+    let cleanup = |root: &Path| {
+        umount(&root.join("drive_0"));
+        umount(root);
+    };
+    std::fs::copy(&kernel, root.join("vmlinux")).unwrap();
+    std::fs::write(root.join("rootfs"), vec![0u8; 1 << 20]).unwrap();
+    for i in 0..8 {
+        std::fs::write(root.join(format!("drive_{i}")), b"").unwrap();
+    }
+    let (log, metrics) = (root.join("logs.fifo"), root.join("metrics.fifo"));
+    mkfifo(&log);
+    mkfifo(&metrics);
+    let (mut log_r, mut metrics_r) = (fifo_reader(&log), fifo_reader(&metrics));
+    let mut drives = vec![
+        serde_json::json!({"drive_id": "rootfs", "path_on_host": "/rootfs",
+        "is_root_device": false, "is_read_only": true}),
+    ];
+    for i in 0..8 {
+        drives.push(serde_json::json!({"drive_id": format!("drive_{i}"),
+            "path_on_host": format!("/drive_{i}"), "is_root_device": false,
+            "is_read_only": false}));
+    }
+    // fcKernelParams (acpi=off among them), then the test guest's own words.
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": "/vmlinux",
+            "boot_args": "pci=off reboot=k panic=1 iommu=off net.ifnames=0 random.trust_cpu=on acpi=off console=ttyS0 kite_test=virtio-blk-resize kite_blk_index=1 kite_virtio_wait=poll kite_ms=60000"},
+        "drives": drives,
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "smt": false},
+        "logger": {"level": "Debug", "log_path": "/logs.fifo"},
+        "metrics": {"metrics_path": "/metrics.fifo"},
+        "vsock": {"vsock_id": "root", "guest_cid": 3, "uds_path": "/kata.hvsock"},
+    });
+    std::fs::write(
+        root.join("fcConfig.json"),
+        serde_json::to_vec_pretty(&config).unwrap(),
+    )
+    .unwrap();
+    // fcInit, jailed.
+    let jailer = Command::new(dir.join("jailer"))
+        .args(["--id", &id, "--exec-file"])
+        .arg(dir.join("firecracker"))
+        .args(["--uid", "0", "--gid", "0", "--chroot-base-dir"])
+        .arg(&base)
+        .args(["--daemonize", "--", "--config-file", "/fcConfig.json"])
+        .output()
+        .unwrap();
+    assert!(
+        jailer.status.success(),
+        "{}",
+        String::from_utf8_lossy(&jailer.stderr)
+    );
+    // waitVMMRunning: the API on the default socket, the VM Running (started from the file).
+    let sock = root.join("run/firecracker.socket");
+    let t = Instant::now();
+    let running = loop {
+        if sock.exists()
+            && let Ok((200, body)) = common::api::try_call(&sock, "GET", "/", None)
+            && body.contains("\"Running\"")
+        {
+            break body;
+        }
+        if t.elapsed() > Duration::from_secs(10) {
+            cleanup(&root);
+            panic!(
+                "the VM was not Running within fcTimeout (10 s): {}",
+                drain(&mut log_r)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    assert!(running.contains(&id), "{running}");
+    let pid: i32 = std::fs::read_to_string(root.join("firecracker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // StartVM: chmod kata.hvsock 0640.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        root.join("kata.hvsock"),
+        std::fs::Permissions::from_mode(0o640),
+    )
+    .unwrap();
+    // Block hotplug: the container's image bind-mounted over the placeholder, then PATCH.
+    let image = dir.join("container.img");
+    let mut bytes = vec![0u8; 1 << 20];
+    bytes[..8].copy_from_slice(b"KITEDISK");
+    std::fs::write(&image, bytes).unwrap();
+    bind_mount(&image, &root.join("drive_0"));
+    let t = Instant::now();
+    let (status, body) = call(
+        &sock,
+        "PATCH",
+        "/drives/drive_0",
+        Some(r#"{"drive_id": "drive_0", "path_on_host": "/drive_0"}"#),
+    );
+    let patch_ms = t.elapsed().as_secs_f64() * 1e3;
+    if status != 204 {
+        cleanup(&root);
+        panic!("PATCH /drives/drive_0: {status} {body}");
+    }
+    eprintln!("PATCH /drives (Kata, jailed, after a bind mount): {patch_ms:.2} ms");
+    // The guest reads the new disk and resets: the VMM ends by itself.
+    let t = Instant::now();
+    while std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+        if t.elapsed() > Duration::from_secs(60) {
+            // fcEnd: SIGTERM, then SIGKILL.
+            // SAFETY: kill on the VMM's pid, read from its pid file.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            cleanup(&root);
+            panic!(
+                "the guest did not end after the hotplug: {}",
+                drain(&mut log_r)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log_text = drain(&mut log_r);
+    let lines: Vec<serde_json::Value> = drain(&mut metrics_r)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    cleanup(&root);
+    assert!(log_text.contains("guest reset the machine"), "{log_text}");
+    let last = lines
+        .last()
+        .unwrap_or_else(|| panic!("no metrics line; log: {log_text}"));
+    assert_eq!(last["block"]["update_count"], 1, "{last}");
+    // drive_0 is the second disk (block1): one 512-byte read of the new file.
+    assert_eq!(last["devices"]["block1"]["bytes"], 512, "{last}");
+    assert_eq!(last["devices"]["block1"]["errors"], 0, "{last}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -35,13 +35,38 @@ pub fn clock_us(clock: libc::clockid_t) -> u64 {
     ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }
 
-/// Removes the jail directory it made if the jail is not finished (dropped before `keep`).
-struct Undo {
+/// Removes what it made (directories and files, newest first) if the jail is not finished
+/// (dropped before `keep`). What was there before (Kata makes `root/run` itself) stays.
+pub(crate) struct Undo {
     made: Vec<PathBuf>,
     cgroups: Option<cgroup::Made>,
 }
 
 impl Undo {
+    /// `path` was made by the jailer.
+    pub(crate) fn made(&mut self, path: &Path) {
+        self.made.push(path.to_path_buf());
+    }
+
+    /// Make `path` and each missing parent, noting each one made.
+    pub(crate) fn mkdirs(&mut self, path: &Path, mode: u32) -> Result<(), Error> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut missing = Vec::new();
+        let mut at = Some(path);
+        while let Some(p) = at.filter(|p| !p.exists()) {
+            missing.push(p.to_path_buf());
+            at = p.parent();
+        }
+        for dir in missing.into_iter().rev() {
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(&dir)
+                .map_err(Error::step("make the directory", &dir))?;
+            self.made(&dir);
+        }
+        Ok(())
+    }
+
     fn keep(mut self) {
         self.made.clear();
         if let Some(c) = self.cgroups.take() {
@@ -55,8 +80,12 @@ impl Drop for Undo {
         if let Some(mut c) = self.cgroups.take() {
             c.undo();
         }
-        for dir in self.made.drain(..).rev() {
-            let _ = std::fs::remove_dir_all(&dir);
+        for path in self.made.drain(..).rev() {
+            if path.is_dir() && !path.is_symlink() {
+                let _ = std::fs::remove_dir(&path);
+            } else {
+                let _ = std::fs::remove_file(&path);
+            }
         }
     }
 }
@@ -65,7 +94,6 @@ impl Drop for Undo {
 struct Checked {
     exec_file: PathBuf,
     exec_name: OsString,
-    jail_dir: PathBuf,
     root: PathBuf,
     cgroups: Plan,
     limits: Vec<(nix::sys::resource::Resource, u64)>,
@@ -122,22 +150,10 @@ fn check(args: &JailArgs) -> Result<Checked, Error> {
             "the jailer must run as root (it makes device nodes, mounts, and changes to --uid/--gid): run it as root".into(),
         ));
     }
-    let jail_dir = base.join(&exec_name).join(&args.id);
-    let root = jail_dir.join("root");
-    if jail_dir.exists() {
-        return Err(Error::Step {
-            step: "make the jail",
-            path: jail_dir.display().to_string(),
-            source: std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "it exists already (another VM with this id?); remove it first",
-            ),
-        });
-    }
+    let root = base.join(&exec_name).join(&args.id).join("root");
     Ok(Checked {
         exec_file: args.exec_file.clone(),
         exec_name,
-        jail_dir,
         root,
         cgroups,
         limits,
@@ -151,29 +167,43 @@ fn close_inherited() {
     unsafe { libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, 0u32) };
 }
 
-/// A directory of the jail: made, mode 0700, owned by the VMM's user.
-fn jail_dir(path: &Path, uid: Uid, gid: Gid) -> Result<(), Error> {
-    std::fs::create_dir_all(path).map_err(Error::step("make the directory", path))?;
+/// A directory of the jail: made if missing, mode 0700, owned by the VMM's user.
+fn jail_dir(undo: &mut Undo, path: &Path, uid: Uid, gid: Gid) -> Result<(), Error> {
+    undo.mkdirs(path, 0o700)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
         .map_err(Error::step("set the mode of", path))?;
     nix::unistd::chown(path, Some(uid), Some(gid))
         .map_err(Error::errno("change the owner of", path))
 }
 
-/// The executable copied into the jail, owned by the VMM's user.
-fn copy_exec(from: &Path, to: &Path, uid: Uid, gid: Gid) -> Result<(), Error> {
+/// The executable copied into the jail, owned by the VMM's user (over a copy already there,
+/// as Firecracker's jailer does, but never through a link).
+fn copy_exec(undo: &mut Undo, from: &Path, to: &Path, uid: Uid, gid: Gid) -> Result<(), Error> {
     let mut src = File::open(from).map_err(Error::step("open the exec file", from))?;
     let mode = src
         .metadata()
         .map_err(Error::step("look at the exec file", from))?
         .mode();
+    let existed = to.symlink_metadata().is_ok();
     let mut dst = OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .custom_flags(libc::O_NOFOLLOW)
         .mode(mode & 0o7777)
         .open(to)
         .map_err(Error::step("copy the exec file to", to))?;
+    if !existed {
+        undo.made(to);
+    }
+    let links = dst.metadata().map_err(Error::step("look at", to))?.nlink();
+    if links > 1 {
+        return Err(Error::Step {
+            step: "copy the exec file to",
+            path: to.display().to_string(),
+            source: std::io::Error::other("it is a hard link to another file; remove it"),
+        });
+    }
     nix::unistd::fchown(&dst, Some(uid), Some(gid))
         .map_err(Error::errno("change the owner of", to))?;
     std::io::copy(&mut src, &mut dst).map_err(Error::step("copy the exec file to", to))?;
@@ -191,6 +221,7 @@ fn userfaultfd_minor() -> Option<u64> {
 }
 
 fn make_device(
+    undo: &mut Undo,
     root: &Path,
     rel: &str,
     major: u64,
@@ -206,6 +237,7 @@ fn make_device(
         nix::sys::stat::makedev(major, minor),
     )
     .map_err(Error::errno("make the device node", &path))?;
+    undo.made(&path);
     nix::unistd::chown(&path, Some(uid), Some(gid))
         .map_err(Error::errno("change the owner of", &path))
 }
@@ -258,7 +290,8 @@ fn write_pid_file(name: &OsString, pid: i32) -> Result<(), Error> {
     let path = PathBuf::from(path);
     let mut f = OpenOptions::new()
         .write(true)
-        .create_new(true)
+        .create(true)
+        .truncate(true)
         .open(&path)
         .map_err(Error::step("write the pid file", &path))?;
     write!(f, "{pid}").map_err(Error::step("write the pid file", &path))
@@ -278,27 +311,34 @@ pub fn run(
         made: Vec::new(),
         cgroups: None,
     };
-    let exec_dir = c.jail_dir.parent().map(Path::to_path_buf);
-    if let Some(d) = exec_dir.filter(|d| !d.exists()) {
-        std::fs::create_dir_all(&d).map_err(Error::step("make the directory", &d))?;
-        undo.made.push(d);
+    if let Some(jail) = c.root.parent() {
+        undo.mkdirs(jail, 0o755)?;
     }
-    std::fs::create_dir(&c.jail_dir).map_err(Error::step("make the jail", &c.jail_dir))?;
-    undo.made.push(c.jail_dir.clone());
     for dir in ["", "dev", "dev/net", "run"] {
-        jail_dir(&c.root.join(dir), uid, gid)?;
+        jail_dir(&mut undo, &c.root.join(dir), uid, gid)?;
     }
-    copy_exec(&c.exec_file, &c.root.join(&c.exec_name), uid, gid)?;
-    crate::libs::copy_into(&c.root, &crate::libs::needed(&c.exec_file)?)?;
+    copy_exec(
+        &mut undo,
+        &c.exec_file,
+        &c.root.join(&c.exec_name),
+        uid,
+        gid,
+    )?;
+    let libs = crate::libs::needed(&c.exec_file)?;
+    crate::libs::copy_into(&mut undo, &c.root, &libs)?;
     for &(rel, major, minor, required) in DEVICES {
-        match make_device(&c.root, rel, major, minor, uid, gid) {
+        // A node left by an earlier jail of this id is taken as it is.
+        if c.root.join(rel).exists() {
+            continue;
+        }
+        match make_device(&mut undo, &c.root, rel, major, minor, uid, gid) {
             Ok(()) => {}
             Err(e) if !required => eprintln!("jailer: warning: {e} (going on without it)"),
             Err(e) => return Err(e),
         }
     }
-    if let Some(minor) = userfaultfd_minor() {
-        make_device(&c.root, "dev/userfaultfd", 10, minor, uid, gid)?;
+    if let Some(minor) = userfaultfd_minor().filter(|_| !c.root.join("dev/userfaultfd").exists()) {
+        make_device(&mut undo, &c.root, "dev/userfaultfd", 10, minor, uid, gid)?;
     }
     if let Some(netns) = &args.netns {
         let f = File::open(netns).map_err(Error::step("open the network namespace", netns))?;

@@ -93,17 +93,19 @@ pub fn needed(exe: &Path) -> Result<Vec<PathBuf>, Error> {
 
 /// Copy each of `files` into `root` at the same path (directories 0755, files with their own
 /// mode), for the VMM's loader.
-pub fn copy_into(root: &Path, files: &[PathBuf]) -> Result<(), Error> {
-    use std::os::unix::fs::DirBuilderExt;
+pub fn copy_into(
+    undo: &mut crate::jail::Undo,
+    root: &Path,
+    files: &[PathBuf],
+) -> Result<(), Error> {
     for f in files {
         let rel = f.strip_prefix("/").unwrap_or(f);
         let to = root.join(rel);
         if let Some(dir) = to.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o755)
-                .create(dir)
-                .map_err(Error::step("make the directory", dir))?;
+            undo.mkdirs(dir, 0o755)?;
+        }
+        if !to.exists() {
+            undo.made(&to);
         }
         std::fs::copy(f, &to).map_err(Error::step("copy a library into the jail:", &to))?;
     }
