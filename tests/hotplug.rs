@@ -72,8 +72,8 @@ fn a_placeholder_drive_is_swapped_for_an_image_while_the_guest_runs() {
     vm.bad(
         "PATCH",
         "/drives/drive_0",
-        Some(r#"{"drive_id": "drive_0", "rate_limiter": {"bandwidth": {"size": 1, "refill_time": 1}}}"#),
-        "rate_limiter",
+        Some(r#"{"drive_id": "drive_0", "rate_limiter": {"bandwidth": {"size": 9223372036854775808, "refill_time": 1}}}"#),
+        "values overflow",
     );
     vm.ok("PATCH", "/vm", r#"{"state": "Paused"}"#);
     vm.bad(

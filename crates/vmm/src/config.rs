@@ -106,6 +106,7 @@ pub fn parse_disk(text: &str) -> Result<DiskConfig, Error> {
     Ok(DiskConfig {
         path: PathBuf::from(path),
         readonly,
+        rate_limit: Default::default(),
     })
 }
 
@@ -287,14 +288,16 @@ mod tests {
             parse_disk("a.img"),
             Ok(DiskConfig {
                 path: "a.img".into(),
-                readonly: false
+                readonly: false,
+                rate_limit: Default::default(),
             })
         );
         assert_eq!(
             parse_disk("d/b.img,readonly"),
             Ok(DiskConfig {
                 path: "d/b.img".into(),
-                readonly: true
+                readonly: true,
+                rate_limit: Default::default(),
             })
         );
         assert!(parse_disk("b.img,rw").is_err());

@@ -442,6 +442,13 @@ impl Vmm {
                     Some(disk) => disk.update(path).map_err(|e| crate::error_chain(&e)),
                     None => Err(format!("the VM has no disk {i}")),
                 };
+                let update_disk_limit = |i: usize, u| match self.disks.get(i) {
+                    Some(disk) => {
+                        disk.update_rate_limit(u);
+                        Ok(())
+                    }
+                    None => Err(format!("the VM has no disk {i}")),
+                };
                 let vm = VmHandles {
                     pause: &self.pause,
                     threads: &threads,
@@ -449,6 +456,7 @@ impl Vmm {
                     i8042: &self.i8042,
                     counters: &counters,
                     update_disk: &update_disk,
+                    update_disk_limit: &update_disk_limit,
                 };
                 api.serve(&vm);
                 api.tick(&vm);

@@ -47,6 +47,8 @@ pub enum Error {
     EmptyPath { field: String },
     #[error("network-interfaces[{id}].guest_mac {mac:?}: use six hex bytes, unicast")]
     Mac { id: String, mac: String },
+    #[error("{0}")]
+    RateLimiter(String),
     #[error(
         "machine-config.vcpu_count {0} with smt: give 1 or an even number of vCPUs (two threads per core)"
     )]
@@ -100,6 +102,15 @@ pub fn disk(d: &Drive) -> Result<DiskConfig, Error> {
             &d.path_on_host,
         )?,
         readonly: d.is_read_only,
+        rate_limit: {
+            let field = format!("drives[{}].rate_limiter", d.drive_id);
+            let u =
+                super::types::rate_limit_of(&field, &d.rate_limiter).map_err(Error::RateLimiter)?;
+            crate::devices::virtio::RateLimit {
+                bandwidth: u.bandwidth.flatten(),
+                ops: u.ops.flatten(),
+            }
+        },
     })
 }
 

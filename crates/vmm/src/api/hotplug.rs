@@ -8,6 +8,8 @@ use std::time::Instant;
 
 use super::http::Response;
 use super::running::VmHandles;
+use serde_json::Value;
+
 use super::types::{DriveUpdate, FullConfig};
 
 /// The index among the VM's disks of drive `id`: the order [`super::convert::to_vm_config`]
@@ -26,16 +28,25 @@ pub fn patch_drive(config: &mut FullConfig, u: DriveUpdate, vm: &VmHandles) -> R
             "no drive {id:?}: PATCH /drives works on the drives given before InstanceStart"
         ));
     };
-    if let Err(e) = u.check() {
-        return Response::bad_request(e.to_string());
-    }
+    let field = format!("drives[{id}].rate_limiter");
+    let limit = match super::types::rate_limit_of(&field, &u.rate_limiter) {
+        Ok(l) => l,
+        Err(e) => return Response::bad_request(e),
+    };
     if vm.pause.is_paused() {
         return Response::bad_request(format!(
             "the VM is paused: resume it before changing drive {id:?}"
         ));
     }
+    if u.rate_limiter.is_some() {
+        if let Err(e) = (vm.update_disk_limit)(index, limit) {
+            return Response::bad_request(e);
+        }
+        if let Some(d) = config.drives.iter_mut().find(|d| d.drive_id == id) {
+            d.rate_limiter = merge_limiter(d.rate_limiter.take(), &u.rate_limiter);
+        }
+    }
     let Some(path) = u.path_on_host else {
-        // Only a rate limiter that limits nothing: nothing changes.
         return Response::no_content();
     };
     if path.is_empty() {
@@ -57,6 +68,22 @@ pub fn patch_drive(config: &mut FullConfig, u: DriveUpdate, vm: &VmHandles) -> R
             "cannot change drive {id:?} to {path}: {e}; it keeps its old file"
         )),
     }
+}
+
+/// The drive's `rate_limiter` after a PATCH: the buckets it names replace the old ones.
+fn merge_limiter(old: Option<Value>, patch: &Option<Value>) -> Option<Value> {
+    let mut merged = match old {
+        Some(Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    if let Some(Value::Object(p)) = patch {
+        for (k, v) in p {
+            if !v.is_null() {
+                merged.insert(k.clone(), v.clone());
+            }
+        }
+    }
+    (!merged.is_empty()).then_some(Value::Object(merged))
 }
 
 #[cfg(test)]

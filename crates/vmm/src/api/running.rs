@@ -32,6 +32,10 @@ pub struct RunningApi {
 /// Backs disk N with the file at a path: its old and new capacity in sectors, or why not.
 pub type UpdateDisk<'a> = dyn Fn(usize, &std::path::Path) -> Result<(u64, u64), String> + 'a;
 
+/// Changes disk N's rate limiter, or says why not.
+pub type UpdateDiskLimit<'a> =
+    dyn Fn(usize, crate::devices::virtio::RateLimitUpdate) -> Result<(), String> + 'a;
+
 /// What the API may act on.
 pub struct VmHandles<'a> {
     pub pause: &'a PauseControl,
@@ -42,6 +46,8 @@ pub struct VmHandles<'a> {
     pub counters: &'a dyn Fn() -> Counters,
     /// Back disk N with another file (`PATCH /drives`): old and new capacity in sectors.
     pub update_disk: &'a UpdateDisk<'a>,
+    /// Change disk N's rate limiter (`PATCH /drives`).
+    pub update_disk_limit: &'a UpdateDiskLimit<'a>,
 }
 
 impl RunningApi {

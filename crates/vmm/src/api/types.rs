@@ -35,6 +35,77 @@ pub fn limits_nothing(v: &Option<Value>) -> bool {
     }
 }
 
+/// `rate_limiter` as Firecracker takes it: `{"bandwidth": {"size": BYTES, "one_time_burst":
+/// BYTES, "refill_time": MS}, "ops": {...}}`. A bucket that is absent or null is not changed
+/// (`None`); one with `size` or `refill_time` 0 is no limit (`Some(None)`). Values whose
+/// arithmetic would overflow are refused.
+pub fn rate_limit_of(
+    field: &str,
+    v: &Option<Value>,
+) -> Result<crate::devices::virtio::RateLimitUpdate, String> {
+    use crate::devices::virtio::{Bucket, RateLimitUpdate};
+    let mut u = RateLimitUpdate::default();
+    let map = match v {
+        None | Some(Value::Null) => return Ok(u),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(format!("{field}: give an object with bandwidth and/or ops")),
+    };
+    for (key, bucket) in map {
+        let slot = match key.as_str() {
+            "bandwidth" => &mut u.bandwidth,
+            "ops" => &mut u.ops,
+            other => {
+                return Err(format!(
+                    "{field}: unknown field `{other}`, expected `bandwidth` or `ops`"
+                ));
+            }
+        };
+        let b = match bucket {
+            Value::Null => continue,
+            Value::Object(b) => b,
+            _ => return Err(format!("{field}.{key}: give an object")),
+        };
+        let num = |name: &str, required: bool| -> Result<u64, String> {
+            match b.get(name) {
+                None | Some(Value::Null) if !required => Ok(0),
+                None | Some(Value::Null) => Err(format!("{field}.{key}.{name} is missing")),
+                Some(v) => v.as_u64().ok_or_else(|| {
+                    format!(
+                        "{field}.{key}.{name}: give a whole number from 0 to 18446744073709551615"
+                    )
+                }),
+            }
+        };
+        if let Some(k) = b
+            .keys()
+            .find(|k| !["size", "one_time_burst", "refill_time"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "{field}.{key}: unknown field `{k}`, expected size, one_time_burst, refill_time"
+            ));
+        }
+        let (size, burst, ms) = (
+            num("size", true)?,
+            num("one_time_burst", false)?,
+            num("refill_time", true)?,
+        );
+        // Tokens are counted in i128 and time in ns (u64): keep both in range.
+        if size > i64::MAX as u64 || burst > i64::MAX as u64 || ms > u64::MAX / 1_000_000 {
+            return Err(format!(
+                "{field}.{key}: values overflow (size and one_time_burst at most {}, refill_time at most {} ms)",
+                i64::MAX,
+                u64::MAX / 1_000_000
+            ));
+        }
+        *slot = Some((size > 0 && ms > 0).then_some(Bucket {
+            size,
+            one_time_burst: burst,
+            refill_time_ms: ms,
+        }));
+    }
+    Ok(u)
+}
+
 /// `field` may only be absent, null, or one of `allowed`.
 fn only(
     field: &str,
@@ -191,12 +262,6 @@ impl Drive {
             &[Value::from("Sync")],
             "the Async (io_uring) engine",
         )?;
-        if !limits_nothing(&self.rate_limiter) {
-            return Err(Unsupported {
-                field: field("rate_limiter"),
-                what: "rate limiters that limit",
-            });
-        }
         only(&field("socket"), &self.socket, &[], "vhost-user drives")
     }
 }
@@ -212,18 +277,6 @@ pub struct DriveUpdate {
     pub path_on_host: Option<String>,
     #[serde(default)]
     pub rate_limiter: Option<Value>,
-}
-
-impl DriveUpdate {
-    pub fn check(&self) -> Result<(), Unsupported> {
-        if !limits_nothing(&self.rate_limiter) {
-            return Err(Unsupported {
-                field: format!("drives[{}].rate_limiter", self.drive_id),
-                what: "rate limiters that limit",
-            });
-        }
-        Ok(())
-    }
 }
 
 /// `PUT /network-interfaces/{iface_id}`, an entry of the file's `network-interfaces`.
@@ -487,11 +540,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.check().unwrap_err().field, "drives[a].io_engine");
-        let d: Drive = serde_json::from_str(
-            r#"{"drive_id":"a","path_on_host":"p","is_root_device":false,"rate_limiter":{"bandwidth":{}}}"#,
+        let e = rate_limit_of("r", &Some(serde_json::json!({"bandwidth": {}}))).unwrap_err();
+        assert!(e.contains("r.bandwidth.size is missing"), "{e}");
+        let e = rate_limit_of(
+            "r",
+            &Some(serde_json::json!({"ops": {"size": u64::MAX, "refill_time": 1}})),
+        )
+        .unwrap_err();
+        assert!(e.contains("overflow"), "{e}");
+        let e = rate_limit_of("r", &Some(serde_json::json!({"iops": {}}))).unwrap_err();
+        assert!(e.contains("unknown field `iops`"), "{e}");
+        let u = rate_limit_of(
+            "r",
+            &Some(
+                serde_json::json!({"bandwidth": {"size": 1000, "refill_time": 100,
+                "one_time_burst": 5}, "ops": {"size": 0, "refill_time": 1}}),
+            ),
         )
         .unwrap();
-        assert_eq!(d.check().unwrap_err().field, "drives[a].rate_limiter");
+        assert_eq!(u.bandwidth.unwrap().unwrap().one_time_burst, 5);
+        assert_eq!(u.ops, Some(None), "size 0 is no limit");
+        assert_eq!(
+            rate_limit_of("r", &Some(serde_json::json!({}))).unwrap(),
+            Default::default()
+        );
     }
 
     #[test]

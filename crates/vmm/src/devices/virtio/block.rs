@@ -87,6 +87,8 @@ struct Requests {
     /// fdatasync failed once: every later flush fails.
     failed_sync: Option<String>,
     stats: std::sync::Arc<BlockStats>,
+    /// `rate_limiter`: a request the buckets cannot take now waits on the queue.
+    limiter: super::rate_limiter::RateLimiter,
 }
 
 /// A virtio-blk device.
@@ -139,6 +141,7 @@ impl Block {
                 failed_write: None,
                 failed_sync: None,
                 stats: Default::default(),
+                limiter: super::rate_limiter::RateLimiter::new(Default::default()),
             },
             features,
             config,
@@ -176,6 +179,11 @@ impl Block {
         self.requests.failed_sync = None;
         self.name = name(&disk);
         std::mem::replace(&mut self.requests.disk, disk)
+    }
+
+    /// `PATCH /drives` `rate_limiter`, or the drive's limits at start.
+    pub fn update_rate_limit(&mut self, u: super::RateLimitUpdate) {
+        self.requests.limiter.update(u);
     }
 
     /// Release the current file's lock (see [`Disk::unlock`]).
@@ -217,6 +225,10 @@ impl Requests {
             ));
         };
         use std::sync::atomic::Ordering::Relaxed;
+        // The data bytes: all but the 16-byte header and the status byte.
+        if !self.limiter.consume(chain.total_len().saturating_sub(17)) {
+            return Completion::Later;
+        }
         self.stats.requests.fetch_add(1, Relaxed);
         let (status, written) = match self.execute(mem, chain) {
             Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
@@ -498,6 +510,18 @@ impl VirtioDevice for Block {
         // Called on a vCPU thread: no I/O here. Requests already taken from the queue were
         // completed before we got the lock; the disk is synced at shutdown and on drop.
         self.active = None;
+    }
+
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.requests.limiter.fd()
+    }
+
+    /// The rate limiter's timer: the tokens a waiting request needs are there.
+    fn process_backend(&mut self) {
+        if self.requests.limiter.expired() && self.process_queue(0) {
+            // Spent its budget with work left: come back after the other devices.
+            self.requests.limiter.wake_soon();
+        }
     }
 
     fn process_queue(&mut self, index: usize) -> bool {

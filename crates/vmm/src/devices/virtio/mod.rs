@@ -19,6 +19,7 @@ mod device;
 mod disk;
 mod mmio;
 mod net;
+mod rate_limiter;
 mod rng;
 mod tap;
 #[cfg(test)]
@@ -45,6 +46,7 @@ pub use device::Interrupt;
 use device::{QueueEvents, SharedDevice};
 use mmio::{MmioTransport, QUEUE_NOTIFY};
 use net::Net;
+pub use rate_limiter::{Bucket, RateLimit, RateLimitUpdate};
 use rng::Rng;
 use tap::Tap;
 use vsock::Vsock;
@@ -56,6 +58,8 @@ pub struct DiskConfig {
     pub path: PathBuf,
     /// Attach it readonly: the guest's writes fail, and other VMs may share it readonly.
     pub readonly: bool,
+    /// Firecracker's `rate_limiter` (none: no limit).
+    pub rate_limit: RateLimit,
 }
 
 /// A network interface as the user asked for it.
@@ -228,6 +232,12 @@ impl BlockHandle {
         })
     }
 
+    /// `PATCH /drives/{id}` with `rate_limiter`: the buckets it names are replaced.
+    pub fn update_rate_limit(&self, u: RateLimitUpdate) {
+        let mut block = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        block.update_rate_limit(u);
+    }
+
     /// `PATCH /drives/{id}` with `path_on_host`: open `path` (readonly as before), make what
     /// the guest wrote to the old file durable, back the device with the new file and tell the
     /// driver its capacity changed (configuration change interrupt), as Firecracker does. The
@@ -268,7 +278,11 @@ impl BlockHandle {
 /// Open `disk` (locked against other writers) and attach it as a virtio-blk device.
 pub fn attach_block(ctx: &mut VirtioContext<'_>, disk: &DiskConfig) -> Result<BlockHandle, Error> {
     let image = disk::Disk::open(&disk.path, disk.readonly)?;
-    let block = Block::new(image);
+    let mut block = Block::new(image);
+    block.update_rate_limit(RateLimitUpdate {
+        bandwidth: Some(disk.rate_limit.bandwidth),
+        ops: Some(disk.rate_limit.ops),
+    });
     let stats = block.stats();
     let device = Arc::new(Mutex::new(block));
     let placement = attach(ctx, device.clone())?;
