@@ -23,6 +23,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// Attach a virtio-rng device.
     pub rng: bool,
+    /// The entropy device's `rate_limiter` (none: no limit).
+    pub rng_rate_limit: crate::devices::virtio::RateLimit,
     /// Log the guest's boot time when it writes the boot-timer register.
     pub boot_timer: bool,
     /// Stop the VM after this long.

@@ -719,7 +719,7 @@ fn attach_virtio(
         disks.push(handle);
     }
     if config.rng {
-        let at = virtio::attach_rng(&mut ctx)?;
+        let at = virtio::attach_rng(&mut ctx, config.rng_rate_limit)?;
         log::info!("virtio-rng at {:#x}, IRQ {}", at.addr, at.irq);
     }
     for net in &config.nets {

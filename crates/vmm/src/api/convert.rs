@@ -226,6 +226,17 @@ pub fn to_vm_config(c: &FullConfig, extras: &Extras) -> Result<VmConfig, Error> 
             .collect::<Result<_, _>>()?,
         vsock: c.vsock.as_ref().map(vsock).transpose()?,
         rng: c.entropy.is_some(),
+        rng_rate_limit: match &c.entropy {
+            Some(e) => {
+                let u = super::types::rate_limit_of("entropy.rate_limiter", &e.rate_limiter)
+                    .map_err(Error::RateLimiter)?;
+                crate::devices::virtio::RateLimit {
+                    bandwidth: u.bandwidth.flatten(),
+                    ops: u.ops.flatten(),
+                }
+            }
+            None => Default::default(),
+        },
         boot_timer: extras.boot_timer,
         timeout: extras.timeout,
         ring0_workarounds: extras.ring0_workarounds,

@@ -120,9 +120,11 @@ impl Setup {
             ApiRequest::PutVsock(v) => done(convert::vsock(&v).map_err(fix).map(|_| {
                 self.config.vsock = Some(v);
             })),
-            ApiRequest::PutEntropy(e) => done(e.check().map_err(|e| e.to_string()).map(|()| {
-                self.config.entropy = Some(e);
-            })),
+            ApiRequest::PutEntropy(e) => done(
+                super::types::rate_limit_of("entropy.rate_limiter", &e.rate_limiter).map(|_| {
+                    self.config.entropy = Some(e);
+                }),
+            ),
             ApiRequest::PutLogger(l) => done(apply_logger(&l).map(|()| {
                 self.config.logger = Some(l);
             })),

@@ -331,13 +331,8 @@ pub struct Entropy {
 }
 
 impl Entropy {
+    /// The rate limiter is checked where it is parsed ([`rate_limit_of`]).
     pub fn check(&self) -> Result<(), Unsupported> {
-        if !limits_nothing(&self.rate_limiter) {
-            return Err(Unsupported {
-                field: "entropy.rate_limiter".into(),
-                what: "rate limiters that limit",
-            });
-        }
         Ok(())
     }
 }

@@ -299,8 +299,8 @@ pub fn attach_block(ctx: &mut VirtioContext<'_>, disk: &DiskConfig) -> Result<Bl
 }
 
 /// Attach a virtio-rng device fed by the host's getrandom.
-pub fn attach_rng(ctx: &mut VirtioContext<'_>) -> Result<Placement, Error> {
-    attach(ctx, Arc::new(Mutex::new(Rng::new())))
+pub fn attach_rng(ctx: &mut VirtioContext<'_>, limit: RateLimit) -> Result<Placement, Error> {
+    attach(ctx, Arc::new(Mutex::new(Rng::with_limit(limit))))
 }
 
 /// Open (or create) the tap `net.tap` and attach it as a virtio-net device.
