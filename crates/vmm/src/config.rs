@@ -138,7 +138,12 @@ pub fn parse_net(text: &str) -> Result<NetConfig, Error> {
     }
     let tap = tap.ok_or_else(syntax)?;
     let mac = mac.unwrap_or_else(|| random_mac(&tap));
-    Ok(NetConfig { tap, mac })
+    Ok(NetConfig {
+        tap,
+        mac,
+        rx_rate_limit: Default::default(),
+        tx_rate_limit: Default::default(),
+    })
 }
 
 /// Parse `aa:bb:cc:dd:ee:ff` (or with `-`), a unicast address.
@@ -197,7 +202,9 @@ mod tests {
             parse_net("tap=tap0,mac=02:aB:00:00:00:01"),
             Ok(NetConfig {
                 tap: "tap0".into(),
-                mac: [2, 0xab, 0, 0, 0, 1]
+                mac: [2, 0xab, 0, 0, 0, 1],
+                rx_rate_limit: Default::default(),
+                tx_rate_limit: Default::default(),
             })
         );
         assert_eq!(

@@ -154,9 +154,20 @@ pub fn net(n: &NetworkInterface) -> Result<NetConfig, Error> {
         })?,
         None => config::random_mac(&n.host_dev_name),
     };
+    let limit = |name: &str, v| {
+        let field = format!("network-interfaces[{}].{name}", n.iface_id);
+        super::types::rate_limit_of(&field, v)
+            .map(|u| crate::devices::virtio::RateLimit {
+                bandwidth: u.bandwidth.flatten(),
+                ops: u.ops.flatten(),
+            })
+            .map_err(Error::RateLimiter)
+    };
     Ok(NetConfig {
         tap: n.host_dev_name.clone(),
         mac,
+        rx_rate_limit: limit("rx_rate_limiter", &n.rx_rate_limiter)?,
+        tx_rate_limit: limit("tx_rate_limiter", &n.tx_rate_limiter)?,
     })
 }
 

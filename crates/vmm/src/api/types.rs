@@ -295,18 +295,7 @@ pub struct NetworkInterface {
 
 impl NetworkInterface {
     pub fn check(&self) -> Result<(), Unsupported> {
-        let field = |f: &str| format!("network-interfaces[{}].{f}", self.iface_id);
-        for (name, limiter) in [
-            ("rx_rate_limiter", &self.rx_rate_limiter),
-            ("tx_rate_limiter", &self.tx_rate_limiter),
-        ] {
-            if !limits_nothing(limiter) {
-                return Err(Unsupported {
-                    field: field(name),
-                    what: "rate limiters that limit",
-                });
-            }
-        }
+        // The rate limiters are checked where they are parsed ([`rate_limit_of`]).
         Ok(())
     }
 }

@@ -69,6 +69,9 @@ pub struct NetConfig {
     pub tap: String,
     /// The guest's MAC address.
     pub mac: [u8; 6],
+    /// `rx_rate_limiter` and `tx_rate_limiter` (none: no limit).
+    pub rx_rate_limit: RateLimit,
+    pub tx_rate_limit: RateLimit,
 }
 
 /// A vsock device as the user asked for it.
@@ -312,7 +315,7 @@ pub fn attach_net(ctx: &mut VirtioContext<'_>, net: &NetConfig) -> Result<Placem
             net.tap
         );
     }
-    let device = Net::new(Box::new(tap), net.mac)
+    let device = Net::with_limits(Box::new(tap), net.mac, net.rx_rate_limit, net.tx_rate_limit)
         .map_err(|e| Error::Epoll(format!("tap {}", net.tap), e))?;
     attach(ctx, Arc::new(Mutex::new(device)))
 }
