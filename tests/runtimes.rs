@@ -278,6 +278,14 @@ fn started_as_the_runtimes_start_firecracker() {
             "uds_path": dir.join("kata.hvsock")}),
     );
     ok("PUT", "/entropy", serde_json::json!({"rate_limiter": {}}));
+    // Kata's interface: `{}` rate limiters (a tap Kite makes, gone with it).
+    let tap = format!("kr{}", std::process::id() % 100_000);
+    ok(
+        "PUT",
+        "/network-interfaces/eth0",
+        serde_json::json!({"iface_id": "eth0", "host_dev_name": tap,
+            "guest_mac": "02:00:00:00:00:01", "rx_rate_limiter": {}, "tx_rate_limiter": {}}),
+    );
     ok(
         "PUT",
         "/actions",
@@ -295,6 +303,40 @@ fn started_as_the_runtimes_start_firecracker() {
         .collect();
     names.sort();
     assert_eq!(names, ["fc_vcpu 0", "fc_vcpu 1"]);
+    // Rate limiters changed on the running VM; bad ones refused.
+    ok(
+        "PATCH",
+        "/network-interfaces/eth0",
+        serde_json::json!({"iface_id": "eth0",
+            "tx_rate_limiter": {"bandwidth": {"size": 1_000_000, "refill_time": 100}}}),
+    );
+    let (status, text) = call(
+        &sock,
+        "PATCH",
+        "/network-interfaces/eth9",
+        Some(r#"{"iface_id": "eth9", "rx_rate_limiter": {}}"#),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(
+        fault(&text).contains("no network interface \"eth9\""),
+        "{text}"
+    );
+    let (status, text) = call(
+        &sock,
+        "PATCH",
+        "/network-interfaces/eth0",
+        Some(
+            r#"{"iface_id": "eth0", "rx_rate_limiter": {"ops": {"size": 1, "refill_time": 18446744073709551615}}}"#,
+        ),
+    );
+    assert_eq!(status, 400, "{text}");
+    assert!(fault(&text).contains("values overflow"), "{text}");
+    let (_, text) = call(&sock, "GET", "/vm/config", None);
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        config["network-interfaces"][0]["tx_rate_limiter"]["bandwidth"]["size"], 1_000_000,
+        "{text}"
+    );
     // Let the guest run a little, then stop it the way the runtimes do (SIGTERM).
     std::thread::sleep(Duration::from_millis(500));
     let (status, text) = call(
@@ -453,7 +495,7 @@ fn kata_go_jailed() {
     // fcKernelParams (acpi=off among them), then the test guest's own words.
     let config = serde_json::json!({
         "boot-source": {"kernel_image_path": "/vmlinux",
-            "boot_args": "pci=off reboot=k panic=1 iommu=off net.ifnames=0 random.trust_cpu=on acpi=off console=ttyS0 kite_test=virtio-blk-resize kite_blk_index=1 kite_virtio_wait=poll kite_ms=60000"},
+            "boot_args": "pci=off reboot=k panic=1 iommu=off net.ifnames=0 random.trust_cpu=on acpi=off console=ttyS0 kite_test=virtio-blk-resize kite_blk_index=1 kite_blk_from=0 kite_virtio_wait=poll kite_ms=60000"},
         "drives": drives,
         "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "smt": false},
         "logger": {"level": "Debug", "log_path": "/logs.fifo"},

@@ -145,6 +145,8 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     boot_timer: Option<Arc<Mutex<BootTimer>>>,
     disks: Vec<BlockHandle>,
+    /// The network interfaces, for `PATCH /network-interfaces`.
+    nets: Vec<virtio::NetHandle>,
     completed: Arc<crate::vcpu::complete::Counts>,
     samples: Option<Arc<Mutex<Vec<u64>>>>,
     halt: Arc<HaltProbe>,
@@ -233,7 +235,7 @@ impl Vmm {
                 "acpi=off on the guest's command line: no ACPI tables, the virtio devices are named on the command line"
             );
         }
-        let (disks, placed, device_counters) = attach_virtio(
+        let (disks, placed, device_counters, nets) = attach_virtio(
             config,
             &vm,
             &mem,
@@ -326,6 +328,7 @@ impl Vmm {
             serial,
             boot_timer,
             disks,
+            nets,
             completed,
             samples,
             halt,
@@ -449,6 +452,13 @@ impl Vmm {
                     }
                     None => Err(format!("the VM has no disk {i}")),
                 };
+                let update_net_limit = |i: usize, rx, tx| match self.nets.get(i) {
+                    Some(net) => {
+                        net.update_rate_limits(rx, tx);
+                        Ok(())
+                    }
+                    None => Err(format!("the VM has no network interface {i}")),
+                };
                 let vm = VmHandles {
                     pause: &self.pause,
                     threads: &threads,
@@ -457,6 +467,7 @@ impl Vmm {
                     counters: &counters,
                     update_disk: &update_disk,
                     update_disk_limit: &update_disk_limit,
+                    update_net_limit: &update_net_limit,
                 };
                 api.serve(&vm);
                 api.tick(&vm);
@@ -683,6 +694,7 @@ type Attached = (
     Vec<BlockHandle>,
     Vec<virtio::Placement>,
     Vec<(String, virtio::Interrupt)>,
+    Vec<virtio::NetHandle>,
 );
 
 /// Disks first (so the guest names them vda, vdb, ... in order), then the entropy device, then
@@ -722,8 +734,11 @@ fn attach_virtio(
         let at = virtio::attach_rng(&mut ctx, config.rng_rate_limit)?;
         log::info!("virtio-rng at {:#x}, IRQ {}", at.addr, at.irq);
     }
+    let mut nets = Vec::new();
     for net in &config.nets {
-        let at = virtio::attach_net(&mut ctx, net)?;
+        let handle = virtio::attach_net(&mut ctx, net)?;
+        let at = handle.placement;
+        nets.push(handle);
         let mac = net.mac.map(|b| format!("{b:02x}")).join(":");
         log::info!(
             "virtio-net on tap {} (MAC {mac}) at {:#x}, IRQ {}",
@@ -742,7 +757,7 @@ fn attach_virtio(
             at.irq
         );
     }
-    Ok((disks, ctx.placed, ctx.counters))
+    Ok((disks, ctx.placed, ctx.counters, nets))
 }
 
 /// The i8042 at ports 0x60-0x64, its keyboard on IRQ 1.

@@ -10,7 +10,7 @@ use super::http::Response;
 use super::running::VmHandles;
 use serde_json::Value;
 
-use super::types::{DriveUpdate, FullConfig};
+use super::types::{DriveUpdate, FullConfig, NetworkUpdate};
 
 /// The index among the VM's disks of drive `id`: the order [`super::convert::to_vm_config`]
 /// attaches them in (the root device first, then the others as listed).
@@ -68,6 +68,41 @@ pub fn patch_drive(config: &mut FullConfig, u: DriveUpdate, vm: &VmHandles) -> R
             "cannot change drive {id:?} to {path}: {e}; it keeps its old file"
         )),
     }
+}
+
+/// Carry out `PATCH /network-interfaces/{id}`: the rate limiters it names.
+pub fn patch_network(config: &mut FullConfig, u: NetworkUpdate, vm: &VmHandles) -> Response {
+    let id = u.iface_id.clone();
+    let Some(index) = config
+        .network_interfaces
+        .iter()
+        .position(|n| n.iface_id == id)
+    else {
+        return Response::bad_request(format!(
+            "no network interface {id:?}: PATCH /network-interfaces works on the interfaces given before InstanceStart"
+        ));
+    };
+    let field = |f: &str| format!("network-interfaces[{id}].{f}");
+    let parse = |f: &str, v| super::types::rate_limit_of(&field(f), v);
+    let (rx, tx) = match (
+        parse("rx_rate_limiter", &u.rx_rate_limiter),
+        parse("tx_rate_limiter", &u.tx_rate_limiter),
+    ) {
+        (Ok(rx), Ok(tx)) => (rx, tx),
+        (Err(e), _) | (_, Err(e)) => return Response::bad_request(e),
+    };
+    if vm.pause.is_paused() {
+        return Response::bad_request(format!(
+            "the VM is paused: resume it before changing network interface {id:?}"
+        ));
+    }
+    if let Err(e) = (vm.update_net_limit)(index, rx, tx) {
+        return Response::bad_request(e);
+    }
+    let n = &mut config.network_interfaces[index];
+    n.rx_rate_limiter = merge_limiter(n.rx_rate_limiter.take(), &u.rx_rate_limiter);
+    n.tx_rate_limiter = merge_limiter(n.tx_rate_limiter.take(), &u.tx_rate_limiter);
+    Response::no_content()
 }
 
 /// The drive's `rate_limiter` after a PATCH: the buckets it names replace the old ones.

@@ -18,6 +18,7 @@ pub enum ApiRequest {
     PatchMachineConfig(MachineConfigUpdate),
     PutDrive(Drive),
     PatchDrive(DriveUpdate),
+    PatchNetwork(NetworkUpdate),
     PutNetwork(NetworkInterface),
     PutVsock(Vsock),
     PutEntropy(Entropy),
@@ -156,10 +157,10 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
             same_id(id, &d.drive_id, "drive_id")?;
             A::PatchDrive(d)
         }
-        ("PATCH", ["network-interfaces", _]) => {
-            return Err(Response::bad_request(
-                "Kite does not support changing a network interface after boot yet",
-            ));
+        ("PATCH", ["network-interfaces", id]) => {
+            let n: NetworkUpdate = body(req)?;
+            same_id(id, &n.iface_id, "iface_id")?;
+            A::PatchNetwork(n)
         }
         (_, [first, ..]) if NOT_YET.iter().any(|(p, _)| p == first) => {
             let what = NOT_YET
@@ -237,6 +238,12 @@ mod tests {
             r#"{"guest_cid":0,"uds_path":"v.sock"}"#,
         ));
         assert!(matches!(v, Ok(ApiRequest::PutVsock(_))), "{v:?}");
+        let n = route(&req(
+            "PATCH",
+            "/network-interfaces/eth0",
+            r#"{"iface_id":"eth0","tx_rate_limiter":{}}"#,
+        ));
+        assert!(matches!(n, Ok(ApiRequest::PatchNetwork(_))), "{n:?}");
         let version = route(&req("GET", "/version", "")).unwrap_err();
         assert_eq!(version.status, 200);
         assert!(version.body.unwrap().contains("firecracker_version"));

@@ -36,6 +36,14 @@ pub type UpdateDisk<'a> = dyn Fn(usize, &std::path::Path) -> Result<(u64, u64), 
 pub type UpdateDiskLimit<'a> =
     dyn Fn(usize, crate::devices::virtio::RateLimitUpdate) -> Result<(), String> + 'a;
 
+/// Changes interface N's receive and transmit limiters, or says why not.
+pub type UpdateNetLimit<'a> = dyn Fn(
+        usize,
+        crate::devices::virtio::RateLimitUpdate,
+        crate::devices::virtio::RateLimitUpdate,
+    ) -> Result<(), String>
+    + 'a;
+
 /// What the API may act on.
 pub struct VmHandles<'a> {
     pub pause: &'a PauseControl,
@@ -48,6 +56,8 @@ pub struct VmHandles<'a> {
     pub update_disk: &'a UpdateDisk<'a>,
     /// Change disk N's rate limiter (`PATCH /drives`).
     pub update_disk_limit: &'a UpdateDiskLimit<'a>,
+    /// Change interface N's receive and transmit limiters (`PATCH /network-interfaces`).
+    pub update_net_limit: &'a UpdateNetLimit<'a>,
 }
 
 impl RunningApi {
@@ -189,6 +199,7 @@ impl RunningApi {
                 Err(e) => Response::bad_request(e),
             },
             ApiRequest::PatchDrive(u) => super::hotplug::patch_drive(&mut self.config, u, vm),
+            ApiRequest::PatchNetwork(u) => super::hotplug::patch_network(&mut self.config, u, vm),
             ApiRequest::InstanceStart => Response::bad_request(
                 "the VM is already running: InstanceStart works once, before boot",
             ),

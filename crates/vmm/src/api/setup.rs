@@ -141,6 +141,9 @@ impl Setup {
                     Response::bad_request("no metrics file: configure one with PUT /metrics first")
                 }
             },
+            ApiRequest::PatchNetwork(_) => Response::bad_request(
+                "PATCH /network-interfaces works on a running VM; before InstanceStart, PUT /network-interfaces/{id} again",
+            ),
             ApiRequest::PatchDrive(_) => Response::bad_request(
                 "PATCH /drives works on a running VM; before InstanceStart, PUT /drives/{id} again",
             ),

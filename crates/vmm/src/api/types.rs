@@ -279,6 +279,17 @@ pub struct DriveUpdate {
     pub rate_limiter: Option<Value>,
 }
 
+/// `PATCH /network-interfaces/{iface_id}` on a running VM: new rate limiters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkUpdate {
+    pub iface_id: String,
+    #[serde(default)]
+    pub rx_rate_limiter: Option<Value>,
+    #[serde(default)]
+    pub tx_rate_limiter: Option<Value>,
+}
+
 /// `PUT /network-interfaces/{iface_id}`, an entry of the file's `network-interfaces`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

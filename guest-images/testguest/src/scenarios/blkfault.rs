@@ -151,7 +151,9 @@ pub fn shrink(ctx: &mut Ctx) -> Outcome {
 pub fn resize(ctx: &mut Ctx) -> Outcome {
     let limit = ms_to_ticks(ctx.cmdline.get_u64("kite_ms").unwrap_or(20_000));
     let mut blk = Blk::open(ctx, wait(ctx)?, 1, SECTOR)?;
-    let old = blk.capacity;
+    // `kite_blk_from=<n>`: the capacity to wait to change from (the host may have changed it
+    // before the driver first looked); by default the capacity found at start.
+    let old = ctx.cmdline.get_u64("kite_blk_from").unwrap_or(blk.capacity);
     let generation = blk.dev.config_generation();
     say(format_args!("KITE-PROGRESS ready sectors={old}"));
     let start = rdtsc();

@@ -306,8 +306,22 @@ pub fn attach_rng(ctx: &mut VirtioContext<'_>, limit: RateLimit) -> Result<Place
     attach(ctx, Arc::new(Mutex::new(Rng::with_limit(limit))))
 }
 
+/// The VMM's handle on an attached network interface (for `PATCH /network-interfaces`).
+pub struct NetHandle {
+    device: Arc<Mutex<Net>>,
+    pub placement: Placement,
+}
+
+impl NetHandle {
+    /// Replace the rate limiter buckets the updates name.
+    pub fn update_rate_limits(&self, rx: RateLimitUpdate, tx: RateLimitUpdate) {
+        let mut net = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        net.update_rate_limits(rx, tx);
+    }
+}
+
 /// Open (or create) the tap `net.tap` and attach it as a virtio-net device.
-pub fn attach_net(ctx: &mut VirtioContext<'_>, net: &NetConfig) -> Result<Placement, Error> {
+pub fn attach_net(ctx: &mut VirtioContext<'_>, net: &NetConfig) -> Result<NetHandle, Error> {
     let tap = Tap::open(&net.tap)?;
     if tap.created() {
         log::info!(
@@ -317,7 +331,9 @@ pub fn attach_net(ctx: &mut VirtioContext<'_>, net: &NetConfig) -> Result<Placem
     }
     let device = Net::with_limits(Box::new(tap), net.mac, net.rx_rate_limit, net.tx_rate_limit)
         .map_err(|e| Error::Epoll(format!("tap {}", net.tap), e))?;
-    attach(ctx, Arc::new(Mutex::new(device)))
+    let device = Arc::new(Mutex::new(device));
+    let placement = attach(ctx, device.clone())?;
+    Ok(NetHandle { device, placement })
 }
 
 /// Attach a virtio-vsock device for guest CID `vsock.cid`, listening on `vsock.socket`.

@@ -148,6 +148,12 @@ impl Net {
         Self::with_limits(backend, mac, Default::default(), Default::default())
     }
 
+    /// `PATCH /network-interfaces`: replace the buckets each update names.
+    pub fn update_rate_limits(&mut self, rx: super::RateLimitUpdate, tx: super::RateLimitUpdate) {
+        self.rx_limiter.update(rx);
+        self.tx_limiter.update(tx);
+    }
+
     /// A device whose receive and transmit are limited by `rx` and `tx`.
     pub fn with_limits(
         backend: Box<dyn NetBackend>,
