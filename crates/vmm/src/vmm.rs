@@ -227,14 +227,8 @@ impl Vmm {
             None
         };
         // With ACPI tables the DSDT names the virtio devices; without, the command line does
-        // (never both: an ACPI kernel would find each device twice). A guest told `acpi=off`
-        // (Kata's command line) gets the command line.
-        let use_acpi = config.acpi && !acpi::off_in(&config.cmdline);
-        if config.acpi && !use_acpi {
-            log::info!(
-                "acpi=off on the guest's command line: no ACPI tables, the virtio devices are named on the command line"
-            );
-        }
+        // (never both: an ACPI kernel would find each device twice); `acpi=off`: the latter.
+        let use_acpi = acpi::wanted(config.acpi, &config.cmdline);
         let (disks, placed, device_counters, nets) = attach_virtio(
             config,
             &vm,
@@ -441,33 +435,14 @@ impl Vmm {
         let loop_result = loop {
             if let Some(mut api) = self.api.take() {
                 let counters = || self.counters();
-                let update_disk = |i: usize, path: &std::path::Path| match self.disks.get(i) {
-                    Some(disk) => disk.update(path).map_err(|e| crate::error_chain(&e)),
-                    None => Err(format!("the VM has no disk {i}")),
-                };
-                let update_disk_limit = |i: usize, u| match self.disks.get(i) {
-                    Some(disk) => {
-                        disk.update_rate_limit(u);
-                        Ok(())
-                    }
-                    None => Err(format!("the VM has no disk {i}")),
-                };
-                let update_net_limit = |i: usize, rx, tx| match self.nets.get(i) {
-                    Some(net) => {
-                        net.update_rate_limits(rx, tx);
-                        Ok(())
-                    }
-                    None => Err(format!("the VM has no network interface {i}")),
-                };
                 let vm = VmHandles {
                     pause: &self.pause,
                     threads: &threads,
                     exit: &self.exit,
                     i8042: &self.i8042,
                     counters: &counters,
-                    update_disk: &update_disk,
-                    update_disk_limit: &update_disk_limit,
-                    update_net_limit: &update_net_limit,
+                    disks: &self.disks,
+                    nets: &self.nets,
                 };
                 api.serve(&vm);
                 api.tick(&vm);

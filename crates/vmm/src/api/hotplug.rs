@@ -38,10 +38,11 @@ pub fn patch_drive(config: &mut FullConfig, u: DriveUpdate, vm: &VmHandles) -> R
             "the VM is paused: resume it before changing drive {id:?}"
         ));
     }
+    let Some(disk) = vm.disks.get(index) else {
+        return Response::bad_request(format!("the VM has no disk for drive {id:?}"));
+    };
     if u.rate_limiter.is_some() {
-        if let Err(e) = (vm.update_disk_limit)(index, limit) {
-            return Response::bad_request(e);
-        }
+        disk.update_rate_limit(limit);
         if let Some(d) = config.drives.iter_mut().find(|d| d.drive_id == id) {
             d.rate_limiter = merge_limiter(d.rate_limiter.take(), &u.rate_limiter);
         }
@@ -53,7 +54,10 @@ pub fn patch_drive(config: &mut FullConfig, u: DriveUpdate, vm: &VmHandles) -> R
         return Response::bad_request(format!("drives[{id}].path_on_host is empty: give a path"));
     }
     let started = Instant::now();
-    match (vm.update_disk)(index, Path::new(&path)) {
+    match disk
+        .update(Path::new(&path))
+        .map_err(|e| crate::error_chain(&e))
+    {
         Ok((old, new)) => {
             log::info!(
                 "drive {id}: now {path} ({new} sectors, was {old}) in {:.1} ms",
@@ -96,9 +100,10 @@ pub fn patch_network(config: &mut FullConfig, u: NetworkUpdate, vm: &VmHandles) 
             "the VM is paused: resume it before changing network interface {id:?}"
         ));
     }
-    if let Err(e) = (vm.update_net_limit)(index, rx, tx) {
-        return Response::bad_request(e);
-    }
+    let Some(net) = vm.nets.get(index) else {
+        return Response::bad_request(format!("the VM has no device for interface {id:?}"));
+    };
+    net.update_rate_limits(rx, tx);
     let n = &mut config.network_interfaces[index];
     n.rx_rate_limiter = merge_limiter(n.rx_rate_limiter.take(), &u.rx_rate_limiter);
     n.tx_rate_limiter = merge_limiter(n.tx_rate_limiter.take(), &u.tx_rate_limiter);

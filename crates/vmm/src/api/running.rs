@@ -29,21 +29,6 @@ pub struct RunningApi {
     resumes: u64,
 }
 
-/// Backs disk N with the file at a path: its old and new capacity in sectors, or why not.
-pub type UpdateDisk<'a> = dyn Fn(usize, &std::path::Path) -> Result<(u64, u64), String> + 'a;
-
-/// Changes disk N's rate limiter, or says why not.
-pub type UpdateDiskLimit<'a> =
-    dyn Fn(usize, crate::devices::virtio::RateLimitUpdate) -> Result<(), String> + 'a;
-
-/// Changes interface N's receive and transmit limiters, or says why not.
-pub type UpdateNetLimit<'a> = dyn Fn(
-        usize,
-        crate::devices::virtio::RateLimitUpdate,
-        crate::devices::virtio::RateLimitUpdate,
-    ) -> Result<(), String>
-    + 'a;
-
 /// What the API may act on.
 pub struct VmHandles<'a> {
     pub pause: &'a PauseControl,
@@ -52,12 +37,9 @@ pub struct VmHandles<'a> {
     pub i8042: &'a Mutex<I8042>,
     /// The counters of the VM's own parts (exits, completions, devices).
     pub counters: &'a dyn Fn() -> Counters,
-    /// Back disk N with another file (`PATCH /drives`): old and new capacity in sectors.
-    pub update_disk: &'a UpdateDisk<'a>,
-    /// Change disk N's rate limiter (`PATCH /drives`).
-    pub update_disk_limit: &'a UpdateDiskLimit<'a>,
-    /// Change interface N's receive and transmit limiters (`PATCH /network-interfaces`).
-    pub update_net_limit: &'a UpdateNetLimit<'a>,
+    /// The disks and interfaces (`PATCH /drives`, `PATCH /network-interfaces`).
+    pub disks: &'a [crate::devices::virtio::BlockHandle],
+    pub nets: &'a [crate::devices::virtio::NetHandle],
 }
 
 impl RunningApi {
