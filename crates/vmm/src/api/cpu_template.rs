@@ -4,9 +4,10 @@
 //! hosts) hide CPU features from the guest so that a fleet of different hosts looks like one
 //! instance type. Hiding features never makes a guest fail; it only keeps it from using them.
 //! Kite accepts each template on the vendor Firecracker accepts it on and does not apply it:
-//! the guest sees Kite's usual CPUID (one log line says so). On these development hosts KVM
-//! ignores CPUID leaves below 0x40000000 anyway (docs/shared KVM-HERE), so a template could
-//! not be honoured here. A template for the other vendor is refused, as Firecracker refuses it.
+//! the guest sees Kite's usual CPUID (one log line says so). On Kite's development hosts (a
+//! paravirtual KVM) CPUID leaves below 0x40000000 come from the host CPU whatever the VMM sets,
+//! so a template could not be honoured there. A template for the other vendor is refused, as
+//! Firecracker refuses it.
 
 use serde_json::Value;
 
