@@ -21,6 +21,8 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// A vsock device (one guest CID).
     pub vsock: Option<VsockConfig>,
+    /// Two threads per core in the guest's CPU topology (Firecracker's `smt`).
+    pub smt: bool,
     /// Attach a virtio-rng device.
     pub rng: bool,
     /// The entropy device's `rate_limiter` (none: no limit).

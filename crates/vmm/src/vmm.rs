@@ -283,7 +283,7 @@ impl Vmm {
                 .create_vcpu(index.into())
                 .map_err(kvm_err("create a vCPU"))?;
             let mut cpuid = supported.clone();
-            cpuid::filter_cpuid(&mut cpuid, index, config.cpus);
+            cpuid::filter_cpuid_smt(&mut cpuid, index, config.cpus, config.smt);
             if ring0.is_some() {
                 emulated_ring0::filter_cpuid(&mut cpuid);
             }

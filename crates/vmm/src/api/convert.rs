@@ -195,10 +195,8 @@ pub fn to_vm_config(c: &FullConfig, extras: &Extras) -> Result<VmConfig, Error> 
     if let Some(line) = super::cpu_template::not_applied(&machine.cpu_template) {
         log::info!("{line}");
     }
-    if machine.smt {
-        log::info!(
-            "smt: accepted; the guest's CPU topology stays one thread per core (docs/api.md)"
-        );
+    if machine.smt && machine.vcpu_count > 1 {
+        log::info!("smt: the guest's CPUID shows two threads per core");
     }
     let mut cmdline = boot
         .boot_args
@@ -236,6 +234,7 @@ pub fn to_vm_config(c: &FullConfig, extras: &Extras) -> Result<VmConfig, Error> 
             .map(net)
             .collect::<Result<_, _>>()?,
         vsock: c.vsock.as_ref().map(vsock).transpose()?,
+        smt: machine.smt,
         rng: c.entropy.is_some(),
         rng_rate_limit: match &c.entropy {
             Some(e) => {
@@ -282,6 +281,7 @@ pub fn from_vm_config(v: &VmConfig) -> FullConfig {
         machine_config: Some(MachineConfig {
             vcpu_count: v.cpus,
             mem_size_mib: v.memory >> 20,
+            smt: v.smt,
             ..MachineConfig::default()
         }),
         drives: v
