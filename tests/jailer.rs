@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::Netns;
 use common::api::try_call;
 use common::*;
 
@@ -383,4 +384,69 @@ fn bad_jails_are_one_line_each_and_leave_nothing_behind() {
     );
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("must run as root"), "{err}");
+}
+
+/// `--netns`, `--new-pid-ns` and `--daemonize` together (Kata passes `--netns` and
+/// `--daemonize`): the VMM is in the given network namespace and a PID namespace of its own,
+/// not our child, and the pid file names it as the host sees it.
+#[test]
+fn netns_new_pid_ns_and_daemonize() {
+    let test = "netns_new_pid_ns_and_daemonize";
+    if let Some(reason) = unavailable() {
+        return skip(test, &reason);
+    }
+    let ns = match Netns::create("jail") {
+        Ok(ns) => ns,
+        Err(e) => return skip(test, &e),
+    };
+    let (_dir, base, exe) = setup("ns");
+    let id = format!("ns-{}", std::process::id());
+    let netns = format!("/run/netns/{}", ns.name);
+    let out = Command::new(env!("CARGO_BIN_EXE_kite"))
+        .args(["jail", "--id", &id, "--exec-file"])
+        .arg(&exe)
+        .args(["--uid", &UID.to_string(), "--gid", &UID.to_string()])
+        .arg("--chroot-base-dir")
+        .arg(&base)
+        .args(["--netns", &netns, "--new-pid-ns", "--daemonize"])
+        .args(["--", "--api-sock", "/run/fc.sock"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let root = base.join("firecracker").join(&id).join("root");
+    let t = Instant::now();
+    while !root.join("run/fc.sock").exists() {
+        assert!(t.elapsed() < Duration::from_secs(10), "no API socket");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid: i32 = std::fs::read_to_string(root.join("firecracker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let link = |p: &str, kind: &str| std::fs::read_link(format!("/proc/{p}/ns/{kind}")).unwrap();
+    let netns_id = std::fs::metadata(&netns).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    let vmm_net = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap();
+    assert_eq!(vmm_net.ino(), netns_id.ino(), "the VMM is not in {netns}");
+    assert_ne!(
+        link(&pid.to_string(), "pid_for_children"),
+        link("self", "pid_for_children")
+    );
+    // Inside its PID namespace the VMM is pid 1.
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = status.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
+    // SAFETY: kill on the VMM's pid, read from its pid file.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let t = Instant::now();
+    while std::fs::metadata(format!("/proc/{pid}")).is_ok() && t.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
