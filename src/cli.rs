@@ -156,6 +156,8 @@ pub enum Error {
     MemoryHost { given: String, host: u64 },
     #[error(transparent)]
     SeccompFilter(#[from] firecracker::FilterFileUnsupported),
+    #[error(transparent)]
+    Refused(#[from] firecracker::Refused),
 }
 
 /// `--ring0-workarounds` (the library's [`emulated_ring0::Mode`], as clap parses it).
@@ -245,6 +247,7 @@ impl RunArgs {
         if self.no_api && self.api_sock.is_some() {
             return Err(Error::NoApi);
         }
+        self.fc.refuse()?;
         let extras = self.extras()?;
         self.log_level()?;
         let from_file = self.config_file.is_some();
@@ -488,6 +491,12 @@ mod tests {
             e.to_string().contains("does not load seccomp filters"),
             "{e}"
         );
+        let e = plan(&["--kernel", "k", "--metadata", "m.json"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--metadata: Kite has no MMDS (the metadata service); leave the flag out"
+        );
+        assert!(plan(&["--kernel", "k", "--enable-pci"]).is_err());
         let clash = Cli::try_parse_from(["kite", "run", "--no-seccomp", "--seccomp", "on"]);
         assert!(clash.is_err());
     }

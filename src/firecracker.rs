@@ -71,6 +71,12 @@ pub struct FirecrackerFlags {
     /// Firecracker's MMDS store limit, in bytes: taken and unused (Kite has no MMDS).
     #[arg(long, value_name = "BYTES")]
     pub mmds_size_limit: Option<u64>,
+    /// Firecracker's MMDS contents file: refused with one line (Kite has no MMDS).
+    #[arg(long, value_name = "FILE")]
+    pub metadata: Option<PathBuf>,
+    /// Firecracker's PCI transport: refused with one line (Kite's devices are virtio-mmio).
+    #[arg(long)]
+    pub enable_pci: bool,
 }
 
 /// `--seccomp-filter` given.
@@ -80,7 +86,27 @@ pub struct FirecrackerFlags {
 )]
 pub struct FilterFileUnsupported(pub String);
 
+/// A Firecracker flag that cannot mean anything for Kite.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Refused(pub &'static str);
+
 impl FirecrackerFlags {
+    /// Refuse the flags Kite cannot honour, each with one line.
+    pub fn refuse(&self) -> Result<(), Refused> {
+        if self.metadata.is_some() {
+            return Err(Refused(
+                "--metadata: Kite has no MMDS (the metadata service); leave the flag out",
+            ));
+        }
+        if self.enable_pci {
+            return Err(Refused(
+                "--enable-pci: Kite's devices are virtio-mmio only; leave the flag out",
+            ));
+        }
+        Ok(())
+    }
+
     /// The seccomp mode these flags ask for, if they ask for one.
     pub fn seccomp(&self) -> Result<Option<kite_vmm::seccomp::Mode>, FilterFileUnsupported> {
         use kite_vmm::seccomp::Mode;
