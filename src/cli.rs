@@ -6,7 +6,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use kite_vmm::api::convert::{self, Extras};
-use kite_vmm::api::types::{BootSource, Entropy, FullConfig, Logger, MachineConfig, Vsock};
+use kite_vmm::api::types::{
+    BootSource, Entropy, FullConfig, Logger, MachineConfig, Metrics, Vsock,
+};
 use kite_vmm::arch::x86_64::emulated_ring0;
 use kite_vmm::config::{self, VmConfig};
 use kite_vmm::seccomp;
@@ -28,10 +30,12 @@ Examples:
   Measure what a VM costs against the bare host (CPU and port-I/O round trips, 3 runs):
     kite bench cpu pio-rtt --runs 3";
 
+use crate::firecracker::{self, FirecrackerFlags};
+
 #[derive(Parser, Debug)]
 #[command(
     name = "kite",
-    version,
+    version = firecracker::KITE_VERSION,
     about = "Kite: a small KVM virtual machine monitor",
     after_help = EXAMPLES
 )]
@@ -44,7 +48,7 @@ pub struct Cli {
 pub enum Command {
     /// Boot a kernel and attach its serial console to this terminal.
     #[command(after_help = EXAMPLES)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure what a VM costs against the bare host: each workload on the host and in a VM.
     Bench(kite_bench::BenchArgs),
     /// Restore a VM from a snapshot directory (`vmstate` and `memory`, as `kite snapshot`
@@ -53,6 +57,9 @@ pub enum Command {
     /// Snapshot the VM of a running `kite run --api-sock SOCKET` into a directory: pause it,
     /// write `vmstate` and `memory`, and resume it.
     Snapshot(crate::snapshot_cli::SnapshotArgs),
+    /// Firecracker's jailer: make a chroot jail and exec the VMM in it (as `jailer` does;
+    /// docs/api.md, "The jailer").
+    Jail(kite_jailer::JailArgs),
     /// Run one benchmark workload as a plain host process (the host side of `kite bench`).
     #[command(hide = true)]
     Workload(kite_bench::host::WorkloadArgs),
@@ -125,9 +132,6 @@ pub struct RunArgs {
     /// the kernel log those outside the lists (dmesg); both are for debugging only.
     #[arg(long, value_name = "on|off|log", value_enum, default_value = "on")]
     pub seccomp: Seccomp,
-    /// Firecracker's spelling of `--seccomp off` (no filters; for debugging only).
-    #[arg(long, conflicts_with = "seccomp")]
-    pub no_seccomp: bool,
     /// Serve Firecracker's REST API on this Unix socket (docs/api.md). Without --kernel or
     /// --config-file, Kite waits for the API to configure and start the VM.
     #[arg(long, value_name = "PATH")]
@@ -152,6 +156,12 @@ pub struct RunArgs {
     /// Print the whole start-up timeline and memory figures on stderr at the end (kite bench).
     #[arg(long, hide = true)]
     pub timeline: bool,
+    #[command(flatten)]
+    pub fc: FirecrackerFlags,
+    /// Called as `firecracker`: without --api-sock or --no-api, the API is served on
+    /// Firecracker's default socket.
+    #[arg(skip)]
+    pub as_firecracker: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -180,6 +190,10 @@ pub enum Error {
     Level(String),
     #[error("--memory {given} is more than this host's {host} MiB of RAM: give less")]
     MemoryHost { given: String, host: u64 },
+    #[error(transparent)]
+    SeccompFilter(#[from] firecracker::FilterFileUnsupported),
+    #[error(transparent)]
+    Refused(#[from] firecracker::Refused),
 }
 
 /// `--ring0-workarounds` (the library's [`emulated_ring0::Mode`], as clap parses it).
@@ -251,10 +265,7 @@ impl RunArgs {
             timeout,
             ring0_workarounds: self.ring0_workarounds.into(),
             acpi: !self.no_acpi,
-            seccomp: match self.no_seccomp {
-                true => seccomp::Mode::Off,
-                false => self.seccomp.into(),
-            },
+            seccomp: self.fc.seccomp()?.unwrap_or(self.seccomp.into()),
         })
     }
 
@@ -272,6 +283,7 @@ impl RunArgs {
         if self.no_api && self.api_sock.is_some() {
             return Err(Error::NoApi);
         }
+        self.fc.refuse()?;
         let extras = self.extras()?;
         self.log_level()?;
         let from_file = self.config_file.is_some();
@@ -376,22 +388,43 @@ impl RunArgs {
         if !from_file && !self.no_rng {
             layout.entropy = Some(Entropy::default());
         }
-        if self.level.is_some() || self.log_path.is_some() {
+        let fc = &self.fc;
+        let log_flags = [
+            ("--level", self.level.is_some()),
+            ("--log-path", self.log_path.is_some()),
+            ("--show-level", fc.show_level),
+            ("--show-log-origin", fc.show_log_origin),
+            ("--module", fc.module.is_some()),
+        ];
+        if let Some(&(flag, _)) = log_flags.iter().find(|(_, given)| *given) {
             if layout.logger.is_some() {
-                let flag = if self.level.is_some() {
-                    "--level"
-                } else {
-                    "--log-path"
-                };
                 return Err(both(flag, "logger", "the log"));
             }
             layout.logger = Some(Logger {
                 log_path: self.log_path.as_deref().map(path),
                 level: self.level.clone(),
-                ..Logger::default()
+                show_level: fc.show_level.then_some(true),
+                show_log_origin: fc.show_log_origin.then_some(true),
+                module: fc.module.clone(),
             });
         }
-        let boot = match (&layout.boot_source, &self.api_sock) {
+        if let Some(m) = &fc.metrics_path {
+            if layout.metrics.is_some() {
+                return Err(both("--metrics-path", "metrics", "the metrics file"));
+            }
+            layout.metrics = Some(Metrics {
+                metrics_path: path(m),
+            });
+        }
+        // Firecracker serves its API on a default socket unless told --no-api.
+        let api_sock = match &self.api_sock {
+            Some(p) => Some(p.clone()),
+            None if self.as_firecracker && !self.no_api => {
+                Some(std::path::PathBuf::from(firecracker::DEFAULT_API_SOCK))
+            }
+            None => None,
+        };
+        let boot = match (&layout.boot_source, &api_sock) {
             (None, Some(_)) => None,
             (None, None) => return Err(Error::NoKernel),
             (Some(_), _) => {
@@ -411,7 +444,7 @@ impl RunArgs {
             boot,
             layout,
             extras,
-            api_sock: self.api_sock.clone(),
+            api_sock,
             id: self
                 .id
                 .clone()
@@ -432,6 +465,74 @@ mod tests {
             Command::Run(run) => run.plan(),
             _ => unreachable!(),
         }
+    }
+
+    fn plan_as_firecracker(args: &[&str]) -> Result<Plan, Error> {
+        let mut argv = vec!["kite", "run"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).unwrap().command {
+            Command::Run(mut run) => {
+                run.as_firecracker = true;
+                run.plan()
+            }
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn firecracker_flags_are_taken() {
+        // What the jailer, Kata and the SDK pass.
+        let p = plan_as_firecracker(&[
+            "--id",
+            "vm1",
+            "--start-time-us",
+            "123",
+            "--start-time-cpu-us",
+            "4",
+            "--parent-cpu-time-us",
+            "5",
+            "--no-seccomp",
+            "--show-level",
+            "--show-log-origin",
+            "--module",
+            "kite_vmm::api",
+            "--metrics-path",
+            "/tmp/m.fifo",
+            "--http-api-max-payload-size",
+            "100000",
+            "--mmds-size-limit",
+            "100000",
+        ])
+        .unwrap();
+        // The default socket, as Firecracker's.
+        assert_eq!(
+            p.api_sock.as_deref(),
+            Some(std::path::Path::new("/run/firecracker.socket"))
+        );
+        assert_eq!(p.extras.seccomp, seccomp::Mode::Off);
+        let l = p.layout.logger.unwrap();
+        assert_eq!((l.show_level, l.show_log_origin), (Some(true), Some(true)));
+        assert_eq!(l.module.as_deref(), Some("kite_vmm::api"));
+        assert_eq!(p.layout.metrics.unwrap().metrics_path, "/tmp/m.fifo");
+        // --no-api keeps the default socket away; kite run has none by default.
+        let p = plan_as_firecracker(&["--no-api", "--kernel", "k"]).unwrap();
+        assert!(p.api_sock.is_none());
+        assert!(plan(&["--kernel", "k"]).unwrap().api_sock.is_none());
+        let p = plan(&["--kernel", "k", "--seccomp-level", "0"]).unwrap();
+        assert_eq!(p.extras.seccomp, seccomp::Mode::Off);
+        let e = plan(&["--kernel", "k", "--seccomp-filter", "f.bpf"]).unwrap_err();
+        assert!(
+            e.to_string().contains("does not load seccomp filters"),
+            "{e}"
+        );
+        let e = plan(&["--kernel", "k", "--metadata", "m.json"]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "--metadata: Kite has no MMDS (the metadata service); leave the flag out"
+        );
+        assert!(plan(&["--kernel", "k", "--enable-pci"]).is_err());
+        let clash = Cli::try_parse_from(["kite", "run", "--no-seccomp", "--seccomp", "on"]);
+        assert!(clash.is_err());
     }
 
     #[test]

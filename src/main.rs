@@ -3,6 +3,7 @@ use std::time::Instant;
 
 use clap::Parser;
 mod cli;
+mod firecracker;
 mod manual;
 mod snapshot_cli;
 
@@ -32,6 +33,9 @@ fn start(
         Some(m) => Some(setup::open_metrics(&m.metrics_path).map_err(say)?),
         None => None,
     };
+    if let Some(limit) = args.fc.http_api_max_payload_size {
+        kite_vmm::api::http::set_max_body(usize::try_from(limit).unwrap_or(usize::MAX));
+    }
     let channel = match &plan.api_sock {
         Some(path) => {
             let mode = plan.extras.seccomp;
@@ -44,6 +48,8 @@ fn start(
         }
         None => None,
     };
+    // The API is ready (or there is none): Firecracker's startup figures end here.
+    args.fc.record_startup();
     let boot = |config: &kite_vmm::config::VmConfig| kite_vmm::vmm::Vmm::new(config, process_start);
     let (mut vmm, layout, metrics) = match (plan.boot, channel.as_ref()) {
         (Some(config), _) => {
@@ -167,32 +173,92 @@ pub(crate) fn run_vmm(
     }
 }
 
-/// Run as `firecracker` (through a symlink of that name): Firecracker's flags, no subcommand.
+/// Run as `firecracker` (through a symlink or a copy of that name): Firecracker's flags, no
+/// subcommand.
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "firecracker",
-    version,
+    disable_version_flag = true,
     about = "Kite, run under Firecracker's name: the flags of `kite run` (see docs/api.md)"
 )]
 struct AsFirecracker {
     #[command(flatten)]
     run: RunArgs,
+    /// Print the version (Firecracker's first line, then Kite's).
+    #[arg(long)]
+    version: bool,
 }
 
-fn invoked_as_firecracker() -> bool {
+/// Run as `jailer`: Firecracker's jailer's flags, no subcommand.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "jailer",
+    version = firecracker::KITE_VERSION,
+    about = "Kite's jailer: Firecracker's jailer (see docs/api.md)"
+)]
+struct AsJailer {
+    #[command(flatten)]
+    jail: kite_jailer::JailArgs,
+}
+
+fn invoked_as(name: &str) -> bool {
     std::env::args_os()
         .next()
         .map(std::path::PathBuf::from)
-        .and_then(|p| p.file_name().map(|n| n == "firecracker"))
+        .and_then(|p| p.file_name().map(|n| n == name))
         .unwrap_or(false)
+}
+
+fn invoked_as_firecracker() -> bool {
+    invoked_as("firecracker")
+}
+
+/// Make the jail and exec the VMM; returns only on failure.
+fn jail(args: &kite_jailer::JailArgs, start_us: u64, start_cpu_us: u64) -> i32 {
+    match kite_jailer::run(args, start_us, start_cpu_us) {
+        Ok(never) => match never {},
+        Err(e) => {
+            eprintln!("jailer: error: {e}");
+            1
+        }
+    }
 }
 
 fn main() -> ExitCode {
     let process_start = Instant::now();
+    let start_us = kite_jailer::clock_us(libc::CLOCK_MONOTONIC);
+    let start_cpu_us = kite_jailer::clock_us(libc::CLOCK_PROCESS_CPUTIME_ID);
+    if invoked_as("jailer") {
+        return match AsJailer::try_parse() {
+            Ok(j) => {
+                ExitCode::from(u8::try_from(jail(&j.jail, start_us, start_cpu_us)).unwrap_or(1))
+            }
+            Err(e) if !e.use_stderr() => {
+                let _ = e.print();
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                let text = e.to_string();
+                let first = text.lines().next().unwrap_or_default();
+                eprintln!("jailer: {first} (see jailer --help)");
+                ExitCode::from(2)
+            }
+        };
+    }
     let parsed = if invoked_as_firecracker() {
-        AsFirecracker::try_parse().map(|fc| Cli {
-            command: Command::Run(fc.run),
-        })
+        match AsFirecracker::try_parse() {
+            Ok(fc) if fc.version => {
+                print!("{}", firecracker::firecracker_version_text());
+                return ExitCode::SUCCESS;
+            }
+            Ok(fc) => Ok(Cli {
+                command: Command::Run(Box::new(RunArgs {
+                    as_firecracker: true,
+                    ..fc.run
+                })),
+            }),
+            Err(e) => Err(e),
+        }
     } else {
         Cli::try_parse()
     };
@@ -272,6 +338,7 @@ fn main() -> ExitCode {
                 2
             }
         },
+        Command::Jail(args) => jail(args, start_us, start_cpu_us),
     };
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

@@ -172,8 +172,8 @@ fn bad_requests_get_400_and_a_fault_message_and_the_api_keeps_working() {
     vm.bad(
         "PUT",
         mc,
-        Some(r#"{"vcpu_count": 1, "mem_size_mib": 64, "smt": true}"#),
-        "machine-config.smt",
+        Some(r#"{"vcpu_count": 3, "mem_size_mib": 64, "smt": true}"#),
+        "even number of vCPUs",
     );
     vm.bad("PUT", mc, None, "needs a JSON body");
     vm.bad(

@@ -17,7 +17,7 @@ const PEERS: &[(u32, Peer)] = &[(1234, Peer::Echo), (1235, Peer::Stall)];
 /// While the guest spins, Kite's own work is on its vCPU thread: its main thread (the event loop
 /// with every device) used at most half as much CPU time.
 fn spins_on_the_vcpu(cpu: &ThreadCpu) {
-    let (vcpu, main) = (cpu.of("vcpu"), cpu.of("kite"));
+    let (vcpu, main) = (cpu.of("fc_vcpu"), cpu.of("kite"));
     assert!(
         vcpu > 0 && main * 2 <= vcpu,
         "while the guest spun Kite's main thread used {} ms of CPU, its vCPU thread {} ms",

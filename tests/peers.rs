@@ -67,7 +67,7 @@ fn a_host_flood_stops_at_the_guests_credit() {
     assert!(r.num("received") > 0, "{}", r.result);
     assert_eq!(r.get("rng_bytes"), "4096", "{}", r.result);
     // The guest spins for ~1.3 s; Kite, with a writer it may not read from, must not.
-    let (vcpu, main) = (cpu.of("vcpu"), cpu.of("kite"));
+    let (vcpu, main) = (cpu.of("fc_vcpu"), cpu.of("kite"));
     assert!(
         main * 2 <= vcpu,
         "Kite's main thread used {} ms of CPU, the vCPU {} ms",
@@ -129,7 +129,7 @@ fn a_tap_deleted_under_a_running_vm() {
         r.out.stderr
     );
     assert_eq!(r.get("rng_bytes"), "4096", "{}", r.result);
-    let (vcpu, main) = (cpu.of("vcpu"), cpu.of("kite"));
+    let (vcpu, main) = (cpu.of("fc_vcpu"), cpu.of("kite"));
     assert!(
         main * 2 <= vcpu,
         "after the tap went, Kite's main thread used {} ms of CPU, the vCPU {} ms",

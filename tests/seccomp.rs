@@ -252,7 +252,10 @@ fn thread_modes(test: &str, extra: &[&str], want: u32) -> Option<(Vec<(String, u
             };
             modes.push((field("Name:"), field("Seccomp:").parse().unwrap_or(0)));
         }
-        let vcpus = modes.iter().filter(|(n, _)| n.starts_with("vcpu")).count();
+        let vcpus = modes
+            .iter()
+            .filter(|(n, _)| n.starts_with("fc_vcpu"))
+            .count();
         if vcpus == 2 && modes.iter().all(|&(_, m)| m == want) {
             break modes;
         }
@@ -288,7 +291,7 @@ fn every_kite_thread_is_filtered_by_default() {
         .filter(|n| !n.starts_with("kvm-"))
         .collect();
     names.sort_unstable();
-    assert_eq!(names, ["kite", "vcpu0", "vcpu1"], "{modes:?}");
+    assert_eq!(names, ["fc_vcpu 0", "fc_vcpu 1", "kite"], "{modes:?}");
     assert!(!stderr.contains("seccomp"), "{stderr}");
 }
 
@@ -321,6 +324,10 @@ fn the_api_thread_is_filtered_too() {
         .filter(|n| !n.starts_with("kvm-"))
         .collect();
     names.sort_unstable();
-    assert_eq!(names, ["api", "kite", "vcpu0", "vcpu1"], "{modes:?}");
+    assert_eq!(
+        names,
+        ["api", "fc_vcpu 0", "fc_vcpu 1", "kite"],
+        "{modes:?}"
+    );
     assert!(!sock.exists(), "the socket is removed at exit: {stderr}");
 }

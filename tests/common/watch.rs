@@ -388,7 +388,7 @@ impl Machine {
              peak RSS {peak:.1} MiB; CPU ms: vcpu0 {} main {}",
             self.test,
             r.result,
-            ThreadCpu::ms(cpu.of("vcpu")),
+            ThreadCpu::ms(cpu.of("fc_vcpu")),
             ThreadCpu::ms(cpu.of("kite"))
         );
         assert!(

@@ -30,11 +30,13 @@ pub enum Need {
     Nobody,
     /// The nightly toolchain and cargo-fuzz, for `scripts/fuzz.sh`.
     Nightly,
+    /// A cgroup v2 hierarchy at /sys/fs/cgroup with the pids controller (the jailer's cgroups).
+    Cgroup,
 }
 
 impl Need {
     /// Every need, in the order `scripts/test.sh` lists them.
-    pub const ALL: [Need; 9] = [
+    pub const ALL: [Need; 10] = [
         Need::Kvm,
         Need::Root,
         Need::Tap,
@@ -44,6 +46,7 @@ impl Need {
         Need::DistroKernel,
         Need::Nobody,
         Need::Nightly,
+        Need::Cgroup,
     ];
 
     /// The name a machine declares in `KITE_MACHINE_HAS` and the skip log shows.
@@ -58,6 +61,7 @@ impl Need {
             Need::DistroKernel => "distro-kernel",
             Need::Nobody => "nobody",
             Need::Nightly => "nightly",
+            Need::Cgroup => "cgroup",
         }
     }
 }

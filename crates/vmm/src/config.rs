@@ -21,8 +21,12 @@ pub struct VmConfig {
     pub nets: Vec<NetConfig>,
     /// A vsock device (one guest CID).
     pub vsock: Option<VsockConfig>,
+    /// Two threads per core in the guest's CPU topology (Firecracker's `smt`).
+    pub smt: bool,
     /// Attach a virtio-rng device.
     pub rng: bool,
+    /// The entropy device's `rate_limiter` (none: no limit).
+    pub rng_rate_limit: crate::devices::virtio::RateLimit,
     /// Log the guest's boot time when it writes the boot-timer register.
     pub boot_timer: bool,
     /// Stop the VM after this long.
@@ -106,6 +110,7 @@ pub fn parse_disk(text: &str) -> Result<DiskConfig, Error> {
     Ok(DiskConfig {
         path: PathBuf::from(path),
         readonly,
+        rate_limit: Default::default(),
     })
 }
 
@@ -135,7 +140,12 @@ pub fn parse_net(text: &str) -> Result<NetConfig, Error> {
     }
     let tap = tap.ok_or_else(syntax)?;
     let mac = mac.unwrap_or_else(|| random_mac(&tap));
-    Ok(NetConfig { tap, mac })
+    Ok(NetConfig {
+        tap,
+        mac,
+        rx_rate_limit: Default::default(),
+        tx_rate_limit: Default::default(),
+    })
 }
 
 /// Parse `aa:bb:cc:dd:ee:ff` (or with `-`), a unicast address.
@@ -194,7 +204,9 @@ mod tests {
             parse_net("tap=tap0,mac=02:aB:00:00:00:01"),
             Ok(NetConfig {
                 tap: "tap0".into(),
-                mac: [2, 0xab, 0, 0, 0, 1]
+                mac: [2, 0xab, 0, 0, 0, 1],
+                rx_rate_limit: Default::default(),
+                tx_rate_limit: Default::default(),
             })
         );
         assert_eq!(
@@ -287,14 +299,16 @@ mod tests {
             parse_disk("a.img"),
             Ok(DiskConfig {
                 path: "a.img".into(),
-                readonly: false
+                readonly: false,
+                rate_limit: Default::default(),
             })
         );
         assert_eq!(
             parse_disk("d/b.img,readonly"),
             Ok(DiskConfig {
                 path: "d/b.img".into(),
-                readonly: true
+                readonly: true,
+                rate_limit: Default::default(),
             })
         );
         assert!(parse_disk("b.img,rw").is_err());

@@ -272,6 +272,10 @@ pub const VCPU: &[Rule] = &[
     any(SYS_exit_group),
 ];
 
+/// disk.rs's flags for an image (std adds O_CLOEXEC).
+const DISK_OPEN_RO: u64 = (O_RDONLY | O_NONBLOCK | O_NOCTTY | O_CLOEXEC) as u64;
+const DISK_OPEN_RW: u64 = (O_RDWR | O_NONBLOCK | O_NOCTTY | O_CLOEXEC) as u64;
+
 /// The main thread, from just before the vCPUs enter the guest to the process's exit.
 pub const MAIN: &[Rule] = &[
     // vmm.rs: the event loop (event-manager) waits on its epoll set.
@@ -341,6 +345,18 @@ pub const MAIN: &[Rule] = &[
     ioctl(KVM_GET_IRQCHIP),
     ioctl(KVM_GET_PIT2),
     ioctl(KVM_GET_CLOCK),
+    // api/hotplug.rs, PATCH /drives: disk.rs opens the new image (look at it, open, look
+    // again, clear O_NONBLOCK, lock it, probe fallocate and restore the size). Only with the
+    // flags Disk::open uses: never O_CREAT, O_TRUNC or write-only.
+    with(SYS_openat, eq(2, DISK_OPEN_RO)),
+    with(SYS_openat, eq(2, DISK_OPEN_RW)),
+    with(SYS_openat, eq(2, DISK_OPEN_RW | O_EXCL as u64)),
+    any(SYS_statx),
+    any(SYS_newfstatat),
+    any(SYS_fstat),
+    with(SYS_fcntl, eq(1, F_GETFL as u64)),
+    with(SYS_fcntl, eq(1, F_SETFL as u64)),
+    any(SYS_flock),
     // terminal.rs: the terminal restored at exit, and by the SIGSYS handler (glibc's
     // tcsetattr reads the mode back after setting it).
     ioctl_on(STDIN_FILENO, TCSETS),
@@ -570,10 +586,11 @@ mod tests {
         for nr in [SYS_open, SYS_execve, SYS_clone3] {
             assert!(MAIN.iter().all(|r| r.nr != nr), "{nr}");
         }
-        // The main thread only creates (snapshot files): it never opens a file to read.
+        // The main thread opens only with exact flags: snapshot files are created write-only
+        // (never read), and PATCH /drives opens disk images without O_CREAT.
         for r in MAIN.iter().filter(|r| r.nr == SYS_openat) {
             assert!(
-                matches!(r.args, Args::One(Arg::Eq { index: 2, value }) if value & O_CREAT as u64 != 0 && value & O_ACCMODE as u64 == O_WRONLY as u64),
+                matches!(r.args, Args::One(Arg::Eq { index: 2, value }) if value & O_CREAT as u64 == 0 || value & O_ACCMODE as u64 == O_WRONLY as u64),
                 "{r:?}"
             );
         }

@@ -149,6 +149,8 @@ pub struct Vmm {
     serial: Arc<Mutex<SerialDevice>>,
     boot_timer: Option<Arc<Mutex<BootTimer>>>,
     disks: Vec<BlockHandle>,
+    /// The network interfaces, for `PATCH /network-interfaces`.
+    nets: Vec<virtio::NetHandle>,
     completed: Arc<crate::vcpu::complete::Counts>,
     samples: Option<Arc<Mutex<Vec<u64>>>>,
     halt: Arc<HaltProbe>,
@@ -193,6 +195,7 @@ struct Machine {
     i8042: Arc<Mutex<I8042>>,
     boot_timer: Option<Arc<Mutex<BootTimer>>>,
     disks: Vec<BlockHandle>,
+    nets: Vec<virtio::NetHandle>,
     placed: Vec<virtio::Placement>,
     device_counters: Vec<(String, virtio::Interrupt)>,
     devices: DeviceManager,
@@ -331,7 +334,7 @@ impl Vmm {
             .map_err(io_err("cannot install the vCPU kick handler"))?;
 
         // Everything the rest of the run opens is opened now: the main thread's filter allows
-        // no open(2).
+        // open(2) only of disk images (PATCH /drives) and of new snapshot files.
         let usage = memory::UsageProbe::new()
             .map_err(|e| log::debug!("{e}"))
             .ok();
@@ -393,6 +396,8 @@ impl Vmm {
                     i8042: &self.i8042,
                     counters: &counters,
                     snapshot: &snapshot,
+                    disks: &self.disks,
+                    nets: &self.nets,
                 };
                 api.serve(&vm);
                 api.tick(&vm);
@@ -439,6 +444,10 @@ impl Vmm {
         self.pause.release();
         for t in threads {
             t.join();
+        }
+        let counters = self.counters();
+        if let Some(api) = self.api.as_mut() {
+            api.last_line(counters);
         }
         if let Some(summary) = self.completed.summary() {
             log::info!("{summary}");
@@ -540,10 +549,11 @@ fn build(
     } else {
         None
     };
-    let (disks, placed, device_counters, attached) =
+    let (disks, placed, device_counters, attached, nets) =
         attach_virtio(config, &vm, &mem, &mut mmio, &mut event_manager)?;
     attached.iter().for_each(|a| devices.add_virtio(a));
-    if config.acpi {
+    // `acpi=off` on the command line: no ACPI tables (the devices go on the command line).
+    if acpi::wanted(config.acpi, &config.cmdline) {
         let pm = Arc::new(Mutex::new(AcpiPm::new(exit.clone())));
         pio.insert(
             pm.clone(),
@@ -571,6 +581,7 @@ fn build(
         i8042,
         boot_timer,
         disks,
+        nets,
         placed,
         device_counters,
         devices,
@@ -628,8 +639,8 @@ fn boot(
         );
     }
     // With ACPI tables the DSDT names the virtio devices; without, the command line does
-    // (never both: an ACPI kernel would find each device twice).
-    let rsdp = if config.acpi {
+    // (never both: an ACPI kernel would find each device twice); `acpi=off`: the latter.
+    let rsdp = if acpi::wanted(config.acpi, &config.cmdline) {
         let windows: Vec<_> = m
             .placed
             .iter()
@@ -672,7 +683,7 @@ fn boot(
     let mut tables = Vec::with_capacity(m.fds.len());
     for (index, fd) in (0u8..).zip(&m.fds) {
         let mut cpuid = supported.clone();
-        cpuid::filter_cpuid(&mut cpuid, index, config.cpus);
+        cpuid::filter_cpuid_smt(&mut cpuid, index, config.cpus, config.smt);
         if m.ring0.is_some() {
             emulated_ring0::filter_cpuid(&mut cpuid);
         }
@@ -738,6 +749,7 @@ fn finish(
         serial: m.serial,
         boot_timer: m.boot_timer,
         disks: m.disks,
+        nets: m.nets,
         completed,
         samples,
         halt,
@@ -871,12 +883,14 @@ fn load_initrd(
     Ok((addr, size))
 }
 
-/// The disks, where each virtio device sits, each one's counters, and the devices.
+/// The disks, where each virtio device sits, each one's counters, the devices, and the network
+/// interfaces.
 type Attached = (
     Vec<BlockHandle>,
     Vec<virtio::Placement>,
     Vec<(String, virtio::Interrupt)>,
     Vec<virtio::Attached>,
+    Vec<virtio::NetHandle>,
 );
 
 /// Disks first (so the guest names them vda, vdb, ... in order), then the entropy device, then
@@ -913,11 +927,14 @@ fn attach_virtio(
         disks.push(handle);
     }
     if config.rng {
-        let at = virtio::attach_rng(&mut ctx)?;
+        let at = virtio::attach_rng(&mut ctx, config.rng_rate_limit)?;
         log::info!("virtio-rng at {:#x}, IRQ {}", at.addr, at.irq);
     }
+    let mut nets = Vec::new();
     for net in &config.nets {
-        let at = virtio::attach_net(&mut ctx, net)?;
+        let handle = virtio::attach_net(&mut ctx, net)?;
+        let at = handle.placement;
+        nets.push(handle);
         let mac = net.mac.map(|b| format!("{b:02x}")).join(":");
         log::info!(
             "virtio-net on tap {} (MAC {mac}) at {:#x}, IRQ {}",
@@ -936,7 +953,7 @@ fn attach_virtio(
             at.irq
         );
     }
-    Ok((disks, ctx.placed, ctx.counters, ctx.attached))
+    Ok((disks, ctx.placed, ctx.counters, ctx.attached, nets))
 }
 
 /// The i8042 at ports 0x60-0x64, its keyboard on IRQ 1.

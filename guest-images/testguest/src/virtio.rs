@@ -38,8 +38,8 @@ use core::fmt;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 use kite_virtio_driver::mmio::{
-    self as reg, CONFIG, CONFIG_GENERATION, DEVICE_ID, INT_CONFIG, MAGIC, MAGIC_VALUE, S_FAILED,
-    STATUS, VERSION,
+    self as reg, CONFIG, CONFIG_GENERATION, DEVICE_ID, INT_CONFIG, INTERRUPT_STATUS, MAGIC,
+    MAGIC_VALUE, S_FAILED, STATUS, VERSION,
 };
 pub use kite_virtio_driver::mmio::{F_EVENT_IDX, F_EVENT_IDX_BIT, F_VERSION_1, S_NEEDS_RESET};
 use kite_virtio_driver::{AVAIL_F_NO_INTERRUPT, Chains, Layout, Memory, Registers};
@@ -340,6 +340,16 @@ impl Device {
                 return out;
             }
         }
+    }
+
+    /// The ConfigGeneration register.
+    pub fn config_generation(&self) -> u32 {
+        self.read(CONFIG_GENERATION)
+    }
+
+    /// The InterruptStatus register (bit 1: the configuration changed).
+    pub fn interrupt_status(&self) -> u32 {
+        self.read(INTERRUPT_STATUS)
     }
 
     #[allow(dead_code)]

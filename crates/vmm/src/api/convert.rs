@@ -47,8 +47,12 @@ pub enum Error {
     EmptyPath { field: String },
     #[error("network-interfaces[{id}].guest_mac {mac:?}: use six hex bytes, unicast")]
     Mac { id: String, mac: String },
-    #[error("vsock.guest_cid {0} is reserved: use 3 or more (below 4294967295)")]
-    VsockCid(u32),
+    #[error("{0}")]
+    RateLimiter(String),
+    #[error(
+        "machine-config.vcpu_count {0} with smt: give 1 or an even number of vCPUs (two threads per core)"
+    )]
+    SmtOdd(u8),
 }
 
 /// The host's RAM in MiB (MemTotal), if it can be read.
@@ -64,6 +68,9 @@ pub fn check_machine(m: &MachineConfig) -> Result<(), Error> {
     m.check()?;
     if m.vcpu_count == 0 || m.vcpu_count > MAX_VCPUS {
         return Err(Error::Vcpus(m.vcpu_count));
+    }
+    if m.smt && m.vcpu_count > 1 && m.vcpu_count % 2 == 1 {
+        return Err(Error::SmtOdd(m.vcpu_count));
     }
     if m.mem_size_mib == 0 {
         return Err(Error::MemoryZero);
@@ -95,6 +102,15 @@ pub fn disk(d: &Drive) -> Result<DiskConfig, Error> {
             &d.path_on_host,
         )?,
         readonly: d.is_read_only,
+        rate_limit: {
+            let field = format!("drives[{}].rate_limiter", d.drive_id);
+            let u =
+                super::types::rate_limit_of(&field, &d.rate_limiter).map_err(Error::RateLimiter)?;
+            crate::devices::virtio::RateLimit {
+                bandwidth: u.bandwidth.flatten(),
+                ops: u.ops.flatten(),
+            }
+        },
     })
 }
 
@@ -138,16 +154,25 @@ pub fn net(n: &NetworkInterface) -> Result<NetConfig, Error> {
         })?,
         None => config::random_mac(&n.host_dev_name),
     };
+    let limit = |name: &str, v| {
+        let field = format!("network-interfaces[{}].{name}", n.iface_id);
+        super::types::rate_limit_of(&field, v)
+            .map(|u| crate::devices::virtio::RateLimit {
+                bandwidth: u.bandwidth.flatten(),
+                ops: u.ops.flatten(),
+            })
+            .map_err(Error::RateLimiter)
+    };
     Ok(NetConfig {
         tap: n.host_dev_name.clone(),
         mac,
+        rx_rate_limit: limit("rx_rate_limiter", &n.rx_rate_limiter)?,
+        tx_rate_limit: limit("tx_rate_limiter", &n.tx_rate_limiter)?,
     })
 }
 
+/// Any `guest_cid` is taken, as Firecracker takes it (the device logs a reserved one).
 pub fn vsock(v: &Vsock) -> Result<VsockConfig, Error> {
-    if v.guest_cid < 3 || v.guest_cid == u32::MAX {
-        return Err(Error::VsockCid(v.guest_cid));
-    }
     Ok(VsockConfig {
         cid: v.guest_cid,
         socket: nonempty("vsock.uds_path".into(), &v.uds_path)?,
@@ -167,6 +192,12 @@ pub fn to_vm_config(c: &FullConfig, extras: &Extras) -> Result<VmConfig, Error> 
     )?;
     let machine = c.machine_config.clone().unwrap_or_default();
     check_machine(&machine)?;
+    if let Some(line) = super::cpu_template::not_applied(&machine.cpu_template) {
+        log::info!("{line}");
+    }
+    if machine.smt && machine.vcpu_count > 1 {
+        log::info!("smt: the guest's CPUID shows two threads per core");
+    }
     let mut cmdline = boot
         .boot_args
         .clone()
@@ -203,7 +234,19 @@ pub fn to_vm_config(c: &FullConfig, extras: &Extras) -> Result<VmConfig, Error> 
             .map(net)
             .collect::<Result<_, _>>()?,
         vsock: c.vsock.as_ref().map(vsock).transpose()?,
+        smt: machine.smt,
         rng: c.entropy.is_some(),
+        rng_rate_limit: match &c.entropy {
+            Some(e) => {
+                let u = super::types::rate_limit_of("entropy.rate_limiter", &e.rate_limiter)
+                    .map_err(Error::RateLimiter)?;
+                crate::devices::virtio::RateLimit {
+                    bandwidth: u.bandwidth.flatten(),
+                    ops: u.ops.flatten(),
+                }
+            }
+            None => Default::default(),
+        },
         boot_timer: extras.boot_timer,
         timeout: extras.timeout,
         ring0_workarounds: extras.ring0_workarounds,
@@ -240,6 +283,7 @@ pub fn from_vm_config(v: &VmConfig) -> FullConfig {
             vcpu_count: v.cpus,
             mem_size_mib: v.memory.div_ceil(1 << 20),
             mem_size_bytes: (!v.memory.is_multiple_of(1 << 20)).then_some(v.memory),
+            smt: v.smt,
             ..MachineConfig::default()
         }),
         drives: v
@@ -335,8 +379,8 @@ mod tests {
                 "given twice",
             ),
             (
-                r#"{"boot-source":{"kernel_image_path":"k"},"vsock":{"guest_cid":2,"uds_path":"v"}}"#,
-                "reserved",
+                r#"{"boot-source":{"kernel_image_path":"k"},"machine-config":{"vcpu_count":3,"mem_size_mib":64,"smt":true}}"#,
+                "even number",
             ),
             (
                 r#"{"boot-source":{"kernel_image_path":"k"},"network-interfaces":[{"iface_id":"e","host_dev_name":"t","guest_mac":"01:00:00:00:00:00"}]}"#,

@@ -6,8 +6,20 @@ use super::types::Fault;
 
 /// Largest request head (request line and headers).
 pub const MAX_HEAD: usize = 8 << 10;
-/// Largest request body (Firecracker allows 51200 bytes).
+/// Largest request body by default (Firecracker's default too).
 pub const MAX_BODY: usize = 51200;
+/// Largest request body now: `--http-api-max-payload-size` sets it before the API starts.
+static BODY_LIMIT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(MAX_BODY);
+
+/// The largest request body taken.
+pub fn max_body() -> usize {
+    BODY_LIMIT.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// `--http-api-max-payload-size`.
+pub fn set_max_body(bytes: usize) {
+    BODY_LIMIT.store(bytes, std::sync::atomic::Ordering::Relaxed);
+}
 const MAX_HEADERS: usize = 32;
 
 /// One complete request.
@@ -155,10 +167,11 @@ pub fn parse(buf: &[u8]) -> Parsed {
             close = value.eq_ignore_ascii_case("close");
         }
     }
-    if length > MAX_BODY {
+    let limit = max_body();
+    if length > limit {
         return Parsed::Invalid(Response::error(
             413,
-            format!("request body of {length} bytes is larger than the {MAX_BODY} allowed"),
+            format!("request body of {length} bytes is larger than the {limit} allowed"),
         ));
     }
     let end = head_len + length;

@@ -4,12 +4,45 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
 /// How often a line is written without being asked.
 pub const INTERVAL: Duration = Duration::from_secs(60);
+
+/// Firecracker's `api_server.process_startup_time_us` and `..._cpu_us`, set once when the API
+/// socket is ready ([`record_startup`]).
+static STARTUP: OnceLock<(Option<u64>, Option<u64>)> = OnceLock::new();
+
+/// `clock` now, in microseconds.
+pub fn clock_us(clock: libc::clockid_t) -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec, which `ts` is.
+    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
+/// The jailer's (or a runtime's) start-time flags, turned into Firecracker's two startup
+/// figures when the API is ready: wall time since `--start-time-us` (CLOCK_MONOTONIC), and
+/// CPU time since `--start-time-cpu-us` plus `--parent-cpu-time-us`. Returns what it recorded.
+pub fn record_startup(
+    start_us: Option<u64>,
+    start_cpu_us: Option<u64>,
+    parent_cpu_us: Option<u64>,
+) -> (Option<u64>, Option<u64>) {
+    let wall = start_us.map(|s| clock_us(libc::CLOCK_MONOTONIC).saturating_sub(s));
+    let cpu = start_cpu_us.map(|s| {
+        clock_us(libc::CLOCK_PROCESS_CPUTIME_ID).saturating_sub(s) + parent_cpu_us.unwrap_or(0)
+    });
+    *STARTUP.get_or_init(|| (wall, cpu))
+}
 
 /// What the line counts, gathered by the VMM when it writes one.
 #[derive(Debug, Default, Clone)]
@@ -45,8 +78,40 @@ impl Counters {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        let (startup, startup_cpu) = STARTUP.get().copied().unwrap_or_default();
+        let exit = |name: &str| {
+            self.exits
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map_or(0, |&(_, v)| v)
+        };
+        let blocks = |key: &str| -> u64 {
+            self.devices
+                .iter()
+                .filter(|(n, _)| n.starts_with("block"))
+                .flat_map(|(_, pairs)| pairs.iter().filter(|(k, _)| *k == key))
+                .map(|&(_, v)| v)
+                .sum()
+        };
         json!({
             "utc_timestamp_ms": utc_ms,
+            // Firecracker's names, for the same meanings (Kata and the SDK read these).
+            "api_server": {
+                "process_startup_time_us": startup.unwrap_or(0),
+                "process_startup_time_cpu_us": startup_cpu.unwrap_or(0),
+            },
+            "vcpu": {
+                "exit_io_in": exit("io_in"),
+                "exit_io_out": exit("io_out"),
+                "exit_mmio_read": exit("mmio_read"),
+                "exit_mmio_write": exit("mmio_write"),
+                "failures": exit("internal_error"),
+            },
+            "block": {
+                "execute_fails": blocks("errors"),
+                "update_count": blocks("updates"),
+                "update_fails": blocks("update_fails"),
+            },
             "vcpu_exits": map(&self.exits),
             "completed_instructions": map(&self.completed),
             "devices": devices,
@@ -68,17 +133,7 @@ impl MetricsSink {
     /// Open `path` for appending (created if missing); a FIFO is opened read-write so that the
     /// open does not wait for a reader.
     pub fn open(path: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
-        let fifo = std::fs::metadata(path)
-            .map(|m| m.file_type().is_fifo())
-            .unwrap_or(false);
-        let file = std::fs::OpenOptions::new()
-            .read(fifo)
-            .append(!fifo)
-            .write(true)
-            .create(!fifo)
-            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
-            .open(path)?;
+        let file = crate::logging::open_log_file(path)?;
         Ok(Self {
             file,
             path: path.to_owned(),
@@ -127,5 +182,17 @@ mod tests {
         assert_eq!(lines[0]["vcpu_exits"]["io_out"], 7);
         assert_eq!(lines[0]["devices"]["block0"]["requests"], 3);
         assert_eq!(lines[1]["api"]["requests"], 2);
+        // Firecracker's names for the same figures.
+        assert_eq!(lines[0]["vcpu"]["exit_io_out"], 7);
+        assert_eq!(lines[0]["block"]["execute_fails"], 0);
+        assert!(lines[0]["api_server"]["process_startup_time_us"].is_u64());
+    }
+
+    #[test]
+    fn startup_figures_count_from_the_given_times() {
+        let now = clock_us(libc::CLOCK_MONOTONIC);
+        let (wall, cpu) = record_startup(Some(now - 5_000), Some(0), Some(1_000));
+        assert!(wall.unwrap() >= 5_000, "{wall:?}");
+        assert!(cpu.unwrap() >= 1_000, "{cpu:?}");
     }
 }

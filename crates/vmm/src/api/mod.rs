@@ -2,7 +2,9 @@
 //! configuration file (`--config-file`). See docs/api.md for every endpoint.
 //!
 //! - [`types`]: Firecracker's request bodies and file sections (serde).
+//! - [`cpu_template`]: `cpu_template` and `smt` as Firecracker's clients send them.
 //! - [`convert`]: that layout to and from `VmConfig`, the one input of the boot recipe.
+//! - [`hotplug`]: `PATCH /drives/{id}` on a running VM.
 //! - [`http`]: HTTP/1.1 framing (httparse) and responses.
 //! - [`routes`]: method and path to an [`routes::ApiRequest`].
 //! - [`server`]: the API thread (epoll over the socket's connections).
@@ -12,6 +14,8 @@
 //! - [`snapshot`]: `PUT /snapshot/create` and `/snapshot/load`.
 
 pub mod convert;
+pub mod cpu_template;
+pub mod hotplug;
 pub mod http;
 pub mod metrics;
 pub mod routes;
@@ -20,6 +24,10 @@ pub mod server;
 pub mod setup;
 pub mod snapshot;
 pub mod types;
+
+/// The Firecracker release whose API and flags Kite answers to (`firecracker --version`,
+/// `GET /version`). Kata refuses a version below 0.21.1; nothing reads more than the number.
+pub const FIRECRACKER_VERSION: &str = "1.7.0";
 
 use std::os::fd::AsRawFd;
 use std::sync::Arc;

@@ -18,6 +18,8 @@ pub enum ApiRequest {
     PutMachineConfig(MachineConfig),
     PatchMachineConfig(MachineConfigUpdate),
     PutDrive(Drive),
+    PatchDrive(DriveUpdate),
+    PatchNetwork(NetworkUpdate),
     PutNetwork(NetworkInterface),
     PutVsock(Vsock),
     PutEntropy(Entropy),
@@ -56,8 +58,12 @@ const NOT_YET: &[(&str, &str)] = &[
     ("balloon", "the balloon device"),
     ("mmds", "MMDS (the metadata service)"),
     ("cpu-config", "custom CPU templates"),
-    ("hotplug", "hotplug"),
-    ("version", "GET /version (GET / has the version)"),
+    ("hotplug", "memory hotplug"),
+    (
+        "serial",
+        "configuring the serial console's output (PUT /serial)",
+    ),
+    ("pmem", "virtio-pmem devices"),
 ];
 
 fn body<T: DeserializeOwned>(req: &Request) -> Result<T, Response> {
@@ -97,6 +103,12 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
     let request = match (method, parts.as_slice()) {
         ("GET", [""]) => A::GetInfo,
         ("GET", ["vm", "config"]) => A::GetVmConfig,
+        // Answered here: the VMM has nothing to add.
+        ("GET", ["version"]) => {
+            return Err(super::http::Response::json(&serde_json::json!({
+                "firecracker_version": super::FIRECRACKER_VERSION
+            })));
+        }
         ("GET", ["machine-config"]) => A::GetMachineConfig,
         ("PUT", ["boot-source"]) => A::PutBootSource(body(req)?),
         ("PUT", ["machine-config"]) => A::PutMachineConfig(body(req)?),
@@ -111,7 +123,9 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
             same_id(id, &n.iface_id, "iface_id")?;
             A::PutNetwork(n)
         }
-        ("PUT", ["vsock"]) => A::PutVsock(body(req)?),
+        // Firecracker's router looks at the first segment only, so `PUT /vsock/{id}` (bandsox
+        // sends it) is the same call; the id is ignored there too.
+        ("PUT", ["vsock"] | ["vsock", _]) => A::PutVsock(body(req)?),
         ("PUT", ["entropy"]) => A::PutEntropy(body(req)?),
         ("PUT", ["logger"]) => A::PutLogger(body(req)?),
         ("PUT", ["metrics"]) => A::PutMetrics(body(req)?),
@@ -142,10 +156,15 @@ pub fn route(req: &Request) -> Result<ApiRequest, Response> {
         }
         ("PUT", ["snapshot", "create"]) => A::CreateSnapshot(body(req)?),
         ("PUT", ["snapshot", "load"]) => A::LoadSnapshot(body(req)?),
-        ("PATCH", ["drives", _]) | ("PATCH", ["network-interfaces", _]) => {
-            return Err(Response::bad_request(
-                "Kite does not support changing a drive or network interface after boot yet",
-            ));
+        ("PATCH", ["drives", id]) => {
+            let d: DriveUpdate = body(req)?;
+            same_id(id, &d.drive_id, "drive_id")?;
+            A::PatchDrive(d)
+        }
+        ("PATCH", ["network-interfaces", id]) => {
+            let n: NetworkUpdate = body(req)?;
+            same_id(id, &n.iface_id, "iface_id")?;
+            A::PatchNetwork(n)
         }
         (_, [first, ..]) if NOT_YET.iter().any(|(p, _)| p == first) => {
             let what = NOT_YET
@@ -217,6 +236,21 @@ mod tests {
             r#"{"drive_id":"root","path_on_host":"r","is_root_device":true}"#,
         ));
         assert!(matches!(d, Ok(ApiRequest::PutDrive(_))), "{d:?}");
+        let v = route(&req(
+            "PUT",
+            "/vsock/vsock0",
+            r#"{"guest_cid":0,"uds_path":"v.sock"}"#,
+        ));
+        assert!(matches!(v, Ok(ApiRequest::PutVsock(_))), "{v:?}");
+        let n = route(&req(
+            "PATCH",
+            "/network-interfaces/eth0",
+            r#"{"iface_id":"eth0","tx_rate_limiter":{}}"#,
+        ));
+        assert!(matches!(n, Ok(ApiRequest::PatchNetwork(_))), "{n:?}");
+        let version = route(&req("GET", "/version", "")).unwrap_err();
+        assert_eq!(version.status, 200);
+        assert!(version.body.unwrap().contains("firecracker_version"));
     }
 
     #[test]

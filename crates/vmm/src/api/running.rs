@@ -39,6 +39,9 @@ pub struct VmHandles<'a> {
     pub counters: &'a dyn Fn() -> Counters,
     /// Save the paused VM: (snapshot file, memory file, the network interfaces' ids).
     pub snapshot: &'a SnapshotFn<'a>,
+    /// The disks and interfaces (`PATCH /drives`, `PATCH /network-interfaces`).
+    pub disks: &'a [crate::devices::virtio::BlockHandle],
+    pub nets: &'a [crate::devices::virtio::NetHandle],
 }
 
 /// What [`VmHandles::snapshot`] is.
@@ -91,6 +94,25 @@ impl RunningApi {
             && let Err(e) = self.flush(vm)
         {
             log::warn!("{e}");
+        }
+    }
+
+    /// The last metrics line, when the VM has stopped (Firecracker writes one at exit too).
+    pub fn last_line(&mut self, counters: Counters) {
+        let counters = Counters {
+            api_requests: self.requests,
+            api_errors: self.errors,
+            pauses: self.pauses,
+            resumes: self.resumes,
+            ..counters
+        };
+        if let Some(sink) = &mut self.metrics
+            && let Err(e) = sink.write(&counters)
+        {
+            log::warn!(
+                "cannot write the last metrics line to {}: {e}",
+                sink.path.display()
+            );
         }
     }
 
@@ -202,6 +224,8 @@ impl RunningApi {
             ApiRequest::LoadSnapshot(_) => Response::bad_request(
                 "a VM is already running: load a snapshot in a new Kite that has not started one",
             ),
+            ApiRequest::PatchDrive(u) => super::hotplug::patch_drive(&mut self.config, u, vm),
+            ApiRequest::PatchNetwork(u) => super::hotplug::patch_network(&mut self.config, u, vm),
             ApiRequest::InstanceStart => Response::bad_request(
                 "the VM is already running: InstanceStart works once, before boot",
             ),

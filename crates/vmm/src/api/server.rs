@@ -69,7 +69,26 @@ pub fn start(path: &Path, filter: Option<seccomp::Filter>) -> Result<ApiChannel,
         path: path.to_owned(),
         source,
     };
-    let listener = UnixListener::bind(path).map_err(bind)?;
+    // Bound under a temporary name and renamed once listening: a client that connects as
+    // soon as the path appears (Kata, the Go SDK) is never refused in between.
+    let mut temp = path.as_os_str().to_owned();
+    temp.push(format!(".{}.tmp", std::process::id()));
+    let temp = PathBuf::from(temp);
+    let _ = std::fs::remove_file(&temp);
+    let listener = match UnixListener::bind(&temp) {
+        Ok(l) => {
+            if let Err(e) = std::fs::rename(&temp, path) {
+                let _ = std::fs::remove_file(&temp);
+                return Err(bind(e));
+            }
+            l
+        }
+        // The temporary name is too long for a socket address where the path itself fits.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            UnixListener::bind(path).map_err(bind)?
+        }
+        Err(e) => return Err(bind(e)),
+    };
     listener.set_nonblocking(true).map_err(bind)?;
     let wake = Arc::new(EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(bind)?);
     let epoll = Epoll::new().map_err(bind)?;
@@ -216,7 +235,7 @@ impl Server {
                         conn.since = Instant::now();
                     }
                     conn.buf.extend_from_slice(&chunk[..n]);
-                    if conn.buf.len() > http::MAX_HEAD + http::MAX_BODY {
+                    if conn.buf.len() > http::MAX_HEAD + http::max_body() {
                         break;
                     }
                 }

@@ -46,7 +46,14 @@ pub fn apply_logger(l: &Logger) -> Result<(), String> {
         .map(crate::logging::parse_level)
         .transpose()?;
     let path = l.log_path.as_deref().map(std::path::Path::new);
-    crate::logging::configure(path, level, l.show_level, l.show_log_origin).map_err(|e| {
+    crate::logging::configure(
+        path,
+        level,
+        l.show_level,
+        l.show_log_origin,
+        l.module.as_deref(),
+    )
+    .map_err(|e| {
         format!(
             "cannot open the log file {}: {e}",
             l.log_path.as_deref().unwrap_or_default()
@@ -113,9 +120,11 @@ impl Setup {
             ApiRequest::PutVsock(v) => done(convert::vsock(&v).map_err(fix).map(|_| {
                 self.config.vsock = Some(v);
             })),
-            ApiRequest::PutEntropy(e) => done(e.check().map_err(|e| e.to_string()).map(|()| {
-                self.config.entropy = Some(e);
-            })),
+            ApiRequest::PutEntropy(e) => done(
+                super::types::rate_limit_of("entropy.rate_limiter", &e.rate_limiter).map(|_| {
+                    self.config.entropy = Some(e);
+                }),
+            ),
             ApiRequest::PutLogger(l) => done(apply_logger(&l).map(|()| {
                 self.config.logger = Some(l);
             })),
@@ -132,6 +141,12 @@ impl Setup {
                     Response::bad_request("no metrics file: configure one with PUT /metrics first")
                 }
             },
+            ApiRequest::PatchNetwork(_) => Response::bad_request(
+                "PATCH /network-interfaces works on a running VM; before InstanceStart, PUT /network-interfaces/{id} again",
+            ),
+            ApiRequest::PatchDrive(_) => Response::bad_request(
+                "PATCH /drives works on a running VM; before InstanceStart, PUT /drives/{id} again",
+            ),
             ApiRequest::InstanceStart => {
                 Response::bad_request("InstanceStart is handled by the boot loop")
             }

@@ -15,6 +15,97 @@ pub struct Unsupported {
     pub what: &'static str,
 }
 
+/// A `null` where Firecracker's clients may send one for a field with a default: the default.
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Default + Deserialize<'de>,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// `null`, `{}`, or an object whose members are all `null` (`{"bandwidth": null}`): a rate
+/// limiter that limits nothing, which Kata writes on every interface. Firecracker takes it as
+/// no limiter at all, and so does Kite.
+pub fn limits_nothing(v: &Option<Value>) -> bool {
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Object(m)) => m.values().all(Value::is_null),
+        Some(_) => false,
+    }
+}
+
+/// `rate_limiter` as Firecracker takes it: `{"bandwidth": {"size": BYTES, "one_time_burst":
+/// BYTES, "refill_time": MS}, "ops": {...}}`. A bucket that is absent or null is not changed
+/// (`None`); one with `size` or `refill_time` 0 is no limit (`Some(None)`). Values whose
+/// arithmetic would overflow are refused.
+pub fn rate_limit_of(
+    field: &str,
+    v: &Option<Value>,
+) -> Result<crate::devices::virtio::RateLimitUpdate, String> {
+    use crate::devices::virtio::{Bucket, RateLimitUpdate};
+    let mut u = RateLimitUpdate::default();
+    let map = match v {
+        None | Some(Value::Null) => return Ok(u),
+        Some(Value::Object(m)) => m,
+        Some(_) => return Err(format!("{field}: give an object with bandwidth and/or ops")),
+    };
+    for (key, bucket) in map {
+        let slot = match key.as_str() {
+            "bandwidth" => &mut u.bandwidth,
+            "ops" => &mut u.ops,
+            other => {
+                return Err(format!(
+                    "{field}: unknown field `{other}`, expected `bandwidth` or `ops`"
+                ));
+            }
+        };
+        let b = match bucket {
+            Value::Null => continue,
+            Value::Object(b) => b,
+            _ => return Err(format!("{field}.{key}: give an object")),
+        };
+        let num = |name: &str, required: bool| -> Result<u64, String> {
+            match b.get(name) {
+                None | Some(Value::Null) if !required => Ok(0),
+                None | Some(Value::Null) => Err(format!("{field}.{key}.{name} is missing")),
+                Some(v) => v.as_u64().ok_or_else(|| {
+                    format!(
+                        "{field}.{key}.{name}: give a whole number from 0 to 18446744073709551615"
+                    )
+                }),
+            }
+        };
+        if let Some(k) = b
+            .keys()
+            .find(|k| !["size", "one_time_burst", "refill_time"].contains(&k.as_str()))
+        {
+            return Err(format!(
+                "{field}.{key}: unknown field `{k}`, expected size, one_time_burst, refill_time"
+            ));
+        }
+        let (size, burst, ms) = (
+            num("size", true)?,
+            num("one_time_burst", false)?,
+            num("refill_time", true)?,
+        );
+        // Tokens are counted in i128 and time in ns (u64): keep both in range.
+        if size > i64::MAX as u64 || burst > i64::MAX as u64 || ms > u64::MAX / 1_000_000 {
+            return Err(format!(
+                "{field}.{key}: values overflow (size and one_time_burst at most {}, refill_time at most {} ms)",
+                i64::MAX,
+                u64::MAX / 1_000_000
+            ));
+        }
+        *slot = Some((size > 0 && ms > 0).then_some(Bucket {
+            size,
+            one_time_burst: burst,
+            refill_time_ms: ms,
+        }));
+    }
+    Ok(u)
+}
+
 /// `field` may only be absent, null, or one of `allowed`.
 fn only(
     field: &str,
@@ -49,11 +140,11 @@ pub struct BootSource {
 pub struct MachineConfig {
     pub vcpu_count: u8,
     pub mem_size_mib: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub smt: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub track_dirty_pages: bool,
-    #[serde(default = "huge_pages_none")]
+    #[serde(default = "huge_pages_none", deserialize_with = "huge_pages_or_none")]
     pub huge_pages: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_template: Option<Value>,
@@ -65,6 +156,10 @@ pub struct MachineConfig {
 
 fn huge_pages_none() -> String {
     "None".into()
+}
+
+fn huge_pages_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(huge_pages_none))
 }
 
 impl Default for MachineConfig {
@@ -89,8 +184,8 @@ impl MachineConfig {
                 what,
             })
         };
-        if self.smt {
-            return unsupported("smt", "simultaneous multithreading");
+        if self.smt && !crate::api::cpu_template::smt_possible() {
+            return unsupported("smt", "simultaneous multithreading on this host");
         }
         if self.track_dirty_pages {
             return unsupported("track_dirty_pages", "dirty page tracking (snapshots)");
@@ -98,12 +193,7 @@ impl MachineConfig {
         if self.huge_pages != "None" {
             return unsupported("huge_pages", "huge pages");
         }
-        only(
-            "machine-config.cpu_template",
-            &self.cpu_template,
-            &[Value::from("None")],
-            "CPU templates",
-        )
+        crate::api::cpu_template::check(&self.cpu_template)
     }
 }
 
@@ -142,8 +232,9 @@ impl MachineConfigUpdate {
 pub struct Drive {
     pub drive_id: String,
     pub path_on_host: String,
+    #[serde(deserialize_with = "null_default")]
     pub is_root_device: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub is_read_only: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partuuid: Option<String>,
@@ -180,14 +271,32 @@ impl Drive {
             &[Value::from("Sync")],
             "the Async (io_uring) engine",
         )?;
-        only(
-            &field("rate_limiter"),
-            &self.rate_limiter,
-            &[],
-            "rate limiters",
-        )?;
         only(&field("socket"), &self.socket, &[], "vhost-user drives")
     }
+}
+
+/// `PATCH /drives/{drive_id}` on a running VM: a new backing file (firecracker-containerd's
+/// block hotplug: the same path after a bind mount, or another), and a rate limiter (only one
+/// that limits nothing, for now).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DriveUpdate {
+    pub drive_id: String,
+    #[serde(default)]
+    pub path_on_host: Option<String>,
+    #[serde(default)]
+    pub rate_limiter: Option<Value>,
+}
+
+/// `PATCH /network-interfaces/{iface_id}` on a running VM: new rate limiters.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkUpdate {
+    pub iface_id: String,
+    #[serde(default)]
+    pub rx_rate_limiter: Option<Value>,
+    #[serde(default)]
+    pub tx_rate_limiter: Option<Value>,
 }
 
 /// `PUT /network-interfaces/{iface_id}`, an entry of the file's `network-interfaces`.
@@ -206,19 +315,8 @@ pub struct NetworkInterface {
 
 impl NetworkInterface {
     pub fn check(&self) -> Result<(), Unsupported> {
-        let field = |f: &str| format!("network-interfaces[{}].{f}", self.iface_id);
-        only(
-            &field("rx_rate_limiter"),
-            &self.rx_rate_limiter,
-            &[],
-            "rate limiters",
-        )?;
-        only(
-            &field("tx_rate_limiter"),
-            &self.tx_rate_limiter,
-            &[],
-            "rate limiters",
-        )
+        // The rate limiters are checked where they are parsed ([`rate_limit_of`]).
+        Ok(())
     }
 }
 
@@ -242,13 +340,9 @@ pub struct Entropy {
 }
 
 impl Entropy {
+    /// The rate limiter is checked where it is parsed ([`rate_limit_of`]).
     pub fn check(&self) -> Result<(), Unsupported> {
-        only(
-            "entropy.rate_limiter",
-            &self.rate_limiter,
-            &[],
-            "rate limiters",
-        )
+        Ok(())
     }
 }
 
@@ -270,12 +364,6 @@ pub struct Logger {
 
 impl Logger {
     pub fn check(&self) -> Result<(), Unsupported> {
-        if self.module.is_some() {
-            return Err(Unsupported {
-                field: "logger.module".into(),
-                what: "filtering the log by module",
-            });
-        }
         if let Some(level) = &self.level {
             crate::logging::parse_level(level).map_err(|_| Unsupported {
                 field: "logger.level".into(),
@@ -304,7 +392,13 @@ pub struct FullConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub boot_source: Option<BootSource>,
-    #[serde(rename = "machine-config", default)]
+    /// Unset, `GET /vm/config` shows the defaults the VM would boot with (Firecracker's schema
+    /// has no `null` here).
+    #[serde(
+        rename = "machine-config",
+        default,
+        serialize_with = "machine_or_default"
+    )]
     pub machine_config: Option<MachineConfig>,
     #[serde(default)]
     pub drives: Vec<Drive>,
@@ -324,6 +418,16 @@ pub struct FullConfig {
     pub mmds_config: Option<Value>,
     #[serde(rename = "cpu-config", default, skip_serializing)]
     pub cpu_config: Option<Value>,
+}
+
+fn machine_or_default<S: serde::Serializer>(
+    m: &Option<MachineConfig>,
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    match m {
+        Some(m) => m.serialize(s),
+        None => MachineConfig::default().serialize(s),
+    }
 }
 
 impl FullConfig {
@@ -413,9 +517,24 @@ mod tests {
         let e = serde_json::from_str::<MachineConfig>(r#"{"vcpu_count":1,"mem_size_mib":1,"x":1}"#)
             .unwrap_err();
         assert!(e.to_string().contains("unknown field `x`"), "{e}");
-        let m: MachineConfig =
-            serde_json::from_str(r#"{"vcpu_count":1,"mem_size_mib":64,"smt":true}"#).unwrap();
-        assert_eq!(m.check().unwrap_err().field, "machine-config.smt");
+        // What Kata and firecracker-containerd send: smt, nulls, `{}` rate limiters.
+        let m: MachineConfig = serde_json::from_str(
+            r#"{"vcpu_count":2,"mem_size_mib":64,"smt":true,"track_dirty_pages":null,"huge_pages":null}"#,
+        )
+        .unwrap();
+        m.check().unwrap();
+        assert_eq!(m.huge_pages, "None");
+        let n: NetworkInterface = serde_json::from_str(
+            r#"{"iface_id":"eth0","host_dev_name":"tap0","rx_rate_limiter":{},"tx_rate_limiter":{"bandwidth":null,"ops":null}}"#,
+        )
+        .unwrap();
+        n.check().unwrap();
+        let d: Drive = serde_json::from_str(
+            r#"{"drive_id":"a","path_on_host":"p","is_root_device":false,"is_read_only":null,"rate_limiter":{}}"#,
+        )
+        .unwrap();
+        d.check().unwrap();
+        assert!(!d.is_read_only);
         let c: FullConfig = serde_json::from_str(r#"{"balloon":{"amount_mib":1}}"#).unwrap();
         let e = c.check().unwrap_err();
         assert_eq!(e.field, "balloon");
@@ -425,11 +544,30 @@ mod tests {
         )
         .unwrap();
         assert_eq!(d.check().unwrap_err().field, "drives[a].io_engine");
-        let d: Drive = serde_json::from_str(
-            r#"{"drive_id":"a","path_on_host":"p","is_root_device":false,"rate_limiter":{"bandwidth":{}}}"#,
+        let e = rate_limit_of("r", &Some(serde_json::json!({"bandwidth": {}}))).unwrap_err();
+        assert!(e.contains("r.bandwidth.size is missing"), "{e}");
+        let e = rate_limit_of(
+            "r",
+            &Some(serde_json::json!({"ops": {"size": u64::MAX, "refill_time": 1}})),
+        )
+        .unwrap_err();
+        assert!(e.contains("overflow"), "{e}");
+        let e = rate_limit_of("r", &Some(serde_json::json!({"iops": {}}))).unwrap_err();
+        assert!(e.contains("unknown field `iops`"), "{e}");
+        let u = rate_limit_of(
+            "r",
+            &Some(
+                serde_json::json!({"bandwidth": {"size": 1000, "refill_time": 100,
+                "one_time_burst": 5}, "ops": {"size": 0, "refill_time": 1}}),
+            ),
         )
         .unwrap();
-        assert_eq!(d.check().unwrap_err().field, "drives[a].rate_limiter");
+        assert_eq!(u.bandwidth.unwrap().unwrap().one_time_burst, 5);
+        assert_eq!(u.ops, Some(None), "size 0 is no limit");
+        assert_eq!(
+            rate_limit_of("r", &Some(serde_json::json!({}))).unwrap(),
+            Default::default()
+        );
     }
 
     #[test]

@@ -77,7 +77,9 @@ impl MachineState {
             vsock: config.vsock.as_ref().map(|v| (v.cid, v.socket.clone())),
             rng: config.rng,
             boot_timer: config.boot_timer,
-            acpi: config.acpi,
+            // What the machine was built with: `acpi=off` on its command line meant no ACPI
+            // devices, and the restored machine has no command line to say so.
+            acpi: crate::arch::x86_64::acpi::wanted(config.acpi, &config.cmdline),
         }
     }
 
@@ -107,6 +109,8 @@ impl MachineState {
                 .map(|(path, readonly)| DiskConfig {
                     path: path.clone(),
                     readonly: *readonly,
+                    // Rate limiters are not in the snapshot (yet): a restored VM runs unlimited.
+                    rate_limit: Default::default(),
                 })
                 .collect(),
             nets: self
@@ -119,6 +123,8 @@ impl MachineState {
                         .find(|(i, _)| i == id)
                         .map_or_else(|| tap.clone(), |(_, t)| t.clone()),
                     mac: *mac,
+                    rx_rate_limit: Default::default(),
+                    tx_rate_limit: Default::default(),
                 })
                 .collect(),
             vsock: self.vsock.as_ref().map(|(cid, socket)| VsockConfig {
@@ -129,6 +135,9 @@ impl MachineState {
                     .unwrap_or_else(|| socket.clone()),
             }),
             rng: self.rng,
+            rng_rate_limit: Default::default(),
+            // The vCPUs' CPUID tables (where SMT shows) come from the snapshot.
+            smt: false,
             boot_timer: self.boot_timer,
             timeout: None,
             ring0_workarounds: crate::arch::x86_64::emulated_ring0::Mode::Auto,

@@ -111,7 +111,8 @@ impl Vcpu {
         gate: Arc<StartGate>,
     ) -> std::io::Result<VcpuThread> {
         let index = self.index;
-        let name = format!("vcpu{index}");
+        // Firecracker's name: Kata pins vCPUs by it (`fc_vcpu N` in /proc/<pid>/task/*/comm).
+        let name = format!("fc_vcpu {index}");
         let (requests, inbox) = std::sync::mpsc::channel();
         let handle = std::thread::Builder::new()
             .name(name.clone())

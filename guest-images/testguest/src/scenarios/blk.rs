@@ -79,7 +79,9 @@ impl Blk {
         depth: usize,
         buf_bytes: u64,
     ) -> Result<Blk, Line> {
-        let entry = virtio::find(&ctx.cmdline, ID_BLOCK, 0)?;
+        // `kite_blk_index=<n>`: the n-th virtio-blk device (default the first).
+        let index = ctx.cmdline.get_u64("kite_blk_index").unwrap_or(0) as usize;
+        let entry = virtio::find(&ctx.cmdline, ID_BLOCK, index)?;
         let ring = match virtio::ring_features(&ctx.cmdline) {
             Ok(f) => f,
             Err(e) => return fail!("{e}"),

@@ -4,6 +4,8 @@
 //!   host's file system is full), try a few more, flush twice, and read the first area back.
 //! * `virtio-blk-shrink`: say `KITE-PROGRESS ready`, then read the disk over and over until a
 //!   read fails (the host shrank the image), and read sector 0 again.
+//! * `virtio-blk-resize`: say `KITE-PROGRESS ready sectors=<n>`, then wait until the capacity
+//!   changes (the host's `PATCH /drives`), and read the new disk's first sector.
 //! * `virtio-blk-flushlog`: write numbered blocks (`kite_workloads::flushlog`) in a ring of
 //!   slots, a batch at a time, flush after each batch and print `KITE-FLUSHED seq=<n>`: every
 //!   block up to `n` is durable. Runs until the VM is stopped, or for `kite_n` batches.
@@ -143,6 +145,39 @@ pub fn shrink(ctx: &mut Ctx) -> Outcome {
     blk.dev.shutdown();
     crate::ok!(
         "first_error_sector={first_error} status={status} passes={passes} reread_first={reread_first}"
+    )
+}
+
+pub fn resize(ctx: &mut Ctx) -> Outcome {
+    let limit = ms_to_ticks(ctx.cmdline.get_u64("kite_ms").unwrap_or(20_000));
+    let mut blk = Blk::open(ctx, wait(ctx)?, 1, SECTOR)?;
+    // `kite_blk_from=<n>`: the capacity to wait to change from (the host may have changed it
+    // before the driver first looked); by default the capacity found at start.
+    let old = ctx.cmdline.get_u64("kite_blk_from").unwrap_or(blk.capacity);
+    let generation = blk.dev.config_generation();
+    say(format_args!("KITE-PROGRESS ready sectors={old}"));
+    let start = rdtsc();
+    let new = loop {
+        let now = blk.dev.config_u64(0);
+        if now != old {
+            break now;
+        }
+        if rdtsc().wrapping_sub(start) > limit {
+            return fail!("the capacity stayed {old} sectors");
+        }
+    };
+    let config_irq = (blk.dev.interrupt_status() >> 1) & 1;
+    let generation_changed = u8::from(blk.dev.config_generation() != generation);
+    let slot = blk.take_slot(T_IN, 0, SECTOR).ok_or_else(super::blk::busy)?;
+    blk.submit(slot)?;
+    blk.q.kick();
+    let (slot, status) = blk.complete()?;
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&blk.data(slot)[..8]);
+    blk.dev.shutdown();
+    crate::ok!(
+        "old={old} new={new} config_irq={config_irq} generation_changed={generation_changed} read_status={status} first={:016x}",
+        u64::from_be_bytes(first)
     )
 }
 

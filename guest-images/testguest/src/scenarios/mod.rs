@@ -101,6 +101,10 @@ pub static SCENARIOS: &[Scenario] = &[
         run: blkfault::shrink,
     },
     Scenario {
+        name: "virtio-blk-resize",
+        run: blkfault::resize,
+    },
+    Scenario {
         name: "virtio-blk-flushlog",
         run: blkfault::flushlog,
     },

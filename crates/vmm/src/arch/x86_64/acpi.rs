@@ -268,6 +268,24 @@ pub fn write(mem: &GuestMem, cpus: u8, virtio: &[VirtioWindow]) -> Result<GuestA
     Ok(tables.rsdp)
 }
 
+/// Whether to write ACPI tables: `acpi` (not `--no-acpi`) unless the guest is told `acpi=off`,
+/// which is logged.
+pub fn wanted(acpi: bool, cmdline: &str) -> bool {
+    if acpi && off_in(cmdline) {
+        log::info!(
+            "acpi=off on the guest's command line: no ACPI tables, the virtio devices are named on the command line"
+        );
+        return false;
+    }
+    acpi
+}
+
+/// Whether `cmdline` turns ACPI off (`acpi=off`, which Kata Containers always passes): such a
+/// guest never reads the tables, so its virtio devices must be named on the command line.
+pub fn off_in(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == "acpi=off")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -404,5 +422,12 @@ mod tests {
         assert!(has(b"LNRO0005"));
         assert!(has(b"V000") && has(b"V001") && !has(b"V002"));
         assert!(has(b"COM1") && has(b"_S5_"));
+    }
+
+    #[test]
+    fn acpi_off_is_a_whole_word() {
+        assert!(off_in("console=ttyS0 acpi=off reboot=k"));
+        assert!(!off_in("console=ttyS0 noacpi=off"));
+        assert!(!off_in("acpi=force"));
     }
 }

@@ -3,7 +3,8 @@
 //! KVM reports the host's values for the topology fields; [`filter_cpuid`] replaces them with
 //! one simple topology, the same in every leaf that describes it:
 //!
-//! * one package (socket) holding `num_cpus` cores, one thread per core (no SMT);
+//! * one package (socket) holding `num_cpus` cores, one thread per core (no SMT); with
+//!   Firecracker's `smt: true` ([`filter_cpuid_smt`]), `num_cpus / 2` cores of two threads;
 //! * vCPU `i` has initial APIC id and x2APIC id `i`, so the core id is the whole APIC id; the
 //!   core field is `ceil(log2(num_cpus))` bits wide (0 for a single vCPU);
 //! * the level 1 and 2 caches belong to one core (shared by one thread), caches of level 3 and
@@ -78,10 +79,22 @@ fn id_bits(n: u8) -> u32 {
 /// Adjust `cpuid`, as returned by `KVM_GET_SUPPORTED_CPUID`, for vCPU `cpu_index` of
 /// `num_cpus` (treated as at least 1), following the topology in the module documentation.
 pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8) {
+    filter_cpuid_smt(cpuid, cpu_index, num_cpus, false);
+}
+
+/// [`filter_cpuid`], with two threads per core when `smt` and there is more than one vCPU
+/// (Firecracker's `smt: true`; `num_cpus` is then even): vCPUs 2k and 2k+1 are the threads of
+/// core k. The SMT level of leaf 0xB/0x1F is 1 bit wide holding 2 threads, caches of level 1
+/// and 2 are shared by the core's 2 threads, and AMD's leaf 0x8000_001E says 2 threads per
+/// core and core id `cpu_index / 2`.
+pub fn filter_cpuid_smt(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8, smt: bool) {
     let num_cpus = num_cpus.max(1);
     let apic_id = u32::from(cpu_index);
     let count = u32::from(num_cpus);
     let core_bits = id_bits(num_cpus);
+    let threads: u32 = if smt && num_cpus > 1 { 2 } else { 1 };
+    let thread_bits = threads - 1;
+    let cores = count / threads;
 
     let mut topology_leaves_missing_subleaf_1 = Vec::new();
     for function in [LEAF_TOPOLOGY, LEAF_TOPOLOGY_V2] {
@@ -122,19 +135,19 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8) {
             }
             LEAF_CACHE_PARAMS if entry.eax & EAX_CACHE_TYPE_MASK != 0 => {
                 let level = (entry.eax >> EAX_CACHE_LEVEL_SHIFT) & EAX_CACHE_LEVEL_MASK;
-                let sharing = if level >= 3 { count - 1 } else { 0 };
+                let sharing = if level >= 3 { count - 1 } else { threads - 1 };
                 set_field(
                     &mut entry.eax,
                     EAX_CORES_SHIFT,
                     EAX_CORES_MASK,
-                    (count - 1).min(EAX_CORES_MASK),
+                    (cores - 1).min(EAX_CORES_MASK),
                 );
                 set_field(&mut entry.eax, EAX_SHARING_SHIFT, EAX_SHARING_MASK, sharing);
             }
             LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
                 entry.flags |= KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
                 let (shift, processors, level_type) = match entry.index {
-                    0 => (0, 1, LEVEL_TYPE_SMT),
+                    0 => (thread_bits, threads, LEVEL_TYPE_SMT),
                     1 => (core_bits, count, LEVEL_TYPE_CORE),
                     _ => (0, 0, 0),
                 };
@@ -156,7 +169,7 @@ pub fn filter_cpuid(cpuid: &mut CpuId, cpu_index: u8, num_cpus: u8) {
                 // EAX: extended APIC id. EBX[7:0]: core id, EBX[15:8]: threads per core - 1.
                 // ECX[7:0]: node id, ECX[10:8]: nodes per package - 1.
                 entry.eax = apic_id;
-                entry.ebx = apic_id;
+                entry.ebx = ((threads - 1) << 8) | (apic_id >> thread_bits);
                 entry.ecx = 0;
             }
             _ => {}
@@ -351,6 +364,33 @@ mod tests {
         filter_cpuid(&mut cpuid, 3, 4);
         let e = find(&cpuid, 0x8000_001e, 0);
         assert_eq!((e.eax, e.ebx, e.ecx, e.edx), (3, 3, 0, 0));
+    }
+
+    #[test]
+    fn smt_gives_two_threads_per_core() {
+        let mut cpuid = host_cpuid();
+        cpuid
+            .push(entry(0x8000_001e, 0, 0x20, 0x0110, 0x0103, 0))
+            .unwrap();
+        filter_cpuid_smt(&mut cpuid, 3, 4, true);
+        let smt = find(&cpuid, 0xb, 0);
+        assert_eq!((smt.eax, smt.ebx, smt.ecx, smt.edx), (1, 2, 0x100, 3));
+        let core = find(&cpuid, 0xb, 1);
+        assert_eq!((core.eax, core.ebx, core.ecx, core.edx), (2, 4, 0x201, 3));
+        let l1 = find(&cpuid, 4, 0);
+        assert_eq!(
+            (l1.eax >> 14) & 0xfff,
+            1,
+            "L1 shared by the core's two threads"
+        );
+        assert_eq!((l1.eax >> 26) & 0x3f, 1, "two cores");
+        let amd = find(&cpuid, 0x8000_001e, 0);
+        assert_eq!((amd.eax, amd.ebx), (3, 0x101), "thread 1 of core 1");
+        // One vCPU: no SMT whatever is asked.
+        let mut one = host_cpuid();
+        filter_cpuid_smt(&mut one, 0, 1, true);
+        let smt = find(&one, 0xb, 0);
+        assert_eq!((smt.eax, smt.ebx), (0, 1));
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub struct BlockStats {
     pub requests: std::sync::atomic::AtomicU64,
     pub bytes: std::sync::atomic::AtomicU64,
     pub errors: std::sync::atomic::AtomicU64,
+    /// `PATCH /drives` that changed the backing file, and those that failed.
+    pub updates: std::sync::atomic::AtomicU64,
+    pub update_fails: std::sync::atomic::AtomicU64,
 }
 
 impl BlockStats {
@@ -66,6 +69,8 @@ impl BlockStats {
             ("requests", self.requests.load(Relaxed)),
             ("bytes", self.bytes.load(Relaxed)),
             ("errors", self.errors.load(Relaxed)),
+            ("updates", self.updates.load(Relaxed)),
+            ("update_fails", self.update_fails.load(Relaxed)),
         ]
     }
 }
@@ -82,6 +87,8 @@ struct Requests {
     /// fdatasync failed once: every later flush fails.
     failed_sync: Option<String>,
     stats: std::sync::Arc<BlockStats>,
+    /// `rate_limiter`: a request the buckets cannot take now waits on the queue.
+    limiter: super::rate_limiter::RateLimiter,
 }
 
 /// A virtio-blk device.
@@ -134,6 +141,7 @@ impl Block {
                 failed_write: None,
                 failed_sync: None,
                 stats: Default::default(),
+                limiter: super::rate_limiter::RateLimiter::new(Default::default()),
             },
             features,
             config,
@@ -151,6 +159,41 @@ impl Block {
 
     pub fn path(&self) -> &std::path::Path {
         &self.requests.disk.path
+    }
+
+    pub fn readonly(&self) -> bool {
+        self.requests.disk.readonly
+    }
+
+    /// Disk size in 512-byte sectors, as the guest sees it in the configuration space.
+    pub fn sectors(&self) -> u64 {
+        self.requests.disk.sectors
+    }
+
+    /// Back the device with `disk` from now on (`PATCH /drives`): the new capacity goes into
+    /// the configuration space, and a failed write or flush of the old file is forgotten. The
+    /// caller raises the configuration change interrupt. Returns the old disk.
+    pub fn replace_disk(&mut self, disk: Disk) -> Disk {
+        put(&mut self.config, 0, &disk.sectors.to_le_bytes());
+        self.requests.failed_write = None;
+        self.requests.failed_sync = None;
+        self.name = name(&disk);
+        std::mem::replace(&mut self.requests.disk, disk)
+    }
+
+    /// `PATCH /drives` `rate_limiter`, or the drive's limits at start.
+    pub fn update_rate_limit(&mut self, u: super::RateLimitUpdate) {
+        self.requests.limiter.update(u);
+    }
+
+    /// Release the current file's lock (see [`Disk::unlock`]).
+    pub fn unlock_disk(&self) {
+        self.requests.disk.unlock();
+    }
+
+    /// Take the current file's lock back; false if another process holds it now.
+    pub fn relock_disk(&self) -> bool {
+        self.requests.disk.relock()
     }
 
     pub fn stats(&self) -> std::sync::Arc<BlockStats> {
@@ -182,6 +225,10 @@ impl Requests {
             ));
         };
         use std::sync::atomic::Ordering::Relaxed;
+        // The data bytes: all but the 16-byte header and the status byte.
+        if !self.limiter.consume(chain.total_len().saturating_sub(17)) {
+            return Completion::Later;
+        }
         self.stats.requests.fetch_add(1, Relaxed);
         let (status, written) = match self.execute(mem, chain) {
             Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
@@ -467,6 +514,18 @@ impl VirtioDevice for Block {
         // Called on a vCPU thread: no I/O here. Requests already taken from the queue were
         // completed before we got the lock; the disk is synced at shutdown and on drop.
         self.active = None;
+    }
+
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.requests.limiter.fd()
+    }
+
+    /// The rate limiter's timer: the tokens a waiting request needs are there.
+    fn process_backend(&mut self) {
+        if self.requests.limiter.expired() && self.process_queue(0) {
+            // Spent its budget with work left: come back after the other devices.
+            self.requests.limiter.wake_soon();
+        }
     }
 
     fn process_queue(&mut self, index: usize) -> bool {

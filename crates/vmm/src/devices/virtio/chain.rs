@@ -62,6 +62,11 @@ pub fn read_chain(chain: DescriptorChain<&GuestMem>, max_len: usize) -> Result<C
 }
 
 impl Chain {
+    /// Every descriptor's length, summed (what a rate limiter counts).
+    pub fn total_len(&self) -> u64 {
+        self.descs.iter().map(|d| u64::from(d.len())).sum()
+    }
+
     /// The head index, which goes back to the driver in the used ring.
     pub fn head(&self) -> u16 {
         self.head

@@ -138,9 +138,7 @@ impl Interrupt {
         self.raise(VIRTIO_MMIO_INT_VRING);
     }
 
-    /// Tell the driver the configuration space changed.
-    // No device changes its configuration at run time yet (a disk resize would).
-    #[cfg_attr(not(test), allow(dead_code))]
+    /// Tell the driver the configuration space changed (a disk's new capacity).
     pub fn signal_config_changed(&self) {
         self.0.config_generation.fetch_add(1, Ordering::SeqCst);
         self.raise(VIRTIO_MMIO_INT_CONFIG);

@@ -33,9 +33,6 @@ pub enum Error {
     #[error("block device {} has no medium (an empty drive, or a loop device with no backing \
              file); attach one (losetup) or give another path", .0.display())]
     NoMedium(PathBuf),
-    #[error("disk image {} is empty (0 bytes); give it a size first (truncate -s 1G {})",
-        .0.display(), .0.display())]
-    Empty(PathBuf),
     #[error("disk image {} is in use by another process (it is locked); stop that VM first, \
              or attach the image readonly in every VM", .0.display())]
     Locked(PathBuf),
@@ -197,12 +194,16 @@ impl Disk {
                 path: path.to_path_buf(),
                 source,
             })?;
+        if size == 0 && block_device {
+            return Err(Error::NoMedium(path.to_path_buf()));
+        }
         if size == 0 {
-            return Err(if block_device {
-                Error::NoMedium(path.to_path_buf())
-            } else {
-                Error::Empty(path.to_path_buf())
-            });
+            // Kata and firecracker-containerd attach 0-byte placeholders and swap the real
+            // image in later (PATCH /drives); Firecracker takes them as 0-sector disks.
+            log::info!(
+                "disk image {} is empty: the guest sees a disk of 0 sectors until PATCH /drives gives it another file",
+                path.display()
+            );
         }
         if !size.is_multiple_of(SECTOR_SIZE) {
             return Err(Error::UnalignedSize {
@@ -266,6 +267,24 @@ impl Disk {
     /// Make everything written so far durable.
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
+    }
+
+    /// Release the image's lock (before the same image is opened again for `PATCH /drives`:
+    /// our own lock would refuse it).
+    pub fn unlock(&self) {
+        // SAFETY: flock only acts on the descriptor we own; no memory is passed.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+    }
+
+    /// Take the lock back after [`Self::unlock`]; false if another process took it meanwhile.
+    pub fn relock(&self) -> bool {
+        let how = if self.readonly {
+            libc::LOCK_SH
+        } else {
+            libc::LOCK_EX
+        };
+        // SAFETY: flock only acts on the descriptor we own; no memory is passed.
+        unsafe { libc::flock(self.file.as_raw_fd(), how | libc::LOCK_NB) == 0 }
     }
 }
 
@@ -386,11 +405,10 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_image_is_refused_with_how_to_size_it() {
+    fn an_empty_image_is_a_disk_of_no_sectors() {
         let f = image(0);
-        let err = Disk::open(f.as_path(), false).err().unwrap();
-        assert!(matches!(err, Error::Empty(_)));
-        assert!(err.to_string().contains("truncate -s 1G"), "{err}");
+        let disk = Disk::open(f.as_path(), false).unwrap();
+        assert_eq!(disk.sectors, 0);
     }
 
     #[test]

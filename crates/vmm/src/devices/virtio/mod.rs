@@ -21,6 +21,7 @@ mod disk;
 mod driver;
 mod mmio;
 mod net;
+mod rate_limiter;
 mod rng;
 mod tap;
 #[cfg(test)]
@@ -48,6 +49,7 @@ use device::{QueueEvents, SharedDevice};
 use mmio::QUEUE_NOTIFY;
 pub use mmio::{MmioTransport, QueueRegs, TransportState};
 use net::Net;
+pub use rate_limiter::{Bucket, RateLimit, RateLimitUpdate};
 use rng::Rng;
 use tap::Tap;
 use vsock::Vsock;
@@ -59,6 +61,8 @@ pub struct DiskConfig {
     pub path: PathBuf,
     /// Attach it readonly: the guest's writes fail, and other VMs may share it readonly.
     pub readonly: bool,
+    /// Firecracker's `rate_limiter` (none: no limit).
+    pub rate_limit: RateLimit,
 }
 
 /// A network interface as the user asked for it.
@@ -68,6 +72,9 @@ pub struct NetConfig {
     pub tap: String,
     /// The guest's MAC address.
     pub mac: [u8; 6],
+    /// `rx_rate_limiter` and `tx_rate_limiter` (none: no limit).
+    pub rx_rate_limit: RateLimit,
+    pub tx_rate_limit: RateLimit,
 }
 
 /// A vsock device as the user asked for it.
@@ -223,6 +230,8 @@ pub struct Placement {
 pub struct BlockHandle {
     device: Arc<Mutex<Block>>,
     stats: Arc<block::BlockStats>,
+    /// The transport's interrupt, for the configuration change `PATCH /drives` raises.
+    interrupt: Interrupt,
     pub placement: Placement,
 }
 
@@ -241,29 +250,94 @@ impl BlockHandle {
             source,
         })
     }
+
+    /// `PATCH /drives/{id}` with `rate_limiter`: the buckets it names are replaced.
+    pub fn update_rate_limit(&self, u: RateLimitUpdate) {
+        let mut block = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        block.update_rate_limit(u);
+    }
+
+    /// `PATCH /drives/{id}` with `path_on_host`: open `path` (readonly as before), make what
+    /// the guest wrote to the old file durable, back the device with the new file and tell the
+    /// driver its capacity changed (configuration change interrupt), as Firecracker does. The
+    /// same path again (after a bind mount over it) works: the old file's lock is released for
+    /// the open and taken back if it fails. On any error the device keeps its old file.
+    /// Returns the old and new capacity in sectors.
+    pub fn update(&self, path: &std::path::Path) -> Result<(u64, u64), Error> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut block = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        let readonly = block.readonly();
+        block.unlock_disk();
+        let opened = disk::Disk::open(path, readonly);
+        let image = match opened {
+            Ok(image) => image,
+            Err(e) => {
+                if !block.relock_disk() {
+                    log::warn!(
+                        "{}: another process locked it while PATCH /drives tried {}",
+                        block.path().display(),
+                        path.display()
+                    );
+                }
+                self.stats.update_fails.fetch_add(1, Relaxed);
+                return Err(e.into());
+            }
+        };
+        let new = image.sectors;
+        let old_sectors = block.sectors();
+        // Dropping the old disk syncs what the guest wrote to it (and logs a failure).
+        drop(block.replace_disk(image));
+        drop(block);
+        self.interrupt.signal_config_changed();
+        self.stats.updates.fetch_add(1, Relaxed);
+        Ok((old_sectors, new))
+    }
 }
 
 /// Open `disk` (locked against other writers) and attach it as a virtio-blk device.
 pub fn attach_block(ctx: &mut VirtioContext<'_>, disk: &DiskConfig) -> Result<BlockHandle, Error> {
     let image = disk::Disk::open(&disk.path, disk.readonly)?;
-    let block = Block::new(image);
+    let mut block = Block::new(image);
+    block.update_rate_limit(RateLimitUpdate {
+        bandwidth: Some(disk.rate_limit.bandwidth),
+        ops: Some(disk.rate_limit.ops),
+    });
     let stats = block.stats();
     let device = Arc::new(Mutex::new(block));
     let placement = attach(ctx, device.clone())?;
+    let interrupt = match ctx.counters.last() {
+        Some((_, interrupt)) => interrupt.clone(),
+        None => unreachable!("attach records every device's interrupt"),
+    };
     Ok(BlockHandle {
         device,
         stats,
+        interrupt,
         placement,
     })
 }
 
 /// Attach a virtio-rng device fed by the host's getrandom.
-pub fn attach_rng(ctx: &mut VirtioContext<'_>) -> Result<Placement, Error> {
-    attach(ctx, Arc::new(Mutex::new(Rng::new())))
+pub fn attach_rng(ctx: &mut VirtioContext<'_>, limit: RateLimit) -> Result<Placement, Error> {
+    attach(ctx, Arc::new(Mutex::new(Rng::with_limit(limit))))
+}
+
+/// The VMM's handle on an attached network interface (for `PATCH /network-interfaces`).
+pub struct NetHandle {
+    device: Arc<Mutex<Net>>,
+    pub placement: Placement,
+}
+
+impl NetHandle {
+    /// Replace the rate limiter buckets the updates name.
+    pub fn update_rate_limits(&self, rx: RateLimitUpdate, tx: RateLimitUpdate) {
+        let mut net = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        net.update_rate_limits(rx, tx);
+    }
 }
 
 /// Open (or create) the tap `net.tap` and attach it as a virtio-net device.
-pub fn attach_net(ctx: &mut VirtioContext<'_>, net: &NetConfig) -> Result<Placement, Error> {
+pub fn attach_net(ctx: &mut VirtioContext<'_>, net: &NetConfig) -> Result<NetHandle, Error> {
     let tap = Tap::open(&net.tap)?;
     if tap.created() {
         log::info!(
@@ -271,9 +345,11 @@ pub fn attach_net(ctx: &mut VirtioContext<'_>, net: &NetConfig) -> Result<Placem
             net.tap
         );
     }
-    let device = Net::new(Box::new(tap), net.mac)
+    let device = Net::with_limits(Box::new(tap), net.mac, net.rx_rate_limit, net.tx_rate_limit)
         .map_err(|e| Error::Epoll(format!("tap {}", net.tap), e))?;
-    attach(ctx, Arc::new(Mutex::new(device)))
+    let device = Arc::new(Mutex::new(device));
+    let placement = attach(ctx, device.clone())?;
+    Ok(NetHandle { device, placement })
 }
 
 /// Attach a virtio-vsock device for guest CID `vsock.cid`, listening on `vsock.socket`.

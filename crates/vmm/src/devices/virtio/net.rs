@@ -107,6 +107,10 @@ enum TxError {
     Memory(#[from] vm_memory::GuestMemoryError),
 }
 
+/// Epoll tokens of the limiters' timers (the backend's is 0).
+const RX_TIMER: u64 = 1;
+const TX_TIMER: u64 = 2;
+
 /// A virtio-net device.
 pub struct Net {
     backend: Box<dyn NetBackend>,
@@ -124,6 +128,15 @@ pub struct Net {
     /// The backend failed for good (the tap was deleted); it is no longer watched.
     backend_gone: bool,
     frame: Vec<u8>,
+    /// `rx_rate_limiter`, `tx_rate_limiter`: their timers are in the epoll set (tokens 1, 2).
+    rx_limiter: super::rate_limiter::RateLimiter,
+    tx_limiter: super::rate_limiter::RateLimiter,
+    /// A received frame (in `rx_frame`) the receive limiter holds back.
+    rx_pending: Option<usize>,
+    rx_frame: Vec<u8>,
+    /// The limiters wait for tokens.
+    rx_limited: bool,
+    tx_limited: bool,
     /// Names the device in log lines.
     name: String,
     log: LogLimiter,
@@ -132,8 +145,33 @@ pub struct Net {
 
 impl Net {
     pub fn new(backend: Box<dyn NetBackend>, mac: [u8; 6]) -> io::Result<Self> {
+        Self::with_limits(backend, mac, Default::default(), Default::default())
+    }
+
+    /// `PATCH /network-interfaces`: replace the buckets each update names.
+    pub fn update_rate_limits(&mut self, rx: super::RateLimitUpdate, tx: super::RateLimitUpdate) {
+        self.rx_limiter.update(rx);
+        self.tx_limiter.update(tx);
+    }
+
+    /// A device whose receive and transmit are limited by `rx` and `tx`.
+    pub fn with_limits(
+        backend: Box<dyn NetBackend>,
+        mac: [u8; 6],
+        rx: super::RateLimit,
+        tx: super::RateLimit,
+    ) -> io::Result<Self> {
         let epoll = BackendSet::new()?;
         epoll.add(backend.as_raw_fd(), EventSet::empty(), 0)?;
+        let (rx_limiter, tx_limiter) = (
+            super::rate_limiter::RateLimiter::new(rx),
+            super::rate_limiter::RateLimiter::new(tx),
+        );
+        for (fd, token) in [(rx_limiter.fd(), RX_TIMER), (tx_limiter.fd(), TX_TIMER)] {
+            if let Some(fd) = fd {
+                epoll.add(fd, EventSet::IN, token)?;
+            }
+        }
         Ok(Self {
             name: format!("virtio-net {}", backend.name()),
             backend,
@@ -145,6 +183,12 @@ impl Net {
             tx_blocked: false,
             backend_gone: false,
             frame: vec![0u8; MAX_FRAME],
+            rx_limiter,
+            tx_limiter,
+            rx_pending: None,
+            rx_frame: vec![0u8; MAX_FRAME],
+            rx_limited: false,
+            tx_limited: false,
             log: LogLimiter::new(),
             chain_log: LogLimiter::new(),
         })
@@ -156,7 +200,11 @@ impl Net {
             return;
         }
         let mut want = EventSet::empty();
-        if self.active.is_some() && !self.rx_waiting {
+        if self.active.is_some()
+            && !self.rx_waiting
+            && !self.rx_limited
+            && self.rx_pending.is_none()
+        {
             want |= EventSet::IN;
         }
         if self.active.is_some() && self.tx_blocked {
@@ -194,7 +242,11 @@ impl Net {
                     continue;
                 }
             };
-            let n = match self.backend.read_frame(&mut self.frame) {
+            let read = match self.rx_pending.take() {
+                Some(n) => Ok(n),
+                None => self.backend.read_frame(&mut self.rx_frame),
+            };
+            let n = match read {
                 Ok(n) => n,
                 Err(e) => {
                     active.unpop_chain(RX);
@@ -210,6 +262,16 @@ impl Net {
                     break;
                 }
             };
+            if !self
+                .rx_limiter
+                .consume(n.saturating_sub(VNET_HDR_LEN) as u64)
+            {
+                // Held until the receive limiter's timer: the frame waits in `rx_frame`.
+                self.rx_pending = Some(n);
+                self.rx_limited = true;
+                active.unpop_chain(RX);
+                break;
+            }
             if n < VNET_HDR_LEN || n as u64 > writable.len() {
                 // Keep the buffer for the next frame.
                 active.unpop_chain(RX);
@@ -222,8 +284,8 @@ impl Net {
                 }
                 continue;
             }
-            self.frame[NUM_BUFFERS..NUM_BUFFERS + 2].copy_from_slice(&1u16.to_le_bytes());
-            let len = match writable.write(&active.mem, &self.frame[..n]) {
+            self.rx_frame[NUM_BUFFERS..NUM_BUFFERS + 2].copy_from_slice(&1u16.to_le_bytes());
+            let len = match writable.write(&active.mem, &self.rx_frame[..n]) {
                 Ok(len) => len as u32,
                 Err(e) => {
                     if self.log.allow() {
@@ -243,12 +305,18 @@ impl Net {
         let Some(active) = self.active.as_mut() else {
             return false;
         };
-        if self.tx_blocked {
+        if self.tx_blocked || self.tx_limited {
             return false;
         }
         let mut blocked = false;
+        let mut limited = false;
         let budget_spent = active.drain_queue(TX, &self.name, &mut self.chain_log, |mem, chain| {
             match gather(mem, chain, &mut self.frame) {
+                Ok(n) if !self.tx_limiter.consume(n.saturating_sub(VNET_HDR_LEN) as u64) => {
+                    // Sent when the transmit limiter's timer says the tokens are there.
+                    limited = true;
+                    return Completion::Later;
+                }
                 Ok(n) => match self.backend.write_frame(&self.frame[..n]) {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -280,6 +348,7 @@ impl Net {
             Completion::Used(0)
         });
         self.tx_blocked = blocked;
+        self.tx_limited = limited;
         budget_spent
     }
 }
@@ -360,6 +429,25 @@ impl VirtioDevice for Net {
     fn process_backend(&mut self) {
         let mut events = [EpollEvent::default(); 1];
         for event in self.epoll.ready(&mut events) {
+            match event.data() {
+                RX_TIMER => {
+                    if self.rx_limiter.expired() {
+                        self.rx_limited = false;
+                        self.receive();
+                    }
+                    continue;
+                }
+                TX_TIMER => {
+                    if self.tx_limiter.expired() {
+                        self.tx_limited = false;
+                        if self.transmit() {
+                            self.tx_limiter.wake_soon();
+                        }
+                    }
+                    continue;
+                }
+                _ => {}
+            }
             let set = event.event_set();
             if set.intersects(EventSet::ERROR | EventSet::HANG_UP) {
                 error!("{}: the backend failed; the network is gone", self.name);

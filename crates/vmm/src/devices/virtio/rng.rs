@@ -39,14 +39,21 @@ pub struct Rng {
     active: Option<Active>,
     log: LogLimiter,
     chain_log: LogLimiter,
+    /// `rate_limiter` (entropy): a request the buckets cannot take waits on the queue.
+    limiter: super::rate_limiter::RateLimiter,
 }
 
 impl Rng {
     pub fn new() -> Self {
+        Self::with_limit(Default::default())
+    }
+
+    pub fn with_limit(limit: super::RateLimit) -> Self {
         Self {
             active: None,
             log: LogLimiter::new(),
             chain_log: LogLimiter::new(),
+            limiter: super::rate_limiter::RateLimiter::new(limit),
         }
     }
 }
@@ -59,7 +66,16 @@ impl Default for Rng {
 
 /// Answer one request: random bytes in every writable buffer, up to [`MAX_REQUEST`]. A request
 /// with a device-readable buffer or one outside guest RAM gets nothing (used length 0).
-fn handle(log: &mut LogLimiter, mem: &GuestMem, chain: &Chain) -> Completion {
+fn handle(
+    log: &mut LogLimiter,
+    limiter: &mut super::rate_limiter::RateLimiter,
+    mem: &GuestMem,
+    chain: &Chain,
+) -> Completion {
+    let asked = chain.total_len().min(MAX_REQUEST as u64);
+    if !limiter.consume(asked) {
+        return Completion::Later;
+    }
     let result = chain
         .writable_only(mem, 0)
         .map_err(|e| e.to_string())
@@ -117,9 +133,21 @@ impl VirtioDevice for Rng {
             return false;
         };
         let log = &mut self.log;
+        let limiter = &mut self.limiter;
         active.drain_queue(index, "virtio-rng", &mut self.chain_log, |mem, chain| {
-            handle(log, mem, chain)
+            handle(log, limiter, mem, chain)
         })
+    }
+
+    fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.limiter.fd()
+    }
+
+    /// The rate limiter's timer: the tokens a waiting request needs are there.
+    fn process_backend(&mut self) {
+        if self.limiter.expired() && self.process_queue(0) {
+            self.limiter.wake_soon();
+        }
     }
 }
 

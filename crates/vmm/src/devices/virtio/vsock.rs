@@ -94,8 +94,6 @@ const TIMEOUTS: Timeouts = Timeouts {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("vsock guest CID {0} is reserved: use 3 or more (and less than 4294967295)")]
-    Cid(u32),
     #[error("vsock socket {} already exists (remove it if no VM uses it)", .0.display())]
     Exists(PathBuf),
     #[error("cannot listen on vsock socket {}", .path.display())]
@@ -185,10 +183,14 @@ fn port_path(socket: &Path, port: u32) -> PathBuf {
 }
 
 impl Vsock {
-    /// A device for guest CID `cid`, listening for host programs on `socket`.
+    /// A device for guest CID `cid`, listening for host programs on `socket`. A reserved CID
+    /// (0, 1, 2, 4294967295) is taken as Firecracker takes it (firecracker-containerd sends 0);
+    /// host programs reach the guest through `socket` whatever the CID is.
     pub fn new(cid: u32, socket: &Path) -> Result<Self, Error> {
         if cid < 3 || cid == u32::MAX {
-            return Err(Error::Cid(cid));
+            log::warn!(
+                "vsock guest CID {cid} is reserved by the virtio spec; taken as Firecracker takes it (the guest may refuse it)"
+            );
         }
         if socket.symlink_metadata().is_ok() {
             return Err(Error::Exists(socket.to_path_buf()));

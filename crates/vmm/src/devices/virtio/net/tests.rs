@@ -621,3 +621,79 @@ fn event_idx_a_failing_backend_read_waits_for_the_next_posted_buffer() {
     assert!(kicked);
     assert!(!g.needs_reset());
 }
+
+fn setup_limited(rx: super::super::RateLimit, tx: super::super::RateLimit) -> Setup {
+    let (dev, host) = UnixDatagram::pair().unwrap();
+    dev.set_nonblocking(true).unwrap();
+    host.set_nonblocking(true).unwrap();
+    let offload = Arc::new(AtomicU32::new(u32::MAX));
+    let fake = Fake {
+        sock: dev,
+        offload: offload.clone(),
+    };
+    let net = Net::with_limits(Box::new(fake), MAC, rx, tx).unwrap();
+    let mut g = Guest::new(Arc::new(Mutex::new(net)));
+    g.start(QSIZE);
+    Setup { g, host, offload }
+}
+
+fn two_ops_per_50_ms() -> super::super::RateLimit {
+    super::super::RateLimit {
+        bandwidth: None,
+        ops: Some(super::super::Bucket {
+            size: 2,
+            one_time_burst: 0,
+            refill_time_ms: 50,
+        }),
+    }
+}
+
+/// Run the event loop until `done` or a second passes.
+fn run_until(g: &mut Guest, done: impl Fn(&Guest) -> bool) {
+    let t = std::time::Instant::now();
+    while !done(g) && t.elapsed() < std::time::Duration::from_secs(1) {
+        g.run_events();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+#[test]
+fn the_transmit_limiter_holds_frames_until_its_tokens_come() {
+    let Setup { mut g, host, .. } = setup_limited(Default::default(), two_ops_per_50_ms());
+    for tag in 0..4u8 {
+        let f = [&header(0, 0)[..], &frame(100, MAC, tag)[..]].concat();
+        let a = g.buf(&f);
+        g.push(1, &[Desc::r(a, f.len() as u32)]);
+    }
+    let start = std::time::Instant::now();
+    g.kick(1);
+    assert_eq!(g.used_idx(1), 2, "two tokens: two frames");
+    run_until(&mut g, |g| g.used_idx(1) == 4);
+    assert_eq!(g.used_idx(1), 4);
+    assert!(start.elapsed() >= std::time::Duration::from_millis(40));
+    for _ in 0..4 {
+        assert!(host_recv(&host).is_some());
+    }
+}
+
+#[test]
+fn the_receive_limiter_holds_a_frame_and_delivers_it_later_in_order() {
+    let Setup { mut g, host, .. } = setup_limited(two_ops_per_50_ms(), Default::default());
+    let bufs: Vec<(u64, u16)> = (0..3).map(|_| post_rx(&mut g, 1526)).collect();
+    g.kick(0);
+    let hdr = header(0, 0);
+    for tag in 0..3u8 {
+        host.send(&[&hdr[..], &frame(200, [2, 0, 0, 0, 0, 9], tag)[..]].concat())
+            .unwrap();
+    }
+    g.run_events();
+    assert_eq!(g.used_idx(0), 2, "two tokens: two frames");
+    run_until(&mut g, |g| g.used_idx(0) == 3);
+    assert_eq!(g.used_idx(0), 3);
+    // The held frame is the third one, intact.
+    let (buf, _) = bufs[2];
+    assert_eq!(
+        g.bytes(buf, 212),
+        received(hdr, &frame(200, [2, 0, 0, 0, 0, 9], 2))
+    );
+}
