@@ -37,6 +37,9 @@ pub struct RestoreArgs {
     /// Print the start-up timeline at the end.
     #[arg(long)]
     pub timeline: bool,
+    /// System-call filters, as for `kite run`.
+    #[arg(long, value_name = "MODE", value_enum, default_value = "on")]
+    pub seccomp: crate::cli::Seccomp,
 }
 
 #[derive(Args, Debug)]
@@ -78,14 +81,16 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> i32 {
     let mem = args.dir.join(MEMORY_FILE);
     let vmm =
         match kite_vmm::vmm::Vmm::restore(&state, &mem, &overrides, !args.paused, process_start) {
-            Ok(v) => v.with_timeout(args.timeout.map(Duration::from_secs)),
+            Ok(v) => v
+                .with_timeout(args.timeout.map(Duration::from_secs))
+                .with_seccomp(args.seccomp.into()),
             Err(e) => return fail(&kite_vmm::error_chain(&e)),
         };
     let mut vmm = vmm;
     let mut socket = None;
     if let Some(path) = &args.api_sock {
         use kite_vmm::api::{running::RunningApi, server};
-        let mode = kite_vmm::seccomp::Mode::On;
+        let mode = args.seccomp.into();
         let filter = match kite_vmm::seccomp::Filter::new(kite_vmm::seccomp::ThreadKind::Api, mode)
         {
             Ok(f) => f,

@@ -181,32 +181,55 @@ fn disk_writes_go_on_after_restore_and_the_disk_has_what_the_guest_wrote() {
     let Some(kernel) = ready(test) else { return };
     let dir = snap_dir(test);
     let disk = dir.join("disk.img");
-    std::fs::File::create(&disk)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
-    let vm = ApiVm::start(
-        test,
-        &[
-            "--no-acpi",
-            "--kernel",
-            path_str(&kernel),
-            "--memory",
-            "64M",
-            "--disk",
-            path_str(&disk),
-            "--cmdline",
-            "kite_test=virtio-blk kite_blk_req=4096 kite_blk_depth=4 kite_seed=9",
-        ],
-    );
-    // The check writes 16 MiB in 4 KiB requests, then reads it back: a few seconds here.
-    std::thread::sleep(Duration::from_millis(700));
-    let (state, mem) = create(&vm, &dir);
-    assert!(
-        !vm.stdout().contains("KITE-TEST"),
-        "finished before the snapshot"
-    );
-    drop(vm);
+    // The check writes 64 MiB in 4 KiB requests, then reads it back: under a second to a few
+    // seconds, with the host's load. Pause sooner after each start until the snapshot falls
+    // inside the scenario.
+    let mut snapshot = None;
+    for delay in [300, 150, 60, 20, 5] {
+        std::fs::File::create(&disk)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let vm = ApiVm::start(
+            &format!("{test}{delay}"),
+            &[
+                "--no-acpi",
+                "--kernel",
+                path_str(&kernel),
+                "--memory",
+                "128M",
+                "--disk",
+                path_str(&disk),
+                "--cmdline",
+                "kite_test=virtio-blk kite_blk_req=4096 kite_blk_depth=4 kite_seed=9",
+            ],
+        );
+        std::thread::sleep(Duration::from_millis(delay));
+        if !matches!(
+            try_call(&vm.sock, "PATCH", "/vm", Some(PAUSE)),
+            Ok((204, _))
+        ) {
+            eprintln!("{delay} ms: the scenario ended before the pause; again");
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        if vm.stdout().contains("KITE-TEST") {
+            eprintln!("{delay} ms: the scenario ended before the pause; again");
+            continue;
+        }
+        let (state, mem) = (dir.join("vmstate"), dir.join("memory"));
+        let body = format!(
+            r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+            state.display(),
+            mem.display()
+        );
+        vm.ok("PUT", "/snapshot/create", &body);
+        snapshot = Some((state, mem));
+        break;
+    }
+    let Some((state, mem)) = snapshot else {
+        panic!("the virtio-blk scenario ended before every one of 5 snapshots");
+    };
     let mut restored = load(test, &state, &mem);
     assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
     let out = restored.stdout();

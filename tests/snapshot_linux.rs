@@ -91,3 +91,8 @@ fn shell_restored(test: &str, cpus: &str) {
     assert!(g.err().contains("guest halted"), "{}", g.err());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn linux_with_two_vcpus_restored_at_its_shell_runs_a_command() {
+    shell_restored("snap_linux_shell2", "2");
+}

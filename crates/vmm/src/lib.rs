@@ -16,6 +16,7 @@ pub mod harness {
     pub use crate::devices::virtio::harness::*;
 }
 pub mod logging;
+mod machine;
 pub mod memory;
 pub mod seccomp;
 pub mod signals;
