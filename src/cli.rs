@@ -95,7 +95,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "TEXT")]
     pub cmdline: Option<String>,
     /// A raw disk image as the next virtio-blk device (/dev/vda, /dev/vdb, ...); repeatable.
-    #[arg(long = "disk", value_name = "PATH[,readonly]")]
+    #[arg(long = "disk", value_name = "PATH[,readonly][,io=uring]")]
     pub disks: Vec<String>,
     /// A virtio-net device on host tap NAME (created if missing and Kite may); repeatable.
     /// Without mac=, a random locally administered MAC.

@@ -32,11 +32,14 @@ pub enum Need {
     Nightly,
     /// A cgroup v2 hierarchy at /sys/fs/cgroup with the pids controller (the jailer's cgroups).
     Cgroup,
+    /// io_uring that this process may set up (Linux 5.6+, not disabled by sysctl or a
+    /// container's seccomp profile): the virtio-blk Async engine.
+    IoUring,
 }
 
 impl Need {
     /// Every need, in the order `scripts/test.sh` lists them.
-    pub const ALL: [Need; 10] = [
+    pub const ALL: [Need; 11] = [
         Need::Kvm,
         Need::Root,
         Need::Tap,
@@ -47,6 +50,7 @@ impl Need {
         Need::Nobody,
         Need::Nightly,
         Need::Cgroup,
+        Need::IoUring,
     ];
 
     /// The name a machine declares in `KITE_MACHINE_HAS` and the skip log shows.
@@ -62,6 +66,7 @@ impl Need {
             Need::Nobody => "nobody",
             Need::Nightly => "nightly",
             Need::Cgroup => "cgroup",
+            Need::IoUring => "io-uring",
         }
     }
 }

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use crate::devices::virtio::{DiskConfig, NetConfig, VsockConfig};
+pub use crate::devices::virtio::{DiskConfig, IoEngine, NetConfig, VsockConfig};
 
 /// Default kernel command line.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=1";
@@ -49,7 +49,7 @@ pub enum Error {
     MemoryAlign(String),
     #[error("invalid --cpus '{0}': use a whole number from 1 to 254")]
     CpusSyntax(String),
-    #[error("invalid --disk '{0}': use PATH or PATH,readonly")]
+    #[error("invalid --disk '{0}': use PATH[,readonly][,io=uring|io=sync]")]
     DiskSyntax(String),
     #[error("invalid --net '{0}': use tap=NAME or tap=NAME,mac=02:00:00:00:00:01")]
     NetSyntax(String),
@@ -97,20 +97,29 @@ pub fn parse_cpus(text: &str) -> Result<u8, Error> {
     }
 }
 
-/// Parse `PATH[,readonly]`.
+/// Parse `PATH[,readonly][,io=uring|io=sync]` (the options in any order, each at most once).
 pub fn parse_disk(text: &str) -> Result<DiskConfig, Error> {
-    let (path, readonly) = match text.rsplit_once(',') {
-        Some((path, "readonly" | "ro")) => (path, true),
-        Some(_) => return Err(Error::DiskSyntax(text.to_string())),
-        None => (text, false),
-    };
+    let bad = || Error::DiskSyntax(text.to_string());
+    let mut path = text;
+    let mut readonly = None;
+    let mut io_engine = None;
+    while let Some((rest, option)) = path.rsplit_once(',') {
+        match option {
+            "readonly" | "ro" if readonly.is_none() => readonly = Some(true),
+            "io=uring" if io_engine.is_none() => io_engine = Some(IoEngine::Async),
+            "io=sync" if io_engine.is_none() => io_engine = Some(IoEngine::Sync),
+            _ => return Err(bad()),
+        }
+        path = rest;
+    }
     if path.is_empty() {
-        return Err(Error::DiskSyntax(text.to_string()));
+        return Err(bad());
     }
     Ok(DiskConfig {
         path: PathBuf::from(path),
-        readonly,
+        readonly: readonly.unwrap_or(false),
         rate_limit: Default::default(),
+        io_engine: io_engine.unwrap_or_default(),
     })
 }
 
@@ -301,6 +310,7 @@ mod tests {
                 path: "a.img".into(),
                 readonly: false,
                 rate_limit: Default::default(),
+                io_engine: IoEngine::Sync,
             })
         );
         assert_eq!(
@@ -309,10 +319,23 @@ mod tests {
                 path: "d/b.img".into(),
                 readonly: true,
                 rate_limit: Default::default(),
+                io_engine: IoEngine::Sync,
             })
+        );
+        for text in ["c.img,io=uring,readonly", "c.img,ro,io=uring"] {
+            let d = parse_disk(text).unwrap();
+            assert_eq!((d.path.to_str(), d.readonly), (Some("c.img"), true));
+            assert_eq!(d.io_engine, IoEngine::Async);
+        }
+        assert_eq!(
+            parse_disk("c.img,io=sync").unwrap().io_engine,
+            IoEngine::Sync
         );
         assert!(parse_disk("b.img,rw").is_err());
         assert!(parse_disk(",readonly").is_err());
+        assert!(parse_disk("b.img,io=aio").is_err());
+        assert!(parse_disk("b.img,io=uring,io=sync").is_err());
+        assert!(parse_disk("b.img,ro,readonly").is_err());
     }
 
     #[test]

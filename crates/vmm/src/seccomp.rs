@@ -297,6 +297,10 @@ pub const MAIN: &[Rule] = &[
     any(SYS_fdatasync),
     // block.rs: discard and write-zeroes requests (disk.rs fallocate).
     any(SYS_fallocate),
+    // block/uring.rs (`io_engine: "Async"`): submit requests and wait for them (the drain at
+    // pause, snapshot, PATCH /drives, shutdown). The ring was set up (io_uring_setup,
+    // io_uring_register of its eventfd) when the drive was attached, before the filters.
+    any(SYS_io_uring_enter),
     // rng.rs: virtio-rng's bytes.
     any(SYS_getrandom),
     // vsock.rs: a guest connects to host port P, a Unix stream socket (vsock/unix.rs).

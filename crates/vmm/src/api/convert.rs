@@ -111,6 +111,10 @@ pub fn disk(d: &Drive) -> Result<DiskConfig, Error> {
                 ops: u.ops.flatten(),
             }
         },
+        io_engine: match d.io_engine.as_deref() {
+            Some("Async") => crate::devices::virtio::IoEngine::Async,
+            _ => crate::devices::virtio::IoEngine::Sync,
+        },
     })
 }
 
@@ -123,7 +127,10 @@ pub fn drive_of(i: usize, d: &DiskConfig) -> Drive {
         is_read_only: d.readonly,
         partuuid: None,
         cache_type: None,
-        io_engine: None,
+        io_engine: match d.io_engine {
+            crate::devices::virtio::IoEngine::Sync => None,
+            crate::devices::virtio::IoEngine::Async => Some("Async".to_string()),
+        },
         rate_limiter: None,
         socket: None,
     }

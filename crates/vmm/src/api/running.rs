@@ -156,6 +156,9 @@ impl RunningApi {
                 let stopping = || vm.exit.reason().is_some();
                 match vm.pause.pause(vm.threads.len(), kick, stopping) {
                     Ok(()) => {
+                        // io_uring disks: the requests the guest sent before it stopped are
+                        // answered before the pause is reported.
+                        vm.disks.iter().for_each(|d| d.drain());
                         self.pauses += 1;
                         log::debug!("VM paused");
                         Response::no_content()
@@ -203,6 +206,9 @@ impl RunningApi {
                 let ids: Vec<String> = (self.config.network_interfaces.iter())
                     .map(|n| n.iface_id.clone())
                     .collect();
+                // No io_uring request may be in flight while memory and queues are saved (a
+                // rate limiter's timer may have started one since the pause).
+                vm.disks.iter().for_each(|d| d.drain());
                 match (vm.snapshot)(&state, &mem, &ids) {
                     Ok(r) => {
                         log::info!(

@@ -268,8 +268,8 @@ impl Drive {
         only(
             &field("io_engine"),
             &engine,
-            &[Value::from("Sync")],
-            "the Async (io_uring) engine",
+            &[Value::from("Sync"), Value::from("Async")],
+            "io engines other than Sync and Async",
         )?;
         only(&field("socket"), &self.socket, &[], "vhost-user drives")
     }
@@ -540,7 +540,7 @@ mod tests {
         assert_eq!(e.field, "balloon");
         assert!(e.to_string().contains("does not support"), "{e}");
         let d: Drive = serde_json::from_str(
-            r#"{"drive_id":"a","path_on_host":"p","is_root_device":false,"io_engine":"Async"}"#,
+            r#"{"drive_id":"a","path_on_host":"p","is_root_device":false,"io_engine":"Uring"}"#,
         )
         .unwrap();
         assert_eq!(d.check().unwrap_err().field, "drives[a].io_engine");

@@ -111,6 +111,8 @@ impl MachineState {
                     readonly: *readonly,
                     // Rate limiters are not in the snapshot (yet): a restored VM runs unlimited.
                     rate_limit: Default::default(),
+                    // Nor is the engine: a restored VM's disks use the sync engine.
+                    io_engine: Default::default(),
                 })
                 .collect(),
             nets: self

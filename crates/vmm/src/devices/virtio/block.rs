@@ -12,6 +12,7 @@
 //! every later flush fail, since the kernel may have dropped the data it could not write.
 
 use std::io::{Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 
 use log::warn;
 use virtio_bindings::virtio_blk::{
@@ -21,15 +22,23 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use vm_memory::{Address, Bytes};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vmm_sys_util::epoll::EventSet;
 
 use super::chain::{Buf, Bufs, Chain};
-use super::device::{Active, Completion, LogLimiter, VirtioDevice, read_config_bytes};
+use super::device::{Active, BackendSet, Completion, LogLimiter, VirtioDevice, read_config_bytes};
 use super::disk::{Disk, SECTOR_SIZE};
 use crate::memory::GuestMem;
 use error::{HostErrorLog, Op, RequestError, transfer_error};
 
 mod error;
+mod uring;
+
+use uring::{Done, Kind, Pending, Uring};
+
+/// Tokens of a uring device's backend set.
+const LIMITER: u64 = 0;
+const RING: u64 = 1;
 
 pub const QUEUE_SIZE: u16 = 256;
 /// Largest single data buffer the driver may use (bounds the work of one read or write call).
@@ -89,6 +98,8 @@ struct Requests {
     stats: std::sync::Arc<BlockStats>,
     /// `rate_limiter`: a request the buckets cannot take now waits on the queue.
     limiter: super::rate_limiter::RateLimiter,
+    /// `io_engine: "Async"`: reads, writes and flushes go through io_uring.
+    uring: Option<Uring>,
 }
 
 /// A virtio-blk device.
@@ -101,6 +112,8 @@ pub struct Block {
     name: String,
     /// For chains that put the device into the needs-reset state.
     chain_log: LogLimiter,
+    /// With io_uring: the rate limiter's timer and the ring's eventfd, watched together.
+    backend: Option<BackendSet>,
 }
 
 fn put(config: &mut [u8], offset: usize, bytes: &[u8]) {
@@ -142,17 +155,97 @@ impl Block {
                 failed_sync: None,
                 stats: Default::default(),
                 limiter: super::rate_limiter::RateLimiter::new(Default::default()),
+                uring: None,
             },
             features,
             config,
             active: None,
             chain_log: LogLimiter::new(),
+            backend: None,
+        }
+    }
+
+    /// A device whose reads, writes and flushes go through an io_uring of its own
+    /// (`io_engine: "Async"`). Fails where the host gives no io_uring (an old kernel, a
+    /// container's seccomp profile).
+    pub fn with_uring(disk: Disk) -> std::io::Result<Self> {
+        let mut block = Self::new(disk);
+        let ring = Uring::new(u32::from(QUEUE_SIZE))?;
+        let backend = BackendSet::new()?;
+        backend.add(ring.event_fd(), EventSet::IN, RING)?;
+        if let Some(fd) = block.requests.limiter.fd() {
+            backend.add(fd, EventSet::IN, LIMITER)?;
+        }
+        block.requests.uring = Some(ring);
+        block.backend = Some(backend);
+        Ok(block)
+    }
+
+    /// Requests the kernel is still working on (io_uring only).
+    pub fn in_flight(&self) -> usize {
+        self.requests.uring.as_ref().map_or(0, Uring::in_flight)
+    }
+
+    /// Wait for every request in flight and answer it on the used ring (io_uring only; the
+    /// sync engine never leaves one). Pause, snapshot, `PATCH /drives` and shutdown call it.
+    pub fn drain(&mut self) {
+        let Some(ring) = self.requests.uring.as_mut() else {
+            return;
+        };
+        match ring.drain() {
+            Ok(done) => self.complete(done),
+            Err(e) => log::error!(
+                "{}: cannot wait for the io_uring requests in flight: {e}",
+                self.name
+            ),
+        }
+    }
+
+    /// Answer completed io_uring requests: status byte, used ring, one interrupt.
+    fn complete(&mut self, done: Vec<Done>) {
+        if done.is_empty() {
+            return;
+        }
+        for d in done {
+            let head = d.pending.head;
+            let status_addr = d.pending.status;
+            let orphan = d.pending.orphan;
+            let result = self.requests.finish(&d);
+            let (status, written) = self.requests.answer(result);
+            let Some(active) = self.active.as_mut().filter(|_| !orphan) else {
+                // Taken before a reset: the driver no longer waits for it.
+                continue;
+            };
+            match active.mem.write_obj(status, status_addr) {
+                Ok(()) => active.add_used(
+                    0,
+                    head,
+                    written.saturating_add(1),
+                    &self.name,
+                    &mut self.chain_log,
+                ),
+                Err(e) => log::warn!("{}: cannot write request status: {e}", self.name),
+            }
+        }
+        if let Some(active) = self.active.as_mut() {
+            active.notify_used(0);
+        }
+    }
+
+    /// Hand what `process_queue` queued to the kernel.
+    fn submit(&mut self) {
+        if let Some(ring) = self.requests.uring.as_mut()
+            && let Err(e) = ring.submit()
+            && self.requests.log.allow()
+        {
+            warn!("{}: io_uring submission failed: {e}", self.name);
         }
     }
 
     /// Make everything the guest wrote durable (at the end of the run), and log the host I/O
     /// errors that were counted but not logged.
     pub fn sync(&mut self) -> std::io::Result<()> {
+        self.drain();
         self.requests.host_log.finish(&self.name);
         self.requests.disk.sync()
     }
@@ -174,6 +267,8 @@ impl Block {
     /// the configuration space, and a failed write or flush of the old file is forgotten. The
     /// caller raises the configuration change interrupt. Returns the old disk.
     pub fn replace_disk(&mut self, disk: Disk) -> Disk {
+        // No request may still name the old file.
+        self.drain();
         put(&mut self.config, 0, &disk.sectors.to_le_bytes());
         self.requests.failed_write = None;
         self.requests.failed_sync = None;
@@ -230,10 +325,26 @@ impl Requests {
             return Completion::Later;
         }
         self.stats.requests.fetch_add(1, Relaxed);
-        let (status, written) = match self.execute(mem, chain) {
+        let result = match self.execute(mem, chain, status_addr) {
+            Ok(None) => return Completion::Pending,
+            Ok(Some(written)) => Ok(written),
+            Err(e) => Err(e),
+        };
+        let (status, written) = self.answer(result);
+        match mem.write_obj(status, status_addr) {
+            Ok(()) => Completion::Used(written.saturating_add(1)),
+            Err(e) => Completion::Fatal(format!("cannot write request status: {e}")),
+        }
+    }
+
+    /// The status byte and data length of a request's answer; counts and logs a failure.
+    fn answer(&mut self, result: Result<u32, RequestError>) -> (u8, u32) {
+        match result {
             Ok(written) => (VIRTIO_BLK_S_OK as u8, written),
             Err(e) => {
-                self.stats.errors.fetch_add(1, Relaxed);
+                self.stats
+                    .errors
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if e.is_host() {
                     self.host_log.report(&name(&self.disk), &e);
                 } else if self.log.allow() {
@@ -241,15 +352,95 @@ impl Requests {
                 }
                 (e.status(), 0)
             }
-        };
-        match mem.write_obj(status, status_addr) {
-            Ok(()) => Completion::Used(written.saturating_add(1)),
-            Err(e) => Completion::Fatal(format!("cannot write request status: {e}")),
         }
     }
 
-    /// Carry out a request; returns how many data bytes went to the driver.
-    fn execute(&mut self, mem: &GuestMem, chain: &Chain) -> Result<u32, RequestError> {
+    /// What a completed io_uring request means, as the sync engine would have found it.
+    fn finish(&mut self, done: &Done) -> Result<u32, RequestError> {
+        let p = &done.pending;
+        let outcome = done.outcome();
+        match p.kind {
+            Kind::Read => match outcome {
+                Ok(()) => Ok(u32::try_from(p.bytes).unwrap_or(u32::MAX)),
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    Err(RequestError::ImageShrunk {
+                        sector: p.sector,
+                        capacity: self.disk.sectors,
+                    })
+                }
+                Err(source) => Err(RequestError::Host {
+                    op: Op::Read,
+                    sector: p.sector,
+                    bytes: p.bytes,
+                    source,
+                }),
+            },
+            Kind::Write => outcome
+                .map(|()| 0)
+                .map_err(|source| RequestError::Host {
+                    op: Op::Write,
+                    sector: p.sector,
+                    bytes: p.bytes,
+                    source,
+                })
+                .inspect_err(|e| self.note_failed_write(Op::Write, e)),
+            Kind::Flush => {
+                if let Err(e) = outcome {
+                    self.failed_sync = Some(e.to_string());
+                    return Err(RequestError::Sync(e));
+                }
+                match self.failed_write.take() {
+                    Some((op, error)) => Err(RequestError::EarlierWrite { op, error }),
+                    None => Ok(0),
+                }
+            }
+        }
+    }
+
+    /// Queue a read, write or flush on the io_uring, straight from and into the guest's
+    /// buffers; its completion answers the chain.
+    #[allow(clippy::too_many_arguments)]
+    fn submit_async(
+        &mut self,
+        mem: &GuestMem,
+        kind: Kind,
+        bufs: &Bufs,
+        offset: u64,
+        sector: u64,
+        head: u16,
+        status: GuestAddress,
+    ) -> Result<(), RequestError> {
+        let mut pending = Pending::new(head, status, kind, sector);
+        for buf in bufs.iter() {
+            let slice = mem.get_slice(buf.addr, buf.len as usize)?;
+            pending.push_buffer(slice.ptr_guard_mut().as_ptr(), slice.len());
+        }
+        let bytes = pending.bytes;
+        let fd = self.disk.file.as_raw_fd();
+        let Some(ring) = self.uring.as_mut() else {
+            return Ok(());
+        };
+        ring.push(fd, offset, pending)
+            .map_err(|source| RequestError::Host {
+                op: if kind == Kind::Read {
+                    Op::Read
+                } else {
+                    Op::Write
+                },
+                sector,
+                bytes,
+                source,
+            })
+    }
+
+    /// Carry out a request; returns how many data bytes went to the driver, or `None` if it
+    /// went to the io_uring (its completion answers it).
+    fn execute(
+        &mut self,
+        mem: &GuestMem,
+        chain: &Chain,
+        status_addr: GuestAddress,
+    ) -> Result<Option<u32>, RequestError> {
         let (readable, writable) = chain.split(mem)?;
         // The status byte is the last writable byte; what precedes it is data for the driver.
         let (data_in, _status) = writable
@@ -283,6 +474,19 @@ impl Requests {
             VIRTIO_BLK_T_IN => {
                 expect(false, true)?;
                 let offset = self.data_range(sector, data_in.len())?;
+                if self.uring.is_some() {
+                    let head = chain.head();
+                    self.submit_async(
+                        mem,
+                        Kind::Read,
+                        &data_in,
+                        offset,
+                        sector,
+                        head,
+                        status_addr,
+                    )?;
+                    return Ok(None);
+                }
                 let bytes = data_in.len();
                 self.seek(offset, Op::Read, sector, bytes)?;
                 let mut at = sector;
@@ -291,7 +495,7 @@ impl Requests {
                     at += u64::from(buf.len) / SECTOR_SIZE;
                 }
                 // The data is at most the chain's length, which the queue crate caps at u32.
-                Ok(u32::try_from(data_in.len()).unwrap_or(u32::MAX))
+                Ok(Some(u32::try_from(data_in.len()).unwrap_or(u32::MAX)))
             }
             VIRTIO_BLK_T_OUT => {
                 if self.disk.readonly {
@@ -299,6 +503,20 @@ impl Requests {
                 }
                 expect(true, false)?;
                 let offset = self.data_range(sector, data_out.len())?;
+                if self.uring.is_some() {
+                    let head = chain.head();
+                    self.submit_async(
+                        mem,
+                        Kind::Write,
+                        &data_out,
+                        offset,
+                        sector,
+                        head,
+                        status_addr,
+                    )
+                    .inspect_err(|e| self.note_failed_write(Op::Write, e))?;
+                    return Ok(None);
+                }
                 let bytes = data_out.len();
                 self.seek(offset, Op::Write, sector, bytes)
                     .and_then(|()| {
@@ -317,12 +535,22 @@ impl Requests {
                         Ok(())
                     })
                     .inspect_err(|e| self.note_failed_write(Op::Write, e))?;
-                Ok(0)
+                Ok(Some(0))
             }
             VIRTIO_BLK_T_FLUSH => {
                 expect(false, false)?;
+                if self.uring.is_some() {
+                    if let Some(why) = &self.failed_sync {
+                        return Err(RequestError::SyncFailedBefore(why.clone()));
+                    }
+                    // IOSQE_IO_DRAIN: after every write submitted before it.
+                    let none = Bufs::default();
+                    let head = chain.head();
+                    self.submit_async(mem, Kind::Flush, &none, 0, 0, head, status_addr)?;
+                    return Ok(None);
+                }
                 self.flush()?;
-                Ok(0)
+                Ok(Some(0))
             }
             VIRTIO_BLK_T_GET_ID => {
                 expect(false, true)?;
@@ -334,7 +562,7 @@ impl Requests {
                     });
                 }
                 let n = data_in.write(mem, &self.disk.id)?;
-                Ok(n as u32)
+                Ok(Some(n as u32))
             }
             VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
                 let discard = kind == VIRTIO_BLK_T_DISCARD;
@@ -366,7 +594,7 @@ impl Requests {
                         })
                         .inspect_err(|e| self.note_failed_write(op, e))?;
                 }
-                Ok(0)
+                Ok(Some(0))
             }
             _ => Err(RequestError::Unsupported(kind)),
         }
@@ -511,18 +739,41 @@ impl VirtioDevice for Block {
     }
 
     fn reset(&mut self) {
-        // Called on a vCPU thread: no I/O here. Requests already taken from the queue were
-        // completed before we got the lock; the disk is synced at shutdown and on drop.
+        // Called on a vCPU thread: no I/O here. Requests the sync engine took from the queue
+        // were completed before we got the lock; the io_uring's are left to complete, but no
+        // longer answered. The disk is synced at shutdown and on drop.
+        if let Some(ring) = self.requests.uring.as_mut() {
+            ring.orphan_all();
+        }
         self.active = None;
     }
 
     fn backend_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.requests.limiter.fd()
+        match &self.backend {
+            Some(set) => Some(set.as_raw_fd()),
+            None => self.requests.limiter.fd(),
+        }
     }
 
-    /// The rate limiter's timer: the tokens a waiting request needs are there.
+    /// The rate limiter's timer (the tokens a waiting request needs are there) or, with
+    /// io_uring, completions.
     fn process_backend(&mut self) {
-        if self.requests.limiter.expired() && self.process_queue(0) {
+        let mut timer = self.backend.is_none();
+        if let Some(set) = &self.backend {
+            let mut events = [vmm_sys_util::epoll::EpollEvent::default(); 2];
+            let mut ring = false;
+            for event in set.ready(&mut events) {
+                match event.data() {
+                    LIMITER => timer = true,
+                    _ => ring = true,
+                }
+            }
+            if ring && let Some(uring) = self.requests.uring.as_mut() {
+                let done = uring.reap();
+                self.complete(done);
+            }
+        }
+        if timer && self.requests.limiter.expired() && self.process_queue(0) {
             // Spent its budget with work left: come back after the other devices.
             self.requests.limiter.wake_soon();
         }
@@ -533,9 +784,18 @@ impl VirtioDevice for Block {
             return false;
         };
         let requests = &mut self.requests;
-        active.drain_queue(index, &self.name, &mut self.chain_log, |mem, chain| {
+        let more = active.drain_queue(index, &self.name, &mut self.chain_log, |mem, chain| {
             requests.handle(mem, chain)
-        })
+        });
+        self.submit();
+        more
+    }
+}
+
+impl Drop for Block {
+    /// The kernel may still be writing into guest memory: wait for it.
+    fn drop(&mut self) {
+        self.drain();
     }
 }
 
@@ -543,3 +803,5 @@ impl VirtioDevice for Block {
 mod fault_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod uring_tests;

@@ -219,6 +219,9 @@ pub enum Completion {
     /// The device cannot take the chain now (its backend is full): leave it on the ring, as if
     /// it had not been taken, and stop; the device comes back when it can.
     Later,
+    /// The device took the chain and answers it later (an asynchronous backend): its
+    /// completion puts it on the used ring, in whatever order the backend finishes.
+    Pending,
 }
 
 impl Active {
@@ -308,6 +311,7 @@ impl Active {
                     self.unpop_chain(index);
                     break;
                 }
+                Completion::Pending => {}
             }
         }
         self.notify_used(index);

@@ -63,6 +63,7 @@ fn attach_wires_a_device_into_kvm_the_bus_the_event_loop_and_the_cmdline() {
         path: image.as_path().to_path_buf(),
         readonly: false,
         rate_limit: Default::default(),
+        io_engine: Default::default(),
     };
     let block = attach_block(&mut ctx, &disk).unwrap();
     let rng = attach_rng(&mut ctx, Default::default()).unwrap();
