@@ -479,3 +479,70 @@ fn virtio_rng_with_event_idx() {
         }
     }
 }
+
+// ---- The io_uring engine (`--disk PATH,io=uring`, `io_engine: "Async"`).
+
+/// `--disk` for an io_uring disk at `img`, or `None` (the test skips, saying why) where this
+/// host refuses io_uring.
+fn uring_disk(test: &str, img: &Path) -> Option<String> {
+    if let Err(e) = kite_vmm::devices::virtio::io_uring_probe() {
+        skip(
+            test,
+            Need::IoUring,
+            &format!("this host refuses io_uring: {e}"),
+        );
+        return None;
+    }
+    Some(format!("{},io=uring", path_str(img)))
+}
+
+#[test]
+fn virtio_blk_pattern_on_an_io_uring_disk() {
+    const TEST: &str = "virtio_blk_pattern_on_an_io_uring_disk";
+    let img = image(TEST, 8 << 20);
+    let Some(disk) = uring_disk(TEST, &img) else {
+        return;
+    };
+    let Some(r) = scenario(TEST, "virtio-blk", &["--disk", &disk], "kite_seed=23") else {
+        return;
+    };
+    r.expect_ok();
+    assert_eq!(r.num("sectors"), 16384, "{}", r.result);
+    assert_eq!(r.get("flushed"), "1", "{}", r.result);
+    assert_eq!(r.get("wait"), "irq", "{}", r.result);
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(data.len(), 8 << 20);
+    if let Some(e) = pattern_mismatch(23, 0, &data) {
+        panic!("{e}");
+    }
+}
+
+/// 32 requests on the queue at once, completed in whatever order the kernel finishes them,
+/// with EVENT_IDX, on part of the disk: the pattern lands where it should and nowhere else.
+#[test]
+fn virtio_blk_io_uring_depth_32_with_event_idx() {
+    const TEST: &str = "virtio_blk_io_uring_depth_32_with_event_idx";
+    let img = image(TEST, 8 << 20);
+    let Some(disk) = uring_disk(TEST, &img) else {
+        return;
+    };
+    let words = "kite_seed=31 kite_blk_mib=6 kite_blk_req=12K kite_blk_depth=32 \
+                 kite_virtio_wait=irq kite_virtio_event_idx=1";
+    let Some(r) = scenario(TEST, "virtio-blk", &["--disk", &disk], words) else {
+        return;
+    };
+    r.expect_ok();
+    assert_eq!(r.get("event_idx"), "1", "{}", r.result);
+    assert_eq!(r.num("depth"), 32, "{}", r.result);
+    assert_eq!(r.num("sectors"), 6 * 2048, "{}", r.result);
+    assert_eq!(r.get("flushed"), "1", "{}", r.result);
+    let data = std::fs::read(&img).unwrap();
+    let (written, rest) = data.split_at(6 << 20);
+    if let Some(e) = pattern_mismatch(31, 0, written) {
+        panic!("{e}");
+    }
+    assert!(
+        rest.iter().all(|&b| b == 0),
+        "the guest wrote past kite_blk_mib=6"
+    );
+}

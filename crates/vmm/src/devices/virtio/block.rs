@@ -708,6 +708,11 @@ impl Requests {
     }
 }
 
+/// Set up (and drop) a small ring: whether this host allows io_uring.
+pub(crate) fn probe_uring() -> std::io::Result<()> {
+    Uring::new(1).map(drop)
+}
+
 /// How a disk is named in log lines.
 fn name(disk: &Disk) -> String {
     format!("virtio-blk {}", disk.path.display())

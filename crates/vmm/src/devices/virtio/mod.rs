@@ -319,6 +319,11 @@ impl BlockHandle {
     }
 }
 
+/// Whether this host lets Kite set up an io_uring (`io_engine: "Async"`), and if not why.
+pub fn io_uring_probe() -> std::io::Result<()> {
+    block::probe_uring()
+}
+
 /// Open `disk` (locked against other writers) and attach it as a virtio-blk device.
 pub fn attach_block(ctx: &mut VirtioContext<'_>, disk: &DiskConfig) -> Result<BlockHandle, Error> {
     let image = disk::Disk::open(&disk.path, disk.readonly)?;
