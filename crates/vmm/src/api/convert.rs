@@ -358,6 +358,23 @@ mod tests {
     }
 
     #[test]
+    fn io_engine_picks_the_drive_engine_and_round_trips() {
+        use crate::devices::virtio::IoEngine;
+        let v = parse(
+            r#"{"boot-source":{"kernel_image_path":"k"},
+                "drives":[{"drive_id":"a","path_on_host":"a.img","is_root_device":false,"io_engine":"Async"},
+                          {"drive_id":"s","path_on_host":"s.img","is_root_device":false,"io_engine":"Sync"},
+                          {"drive_id":"n","path_on_host":"n.img","is_root_device":false}]}"#,
+        )
+        .unwrap();
+        let engines: Vec<_> = v.disks.iter().map(|d| d.io_engine).collect();
+        assert_eq!(engines, [IoEngine::Async, IoEngine::Sync, IoEngine::Sync]);
+        let back = disk(&drive_of(0, &v.disks[0])).unwrap();
+        assert_eq!(back.io_engine, IoEngine::Async);
+        assert_eq!(drive_of(1, &v.disks[1]).io_engine, None);
+    }
+
+    #[test]
     fn bad_values_are_one_line_errors() {
         let cases = [
             (r#"{}"#, "no kernel"),

@@ -262,3 +262,15 @@ fn a_read_past_the_image_end_is_an_io_error() {
     assert_eq!(g.bytes(status, 1)[0], super::tests::IOERR);
     assert_eq!(block.lock().unwrap().stats().snapshot()[2], ("errors", 1));
 }
+
+#[test]
+fn a_host_without_io_uring_gets_one_line_naming_the_drive() {
+    let e = crate::devices::virtio::Error::NoUring {
+        path: "/vm/data.img".into(),
+        source: std::io::Error::from_raw_os_error(libc::ENOSYS),
+    };
+    let line = e.to_string();
+    assert!(!line.contains('\n'), "{line}");
+    assert!(line.contains("drive /vm/data.img"), "{line}");
+    assert!(line.contains("use io_engine Sync"), "{line}");
+}
