@@ -64,7 +64,25 @@ fn a_paused_guest_makes_no_progress_and_a_resumed_one_goes_on() {
 
 #[test]
 fn pausing_during_disk_io_loses_and_corrupts_nothing() {
-    let test = "pausing_during_disk_io_loses_and_corrupts_nothing";
+    pause_during_disk_io("pausing_during_disk_io_loses_and_corrupts_nothing", "");
+}
+
+/// The same on an io_uring disk (`io=uring`): a pause waits for the requests in flight.
+#[test]
+fn pausing_during_io_uring_disk_io_loses_and_corrupts_nothing() {
+    let test = "pausing_during_io_uring_disk_io_loses_and_corrupts_nothing";
+    if let Err(e) = kite_vmm::devices::virtio::io_uring_probe() {
+        return skip(
+            test,
+            Need::IoUring,
+            &format!("this host refuses io_uring: {e}"),
+        );
+    }
+    pause_during_disk_io(test, ",io=uring");
+}
+
+/// Pause and resume over and over while the virtio-blk check runs on `--disk PATH{options}`.
+fn pause_during_disk_io(test: &str, options: &str) {
     if let Some(reason) = kvm_unavailable() {
         return skip(test, Need::Kvm, &reason);
     }
@@ -85,7 +103,7 @@ fn pausing_during_disk_io_loses_and_corrupts_nothing() {
             "--memory",
             "64M",
             "--disk",
-            path_str(&disk),
+            &format!("{}{options}", path_str(&disk)),
             "--cmdline",
             "kite_test=virtio-blk kite_blk_req=4096 kite_blk_depth=4 kite_seed=7",
         ],

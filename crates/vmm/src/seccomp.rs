@@ -301,6 +301,10 @@ pub const MAIN: &[Rule] = &[
     // pause, snapshot, PATCH /drives, shutdown). The ring was set up (io_uring_setup,
     // io_uring_register of its eventfd) when the drive was attached, before the filters.
     any(SYS_io_uring_enter),
+    // The kernel runs io_uring completions as task work on this thread, interrupting a sleep
+    // (clock_nanosleep in the vCPU joins, a futex wait with a timeout) without a signal; it
+    // resumes such a sleep through restart_syscall.
+    any(SYS_restart_syscall),
     // rng.rs: virtio-rng's bytes.
     any(SYS_getrandom),
     // vsock.rs: a guest connects to host port P, a Unix stream socket (vsock/unix.rs).
