@@ -30,7 +30,26 @@ fn host_tsc_hz() -> f64 {
 
 #[test]
 fn a_10_mb_per_s_bucket_gives_the_guest_10_mb_per_s() {
-    let test = "a_10_mb_per_s_bucket_gives_the_guest_10_mb_per_s";
+    bandwidth_bucket("a_10_mb_per_s_bucket_gives_the_guest_10_mb_per_s", "Sync");
+}
+
+/// The same through the API on a drive with `"io_engine": "Async"` (io_uring): the bucket
+/// gates each request before it is submitted.
+#[test]
+fn a_10_mb_per_s_bucket_holds_on_an_async_drive() {
+    let test = "a_10_mb_per_s_bucket_holds_on_an_async_drive";
+    if let Err(e) = kite_vmm::devices::virtio::io_uring_probe() {
+        return skip(
+            test,
+            Need::IoUring,
+            &format!("this host refuses io_uring: {e}"),
+        );
+    }
+    bandwidth_bucket(test, "Async");
+}
+
+/// A 10 MB/s bandwidth bucket on a drive with `io_engine`: the guest's reads run at 10 MB/s.
+fn bandwidth_bucket(test: &str, io_engine: &str) {
     if let Some(reason) = kvm_unavailable() {
         return skip(test, Need::Kvm, &reason);
     }
@@ -61,7 +80,7 @@ fn a_10_mb_per_s_bucket_gives_the_guest_10_mb_per_s() {
         "PUT",
         "/drives/data",
         &serde_json::json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false,
-            "is_read_only": true,
+            "is_read_only": true, "io_engine": io_engine,
             "rate_limiter": {"bandwidth": {"size": 100_000, "refill_time": 10}}})
         .to_string(),
     );
