@@ -114,7 +114,7 @@ impl Uring {
         let ring = IoUring::builder()
             .setup_cqsize(depth.saturating_mul(2))
             .build(depth)?;
-        let event = EventFd::new(EFD_NONBLOCK)?;
+        let event = EventFd::new(EFD_NONBLOCK | libc::EFD_CLOEXEC)?;
         ring.submitter().register_eventfd(event.as_raw_fd())?;
         Ok(Self {
             ring,

@@ -39,8 +39,9 @@ impl Block {
             let orphan = d.pending.orphan;
             let result = self.requests.finish(&d);
             let (status, written) = self.requests.answer(result);
-            let Some(active) = self.active.as_mut().filter(|_| !orphan) else {
-                // Taken before a reset: the driver no longer waits for it.
+            let Some(active) = self.active.as_mut().filter(|a| !orphan && !a.is_broken()) else {
+                // Taken before a reset (the driver no longer waits for it), or the device
+                // needs a reset and leaves its queues alone.
                 continue;
             };
             match active.mem.write_obj(status, status_addr) {
