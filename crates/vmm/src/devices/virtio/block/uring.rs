@@ -245,3 +245,74 @@ impl Uring {
         Ok(all)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::{FromRawFd, OwnedFd};
+
+    use super::*;
+
+    fn set_nonblock(fd: RawFd, on: bool) {
+        // SAFETY: fcntl on a descriptor the test owns; no memory is passed.
+        unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFL);
+            let flags = if on {
+                flags | libc::O_NONBLOCK
+            } else {
+                flags & !libc::O_NONBLOCK
+            };
+            assert_eq!(libc::fcntl(fd, libc::F_SETFL, flags), 0);
+        }
+    }
+
+    /// A write that cannot finish (into a full pipe) holds back the flush after it: the flush
+    /// (which on a pipe would fail at once) completes only after the write has.
+    #[test]
+    fn a_flush_waits_for_the_writes_before_it() {
+        let test = "a_flush_waits_for_the_writes_before_it";
+        let mut ring = match Uring::new(8) {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("this host refuses io_uring: {e}");
+                return kite_testkit::skip(test, kite_testkit::Need::IoUring, &why);
+            }
+        };
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 fills the two descriptors, which the test then owns.
+        assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+        // SAFETY: both are fresh descriptors owned by nobody else.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // Fill the pipe, so that the ring's write must wait for a reader.
+        set_nonblock(w.as_raw_fd(), true);
+        let chunk = [0u8; 4096];
+        // SAFETY: writes from a local buffer.
+        while unsafe { libc::write(w.as_raw_fd(), chunk.as_ptr().cast(), chunk.len()) } > 0 {}
+        set_nonblock(w.as_raw_fd(), false);
+        let mut data = vec![7u8; 4096];
+        let mut write = Pending::new(1, GuestAddress(0), Kind::Write, 0);
+        write.push_buffer(data.as_mut_ptr(), data.len());
+        ring.push(w.as_raw_fd(), 0, write).unwrap();
+        let flush = Pending::new(2, GuestAddress(0), Kind::Flush, 0);
+        ring.push(w.as_raw_fd(), 0, flush).unwrap();
+        ring.submit().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        assert!(
+            ring.reap().is_empty(),
+            "nothing may complete while the write waits"
+        );
+        assert_eq!(ring.in_flight(), 2);
+        // A reader empties the pipe: the write goes through, then the flush runs.
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 1 << 20];
+            // SAFETY: reads into a local buffer, until the write end closes.
+            while unsafe { libc::read(r.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) } > 0 {}
+        });
+        let done = ring.drain().unwrap();
+        drop(w);
+        reader.join().unwrap();
+        let heads: Vec<u16> = done.iter().map(|d| d.pending.head).collect();
+        assert_eq!(heads, [1, 2], "the write completes before the flush");
+        assert!(done[0].outcome().is_ok());
+        assert_eq!(ring.in_flight(), 0);
+    }
+}
