@@ -57,6 +57,9 @@ pub enum Command {
     /// Snapshot the VM of a running `kite run --api-sock SOCKET` into a directory: pause it,
     /// write `vmstate` and `memory`, and resume it.
     Snapshot(crate::snapshot_cli::SnapshotArgs),
+    /// Merge a diff snapshot's memory file over the full memory file it follows (as
+    /// Firecracker's `rebase-snap`): load the diff's state file with the merged memory.
+    RebaseSnap(crate::snapshot_cli::RebaseArgs),
     /// Firecracker's jailer: make a chroot jail and exec the VMM in it (as `jailer` does;
     /// docs/api.md, "The jailer").
     Jail(kite_jailer::JailArgs),

@@ -55,6 +55,34 @@ pub struct SnapshotArgs {
     pub leave_paused: bool,
 }
 
+#[derive(Args, Debug)]
+pub struct RebaseArgs {
+    /// The full memory file (replaced by the merged one).
+    #[arg(long, value_name = "PATH")]
+    pub base_file: PathBuf,
+    /// The diff snapshot's memory file (`"snapshot_type": "Diff"`).
+    #[arg(long, value_name = "PATH")]
+    pub diff_file: PathBuf,
+}
+
+/// `kite rebase-snap --base-file BASE --diff-file DIFF`.
+pub fn rebase(args: &RebaseArgs) -> i32 {
+    let started = Instant::now();
+    match kite_vmm::snapshot::rebase::rebase(&args.base_file, &args.diff_file) {
+        Ok(m) => {
+            eprintln!(
+                "kite: merged {} KiB of {} over {} in {:.0} ms",
+                m.diff_bytes >> 10,
+                args.diff_file.display(),
+                args.base_file.display(),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
 fn fail(text: &str) -> i32 {
     eprintln!("kite: error: {}", kite_vmm::one_line(text));
     2

@@ -1,0 +1,170 @@
+//! Diff snapshots of the ring-3 test guest: a VM started with `track_dirty_pages`, a Full
+//! snapshot, the guest runs on, a Diff snapshot (only the pages written since), the diff merged
+//! over the full memory file with `kite rebase-snap`, and the merged file restored in a new
+//! process, where the scenario finishes with a correct result line from where the Diff was taken.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::api::*;
+use common::*;
+
+const LIMIT: Duration = Duration::from_secs(60);
+const PAUSE: &str = r#"{"state": "Paused"}"#;
+const RESUME: &str = r#"{"state": "Resumed"}"#;
+
+fn create_body(kind: &str, state: &Path, mem: &Path) -> String {
+    serde_json::json!({"snapshot_type": kind, "snapshot_path": state, "mem_file_path": mem})
+        .to_string()
+}
+
+/// Allocated bytes of `path` (its data, not its holes).
+fn allocated(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().blocks() * 512
+}
+
+fn first_tick(console: &str) -> u64 {
+    console
+        .lines()
+        .filter_map(|l| l.strip_prefix("tick "))
+        .filter_map(|n| n.trim().parse().ok())
+        .next()
+        .unwrap_or(0)
+}
+
+#[test]
+fn a_diff_merged_over_the_full_memory_file_restores_where_the_diff_was_taken() {
+    let test = "snap_diff";
+    if let Some(reason) = kvm_unavailable() {
+        return skip(test, Need::Kvm, &reason);
+    }
+    let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("kite-snapdiff-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let (full_state, base) = (dir.join("full.vmstate"), dir.join("full.memory"));
+    let (diff_state, diff) = (dir.join("diff.vmstate"), dir.join("diff.memory"));
+    let (again_state, again) = (dir.join("again.vmstate"), dir.join("again.memory"));
+
+    let vm = ApiVm::start(test, &["--no-acpi"]);
+    let boot = serde_json::json!({"kernel_image_path": kernel,
+        "boot_args": "kite_test=tick kite_tick_ms=5 kite_n=400"});
+    vm.ok("PUT", "/boot-source", &boot.to_string());
+    vm.ok(
+        "PUT",
+        "/machine-config",
+        r#"{"vcpu_count": 1, "mem_size_mib": 256, "track_dirty_pages": true}"#,
+    );
+    vm.ok("PUT", "/actions", r#"{"action_type": "InstanceStart"}"#);
+    vm.wait_stdout(LIMIT, |out| last_tick(out) >= 10);
+
+    // Full, then the guest runs on.
+    vm.ok("PATCH", "/vm", PAUSE);
+    let started = Instant::now();
+    vm.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body("Full", &full_state, &base),
+    );
+    let full_ms = started.elapsed().as_secs_f64() * 1e3;
+    let full_at = last_tick(&vm.stdout());
+    vm.ok("PATCH", "/vm", RESUME);
+    vm.wait_stdout(LIMIT, |out| last_tick(out) >= full_at + 30);
+
+    // Diff: only what was written since the Full.
+    vm.ok("PATCH", "/vm", PAUSE);
+    std::thread::sleep(Duration::from_millis(50));
+    let diff_at = last_tick(&vm.stdout());
+    assert!(diff_at < 400, "the scenario ended before the diff");
+    let started = Instant::now();
+    vm.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body("Diff", &diff_state, &diff),
+    );
+    let diff_ms = started.elapsed().as_secs_f64() * 1e3;
+    // A Full of the same paused moment, to hold the merged file against.
+    vm.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body("Full", &again_state, &again),
+    );
+    drop(vm);
+    eprintln!(
+        "256 MiB: Full create {full_ms:.1} ms ({} KiB written), Diff create {diff_ms:.1} ms ({} KiB written)",
+        allocated(&base) >> 10,
+        allocated(&diff) >> 10
+    );
+    assert_eq!(std::fs::metadata(&diff).unwrap().len(), 256 << 20);
+    assert!(
+        allocated(&diff) < allocated(&base),
+        "the diff ({} bytes) is not smaller than the full file ({} bytes)",
+        allocated(&diff),
+        allocated(&base)
+    );
+
+    // Merge as Firecracker's users do with rebase-snap.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kite"))
+        .args(["rebase-snap", "--base-file", path_str(&base)])
+        .args(["--diff-file", path_str(&diff)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("merged"), "{stderr}");
+    assert!(
+        std::fs::read(&base).unwrap() == std::fs::read(&again).unwrap(),
+        "the merged memory differs from a full snapshot of the same moment"
+    );
+
+    // Restored in a new process from the diff's state and the merged memory, tracking on
+    // (by its deprecated name) for the next diff.
+    let mut restored = ApiVm::start(&format!("{test}-restored"), &[]);
+    let load = serde_json::json!({"snapshot_path": diff_state,
+        "mem_backend": {"backend_type": "File", "backend_path": base},
+        "enable_diff_snapshots": true, "resume_vm": true});
+    restored.ok("PUT", "/snapshot/load", &load.to_string());
+    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
+    let out = restored.stdout();
+    assert!(out.contains("KITE-TEST tick ok ticks=400"), "{out}");
+    assert_eq!(first_tick(&out), diff_at + 1, "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_diff_without_dirty_page_tracking_is_refused_with_one_line() {
+    let test = "snap_diff_untracked";
+    if let Some(reason) = kvm_unavailable() {
+        return skip(test, Need::Kvm, &reason);
+    }
+    let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let vm = ApiVm::start(
+        test,
+        &[
+            "--no-acpi",
+            "--kernel",
+            path_str(&kernel),
+            "--cmdline",
+            "kite_test=tick kite_tick_ms=5 kite_n=100000",
+        ],
+    );
+    vm.wait_stdout(LIMIT, |out| last_tick(out) >= 3);
+    vm.ok("PATCH", "/vm", PAUSE);
+    let (state, mem) = (vm.dir.join("s"), vm.dir.join("m"));
+    let (status, body) = vm.call(
+        "PUT",
+        "/snapshot/create",
+        Some(&create_body("Diff", &state, &mem)),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("track_dirty_pages"), "{body}");
+    assert!(!body.trim_end().contains('\n'), "{body}");
+    assert!(!state.exists() && !mem.exists());
+    // The VM goes on.
+    vm.ok("PATCH", "/vm", RESUME);
+    let at = last_tick(&vm.stdout());
+    vm.wait_stdout(LIMIT, |out| last_tick(out) > at + 2);
+}
