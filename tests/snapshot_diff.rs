@@ -106,6 +106,11 @@ fn a_diff_merged_over_the_full_memory_file_restores_where_the_diff_was_taken() {
         allocated(&base)
     );
 
+    // The guest changed memory between the two snapshots: the merge has work to do.
+    assert!(
+        std::fs::read(&base).unwrap() != std::fs::read(&again).unwrap(),
+        "memory did not change between the Full and the Diff"
+    );
     // Merge as Firecracker's users do with rebase-snap.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_kite"))
         .args(["rebase-snap", "--base-file", path_str(&base)])
