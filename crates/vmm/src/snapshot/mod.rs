@@ -371,7 +371,7 @@ pub fn create(
 ) -> Result<CreateReport, Error> {
     if kind == Kind::Diff && !parts.track_dirty {
         return Err(Error::State(
-            "a Diff snapshot needs dirty page tracking: start the VM with track_dirty_pages in machine-config (or load with track_dirty_pages), then take a Full snapshot and Diffs after it".into(),
+            "a Diff snapshot needs dirty page tracking: start the VM with track_dirty_pages in machine-config (kite run --track-dirty-pages) or load it with track_dirty_pages, take a Full snapshot, then Diffs".into(),
         ));
     }
     let started = Instant::now();
