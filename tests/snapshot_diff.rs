@@ -35,6 +35,18 @@ fn ticks(console: &str) -> Vec<u64> {
         .collect()
 }
 
+/// `kite rebase-snap --base-file base --diff-file diff`, which must succeed.
+fn rebase(base: &Path, diff: &Path) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kite"))
+        .args(["rebase-snap", "--base-file", path_str(base)])
+        .args(["--diff-file", path_str(diff)])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("merged"), "{stderr}");
+}
+
 #[test]
 fn a_diff_merged_over_the_full_memory_file_restores_where_the_diff_was_taken() {
     let test = "snap_diff";
@@ -118,14 +130,7 @@ fn a_diff_merged_over_the_full_memory_file_restores_where_the_diff_was_taken() {
         "memory did not change between the Full and the Diff"
     );
     // Merge as Firecracker's users do with rebase-snap.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_kite"))
-        .args(["rebase-snap", "--base-file", path_str(&base)])
-        .args(["--diff-file", path_str(&diff)])
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("merged"), "{stderr}");
+    rebase(&base, &diff);
     assert!(
         std::fs::read(&base).unwrap() == std::fs::read(&again).unwrap(),
         "the merged memory differs from a full snapshot of the same moment"
@@ -138,6 +143,29 @@ fn a_diff_merged_over_the_full_memory_file_restores_where_the_diff_was_taken() {
         "mem_backend": {"backend_type": "File", "backend_path": base},
         "enable_diff_snapshots": true, "resume_vm": true});
     restored.ok("PUT", "/snapshot/load", &load.to_string());
+
+    // A diff of the restored VM (RAM mapped from the merged file), merged over that file
+    // while the VM runs from it, is again the full memory of its moment.
+    restored.wait_stdout(LIMIT, |out| last_tick(out) >= diff_at + 20);
+    restored.ok("PATCH", "/vm", PAUSE);
+    let (diff2_state, diff2) = (dir.join("diff2.vmstate"), dir.join("diff2.memory"));
+    let (again2_state, again2) = (dir.join("again2.vmstate"), dir.join("again2.memory"));
+    restored.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body("Diff", &diff2_state, &diff2),
+    );
+    restored.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body("Full", &again2_state, &again2),
+    );
+    rebase(&base, &diff2);
+    assert!(
+        std::fs::read(&base).unwrap() == std::fs::read(&again2).unwrap(),
+        "the second merge differs from a full snapshot of the restored VM"
+    );
+    restored.ok("PATCH", "/vm", RESUME);
     assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
     let out = restored.stdout();
     assert!(out.contains("KITE-TEST tick ok ticks=400"), "{out}");
