@@ -57,6 +57,9 @@ pub enum Command {
     /// Snapshot the VM of a running `kite run --api-sock SOCKET` into a directory: pause it,
     /// write `vmstate` and `memory`, and resume it.
     Snapshot(crate::snapshot_cli::SnapshotArgs),
+    /// Merge a diff snapshot's memory file over the full memory file it follows (as
+    /// Firecracker's `rebase-snap`): load the diff's state file with the merged memory.
+    RebaseSnap(crate::snapshot_cli::RebaseArgs),
     /// Firecracker's jailer: make a chroot jail and exec the VMM in it (as `jailer` does;
     /// docs/api.md, "The jailer").
     Jail(kite_jailer::JailArgs),
@@ -91,6 +94,10 @@ pub struct RunArgs {
     /// Number of vCPUs [default: 1].
     #[arg(long, value_name = "N")]
     pub cpus: Option<String>,
+    /// Log the pages the guest writes (machine-config `track_dirty_pages`), so that
+    /// `kite snapshot --diff` can write only the pages written since the last snapshot.
+    #[arg(long)]
+    pub track_dirty_pages: bool,
     /// Kernel command line [default: "console=ttyS0 reboot=k panic=1"].
     #[arg(long, value_name = "TEXT")]
     pub cmdline: Option<String>,
@@ -352,6 +359,12 @@ impl RunArgs {
             }
             layout.machine_config = Some(m);
         }
+        if self.track_dirty_pages {
+            layout
+                .machine_config
+                .get_or_insert_with(MachineConfig::default)
+                .track_dirty_pages = true;
+        }
         if !self.disks.is_empty() {
             if !layout.drives.is_empty() {
                 return Err(both("--disk", "drives", "the disks"));
@@ -540,7 +553,14 @@ mod tests {
         let p = plan(&["--kernel", "k"]).unwrap();
         let vm = p.boot.unwrap();
         assert_eq!((vm.cpus, vm.memory, vm.rng), (1, 256 << 20, true));
+        assert!(!vm.track_dirty_pages);
         assert_eq!(vm.cmdline, kite_vmm::config::DEFAULT_CMDLINE);
+        let vm = plan(&["--kernel", "k", "--memory", "64M", "--track-dirty-pages"])
+            .unwrap()
+            .boot
+            .unwrap();
+        assert!(vm.track_dirty_pages);
+        assert_eq!(vm.memory, 64 << 20);
         assert_eq!(p.id, "anonymous-instance");
         let vm = plan(&[
             "--kernel",

@@ -315,6 +315,7 @@ fn main() -> ExitCode {
         },
         Command::Restore(args) => snapshot_cli::restore(args, process_start),
         Command::Snapshot(args) => snapshot_cli::snapshot(args),
+        Command::RebaseSnap(args) => snapshot_cli::rebase(args),
         Command::Workload(args) => kite_bench::host::main(args),
         Command::Completions { shell } => match manual::completions(*shell) {
             Ok(()) => 0,

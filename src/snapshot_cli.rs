@@ -24,6 +24,9 @@ pub struct RestoreArgs {
     /// Leave the VM paused (resume it with PATCH /vm on --api-sock).
     #[arg(long)]
     pub paused: bool,
+    /// Log the pages the guest writes from the restore on, for `kite snapshot --diff`.
+    #[arg(long)]
+    pub track_dirty_pages: bool,
     /// Use another host tap for a network interface: ID=TAP (the snapshot's iface id, or
     /// net0, net1, ... for VMs started without the API). May be repeated.
     #[arg(long = "net-override", value_name = "ID=TAP")]
@@ -53,6 +56,39 @@ pub struct SnapshotArgs {
     /// Leave the VM paused after the snapshot.
     #[arg(long)]
     pub leave_paused: bool,
+    /// Write only the pages written since the last snapshot (the VM must have been started
+    /// with --track-dirty-pages); merge DIR/memory over the full snapshot's with
+    /// `kite rebase-snap`.
+    #[arg(long)]
+    pub diff: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RebaseArgs {
+    /// The full memory file (replaced by the merged one).
+    #[arg(long, value_name = "PATH")]
+    pub base_file: PathBuf,
+    /// The diff snapshot's memory file (`"snapshot_type": "Diff"`).
+    #[arg(long, value_name = "PATH")]
+    pub diff_file: PathBuf,
+}
+
+/// `kite rebase-snap --base-file BASE --diff-file DIFF`.
+pub fn rebase(args: &RebaseArgs) -> i32 {
+    let started = Instant::now();
+    match kite_vmm::snapshot::rebase::rebase(&args.base_file, &args.diff_file) {
+        Ok(m) => {
+            eprintln!(
+                "kite: merged {} KiB of {} over {} in {:.0} ms",
+                m.diff_bytes >> 10,
+                args.diff_file.display(),
+                args.base_file.display(),
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            0
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 fn fail(text: &str) -> i32 {
@@ -63,6 +99,7 @@ fn fail(text: &str) -> i32 {
 pub fn restore(args: &RestoreArgs, process_start: Instant) -> i32 {
     let mut overrides = kite_vmm::snapshot::Overrides {
         vsock_socket: args.vsock_socket.clone(),
+        track_dirty_pages: args.track_dirty_pages,
         ..Default::default()
     };
     for o in &args.net_overrides {
@@ -178,7 +215,8 @@ pub fn snapshot(args: &SnapshotArgs) -> i32 {
         return fail(&e);
     }
     let body = format!(
-        r#"{{"snapshot_type": "Full", "snapshot_path": {}, "mem_file_path": {}}}"#,
+        r#"{{"snapshot_type": "{}", "snapshot_path": {}, "mem_file_path": {}}}"#,
+        if args.diff { "Diff" } else { "Full" },
         json_string(&state),
         json_string(&mem)
     );
@@ -194,11 +232,16 @@ pub fn snapshot(args: &SnapshotArgs) -> i32 {
     if let Err(e) = after {
         return fail(&e);
     }
-    eprintln!(
-        "kite: snapshot written to {} in {:.0} ms; restore it with: kite restore {}",
-        args.dir.display(),
-        started.elapsed().as_secs_f64() * 1e3,
-        args.dir.display()
-    );
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    let dir = args.dir.display();
+    if args.diff {
+        eprintln!(
+            "kite: diff snapshot written to {dir} in {ms:.0} ms; apply it to the full snapshot FULL it follows with: kite rebase-snap --base-file FULL/{MEMORY_FILE} --diff-file {dir}/{MEMORY_FILE} && cp {dir}/{STATE_FILE} FULL/{STATE_FILE}, then: kite restore FULL"
+        );
+    } else {
+        eprintln!(
+            "kite: snapshot written to {dir} in {ms:.0} ms; restore it with: kite restore {dir}"
+        );
+    }
     0
 }

@@ -359,11 +359,11 @@ fn a_config_file_boots_and_get_vm_config_round_trips() {
         &dir,
         "unsupported.json",
         &serde_json::json!({"boot-source": {"kernel_image_path": kernel},
-            "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "track_dirty_pages": true}}),
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "huge_pages": "2M"}}),
     );
     one_line(
         &["--config-file", path_str(&unsupported)],
-        "machine-config.track_dirty_pages",
+        "machine-config.huge_pages",
     );
     one_line(
         &["--config-file", "/nonexistent.json"],

@@ -37,6 +37,9 @@ pub struct VmConfig {
     pub acpi: bool,
     /// Whether the per-thread seccomp filters are enforced.
     pub seccomp: crate::seccomp::Mode,
+    /// Log the pages the guest writes (machine-config `track_dirty_pages`), for diff
+    /// snapshots.
+    pub track_dirty_pages: bool,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

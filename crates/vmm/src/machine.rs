@@ -78,7 +78,7 @@ pub(crate) fn build(
             snapshot::memfile::map_private(path, config.memory).map_err(Error::Restore)?
         }
     };
-    memory::register(&vm, &mem)?;
+    memory::register(&vm, &mem, config.track_dirty_pages)?;
     setup_irqchip(&vm)?;
     mark("guest RAM ready");
 

@@ -1,13 +1,20 @@
 //! Guest RAM: its layout around the 32-bit MMIO gap, and its KVM memory slots.
 
-use kvm_bindings::kvm_userspace_memory_region;
+use kvm_bindings::{KVM_MEM_LOG_DIRTY_PAGES, kvm_userspace_memory_region};
 use kvm_ioctls::VmFd;
+use vm_memory::bitmap::AtomicBitmap;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion};
 
 use crate::arch::x86_64::layout::{MMIO_GAP_END, MMIO_GAP_START};
 
-/// Guest memory as Kite uses it everywhere.
-pub type GuestMem = GuestMemoryMmap<()>;
+/// Guest memory as Kite uses it everywhere. Each region carries a bitmap of the pages Kite
+/// itself wrote through vm-memory (loaders, virtio devices): KVM's dirty log only sees the
+/// guest's own writes, and a diff snapshot needs both. Marking costs one atomic OR per page
+/// written by a device.
+pub type GuestMem = GuestMemoryMmap<AtomicBitmap>;
+
+/// The page size of the dirty bitmaps (Kite's and KVM's).
+pub const PAGE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -60,8 +67,9 @@ pub fn create(size: u64) -> Result<GuestMem, Error> {
     Ok(mem)
 }
 
-/// Give KVM one memory slot per region of `mem`.
-pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<(), Error> {
+/// Give KVM one memory slot per region of `mem`; with `track_dirty`, KVM logs the pages the
+/// guest writes (KVM_MEM_LOG_DIRTY_PAGES), for diff snapshots.
+pub fn register(vm: &VmFd, mem: &GuestMem, track_dirty: bool) -> Result<(), Error> {
     for (slot, region) in mem.iter().enumerate() {
         let slot = slot as u32;
         let addr = region.start_addr().raw_value();
@@ -70,7 +78,11 @@ pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<(), Error> {
             .expect("a region's own start address is always in guest memory");
         let region = kvm_userspace_memory_region {
             slot,
-            flags: 0,
+            flags: if track_dirty {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: addr,
             memory_size: region.len(),
             userspace_addr: host as u64,
@@ -84,6 +96,48 @@ pub fn register(vm: &VmFd, mem: &GuestMem) -> Result<(), Error> {
         })?;
     }
     Ok(())
+}
+
+/// The pages written since the last call, one bitmap per region of `mem` (bit `i` of word
+/// `i / 64`: the region's page `i`), and both logs cleared: KVM's dirty log of each slot (when
+/// `vm` is given: the slots were registered with `track_dirty`) ORed with the pages Kite's own
+/// devices wrote. Call it with the vCPUs parked.
+pub fn take_dirty(vm: Option<&VmFd>, mem: &GuestMem) -> Result<Vec<Vec<u64>>, String> {
+    let mut out = Vec::new();
+    for (slot, region) in mem.iter().enumerate() {
+        let len = region.len() as usize;
+        let words = len.div_ceil(PAGE as usize).div_ceil(64);
+        let mut map = match vm {
+            Some(vm) => vm
+                .get_dirty_log(slot as u32, len)
+                .map_err(|e| format!("KVM_GET_DIRTY_LOG of slot {slot}: {e}"))?,
+            None => vec![0; words],
+        };
+        map.resize(words, 0);
+        // The region's own bitmap, not the trait's slice of it.
+        let ours = std::ops::Deref::deref(region).bitmap().get_and_reset();
+        for (w, o) in map.iter_mut().zip(ours) {
+            *w |= o;
+        }
+        out.push(map);
+    }
+    Ok(out)
+}
+
+/// Mark the pages of `dirty` (as [`take_dirty`] gave them) dirty again in Kite's bitmaps: a
+/// diff snapshot that failed hands its pages back to the next one.
+pub fn give_back_dirty(mem: &GuestMem, dirty: &[Vec<u64>]) {
+    for (region, map) in mem.iter().zip(dirty) {
+        let bitmap = std::ops::Deref::deref(region).bitmap();
+        for (i, &word) in map.iter().enumerate() {
+            for bit in (0..64).filter(|b| word & (1 << b) != 0) {
+                let page = (i * 64 + bit) as u64;
+                if page * PAGE < region.len() {
+                    bitmap.set_addr_range((page * PAGE) as usize, PAGE as usize);
+                }
+            }
+        }
+    }
 }
 
 /// What the Kite process holds in memory, for telling the VMM's own cost apart from the guest's.
@@ -361,6 +415,27 @@ Rss:                  12 kB
         let status = "Name:\tkite\nVmPeak:\t  100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t1 kB\n";
         assert_eq!(vm_hwm(status), Some(2 << 20));
         assert_eq!(vm_hwm("VmHWM: lots"), None);
+    }
+
+    #[test]
+    fn pages_kite_writes_are_taken_once() {
+        use vm_memory::Bytes;
+        let mem = create(8 << 20).unwrap();
+        take_dirty(None, &mem).unwrap();
+        mem.write_slice(&[1, 2, 3], GuestAddress(5 * PAGE + 10))
+            .unwrap();
+        // Across a page boundary: both pages.
+        mem.write_obj(7u64, GuestAddress(9 * PAGE - 4)).unwrap();
+        let maps = take_dirty(None, &mem).unwrap();
+        assert_eq!(maps.len(), 1);
+        assert_eq!(maps[0].len(), 32);
+        assert_eq!(maps[0][0], (1 << 5) | (1 << 8) | (1 << 9));
+        assert!(maps[0][1..].iter().all(|&w| w == 0));
+        let again = take_dirty(None, &mem).unwrap();
+        assert!(
+            again[0].iter().all(|&w| w == 0),
+            "cleared by the first take"
+        );
     }
 
     #[test]

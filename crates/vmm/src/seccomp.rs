@@ -28,8 +28,9 @@ use std::collections::BTreeMap;
 use std::mem::size_of;
 
 use kvm_bindings::{
-    kvm_clock_data, kvm_debugregs, kvm_fpu, kvm_irqchip, kvm_lapic_state, kvm_mp_state, kvm_msrs,
-    kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs, kvm_xsave,
+    kvm_clock_data, kvm_debugregs, kvm_dirty_log, kvm_fpu, kvm_irqchip, kvm_lapic_state,
+    kvm_mp_state, kvm_msrs, kvm_pit_state2, kvm_regs, kvm_sregs, kvm_vcpu_events, kvm_xcrs,
+    kvm_xsave,
 };
 use libc::*;
 use seccompiler::{
@@ -192,6 +193,8 @@ pub const KVM_GET_MSRS: u64 = kvm_ioc(IOC_READ | IOC_WRITE, 0x88, size_of::<kvm_
 pub const KVM_GET_IRQCHIP: u64 = kvm_ioc(IOC_READ | IOC_WRITE, 0x62, size_of::<kvm_irqchip>());
 pub const KVM_GET_PIT2: u64 = kvm_ioc(IOC_READ, 0x9f, size_of::<kvm_pit_state2>());
 pub const KVM_GET_CLOCK: u64 = kvm_ioc(IOC_READ, 0x7c, size_of::<kvm_clock_data>());
+// Diff snapshots (memory.rs, `take_dirty`): the main thread reads and clears KVM's dirty log.
+pub const KVM_GET_DIRTY_LOG: u64 = kvm_ioc(IOC_WRITE, 0x42, size_of::<kvm_dirty_log>());
 
 /// The only open(2) the main thread may make: `File::create` of a snapshot's files.
 const CREATE_FLAGS: u64 = (O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC) as u64;
@@ -353,6 +356,7 @@ pub const MAIN: &[Rule] = &[
     ioctl(KVM_GET_IRQCHIP),
     ioctl(KVM_GET_PIT2),
     ioctl(KVM_GET_CLOCK),
+    ioctl(KVM_GET_DIRTY_LOG),
     // api/hotplug.rs, PATCH /drives: disk.rs opens the new image (look at it, open, look
     // again, clear O_NONBLOCK, lock it, probe fallocate and restore the size). Only with the
     // flags Disk::open uses: never O_CREAT, O_TRUNC or write-only.
@@ -569,6 +573,7 @@ mod tests {
         assert_eq!(KVM_GET_MP_STATE, 0x8004_ae98);
         assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
         assert_eq!(KVM_SET_VCPU_EVENTS, 0x4040_aea0);
+        assert_eq!(KVM_GET_DIRTY_LOG, 0x4010_ae42);
     }
 
     #[test]

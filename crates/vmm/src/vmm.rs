@@ -162,6 +162,8 @@ pub struct Vmm {
     machine: snapshot::MachineState,
     /// Guest RAM is anonymous (booted), not mapped from a snapshot's memory file.
     anonymous_ram: bool,
+    /// KVM logs the guest's writes to RAM (`track_dirty_pages`): diff snapshots can be made.
+    track_dirty: bool,
     /// /proc/self/status, opened now for snapshots made once the seccomp filters are on.
     proc_status: Option<std::fs::File>,
     api: Option<RunningApi>,
@@ -258,6 +260,7 @@ impl Vmm {
     fn snapshot(
         &self,
         threads: &[VcpuThread],
+        kind: snapshot::Kind,
         state: &Path,
         mem: &Path,
         net_ids: &[String],
@@ -275,8 +278,9 @@ impl Vmm {
             machine,
             anonymous: self.anonymous_ram,
             status: self.proc_status.as_ref(),
+            track_dirty: self.track_dirty,
         };
-        snapshot::create(&parts, state, mem).map_err(|e| crate::error_chain(&e))
+        snapshot::create(&parts, kind, state, mem).map_err(|e| crate::error_chain(&e))
     }
 
     /// Run until the guest or the user ends the VM; every vCPU thread is joined on return.
@@ -354,9 +358,10 @@ impl Vmm {
         let loop_result = loop {
             if let Some(mut api) = self.api.take() {
                 let counters = || self.counters();
-                let snapshot = |state: &Path, mem: &Path, net_ids: &[String]| {
-                    self.snapshot(&threads, state, mem, net_ids)
-                };
+                let snapshot =
+                    |kind: snapshot::Kind, state: &Path, mem: &Path, net_ids: &[String]| {
+                        self.snapshot(&threads, kind, state, mem, net_ids)
+                    };
                 let vm = VmHandles {
                     pause: &self.pause,
                     threads: &threads,
@@ -535,6 +540,7 @@ fn finish(
         devices: m.devices,
         machine: snapshot::MachineState::of(config, &[]),
         anonymous_ram: true,
+        track_dirty: config.track_dirty_pages,
         proc_status: std::fs::File::open("/proc/self/status").ok(),
         api: None,
         timeout: config.timeout,

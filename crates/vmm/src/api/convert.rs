@@ -259,6 +259,7 @@ pub fn to_vm_config(c: &FullConfig, extras: &Extras) -> Result<VmConfig, Error> 
         ring0_workarounds: extras.ring0_workarounds,
         acpi: extras.acpi,
         seccomp: extras.seccomp,
+        track_dirty_pages: machine.track_dirty_pages,
     })
 }
 

@@ -37,7 +37,8 @@ pub struct VmHandles<'a> {
     pub i8042: &'a Mutex<I8042>,
     /// The counters of the VM's own parts (exits, completions, devices).
     pub counters: &'a dyn Fn() -> Counters,
-    /// Save the paused VM: (snapshot file, memory file, the network interfaces' ids).
+    /// Save the paused VM: (full or diff, snapshot file, memory file, the network
+    /// interfaces' ids).
     pub snapshot: &'a SnapshotFn<'a>,
     /// The disks and interfaces (`PATCH /drives`, `PATCH /network-interfaces`).
     pub disks: &'a [crate::devices::virtio::BlockHandle],
@@ -46,6 +47,7 @@ pub struct VmHandles<'a> {
 
 /// What [`VmHandles::snapshot`] is.
 pub type SnapshotFn<'a> = dyn Fn(
+        crate::snapshot::Kind,
         &std::path::Path,
         &std::path::Path,
         &[String],
@@ -199,7 +201,7 @@ impl RunningApi {
                         "the VM is running: pause it first (PATCH /vm {\"state\": \"Paused\"})",
                     );
                 }
-                let (state, mem) = match super::snapshot::create_paths(&c) {
+                let (kind, state, mem) = match super::snapshot::create_paths(&c) {
                     Ok(p) => p,
                     Err(e) => return Response::bad_request(e),
                 };
@@ -209,15 +211,15 @@ impl RunningApi {
                 // No io_uring request may be in flight while memory and queues are saved (a
                 // rate limiter's timer may have started one since the pause).
                 vm.disks.iter().for_each(|d| d.drain());
-                match (vm.snapshot)(&state, &mem, &ids) {
+                match (vm.snapshot)(kind, &state, &mem, &ids) {
                     Ok(r) => {
                         log::info!(
-                            "snapshot written to {} and {} in {:.1} ms (state {:.1} ms, {} MiB of memory written)",
+                            "{kind:?} snapshot written to {} and {} in {:.1} ms (state {:.1} ms, {} KiB of memory written)",
                             state.display(),
                             mem.display(),
                             (r.state + r.memory).as_secs_f64() * 1e3,
                             r.state.as_secs_f64() * 1e3,
-                            r.memory_written >> 20
+                            r.memory_written >> 10
                         );
                         Response::no_content()
                     }

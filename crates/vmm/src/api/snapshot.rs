@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use super::types::MachineConfig;
-use crate::snapshot::{self, Overrides};
+use crate::snapshot::{self, Kind, Overrides};
 use crate::vmm::Vmm;
 
 /// `PUT /snapshot/create`.
@@ -69,21 +69,16 @@ pub struct SnapshotLoad {
     pub vsock_override: Option<VsockOverride>,
 }
 
-/// The two paths of a create, checked.
-pub fn create_paths(c: &SnapshotCreate) -> Result<(PathBuf, PathBuf), String> {
-    match c.snapshot_type.as_deref() {
-        None | Some("Full") => {}
-        Some("Diff") => {
-            return Err(
-                "snapshot_type Diff needs dirty page tracking, which Kite does not have yet: use Full".into(),
-            );
-        }
+/// The kind and the two paths of a create, checked. (Whether a Diff can be made, the VM
+/// knows: [`crate::snapshot::create`] says.)
+pub fn create_paths(c: &SnapshotCreate) -> Result<(Kind, PathBuf, PathBuf), String> {
+    let kind = match c.snapshot_type.as_deref() {
+        None | Some("Full") => Kind::Full,
+        Some("Diff") => Kind::Diff,
         Some(other) => {
-            return Err(format!(
-                "unknown snapshot_type {other:?}: use Full (Kite has no Diff snapshots yet)"
-            ));
+            return Err(format!("unknown snapshot_type {other:?}: use Full or Diff"));
         }
-    }
+    };
     if c.snapshot_path.is_empty() || c.mem_file_path.is_empty() {
         return Err("snapshot_path and mem_file_path must both be given".into());
     }
@@ -96,7 +91,7 @@ pub fn create_paths(c: &SnapshotCreate) -> Result<(PathBuf, PathBuf), String> {
     }
     // A missing directory shows when the files are created (the main thread, which does
     // this, may not stat(2) paths).
-    Ok((state, mem))
+    Ok((kind, state, mem))
 }
 
 /// What a load asks for, checked: (snapshot file, memory file, overrides, resume).
@@ -115,11 +110,6 @@ pub fn load_request(l: &SnapshotLoad) -> Result<(PathBuf, PathBuf, Overrides, bo
             other => return Err(format!("unknown backend_type {other:?}: use File")),
         },
     };
-    if l.track_dirty_pages == Some(true) || l.enable_diff_snapshots == Some(true) {
-        return Err(
-            "track_dirty_pages (enable_diff_snapshots): Kite has no dirty page tracking yet; leave it false".into(),
-        );
-    }
     if l.snapshot_path.is_empty() || mem.is_empty() {
         return Err("snapshot_path and the memory file path must both be given".into());
     }
@@ -133,6 +123,9 @@ pub fn load_request(l: &SnapshotLoad) -> Result<(PathBuf, PathBuf, Overrides, bo
             .vsock_override
             .as_ref()
             .map(|v| PathBuf::from(&v.uds_path)),
+        // Either name turns tracking on (Firecracker takes the deprecated one too).
+        track_dirty_pages: l.track_dirty_pages == Some(true)
+            || l.enable_diff_snapshots == Some(true),
     };
     Ok((
         PathBuf::from(&l.snapshot_path),

@@ -187,9 +187,6 @@ impl MachineConfig {
         if self.smt && !crate::api::cpu_template::smt_possible() {
             return unsupported("smt", "simultaneous multithreading on this host");
         }
-        if self.track_dirty_pages {
-            return unsupported("track_dirty_pages", "dirty page tracking (snapshots)");
-        }
         if self.huge_pages != "None" {
             return unsupported("huge_pages", "huge pages");
         }

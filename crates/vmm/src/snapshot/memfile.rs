@@ -7,6 +7,8 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::bitmap::NewBitmap;
 use vm_memory::mmap::MmapRegionBuilder;
 use vm_memory::{
     FileOffset, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion, GuestRegionMmap,
@@ -83,6 +85,46 @@ pub fn write_sparse(
     Ok(written)
 }
 
+/// Write the pages marked in `dirty` (one bitmap per region, as
+/// [`crate::memory::take_dirty`] gives) to `file` (already empty) at their offsets in the
+/// memory file's layout, each one whole even if it is all zeroes (a page the guest zeroed must
+/// reach the merged file); every other page is a hole. The file's length is the size of RAM,
+/// so that it lines up with the full memory file it is merged over. Returns the bytes written.
+pub fn write_dirty(mem: &GuestMem, dirty: &[Vec<u64>], file: &File) -> std::io::Result<u64> {
+    let total: u64 = mem.iter().map(|r| r.len()).sum();
+    file.set_len(total)?;
+    let mut offset = 0u64;
+    let mut written = 0u64;
+    for (region, map) in mem.iter().zip(dirty) {
+        let len = region.len() as usize;
+        let host = mem
+            .get_host_address(region.start_addr())
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        // SAFETY: as in `write_sparse`: this region's live mapping of `len` bytes, only read,
+        // with the vCPUs parked.
+        let bytes = unsafe { std::slice::from_raw_parts(host as *const u8, len) };
+        let pages = len.div_ceil(BLOCK);
+        let is_dirty = |p: usize| map.get(p / 64).is_some_and(|w| w & (1 << (p % 64)) != 0);
+        let mut p = 0;
+        while p < pages {
+            while p < pages && !is_dirty(p) {
+                p += 1;
+            }
+            let start = p;
+            while p < pages && is_dirty(p) {
+                p += 1;
+            }
+            if p > start {
+                let (from, to) = (start * BLOCK, (p * BLOCK).min(len));
+                file.write_all_at(&bytes[from..to], offset + from as u64)?;
+                written += (to - from) as u64;
+            }
+        }
+        offset += len as u64;
+    }
+    Ok(written)
+}
+
 /// Whether any of this process's memory is in swap (VmSwap in /proc/self/status), or that
 /// cannot be told.
 fn swapped(status: &File) -> bool {
@@ -123,7 +165,7 @@ pub fn map_private(path: &Path, size: u64) -> Result<GuestMem, String> {
         let fd = file
             .try_clone()
             .map_err(|e| format!("cannot reuse the memory file descriptor: {e}"))?;
-        let region = MmapRegionBuilder::new(len)
+        let region = MmapRegionBuilder::new_with_bitmap(len, AtomicBitmap::with_len(len))
             .with_file_offset(FileOffset::new(fd, offset))
             .with_mmap_prot(libc::PROT_READ | libc::PROT_WRITE)
             .with_mmap_flags(libc::MAP_PRIVATE | libc::MAP_NORESERVE)

@@ -4,11 +4,13 @@
 //! - [`SnapshotState`]: the machine's shape ([`MachineState`], from which restore builds the
 //!   same machine), the VM's irqchip, PIT and clock ([`VmState`]), each vCPU's
 //!   ([`crate::vcpu::state::VcpuState`]) and each device's (the device manager's).
-//! - [`file`]: the file format (magic, version, CRC, postcard); [`memfile`]: guest RAM, sparse.
+//! - [`file`]: the file format (magic, version, CRC, postcard); [`memfile`]: guest RAM, sparse
+//!   (all of it, or a diff's dirty pages); [`rebase`]: a diff merged over the full memory file.
 //! - [`create`]: save a paused VM; the VMM's restore (`Vmm::restore`) reads with [`read`].
 
 pub mod file;
 pub mod memfile;
+pub mod rebase;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
@@ -51,6 +53,9 @@ pub struct Overrides {
     pub taps: Vec<(String, String)>,
     /// The vsock device's socket path.
     pub vsock_socket: Option<PathBuf>,
+    /// Log the pages the guest writes from the restore on (`track_dirty_pages`), so that
+    /// diff snapshots of the restored VM can be made.
+    pub track_dirty_pages: bool,
 }
 
 impl MachineState {
@@ -145,6 +150,8 @@ impl MachineState {
             ring0_workarounds: crate::arch::x86_64::emulated_ring0::Mode::Auto,
             acpi: self.acpi,
             seccomp: crate::seccomp::Mode::On,
+            // Set by the load, not by the snapshot (as in Firecracker).
+            track_dirty_pages: overrides.track_dirty_pages,
         })
     }
 }
@@ -326,6 +333,17 @@ impl Drop for Pending {
     }
 }
 
+/// What a snapshot's memory file holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// All of guest RAM (pages never touched are holes).
+    Full,
+    /// Only the pages written since the last snapshot (or since the VM started), at their
+    /// offsets; every other page is a hole. Merged over the full memory file
+    /// (`kite rebase-snap`), it gives the memory of this snapshot.
+    Diff,
+}
+
 /// What `create` works on: a paused VM's parts.
 pub struct Parts<'a> {
     pub vm: &'a VmFd,
@@ -338,12 +356,26 @@ pub struct Parts<'a> {
     pub anonymous: bool,
     /// /proc/self/status, opened before the seccomp filters (see [`memfile::write_sparse`]).
     pub status: Option<&'a std::fs::File>,
+    /// KVM logs the guest's writes (the slots have KVM_MEM_LOG_DIRTY_PAGES): diff snapshots
+    /// can be made, and every snapshot starts a new diff.
+    pub track_dirty: bool,
 }
 
-/// Save the paused VM of `parts`: the state to `snapshot_path`, guest RAM to `mem_path`, each
-/// under a temporary name renamed into place only when whole (the memory file first). The VM
-/// stays paused, and an error leaves neither file behind.
-pub fn create(parts: &Parts, snapshot_path: &Path, mem_path: &Path) -> Result<CreateReport, Error> {
+/// Save the paused VM of `parts`: the state to `snapshot_path`, guest RAM (all of it, or with
+/// [`Kind::Diff`] the pages written since the last snapshot) to `mem_path`, each under a
+/// temporary name renamed into place only when whole (the memory file first). The VM stays
+/// paused, and an error leaves neither file behind (and a diff's pages go to the next one).
+pub fn create(
+    parts: &Parts,
+    kind: Kind,
+    snapshot_path: &Path,
+    mem_path: &Path,
+) -> Result<CreateReport, Error> {
+    if kind == Kind::Diff && !parts.track_dirty {
+        return Err(Error::State(
+            "a Diff snapshot needs dirty page tracking: start the VM with track_dirty_pages in machine-config (kite run --track-dirty-pages) or load it with track_dirty_pages, take a Full snapshot, then Diffs".into(),
+        ));
+    }
     let started = Instant::now();
     let n = parts.threads.len();
     parts.pause.wait_parked(n).map_err(Error::State)?;
@@ -372,20 +404,58 @@ pub fn create(parts: &Parts, snapshot_path: &Path, mem_path: &Path) -> Result<Cr
     let bytes = file::encode(&state).map_err(Error::State)?;
     let state_time = started.elapsed();
 
+    // The pages written since the last snapshot, and both logs cleared: a new diff starts
+    // from this snapshot (given back if it fails).
+    let dirty = if parts.track_dirty {
+        Some(crate::memory::take_dirty(Some(parts.vm), parts.mem).map_err(Error::State)?)
+    } else {
+        None
+    };
+    let result = write_files(
+        parts,
+        kind,
+        dirty.as_deref(),
+        &bytes,
+        snapshot_path,
+        mem_path,
+    );
+    if let (Err(_), Some(d)) = (&result, &dirty) {
+        crate::memory::give_back_dirty(parts.mem, d);
+    }
+    let written = result?;
+    Ok(CreateReport {
+        state: state_time,
+        memory: started.elapsed() - state_time,
+        memory_written: written,
+    })
+}
+
+/// The memory file, then the snapshot file, of [`create`]; returns the memory bytes written.
+fn write_files(
+    parts: &Parts,
+    kind: Kind,
+    dirty: Option<&[Vec<u64>]>,
+    bytes: &[u8],
+    snapshot_path: &Path,
+    mem_path: &Path,
+) -> Result<u64, Error> {
     let what = "cannot write the memory file";
     let mem_file = Pending::create(mem_path, what)?;
-    let written = memfile::write_sparse(parts.mem, mem_file.file(), parts.anonymous, parts.status)
-        .map_err(|source| Error::Io {
-            what,
-            path: mem_path.to_owned(),
-            source,
-        })?;
+    let written = match (kind, dirty) {
+        (Kind::Diff, Some(dirty)) => memfile::write_dirty(parts.mem, dirty, mem_file.file()),
+        _ => memfile::write_sparse(parts.mem, mem_file.file(), parts.anonymous, parts.status),
+    }
+    .map_err(|source| Error::Io {
+        what,
+        path: mem_path.to_owned(),
+        source,
+    })?;
     let what = "cannot write the snapshot file";
     let snap_file = Pending::create(snapshot_path, what)?;
     {
         use std::io::Write;
         let mut f = snap_file.file();
-        f.write_all(&bytes).map_err(|source| Error::Io {
+        f.write_all(bytes).map_err(|source| Error::Io {
             what,
             path: snapshot_path.to_owned(),
             source,
@@ -393,11 +463,7 @@ pub fn create(parts: &Parts, snapshot_path: &Path, mem_path: &Path) -> Result<Cr
     }
     mem_file.commit("cannot write the memory file")?;
     snap_file.commit(what)?;
-    Ok(CreateReport {
-        state: state_time,
-        memory: started.elapsed() - state_time,
-        memory_written: written,
-    })
+    Ok(written)
 }
 
 #[cfg(test)]
@@ -418,9 +484,11 @@ mod tests {
             .config(&Overrides {
                 taps: vec![("eth0".into(), "tap7".into())],
                 vsock_socket: Some("/tmp/clone.sock".into()),
+                track_dirty_pages: true,
             })
             .unwrap();
         assert_eq!(clone.nets[0].tap, "tap7");
+        assert!(clone.track_dirty_pages && !same.track_dirty_pages);
         assert_eq!(clone.nets[0].mac, machine.nets[0].2);
         assert_eq!(
             clone.vsock.unwrap().socket,
@@ -429,7 +497,7 @@ mod tests {
         let e = machine
             .config(&Overrides {
                 taps: vec![("eth9".into(), "tap7".into())],
-                vsock_socket: None,
+                ..Default::default()
             })
             .unwrap_err();
         assert!(e.contains("\"eth9\""), "{e}");

@@ -4,6 +4,7 @@
 
 use std::os::fd::AsRawFd;
 
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use super::uring::{Done, Kind, Pending};
@@ -130,6 +131,11 @@ impl Requests {
         let mut pending = Pending::new(head, status, kind, sector);
         for buf in bufs.iter() {
             let slice = mem.get_slice(buf.addr, buf.len as usize)?;
+            if kind == Kind::Read {
+                // The kernel writes these pages behind vm-memory's back: a Diff snapshot (taken
+                // only after the ring is drained) must find them dirty.
+                slice.bitmap().mark_dirty(0, slice.len());
+            }
             pending.push_buffer(slice.ptr_guard_mut().as_ptr(), slice.len());
         }
         let bytes = pending.bytes;
