@@ -274,3 +274,26 @@ fn a_host_without_io_uring_gets_one_line_naming_the_drive() {
     assert!(line.contains("drive /vm/data.img"), "{line}");
     assert!(line.contains("use io_engine Sync"), "{line}");
 }
+
+#[test]
+fn a_read_marks_the_guest_pages_it_fills_dirty() {
+    let f = image();
+    let Some((mut g, block)) = attach_uring(&f, "a_read_marks_the_guest_pages_it_fills_dirty")
+    else {
+        return;
+    };
+    let (_, data, status) = post(&mut g, VIRTIO_BLK_T_IN, 4, 8192, 0);
+    // Forget what setting the request up wrote; only the kernel's read may mark pages now.
+    crate::memory::take_dirty(None, &g.mem).unwrap();
+    g.kick(0);
+    block.lock().unwrap().drain();
+    assert_eq!(g.bytes(status, 1)[0], OK);
+    let dirty = crate::memory::take_dirty(None, &g.mem).unwrap();
+    let is_dirty = |addr: u64| {
+        let page = (addr / 4096) as usize;
+        dirty[0][page / 64] & (1 << (page % 64)) != 0
+    };
+    for addr in [data, data + 4096, data + 8191] {
+        assert!(is_dirty(addr), "page of {addr:#x} not marked dirty");
+    }
+}
