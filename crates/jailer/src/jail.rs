@@ -22,17 +22,11 @@ const DEVICES: &[(&str, u64, u64, bool)] = &[
     ("dev/urandom", 1, 9, false),
 ];
 
-/// CLOCK_MONOTONIC or the process's CPU clock, in microseconds.
+/// CLOCK_MONOTONIC or the process's CPU clock, in microseconds (0 if it cannot be read).
 pub fn clock_us(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec, which `ts` is.
-    if unsafe { libc::clock_gettime(clock, &mut ts) } != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    nix::time::clock_gettime(nix::time::ClockId::from_raw(clock))
+        .map(|ts| ts.tv_sec() as u64 * 1_000_000 + ts.tv_nsec() as u64 / 1_000)
+        .unwrap_or(0)
 }
 
 /// Removes what it made (directories and files, newest first) if the jail is not finished
