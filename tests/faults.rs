@@ -23,11 +23,6 @@ use kite_workloads::flushlog::{self, BLOCK_BYTES, Slot};
 
 const SECTOR: u64 = 512;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 fn disk_arg(path: &Path) -> String {
     path_str(path).to_string()
 }

@@ -18,14 +18,7 @@ const UID: u32 = 12_345;
 
 /// Root, KVM: or the reason to skip.
 fn unavailable() -> Option<(Need, String)> {
-    if let Some(r) = kvm_unavailable() {
-        return Some((Need::Kvm, r));
-    }
-    // SAFETY: geteuid only reads the caller's id.
-    if unsafe { libc::geteuid() } != 0 {
-        return Some((Need::Root, "the jailer needs root".into()));
-    }
-    None
+    kvm_and_root_unavailable("the jailer needs root")
 }
 
 struct Dir(PathBuf);

@@ -122,16 +122,10 @@ fn firecracker_flags_the_runtimes_pass_are_taken() {
 #[test]
 fn started_as_the_runtimes_start_firecracker() {
     let test = "started_as_the_runtimes_start_firecracker";
-    if let Some(reason) = kvm_unavailable() {
-        return skip(test, Need::Kvm, &reason);
-    }
-    // SAFETY: geteuid only reads the caller's id.
-    if unsafe { libc::geteuid() } != 0 {
-        return skip(
-            test,
-            Need::Root,
-            "hiding /proc needs a mount namespace (root)",
-        );
+    if let Some((need, reason)) =
+        kvm_and_root_unavailable("hiding /proc needs a mount namespace (root)")
+    {
+        return skip(test, need, &reason);
     }
     let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
     let dir = firecracker_dir("kata");
@@ -440,16 +434,10 @@ fn umount(at: &Path) {
 #[test]
 fn kata_go_jailed() {
     let test = "kata_go_jailed";
-    if let Some(reason) = kvm_unavailable() {
-        return skip(test, Need::Kvm, &reason);
-    }
-    // SAFETY: geteuid only reads the caller's id.
-    if unsafe { libc::geteuid() } != 0 {
-        return skip(
-            test,
-            Need::Root,
-            "the jailer and Kata's bind mounts need root",
-        );
+    if let Some((need, reason)) =
+        kvm_and_root_unavailable("the jailer and Kata's bind mounts need root")
+    {
+        return skip(test, need, &reason);
     }
     let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
     let dir = firecracker_dir("kata-jailed");

@@ -114,6 +114,21 @@ pub fn kvm_unavailable() -> Option<String> {
     }
 }
 
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions; it only reads the caller's id.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Why a test that needs both KVM and root cannot run here, if it cannot, with the need it
+/// lacks; `why_root` says what the test needs root for.
+pub fn kvm_and_root_unavailable(why_root: &str) -> Option<(Need, String)> {
+    if let Some(reason) = kvm_unavailable() {
+        return Some((Need::Kvm, reason));
+    }
+    (!is_root()).then(|| (Need::Root, why_root.to_string()))
+}
+
 /// True on a host whose KVM emulates guest ring 0 (no vmx/svm, or the kvm_pvm module).
 pub fn host_emulates_ring0() -> bool {
     let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
