@@ -510,6 +510,15 @@ impl MmioTransport {
         let mut device = lock(&self.device);
         device.activate(active);
         device.restored();
+        // A notification the driver made before the snapshot may still have been waiting in
+        // its ioeventfd (a paused VM's event loop serves no queue), and eventfds are not in the
+        // snapshot: serve every ready queue once, as that notification would have. A device
+        // takes a notification with nothing new as a no-op.
+        for (index, regs) in self.queues.iter().enumerate() {
+            if regs.ready {
+                while device.process_queue(index) {}
+            }
+        }
         Ok(())
     }
 }
