@@ -199,7 +199,7 @@ fn memory_too_small_for_the_kernel() {
 }
 
 /// 254 vCPUs is Kite's own limit (xAPIC ids), enforced by the parser. KVM's limit, when lower,
-/// is checked when the VM is built (`vmm::check_cpus`, unit-tested there): KVM_CAP_MAX_VCPUS
+/// is checked when the VM is built (`machine::parts::check_cpus`, unit-tested there): KVM_CAP_MAX_VCPUS
 /// is usually higher (1024 on the development host), so that path is not reachable from here.
 #[test]
 fn cpus_zero_and_too_many() {

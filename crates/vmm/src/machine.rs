@@ -22,10 +22,12 @@ use crate::devices::virtio::{self, BlockHandle};
 use crate::exit::ExitHandle;
 use crate::memory::{self, GuestMem};
 use crate::snapshot;
-use crate::vmm::{
-    Error, EventMgr, Timeline, add_i8042, add_serial, attach_virtio, check_kvm, io_err,
-    kvm_device_path, kvm_err, load_initrd, open_kvm, setup_irqchip,
+use crate::vmm::{Error, EventMgr, Timeline, io_err, kvm_device_path, kvm_err};
+use parts::{
+    add_i8042, add_serial, attach_virtio, check_kvm, load_initrd, open_kvm, setup_irqchip,
 };
+
+mod parts;
 
 /// Where a machine's guest RAM comes from.
 pub enum Ram<'a> {
