@@ -75,13 +75,17 @@ fn start(
             let started = setup.wait_for_start(
                 channel,
                 signals.as_ref(),
-                |c| boot(c).map_err(|e| kite_vmm::error_chain(&e)),
+                |c| {
+                    boot(c)
+                        .map(|vmm| (vmm, None))
+                        .map_err(|e| kite_vmm::error_chain(&e))
+                },
                 |l, m| {
                     kite_vmm::api::snapshot::load(l, m, process_start)
-                        .map(|vmm| vmm.with_seccomp(seccomp))
+                        .map(|(vmm, layout)| (vmm.with_seccomp(seccomp), Some(layout)))
                 },
             );
-            let vmm = match started {
+            let (vmm, restored) = match started {
                 Ok(vmm) => vmm,
                 Err(setup::NotStarted::Signal(sig)) => {
                     let _ = std::fs::remove_file(&channel.socket);
@@ -95,7 +99,17 @@ fn start(
                     ));
                 }
             };
-            (vmm, setup.config, setup.metrics)
+            // After a load, `GET /vm/config` shows the restored VM (with this process's
+            // logger and metrics).
+            let layout = match restored {
+                Some(layout) => kite_vmm::api::types::FullConfig {
+                    logger: setup.config.logger,
+                    metrics: setup.config.metrics,
+                    ..layout
+                },
+                None => setup.config,
+            };
+            (vmm, layout, setup.metrics)
         }
         (None, None) => return Err(say("no kernel to boot".into())),
     };

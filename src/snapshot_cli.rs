@@ -116,6 +116,10 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> i32 {
         Err(e) => return fail(&kite_vmm::error_chain(&e)),
     };
     let mem = args.dir.join(MEMORY_FILE);
+    let layout = match kite_vmm::api::snapshot::restored_layout(&state, &overrides) {
+        Ok(l) => l,
+        Err(e) => return fail(&e),
+    };
     let vmm =
         match kite_vmm::vmm::Vmm::restore(&state, &mem, &overrides, !args.paused, process_start) {
             Ok(v) => v
@@ -143,12 +147,7 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> i32 {
             Err(e) => return fail(&kite_vmm::error_chain(&e)),
         };
         socket = Some(channel.socket.clone());
-        vmm.attach_api(RunningApi::new(
-            Some(channel),
-            "kite".into(),
-            Default::default(),
-            None,
-        ));
+        vmm.attach_api(RunningApi::new(Some(channel), "kite".into(), layout, None));
     }
     crate::run_vmm(vmm, socket, args.timeline, process_start)
 }

@@ -125,10 +125,21 @@ fn a_ticking_guest_goes_on_where_it_was_in_a_new_process() {
 
 #[test]
 fn two_vcpus_restored_with_kite_restore_finish_their_scenario() {
-    let test = "snap_smp";
+    smp_restored("snap_smp", 2);
+}
+
+#[test]
+fn eight_vcpus_restored_with_kite_restore_finish_their_scenario() {
+    smp_restored("snap_smp8", 8);
+}
+
+/// The smp scenario on `cpus` vCPUs, snapshotted with `kite snapshot` while it brings the
+/// APs up and restored with `kite restore` in a new process: every AP checks in.
+fn smp_restored(test: &str, cpus: u8) {
     let Some(kernel) = ready(test) else { return };
     let dir = snap_dir(test);
-    // smp brings the second vCPU up with INIT-SIPI-SIPI and waits for it: pause as early as
+    let cpus_arg = cpus.to_string();
+    // smp brings the APs up with INIT-SIPI-SIPI and waits for them: pause as early as
     // possible, so that the snapshot falls inside the scenario; try again if it finished.
     for attempt in 0..5 {
         let vm = ApiVm::start(
@@ -140,7 +151,7 @@ fn two_vcpus_restored_with_kite_restore_finish_their_scenario() {
                 "--memory",
                 "64M",
                 "--cpus",
-                "2",
+                &cpus_arg,
                 "--cmdline",
                 "kite_test=smp",
             ],
@@ -167,12 +178,8 @@ fn two_vcpus_restored_with_kite_restore_finish_their_scenario() {
         cmd.arg("restore").arg(&dir).args(["--timeout", "30"]);
         let run = run(cmd, LIMIT);
         assert_eq!(run.code, Some(0), "{}", run.stderr);
-        assert!(
-            run.stdout.contains("KITE-TEST smp ok cpus=2 expected=2"),
-            "{}\n{}",
-            run.stdout,
-            run.stderr
-        );
+        let want = format!("KITE-TEST smp ok cpus={cpus} expected={cpus}");
+        assert!(run.stdout.contains(&want), "{}\n{}", run.stdout, run.stderr);
         let _ = std::fs::remove_dir_all(&dir);
         return;
     }
@@ -185,7 +192,7 @@ fn disk_writes_go_on_after_restore_and_the_disk_has_what_the_guest_wrote() {
 }
 
 /// The same on an io_uring disk (`io=uring`): the requests in flight at the pause complete
-/// before the snapshot is written (the restored VM's disk is Sync: a snapshot records no engine).
+/// before the snapshot is written.
 #[test]
 fn an_io_uring_disk_is_drained_before_the_snapshot() {
     let test = "snap_blk_uring";
@@ -531,5 +538,181 @@ fn a_clone_listens_on_its_own_vsock_socket() {
     let mut restored = restored;
     assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
     assert!(restored.stdout().contains("KITE-TEST tick ok ticks=120"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_limited_drive_is_still_limited_after_restore() {
+    limited_drive_across_restore("snap_limit", "Sync");
+}
+
+/// The same on a drive with `"io_engine": "Async"`: after the restore it is on io_uring again.
+#[test]
+fn an_io_uring_drive_is_on_io_uring_after_restore() {
+    let test = "snap_limit_uring";
+    if let Err(e) = kite_vmm::devices::virtio::io_uring_probe() {
+        return skip(
+            test,
+            Need::IoUring,
+            &format!("this host refuses io_uring: {e}"),
+        );
+    }
+    limited_drive_across_restore(test, "Async");
+}
+
+/// A drive limited to 2 MB/s (with `io_engine`), snapshotted in the middle of the virtio-blk
+/// check (4 MiB written and read back: about 4 s through the bucket) and restored with a
+/// `vsock_override`: the restored VM still takes seconds for the rest (an unlimited one takes
+/// milliseconds), its drive is on the same engine (Kite's log line for the drive), the disk has
+/// the pattern, and `GET /vm/config` answers the restored VM's configuration.
+fn limited_drive_across_restore(test: &str, io_engine: &str) {
+    let Some(kernel) = ready(test) else { return };
+    let dir = snap_dir(test);
+    let disk = dir.join("disk.img");
+    std::fs::File::create(&disk)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let first = dir.join("first.sock");
+    let vm = ApiVm::start(test, &["--no-acpi"]);
+    let put = |path: &str, body: serde_json::Value| vm.ok("PUT", path, &body.to_string());
+    put(
+        "/boot-source",
+        serde_json::json!({"kernel_image_path": kernel,
+            "boot_args": "kite_test=virtio-blk kite_blk_req=65536 kite_seed=5"}),
+    );
+    put(
+        "/machine-config",
+        serde_json::json!({"vcpu_count": 1, "mem_size_mib": 64}),
+    );
+    put(
+        "/drives/data",
+        serde_json::json!({"drive_id": "data", "path_on_host": disk, "is_root_device": false,
+            "io_engine": io_engine,
+            "rate_limiter": {"bandwidth": {"size": 20_000, "refill_time": 10}}}),
+    );
+    put(
+        "/vsock",
+        serde_json::json!({"guest_cid": 3, "uds_path": first}),
+    );
+    put(
+        "/actions",
+        serde_json::json!({"action_type": "InstanceStart"}),
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let (state, mem) = create(&vm, &dir);
+    assert!(
+        !vm.stdout().contains("KITE-TEST"),
+        "the scenario ended before the snapshot: the bucket did not hold it back\n{}",
+        vm.stdout()
+    );
+    drop(vm);
+
+    let clone = dir.join("clone.sock");
+    let mut restored = ApiVm::start(&format!("{test}-restored"), &[]);
+    let body = serde_json::json!({"snapshot_path": state,
+        "mem_backend": {"backend_type": "File", "backend_path": mem},
+        "resume_vm": true, "vsock_override": {"uds_path": clone}});
+    let loaded = std::time::Instant::now();
+    restored.ok("PUT", "/snapshot/load", &body.to_string());
+    let (status, text) = restored.call("GET", "/vm/config", None);
+    assert_eq!(status, 200, "{text}");
+    let config: serde_json::Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(config["machine-config"]["vcpu_count"], 1, "{text}");
+    assert_eq!(config["machine-config"]["mem_size_mib"], 64, "{text}");
+    assert_eq!(
+        config["boot-source"]["kernel_image_path"],
+        path_str(&kernel),
+        "{text}"
+    );
+    let drive = &config["drives"][0];
+    assert_eq!(drive["drive_id"], "data", "{text}");
+    assert_eq!(drive["path_on_host"], path_str(&disk), "{text}");
+    assert_eq!(drive["io_engine"], io_engine, "{text}");
+    assert_eq!(drive["rate_limiter"]["bandwidth"]["size"], 20_000, "{text}");
+    assert_eq!(config["vsock"]["uds_path"], path_str(&clone), "{text}");
+    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
+    let took = loaded.elapsed();
+    let out = restored.stdout();
+    assert!(out.contains("KITE-TEST virtio-blk ok"), "{out}");
+    let image = std::fs::read(&disk).unwrap();
+    assert_eq!(
+        kite_workloads::disk_pattern_check(5, 0, &image),
+        None,
+        "the image differs from what the guest wrote"
+    );
+    eprintln!("the restored VM finished the check in {took:?}");
+    assert!(
+        took >= Duration::from_millis(1200),
+        "the restored VM finished in {took:?}: its drive ran unlimited"
+    );
+    let uring = restored.stderr().contains("on io_uring");
+    assert_eq!(uring, io_engine == "Async", "{}", restored.stderr());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The vsock echo with its connection open at the snapshot (the host peer of the first VM
+/// takes the connection and never reads, so the guest waits for its echo): the restored guest
+/// gets VIRTIO_VSOCK_EVENT_TRANSPORT_RESET, its connection is gone, and it connects again (to
+/// the clone's socket, which echoes) and finishes the echo.
+#[test]
+fn an_open_vsock_connection_is_reset_by_the_restore_and_the_guest_connects_again() {
+    use common::watch::{Peer, unix_peer};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let test = "snap_vsock_open";
+    let Some(kernel) = ready(test) else { return };
+    let dir = snap_dir(test);
+    let (first, clone) = (dir.join("first.sock"), dir.join("clone.sock"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let port = |s: &Path| PathBuf::from(format!("{}_1234", s.display()));
+    let (stalled, stall_thread) = unix_peer(&port(&first), Peer::Stall, stop.clone());
+    let (echoed, echo_thread) = unix_peer(&port(&clone), Peer::Echo, stop.clone());
+    let vm = ApiVm::start(
+        test,
+        &[
+            "--no-acpi",
+            "--kernel",
+            path_str(&kernel),
+            "--memory",
+            "64M",
+            "--vsock",
+            &format!("cid=3,socket={}", first.display()),
+            "--cmdline",
+            "kite_test=virtio-vsock kite_vsock_bytes=262144",
+        ],
+    );
+    // The guest waits up to 5 s for an echo: snapshot well within that.
+    let start = std::time::Instant::now();
+    while stalled.connections.load(Ordering::SeqCst) == 0 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "the guest did not connect\n{}",
+            vm.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (state, mem) = create(&vm, &dir);
+    assert!(!vm.stdout().contains("KITE-TEST"), "{}", vm.stdout());
+    drop(vm);
+    let restored = ApiVm::start(&format!("{test}-restored"), &[]);
+    let body = serde_json::json!({"snapshot_path": state,
+        "mem_backend": {"backend_type": "File", "backend_path": mem},
+        "resume_vm": true, "vsock_override": {"uds_path": clone}});
+    restored.ok("PUT", "/snapshot/load", &body.to_string());
+    let mut restored = restored;
+    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
+    stop.store(true, Ordering::SeqCst);
+    let _ = (stall_thread.join(), echo_thread.join());
+    let out = restored.stdout();
+    let line = out
+        .lines()
+        .find(|l| l.contains("KITE-TEST virtio-vsock"))
+        .unwrap_or_else(|| panic!("no result line\n{out}\n{}", restored.stderr()));
+    assert!(line.contains("KITE-TEST virtio-vsock ok"), "{line}");
+    assert!(line.contains(" reset_seen=1 "), "{line}");
+    assert!(line.contains(" bytes=262144 echoed=262144 "), "{line}");
+    assert_eq!(echoed.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(echoed.bytes.load(Ordering::SeqCst), 262144);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -260,12 +260,24 @@ impl Vmm {
         kind: snapshot::Kind,
         state: &Path,
         mem: &Path,
-        net_ids: &[String],
+        layout: &crate::api::types::FullConfig,
     ) -> Result<snapshot::CreateReport, String> {
         let mut machine = self.machine.clone();
-        for (net, id) in machine.nets.iter_mut().zip(net_ids) {
+        let ids = layout.network_interfaces.iter().map(|n| &n.iface_id);
+        for (net, id) in machine.nets.iter_mut().zip(ids) {
             net.0 = id.clone();
         }
+        // The files the disks read now (`PATCH /drives` may have changed them).
+        for (disk, handle) in machine.disks.iter_mut().zip(&self.disks) {
+            (disk.path, disk.io_engine) = handle.backing();
+        }
+        // Logger and metrics belong to the process, not to the VM.
+        let layout = crate::api::types::FullConfig {
+            logger: None,
+            metrics: None,
+            ..layout.clone()
+        };
+        machine.layout = Some(serde_json::to_string(&layout).map_err(|e| e.to_string())?);
         let parts = snapshot::Parts {
             vm: &self.vm,
             mem: &self.mem,
@@ -356,8 +368,11 @@ impl Vmm {
             if let Some(mut api) = self.api.take() {
                 let counters = || self.counters();
                 let snapshot =
-                    |kind: snapshot::Kind, state: &Path, mem: &Path, net_ids: &[String]| {
-                        self.snapshot(&threads, kind, state, mem, net_ids)
+                    |kind: snapshot::Kind,
+                     state: &Path,
+                     mem: &Path,
+                     layout: &crate::api::types::FullConfig| {
+                        self.snapshot(&threads, kind, state, mem, layout)
                     };
                 let vm = VmHandles {
                     pause: &self.pause,

@@ -37,8 +37,8 @@ pub struct VmHandles<'a> {
     pub i8042: &'a Mutex<I8042>,
     /// The counters of the VM's own parts (exits, completions, devices).
     pub counters: &'a dyn Fn() -> Counters,
-    /// Save the paused VM: (full or diff, snapshot file, memory file, the network
-    /// interfaces' ids).
+    /// Save the paused VM: (full or diff, snapshot file, memory file, the configuration
+    /// `GET /vm/config` shows, which names the network interfaces).
     pub snapshot: &'a SnapshotFn<'a>,
     /// The disks and interfaces (`PATCH /drives`, `PATCH /network-interfaces`).
     pub disks: &'a [crate::devices::virtio::BlockHandle],
@@ -50,7 +50,7 @@ pub type SnapshotFn<'a> = dyn Fn(
         crate::snapshot::Kind,
         &std::path::Path,
         &std::path::Path,
-        &[String],
+        &FullConfig,
     ) -> Result<crate::snapshot::CreateReport, String>
     + 'a;
 
@@ -205,13 +205,10 @@ impl RunningApi {
                     Ok(p) => p,
                     Err(e) => return Response::bad_request(e),
                 };
-                let ids: Vec<String> = (self.config.network_interfaces.iter())
-                    .map(|n| n.iface_id.clone())
-                    .collect();
                 // No io_uring request may be in flight while memory and queues are saved (a
                 // rate limiter's timer may have started one since the pause).
                 vm.disks.iter().for_each(|d| d.drain());
-                match (vm.snapshot)(kind, &state, &mem, &ids) {
+                match (vm.snapshot)(kind, &state, &mem, &self.config) {
                     Ok(r) => {
                         log::info!(
                             "{kind:?} snapshot written to {} and {} in {:.1} ms (state {:.1} ms, {} KiB of memory written)",

@@ -6,8 +6,8 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use super::types::MachineConfig;
-use crate::snapshot::{self, Kind, Overrides};
+use super::types::{FullConfig, MachineConfig};
+use crate::snapshot::{self, Kind, Overrides, SnapshotState};
 use crate::vmm::Vmm;
 
 /// `PUT /snapshot/create`.
@@ -135,13 +135,55 @@ pub fn load_request(l: &SnapshotLoad) -> Result<(PathBuf, PathBuf, Overrides, bo
     ))
 }
 
+/// What `GET /vm/config` shows for a VM restored from `state` with `overrides`, as Firecracker
+/// shows it: the snapshot's machine-config, boot source and devices (rate limiters and engines
+/// as they were), with the load's tap names, vsock socket and `track_dirty_pages`. A snapshot
+/// made without the API gives the devices under Kite's own names (`drive0`, `eth0`, ...).
+pub fn restored_layout(state: &SnapshotState, overrides: &Overrides) -> Result<FullConfig, String> {
+    let m = &state.machine;
+    let mut layout = match &m.layout {
+        Some(json) => serde_json::from_str(json)
+            .map_err(|e| format!("the snapshot's configuration cannot be read: {e}"))?,
+        None => {
+            let mut layout = super::convert::from_vm_config(&m.config(overrides)?);
+            // No kernel: the VM was not booted from one here.
+            layout.boot_source = None;
+            for (n, (id, _, _)) in layout.network_interfaces.iter_mut().zip(&m.nets) {
+                n.iface_id = id.clone();
+            }
+            layout
+        }
+    };
+    let FullConfig {
+        machine_config,
+        network_interfaces,
+        vsock,
+        ..
+    } = &mut layout;
+    let machine = machine_config.get_or_insert_with(MachineConfig::default);
+    machine.vcpu_count = m.cpus;
+    machine.mem_size_mib = m.memory.div_ceil(1 << 20);
+    machine.mem_size_bytes = (!m.memory.is_multiple_of(1 << 20)).then_some(m.memory);
+    machine.track_dirty_pages = overrides.track_dirty_pages;
+    for n in network_interfaces {
+        if let Some((_, tap)) = overrides.taps.iter().find(|(id, _)| *id == n.iface_id) {
+            n.host_dev_name = tap.clone();
+        }
+    }
+    if let (Some(v), Some(socket)) = (vsock, &overrides.vsock_socket) {
+        v.uds_path = socket.to_string_lossy().into_owned();
+    }
+    Ok(layout)
+}
+
 /// Carry out a load: read and check the snapshot, check it against a machine-config given
-/// before (if any), and build the VM from it.
+/// before (if any), and build the VM from it. With the VM comes what `GET /vm/config` shows
+/// for it ([`restored_layout`]).
 pub fn load(
     l: &SnapshotLoad,
     machine: Option<&MachineConfig>,
     process_start: Instant,
-) -> Result<Vmm, String> {
+) -> Result<(Vmm, FullConfig), String> {
     let (state_path, mem_path, overrides, resume) = load_request(l)?;
     let state = snapshot::read(&state_path).map_err(|e| crate::error_chain(&e))?;
     if let Some(m) = machine {
@@ -153,6 +195,63 @@ pub fn load(
             ));
         }
     }
-    Vmm::restore(&state, &mem_path, &overrides, resume, process_start)
-        .map_err(|e| crate::error_chain(&e))
+    let layout = restored_layout(&state, &overrides)?;
+    let vmm = Vmm::restore(&state, &mem_path, &overrides, resume, process_start)
+        .map_err(|e| crate::error_chain(&e))?;
+    Ok((vmm, layout))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::file::example_state;
+
+    #[test]
+    fn a_restored_layout_is_the_snapshots_with_the_loads_overrides() {
+        let mut state = example_state(2);
+        state.machine.layout = Some(
+            r#"{"boot-source":{"kernel_image_path":"/k","boot_args":"console=ttyS0"},
+                "machine-config":{"vcpu_count":2,"mem_size_mib":64,"smt":true},
+                "drives":[{"drive_id":"root","path_on_host":"/tmp/disk.img","is_root_device":true,
+                           "is_read_only":false,"io_engine":"Async",
+                           "rate_limiter":{"ops":{"size":100,"refill_time":1000}}}],
+                "network-interfaces":[{"iface_id":"eth0","host_dev_name":"tap0"}],
+                "vsock":{"guest_cid":3,"uds_path":"/tmp/v.sock"},
+                "entropy":{}}"#
+                .into(),
+        );
+        let overrides = Overrides {
+            taps: vec![("eth0".into(), "tap7".into())],
+            vsock_socket: Some("/tmp/clone.sock".into()),
+            track_dirty_pages: true,
+        };
+        let l = restored_layout(&state, &overrides).unwrap();
+        let json = serde_json::to_value(&l).unwrap();
+        assert_eq!(json["boot-source"]["kernel_image_path"], "/k");
+        assert_eq!(json["machine-config"]["vcpu_count"], 2);
+        assert_eq!(json["machine-config"]["mem_size_mib"], 64);
+        assert_eq!(json["machine-config"]["smt"], true);
+        assert_eq!(json["machine-config"]["track_dirty_pages"], true);
+        assert_eq!(json["drives"][0]["drive_id"], "root");
+        assert_eq!(json["drives"][0]["io_engine"], "Async");
+        assert_eq!(json["drives"][0]["rate_limiter"]["ops"]["size"], 100);
+        assert_eq!(json["network-interfaces"][0]["host_dev_name"], "tap7");
+        assert_eq!(json["vsock"]["uds_path"], "/tmp/clone.sock");
+        assert!(json.get("entropy").is_some());
+
+        // Without the API's layout: Kite's names, the snapshot's machine, no boot source.
+        state.machine.layout = None;
+        let l = restored_layout(&state, &Overrides::default()).unwrap();
+        let json = serde_json::to_value(&l).unwrap();
+        assert!(json.get("boot-source").is_none(), "{json}");
+        assert_eq!(json["machine-config"]["vcpu_count"], 2);
+        assert_eq!(json["drives"][0]["path_on_host"], "/tmp/disk.img");
+        assert_eq!(json["drives"][0]["io_engine"], "Async");
+        assert_eq!(json["network-interfaces"][0]["iface_id"], "eth0");
+        assert_eq!(json["network-interfaces"][0]["host_dev_name"], "tap0");
+
+        state.machine.layout = Some("{not json".into());
+        let e = restored_layout(&state, &Overrides::default()).unwrap_err();
+        assert!(e.contains("configuration cannot be read"), "{e}");
+    }
 }

@@ -11,7 +11,7 @@ use super::acpi_pm::AcpiPm;
 use super::boot_timer::BootTimer;
 use super::i8042::{I8042, I8042State};
 use super::serial::{SerialDevice, SerialDeviceState};
-use super::virtio::{Attached, MmioTransport, TransportState};
+use super::virtio::{Attached, LimiterState, MmioTransport, TransportState};
 use crate::arch::x86_64::layout;
 
 /// Bytes of a virtio device's configuration space a snapshot keeps (and compares on restore:
@@ -48,6 +48,8 @@ pub enum DeviceState {
         transport: TransportState,
         /// The start of the device's configuration space.
         config: Vec<u8>,
+        /// Its rate limiters' buckets and budgets (see `VirtioDevice::limiters`).
+        limiters: Vec<LimiterState>,
     },
 }
 
@@ -184,6 +186,7 @@ impl DeviceManager {
                         DeviceState::Virtio {
                             transport: t.state(),
                             config: t.config_bytes(CONFIG_BYTES),
+                            limiters: t.limiters(),
                         }
                     }
                 },
@@ -214,13 +217,22 @@ impl DeviceManager {
                 (Handle::I8042(d), DeviceState::I8042(st)) => lock(d).restore(st),
                 (Handle::AcpiPm(_), DeviceState::AcpiPm)
                 | (Handle::BootTimer(_), DeviceState::BootTimer) => {}
-                (Handle::Virtio(t), DeviceState::Virtio { transport, config }) => {
+                (
+                    Handle::Virtio(t),
+                    DeviceState::Virtio {
+                        transport,
+                        config,
+                        limiters,
+                    },
+                ) => {
                     let mut t = lock(t);
                     if t.config_bytes(config.len().min(CONFIG_BYTES)) != *config {
                         return Err(format!(
                             "{id}: its configuration differs from the snapshot's (a disk of another size?)"
                         ));
                     }
+                    t.restore_limiters(limiters)
+                        .map_err(|e| format!("{id}: {e}"))?;
                     t.restore(transport).map_err(|e| format!("{id}: {e}"))?;
                 }
                 _ => return Err(format!("{id}: the snapshot holds another kind of state")),

@@ -137,9 +137,13 @@ pub(crate) fn attach_virtio(
     for disk in &config.disks {
         let handle = virtio::attach_block(&mut ctx, disk)?;
         log::info!(
-            "virtio-blk {}{} at {:#x}, IRQ {}",
+            "virtio-blk {}{}{} at {:#x}, IRQ {}",
             disk.path.display(),
             if disk.readonly { " (readonly)" } else { "" },
+            match disk.io_engine {
+                virtio::IoEngine::Async => " on io_uring",
+                virtio::IoEngine::Sync => "",
+            },
             handle.placement.addr,
             handle.placement.irq
         );

@@ -13,8 +13,9 @@
 use super::SnapshotState;
 
 pub const MAGIC: [u8; 8] = *b"KITESNAP";
-/// Bumped whenever [`SnapshotState`] or anything in it changes shape.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped whenever [`SnapshotState`] or anything in it changes shape. 2: each virtio device's
+/// rate limiters, each disk's engine, and the API's configuration layout.
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 24;
 
 /// Why a snapshot file cannot be read.
@@ -121,7 +122,11 @@ pub fn example_state(cpus: u8) -> SnapshotState {
         machine: MachineState {
             memory: 64 << 20,
             cpus,
-            disks: vec![("/tmp/disk.img".into(), false)],
+            disks: vec![super::DiskShape {
+                path: "/tmp/disk.img".into(),
+                readonly: false,
+                io_engine: crate::config::IoEngine::Async,
+            }],
             nets: vec![(
                 "eth0".into(),
                 "tap0".into(),
@@ -131,6 +136,7 @@ pub fn example_state(cpus: u8) -> SnapshotState {
             rng: true,
             boot_timer: false,
             acpi: false,
+            layout: Some(r#"{"machine-config":{"vcpu_count":1,"mem_size_mib":64}}"#.into()),
         },
         vm: VmState {
             pic_master: Default::default(),
@@ -183,6 +189,19 @@ pub fn example_state(cpus: u8) -> SnapshotState {
                         ..Default::default()
                     },
                     config: vec![0; 64],
+                    limiters: vec![crate::devices::virtio::LimiterState {
+                        bandwidth: None,
+                        ops: Some(crate::devices::virtio::BucketState {
+                            config: crate::devices::virtio::Bucket {
+                                size: 100,
+                                one_time_burst: 0,
+                                refill_time_ms: 1000,
+                            },
+                            budget: -3,
+                            burst: 0,
+                            since_refill_ns: 12_345,
+                        }),
+                    }],
                 },
             },
         ],
@@ -224,13 +243,16 @@ mod tests {
             ParseError::Damaged("checksum mismatch".into())
         );
         let mut other = bytes.clone();
-        other[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let found = FORMAT_VERSION + 1;
+        other[8..12].copy_from_slice(&found.to_le_bytes());
         let e = parse(&other).unwrap_err();
-        assert_eq!(e, ParseError::Version { found: 2 });
-        assert!(
-            e.to_string()
-                .contains("version 2, this Kite reads version 1")
-        );
+        assert_eq!(e, ParseError::Version { found });
+        assert!(e.to_string().contains(&format!(
+            "version {found}, this Kite reads version {FORMAT_VERSION}"
+        )));
+        // A file of the first format (no rate limiters, engines or layout) is refused too.
+        other[8..12].copy_from_slice(&1u32.to_le_bytes());
+        assert_eq!(parse(&other).unwrap_err(), ParseError::Version { found: 1 });
     }
 
     #[test]

@@ -23,7 +23,7 @@ use kvm_bindings::{
 use kvm_ioctls::VmFd;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{DiskConfig, NetConfig, VmConfig, VsockConfig};
+use crate::config::{DiskConfig, IoEngine, NetConfig, VmConfig, VsockConfig};
 use crate::devices::manager::{DeviceManager, SavedDevice};
 use crate::memory::GuestMem;
 use crate::vcpu::VcpuThread;
@@ -35,8 +35,8 @@ use crate::vcpu::state::VcpuState;
 pub struct MachineState {
     pub memory: u64,
     pub cpus: u8,
-    /// (path, readonly) of each disk, in order.
-    pub disks: Vec<(PathBuf, bool)>,
+    /// Each disk, in order.
+    pub disks: Vec<DiskShape>,
     /// (iface id, tap, MAC) of each network interface, in order.
     pub nets: Vec<(String, String, [u8; 6])>,
     /// (CID, socket path).
@@ -44,6 +44,18 @@ pub struct MachineState {
     pub rng: bool,
     pub boot_timer: bool,
     pub acpi: bool,
+    /// The configuration in Firecracker's layout (what `GET /vm/config` answered when the
+    /// snapshot was made, as JSON), for `GET /vm/config` of the restored VM; None if the VM
+    /// had no API.
+    pub layout: Option<String>,
+}
+
+/// A disk as restore opens it again (its rate limiter is in the device's state).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskShape {
+    pub path: PathBuf,
+    pub readonly: bool,
+    pub io_engine: IoEngine,
 }
 
 /// What `PUT /snapshot/load` may change for a clone.
@@ -68,7 +80,11 @@ impl MachineState {
             disks: config
                 .disks
                 .iter()
-                .map(|d| (d.path.clone(), d.readonly))
+                .map(|d| DiskShape {
+                    path: d.path.clone(),
+                    readonly: d.readonly,
+                    io_engine: d.io_engine,
+                })
                 .collect(),
             nets: config
                 .nets
@@ -85,6 +101,7 @@ impl MachineState {
             // What the machine was built with: `acpi=off` on its command line meant no ACPI
             // devices, and the restored machine has no command line to say so.
             acpi: crate::arch::x86_64::acpi::wanted(config.acpi, &config.cmdline),
+            layout: None,
         }
     }
 
@@ -111,13 +128,12 @@ impl MachineState {
             disks: self
                 .disks
                 .iter()
-                .map(|(path, readonly)| DiskConfig {
-                    path: path.clone(),
-                    readonly: *readonly,
-                    // Rate limiters are not in the snapshot (yet): a restored VM runs unlimited.
+                .map(|d| DiskConfig {
+                    path: d.path.clone(),
+                    readonly: d.readonly,
+                    // The rate limiters, with their budgets, come with the devices' state.
                     rate_limit: Default::default(),
-                    // Nor is the engine: a restored VM's disks use the sync engine.
-                    io_engine: Default::default(),
+                    io_engine: d.io_engine,
                 })
                 .collect(),
             nets: self
@@ -508,6 +524,11 @@ mod tests {
         let machine = file::example_state(2).machine;
         let config = machine.config(&Overrides::default()).unwrap();
         let ids: Vec<String> = machine.nets.iter().map(|n| n.0.clone()).collect();
+        // The layout is the API's, added when a snapshot is made.
+        let machine = MachineState {
+            layout: None,
+            ..machine
+        };
         assert_eq!(MachineState::of(&config, &ids), machine);
     }
 }

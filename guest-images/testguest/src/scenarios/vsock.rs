@@ -5,6 +5,10 @@
 //! reads the echo as it comes, checks every byte, then shuts the connection down (both
 //! directions) and waits up to 1 s for the peer's RST.
 //!
+//! A VIRTIO_VSOCK_EVENT_TRANSPORT_RESET on the event queue (a VM restored from a snapshot: the
+//! host's side of every connection is gone) ends the connection: the client connects again
+//! from the next local port and starts the echo over (`reset_seen=1` in the result line).
+//!
 //! Every packet is two descriptors (the 44-byte `virtio_vsock_hdr`, then the data), the layout
 //! every device takes. The client advertises a 256 KiB receive buffer and consumes data at
 //! once; it sends a CREDIT_UPDATE when a quarter of that was consumed since the last one it
@@ -36,6 +40,10 @@ pub const OP_RW: u16 = 5;
 pub const OP_CREDIT_UPDATE: u16 = 6;
 const OP_CREDIT_REQUEST: u16 = 7;
 pub const SHUTDOWN_BOTH: u32 = 3;
+/// `virtio_vsock_event.id` of VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
+const EVENT_TRANSPORT_RESET: u32 = 0;
+/// How many transport resets one run takes before it gives up.
+const MAX_RESETS: u64 = 3;
 /// Time limit for each step (connecting, each packet, the echo).
 const STEP_MS: u64 = 5000;
 
@@ -103,7 +111,15 @@ struct Vsock {
     dev: Device,
     rx: Queue,
     tx: Queue,
-    _event: Queue,
+    event: Queue,
+    /// Event buffers (8 bytes each) and which one each head is.
+    event_bufs: [u64; EVENT_BUFS],
+    event_of: [u8; virtio::MAX_QUEUE],
+    /// A transport reset arrived (taken by the echo, which then connects again).
+    reset: bool,
+    resets: u64,
+    /// Our port: LOCAL_PORT, one more after each transport reset.
+    local_port: u32,
     /// Receive buffers: header address, data address.
     rx_bufs: [(u64, u64); RX_BUFS],
     rx_of: [u8; virtio::MAX_QUEUE],
@@ -159,9 +175,16 @@ impl Vsock {
             let head = rx.post(&[Buf::w(h, HDR as u32), Buf::w(d, DATA as u32)])?;
             rx_of[head as usize] = i as u8;
         }
-        for _ in 0..event.size.min(EVENT_BUFS as u16) {
-            let e = headers.take(8, 8)?;
-            event.post(&[Buf::w(e, 8)])?;
+        let mut event_bufs = [0u64; EVENT_BUFS];
+        let mut event_of = [0u8; virtio::MAX_QUEUE];
+        for (i, e) in event_bufs
+            .iter_mut()
+            .enumerate()
+            .take(event.size.min(EVENT_BUFS as u16) as usize)
+        {
+            *e = headers.take(8, 8)?;
+            let head = event.post(&[Buf::w(*e, 8)])?;
+            event_of[head as usize] = i as u8;
         }
         dev.driver_ok()?;
         rx.kick();
@@ -171,7 +194,12 @@ impl Vsock {
             dev,
             rx,
             tx,
-            _event: event,
+            event,
+            event_bufs,
+            event_of,
+            reset: false,
+            resets: 0,
+            local_port: LOCAL_PORT,
             rx_bufs,
             rx_of,
             tx_bufs,
@@ -188,6 +216,39 @@ impl Vsock {
             packets_tx: 0,
             packets_rx: 0,
         })
+    }
+
+    /// Take the device's events; true if one was a transport reset (then the guest CID is read
+    /// again, as the spec asks).
+    fn poll_events(&mut self) -> Result<bool, Line> {
+        let mut reset = false;
+        while let Some((head, used)) = self.event.pop_used()? {
+            let index = self.event_of[head as usize] as usize;
+            let addr = self.event_bufs[index];
+            // SAFETY: an 8-byte event buffer in arena RAM that the device is done with.
+            let id = unsafe { (addr as *const u32).read_volatile() };
+            reset |= used >= 4 && id == EVENT_TRANSPORT_RESET;
+            let head = self.event.post(&[Buf::w(addr, 8)])?;
+            self.event_of[head as usize] = index as u8;
+            self.event.kick();
+        }
+        if reset {
+            self.reset = true;
+            self.resets += 1;
+            self.guest_cid = self.dev.config_u64(0);
+        }
+        Ok(reset)
+    }
+
+    /// After a transport reset: a new connection from the next local port, from nothing.
+    fn forget_connection(&mut self) {
+        self.reset = false;
+        self.local_port += 1;
+        self.fwd_cnt = 0;
+        self.fwd_told = 0;
+        self.peer_buf_alloc = 0;
+        self.peer_fwd_cnt = 0;
+        self.tx_cnt = 0;
     }
 
     fn reclaim_tx(&mut self) -> Result<(), Line> {
@@ -219,7 +280,7 @@ impl Vsock {
         Hdr {
             src_cid: self.guest_cid,
             dst_cid: HOST_CID,
-            src_port: LOCAL_PORT,
+            src_port: self.local_port,
             dst_port: self.port,
             len,
             kind: TYPE_STREAM,
@@ -244,12 +305,22 @@ impl Vsock {
     }
 
     /// The next packet for our connection: its header and (a copy of) its data, or None at
-    /// the deadline. Packets for other ports are dropped (counted as received).
+    /// the deadline or at a transport reset (`self.reset`). Packets for other ports are
+    /// dropped (counted as received).
     fn recv(&mut self, deadline: u64, data: &mut [u8; DATA as usize]) -> Result<Option<Hdr>, Line> {
         loop {
-            let (head, used) = match self.rx.wait_used(deadline, "a vsock packet") {
+            // The event queue is looked at every 20 ms while waiting.
+            if self.poll_events()? {
+                return Ok(None);
+            }
+            let slice = deadline.min(rdtsc() + ms_to_ticks(20));
+            let (head, used) = match self.rx.wait_used(slice, "a vsock packet") {
                 Ok(done) => done,
-                Err(virtio::Error::Timeout(_)) => return Ok(None),
+                Err(virtio::Error::Timeout(_)) if rdtsc() < deadline => continue,
+                Err(virtio::Error::Timeout(_)) => {
+                    self.poll_events()?;
+                    return Ok(None);
+                }
                 Err(e) => return Err(e.into()),
             };
             let index = self.rx_of[head as usize] as usize;
@@ -270,7 +341,7 @@ impl Vsock {
             self.packets_rx += 1;
             if hdr.src_cid != HOST_CID
                 || hdr.src_port != self.port
-                || hdr.dst_port != LOCAL_PORT
+                || hdr.dst_port != self.local_port
                 || hdr.dst_cid != self.guest_cid
             {
                 continue;
@@ -319,15 +390,69 @@ pub fn virtio_vsock(ctx: &mut Ctx) -> Outcome {
     let freq = tsc_freq();
     let mut v = Vsock::open(ctx, wait, port as u32)?;
     let mut data = [0u8; DATA as usize];
+    let (sent, echoed, cycles, connect_cycles) = loop {
+        if let Some(done) = echo(&mut v, total, chunk, seed, &mut data)? {
+            break done;
+        }
+        // A transport reset: the connection is gone; connect again and start over.
+        if v.resets > MAX_RESETS {
+            return fail!("{} transport resets", v.resets);
+        }
+        v.forget_connection();
+    };
 
+    // Close: SHUTDOWN both ways, wait for the peer's RST.
+    v.send(OP_SHUTDOWN, SHUTDOWN_BOTH, 0, |_| {})?;
+    let close_deadline = rdtsc() + ms_to_ticks(1000);
+    let mut closed = 0;
+    while let Some(h) = v.recv(close_deadline, &mut data)? {
+        if h.op == OP_RST {
+            closed = 1;
+            break;
+        }
+    }
+    v.reclaim_tx()?;
+    let irqs = v.dev.irqs();
+    let mut line = Line::new();
+    let _ = write!(
+        line,
+        "bytes={sent} echoed={echoed} bytes_per_sec={} cycles={cycles} connect_cycles={connect_cycles} guest_cid={} port={port} chunk={chunk} packets_tx={} packets_rx={} closed={closed} reset_seen={} tsc_hz={} tsc_src={} wait={} irqs={irqs} event_idx={}",
+        per_second(echoed, cycles, freq.hz),
+        v.guest_cid,
+        v.packets_tx,
+        v.packets_rx,
+        u8::from(v.resets > 0),
+        freq.hz,
+        freq.source,
+        wait.name(),
+        v.dev.event_idx()
+    );
+    v.dev.shutdown();
+    Ok(line)
+}
+
+/// Connect and echo `total` bytes: (sent, echoed, cycles, connect cycles), or None if a
+/// transport reset ended the connection.
+fn echo(
+    v: &mut Vsock,
+    total: u64,
+    chunk: u64,
+    seed: u64,
+    data: &mut [u8; DATA as usize],
+) -> Result<Option<(u64, u64, u64, u64)>, Line> {
+    let port = v.port;
     // Connect.
     let connect_start = rdtsc();
     v.send(OP_REQUEST, 0, 0, |_| {})?;
-    let Some(h) = v.recv(rdtsc() + ms_to_ticks(STEP_MS), &mut data)? else {
+    let Some(h) = v.recv(rdtsc() + ms_to_ticks(STEP_MS), data)? else {
+        if v.reset {
+            return Ok(None);
+        }
         return fail!("no answer to a connection request to CID 2 port {port} within {STEP_MS} ms");
     };
     match h.op {
         OP_RESPONSE => {}
+        OP_RST if v.poll_events()? || v.reset => return Ok(None),
         OP_RST => return fail!("connection to CID 2 port {port} refused (RST)"),
         op => return fail!("unexpected op {op} while connecting"),
     }
@@ -364,7 +489,10 @@ pub fn virtio_vsock(ctx: &mut Ctx) -> Outcome {
             sent += n;
         }
         // Then wait for something to come back.
-        let Some(h) = v.recv(rdtsc() + ms_to_ticks(STEP_MS), &mut data)? else {
+        let Some(h) = v.recv(rdtsc() + ms_to_ticks(STEP_MS), data)? else {
+            if v.reset {
+                return Ok(None);
+            }
             return fail!(
                 "stalled: sent {sent} of {total} bytes, {echoed} echoed, peer credit {} (buf_alloc {} fwd_cnt {})",
                 v.credit(),
@@ -390,6 +518,8 @@ pub fn virtio_vsock(ctx: &mut Ctx) -> Outcome {
             }
             OP_CREDIT_UPDATE => credit_asked = false,
             OP_CREDIT_REQUEST => v.send(OP_CREDIT_UPDATE, 0, 0, |_| {})?,
+            // After a transport reset the host answers the old connection's packets with RST.
+            OP_RST if v.poll_events()? || v.reset => return Ok(None),
             OP_RST => {
                 return fail!("peer reset the connection after {echoed} of {total} bytes echoed");
             }
@@ -402,33 +532,5 @@ pub fn virtio_vsock(ctx: &mut Ctx) -> Outcome {
             op => return fail!("unexpected op {op} on the connection"),
         }
     }
-    let cycles = rdtsc().wrapping_sub(start);
-
-    // Close: SHUTDOWN both ways, wait for the peer's RST.
-    v.send(OP_SHUTDOWN, SHUTDOWN_BOTH, 0, |_| {})?;
-    let close_deadline = rdtsc() + ms_to_ticks(1000);
-    let mut closed = 0;
-    while let Some(h) = v.recv(close_deadline, &mut data)? {
-        if h.op == OP_RST {
-            closed = 1;
-            break;
-        }
-    }
-    v.reclaim_tx()?;
-    let irqs = v.dev.irqs();
-    let mut line = Line::new();
-    let _ = write!(
-        line,
-        "bytes={sent} echoed={echoed} bytes_per_sec={} cycles={cycles} connect_cycles={connect_cycles} guest_cid={} port={port} chunk={chunk} packets_tx={} packets_rx={} closed={closed} tsc_hz={} tsc_src={} wait={} irqs={irqs} event_idx={}",
-        per_second(echoed, cycles, freq.hz),
-        v.guest_cid,
-        v.packets_tx,
-        v.packets_rx,
-        freq.hz,
-        freq.source,
-        wait.name(),
-        v.dev.event_idx()
-    );
-    v.dev.shutdown();
-    Ok(line)
+    Ok(Some((sent, echoed, rdtsc().wrapping_sub(start), connect_cycles)))
 }

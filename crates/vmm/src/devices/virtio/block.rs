@@ -199,6 +199,14 @@ impl Block {
         &self.requests.disk.path
     }
 
+    /// The engine requests go through.
+    pub fn io_engine(&self) -> super::IoEngine {
+        match self.requests.uring {
+            Some(_) => super::IoEngine::Async,
+            None => super::IoEngine::Sync,
+        }
+    }
+
     pub fn readonly(&self) -> bool {
         self.requests.disk.readonly
     }
@@ -588,6 +596,17 @@ fn name(disk: &Disk) -> String {
 impl VirtioDevice for Block {
     fn active(&self) -> Option<&Active> {
         self.active.as_ref()
+    }
+
+    fn limiters(&self) -> Vec<super::rate_limiter::LimiterState> {
+        vec![self.requests.limiter.state()]
+    }
+
+    fn restore_limiters(
+        &mut self,
+        saved: &[super::rate_limiter::LimiterState],
+    ) -> Result<(), String> {
+        super::device::restore_each(&mut [&mut self.requests.limiter], saved)
     }
 
     fn device_type(&self) -> u32 {

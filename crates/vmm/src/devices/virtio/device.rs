@@ -18,6 +18,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet as Epoll
 use vmm_sys_util::eventfd::EventFd;
 
 use super::chain::{Chain, read_chain};
+use super::rate_limiter::LimiterState;
 use crate::memory::GuestMem;
 
 /// A virtio device behind a transport.
@@ -53,6 +54,33 @@ pub trait VirtioDevice: Send {
     /// The device was rebuilt from a snapshot and activated again: connections to the host
     /// that the snapshot could not keep are gone (vsock tells the driver here).
     fn restored(&mut self) {}
+    /// The device's rate limiters (buckets and budgets), for a snapshot: none, one (block,
+    /// entropy) or two (net: receive, transmit).
+    fn limiters(&self) -> Vec<LimiterState> {
+        Vec::new()
+    }
+    /// Take up [`Self::limiters`] of a snapshot (before the device is activated again).
+    fn restore_limiters(&mut self, saved: &[LimiterState]) -> Result<(), String> {
+        restore_each(&mut [], saved)
+    }
+}
+
+/// Give each of `limiters` its state from `saved`, which must have as many.
+pub(crate) fn restore_each(
+    limiters: &mut [&mut super::rate_limiter::RateLimiter],
+    saved: &[LimiterState],
+) -> Result<(), String> {
+    if limiters.len() != saved.len() {
+        return Err(format!(
+            "{} rate limiters in the snapshot, {} on this device",
+            saved.len(),
+            limiters.len()
+        ));
+    }
+    for (l, s) in limiters.iter_mut().zip(saved) {
+        l.restore(s)?;
+    }
+    Ok(())
 }
 
 /// Shared handle to a device: the transport (vCPU threads) and the event loop both hold one.

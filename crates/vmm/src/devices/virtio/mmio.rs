@@ -460,6 +460,17 @@ impl MmioTransport {
         }
     }
 
+    /// The device's rate limiters, for a snapshot.
+    pub fn limiters(&self) -> Vec<super::LimiterState> {
+        lock(&self.device).limiters()
+    }
+
+    /// Give the device its rate limiters' state (before [`Self::restore`], whose first
+    /// service of the queues they then limit).
+    pub fn restore_limiters(&self, saved: &[super::LimiterState]) -> Result<(), String> {
+        lock(&self.device).restore_limiters(saved)
+    }
+
     /// The first `len` bytes of the device's configuration space.
     pub fn config_bytes(&self, len: usize) -> Vec<u8> {
         let mut bytes = vec![0; len];

@@ -49,7 +49,7 @@ use device::{QueueEvents, SharedDevice};
 use mmio::QUEUE_NOTIFY;
 pub use mmio::{MmioTransport, QueueRegs, TransportState};
 use net::Net;
-pub use rate_limiter::{Bucket, RateLimit, RateLimitUpdate};
+pub use rate_limiter::{Bucket, BucketState, LimiterState, RateLimit, RateLimitUpdate};
 use rng::Rng;
 use tap::Tap;
 use vsock::Vsock;
@@ -68,7 +68,7 @@ pub struct DiskConfig {
 }
 
 /// Firecracker's drive `io_engine`.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum IoEngine {
     /// One request at a time, with blocking calls on the event loop.
     #[default]
@@ -274,6 +274,13 @@ impl BlockHandle {
     pub fn drain(&self) {
         let mut block = self.device.lock().unwrap_or_else(|e| e.into_inner());
         block.drain();
+    }
+
+    /// The file the device reads and writes now (`PATCH /drives` may have changed it), and
+    /// its engine.
+    pub fn backing(&self) -> (PathBuf, IoEngine) {
+        let block = self.device.lock().unwrap_or_else(|e| e.into_inner());
+        (block.path().to_path_buf(), block.io_engine())
     }
 
     /// `PATCH /drives/{id}` with `rate_limiter`: the buckets it names are replaced.

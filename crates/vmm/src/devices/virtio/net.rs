@@ -371,6 +371,18 @@ impl VirtioDevice for Net {
         self.active.as_ref()
     }
 
+    fn limiters(&self) -> Vec<super::rate_limiter::LimiterState> {
+        vec![self.rx_limiter.state(), self.tx_limiter.state()]
+    }
+
+    fn restore_limiters(
+        &mut self,
+        saved: &[super::rate_limiter::LimiterState],
+    ) -> Result<(), String> {
+        let limiters = &mut [&mut self.rx_limiter, &mut self.tx_limiter];
+        super::device::restore_each(limiters, saved)
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_NET
     }

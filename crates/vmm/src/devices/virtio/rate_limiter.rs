@@ -10,18 +10,29 @@
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use vmm_sys_util::timerfd::TimerFd;
 
 /// One bucket as configured.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bucket {
     pub size: u64,
     pub one_time_burst: u64,
     pub refill_time_ms: u64,
 }
 
+impl Bucket {
+    /// What the API accepts (`types::rate_limit_of`): tokens fit an i64, time in ns a u64,
+    /// and neither size nor refill time is 0 (such a bucket is no bucket).
+    fn is_valid(&self) -> bool {
+        (1..=i64::MAX as u64).contains(&self.size)
+            && self.one_time_burst <= i64::MAX as u64
+            && (1..=u64::MAX / 1_000_000).contains(&self.refill_time_ms)
+    }
+}
+
 /// Both buckets; `None` is no limit of that kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
     pub bandwidth: Option<Bucket>,
     pub ops: Option<Bucket>,
@@ -32,6 +43,26 @@ pub struct RateLimit {
 pub struct RateLimitUpdate {
     pub bandwidth: Option<Option<Bucket>>,
     pub ops: Option<Option<Bucket>>,
+}
+
+/// A bucket in a snapshot: its configuration and where it had got to (as Firecracker keeps
+/// it: the budget, and the time since its last refill, so that the time the snapshot spent on
+/// disk adds no tokens).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BucketState {
+    pub config: Bucket,
+    /// Tokens; negative after a request larger than the bucket.
+    pub budget: i64,
+    /// What is left of `one_time_burst`.
+    pub burst: u64,
+    pub since_refill_ns: u64,
+}
+
+/// A limiter in a snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LimiterState {
+    pub bandwidth: Option<BucketState>,
+    pub ops: Option<BucketState>,
 }
 
 #[derive(Debug)]
@@ -51,6 +82,36 @@ impl TokenBucket {
             burst: config.one_time_burst,
             last: now,
         }
+    }
+
+    fn state(&self, now: Instant) -> BucketState {
+        let since = now.saturating_duration_since(self.last).as_nanos();
+        BucketState {
+            config: self.config,
+            budget: i64::try_from(self.budget).unwrap_or(if self.budget < 0 {
+                i64::MIN
+            } else {
+                i64::MAX
+            }),
+            burst: self.burst,
+            since_refill_ns: u64::try_from(since).unwrap_or(u64::MAX),
+        }
+    }
+
+    /// The bucket of `s`, its last refill `s.since_refill_ns` before `now`. `Err` for values
+    /// the API would not have taken (a damaged or hand-made file).
+    fn from_state(s: &BucketState, now: Instant) -> Result<Self, String> {
+        let c = s.config;
+        if !c.is_valid() || s.burst > c.one_time_burst {
+            return Err(format!("a rate limiter bucket out of range: {s:?}"));
+        }
+        let since = Duration::from_nanos(s.since_refill_ns);
+        Ok(Self {
+            config: c,
+            budget: i128::from(s.budget).min(i128::from(c.size)),
+            burst: s.burst,
+            last: now.checked_sub(since).unwrap_or(now),
+        })
     }
 
     fn refill_ns(&self) -> u128 {
@@ -190,6 +251,39 @@ impl RateLimiter {
         std::mem::take(&mut self.blocked)
     }
 
+    /// The buckets as configured (none: no limit of that kind).
+    #[cfg(test)]
+    pub fn limit(&self) -> RateLimit {
+        RateLimit {
+            bandwidth: self.bandwidth.as_ref().map(|b| b.config),
+            ops: self.ops.as_ref().map(|b| b.config),
+        }
+    }
+
+    /// The buckets and their budgets, for a snapshot.
+    pub fn state(&self) -> LimiterState {
+        let now = Instant::now();
+        LimiterState {
+            bandwidth: self.bandwidth.as_ref().map(|b| b.state(now)),
+            ops: self.ops.as_ref().map(|b| b.state(now)),
+        }
+    }
+
+    /// Take up the buckets of a snapshot (the timer stays this limiter's; a request that was
+    /// waiting is looked at again when the queues are served after the restore).
+    pub fn restore(&mut self, s: &LimiterState) -> Result<(), String> {
+        let now = Instant::now();
+        let bucket = |b: &Option<BucketState>| b.as_ref().map(|b| TokenBucket::from_state(b, now));
+        let (bandwidth, ops) = (
+            bucket(&s.bandwidth).transpose()?,
+            bucket(&s.ops).transpose()?,
+        );
+        self.bandwidth = bandwidth;
+        self.ops = ops;
+        self.blocked = false;
+        Ok(())
+    }
+
     /// `PATCH`: replace the buckets it names (they start full, as new ones do); a waiting
     /// request is looked at again at once.
     pub fn update(&mut self, u: RateLimitUpdate) {
@@ -248,6 +342,44 @@ mod tests {
         b.take(250);
         assert_eq!(b.budget, -150);
         assert!(b.wait_for(250) >= Duration::from_millis(25));
+    }
+
+    #[test]
+    fn a_limiter_restored_from_its_state_has_its_buckets_and_budgets() {
+        let limit = RateLimit {
+            bandwidth: Some(bucket(1000, 300, 100)),
+            ops: Some(bucket(4, 0, 1000)),
+        };
+        let mut l = RateLimiter::new(limit);
+        assert!(l.consume(700), "300 from the burst, 400 from the bucket");
+        assert!(l.consume(100));
+        let state = l.state();
+        let bw = state.bandwidth.unwrap();
+        assert_eq!((bw.budget, bw.burst), (500, 0));
+        assert_eq!(state.ops.unwrap().budget, 2);
+        // The state goes through the snapshot file's encoding.
+        let bytes = postcard::to_stdvec(&state).unwrap();
+        let back: LimiterState = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, state);
+
+        let mut restored = RateLimiter::new(RateLimit::default());
+        restored.restore(&back).unwrap();
+        assert_eq!(restored.limit(), limit);
+        let again = restored.state();
+        assert_eq!(again.bandwidth.unwrap().budget, 500);
+        assert_eq!(again.ops.unwrap().budget, 2);
+        // The restored buckets limit: two more requests, then the ops bucket is empty.
+        assert!(restored.consume(10) && restored.consume(10));
+        assert!(!restored.consume(10), "the ops bucket was spent");
+
+        // What the API would refuse is refused here too.
+        let mut bad = state;
+        bad.ops.as_mut().unwrap().config.refill_time_ms = 0;
+        assert!(restored.restore(&bad).is_err());
+        let mut bad = state;
+        bad.bandwidth.as_mut().unwrap().burst = 301;
+        assert!(restored.restore(&bad).is_err());
+        assert_eq!(restored.limit(), limit, "a refused state changes nothing");
     }
 
     #[test]

@@ -103,6 +103,17 @@ impl VirtioDevice for Rng {
         self.active.as_ref()
     }
 
+    fn limiters(&self) -> Vec<super::rate_limiter::LimiterState> {
+        vec![self.limiter.state()]
+    }
+
+    fn restore_limiters(
+        &mut self,
+        saved: &[super::rate_limiter::LimiterState],
+    ) -> Result<(), String> {
+        super::device::restore_each(&mut [&mut self.limiter], saved)
+    }
+
     fn device_type(&self) -> u32 {
         VIRTIO_ID_RNG
     }
