@@ -709,6 +709,7 @@ fn an_open_vsock_connection_is_reset_by_the_restore_and_the_guest_connects_again
         .lines()
         .find(|l| l.contains("KITE-TEST virtio-vsock"))
         .unwrap_or_else(|| panic!("no result line\n{out}\n{}", restored.stderr()));
+    eprintln!("{line}");
     assert!(line.contains("KITE-TEST virtio-vsock ok"), "{line}");
     assert!(line.contains(" reset_seen=1 "), "{line}");
     assert!(line.contains(" bytes=262144 echoed=262144 "), "{line}");
