@@ -32,7 +32,7 @@ impl Bucket {
 }
 
 /// Both buckets; `None` is no limit of that kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RateLimit {
     pub bandwidth: Option<Bucket>,
     pub ops: Option<Bucket>,

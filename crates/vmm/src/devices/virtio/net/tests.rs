@@ -697,3 +697,36 @@ fn the_receive_limiter_holds_a_frame_and_delivers_it_later_in_order() {
         received(hdr, &frame(200, [2, 0, 0, 0, 0, 9], 2))
     );
 }
+
+#[test]
+fn the_limiters_go_into_a_snapshot_receive_first_and_come_back() {
+    let fake = |sock| Fake {
+        sock,
+        offload: Arc::new(AtomicU32::new(0)),
+    };
+    let (a, _host_a) = UnixDatagram::pair().unwrap();
+    let (b, _host_b) = UnixDatagram::pair().unwrap();
+    let limited = Net::with_limits(
+        Box::new(fake(a)),
+        MAC,
+        Default::default(),
+        two_ops_per_50_ms(),
+    )
+    .unwrap();
+    let saved = limited.limiters();
+    assert_eq!(saved.len(), 2);
+    assert!(saved[0].ops.is_none(), "receive: no limit");
+    assert_eq!(
+        saved[1].ops.unwrap().config,
+        two_ops_per_50_ms().ops.unwrap()
+    );
+    let mut fresh = Net::new(Box::new(fake(b)), MAC).unwrap();
+    let e = fresh.restore_limiters(&saved[..1]).unwrap_err();
+    assert!(
+        e.contains("1 rate limiters in the snapshot, 2 on this device"),
+        "{e}"
+    );
+    fresh.restore_limiters(&saved).unwrap();
+    assert_eq!(fresh.limiters()[1].ops.unwrap().config.size, 2);
+    assert!(fresh.limiters()[0].ops.is_none());
+}
