@@ -1,8 +1,11 @@
 //! Snapshots of the ring-3 test guest: paused in the middle of a scenario, saved with
 //! `PUT /snapshot/create` (or `kite snapshot`), and restored in a new process (with
 //! `PUT /snapshot/load` or `kite restore`), where the scenario finishes with a correct result
-//! line. And the bad input of issue 18: damaged, truncated and other-version files, a short
-//! memory file, create while running, load after start, a directory that does not exist.
+//! line: tick, smp on 2 and 8 vCPUs, virtio-blk writes (also on io_uring, and through a rate
+//! limiter that must still hold after the restore), virtio-rng, and vsock echo with its
+//! connection open (the guest sees the transport reset and connects again). `GET /vm/config`
+//! of a restored VM. And the bad input of issue 18: damaged, truncated and other-version files,
+//! a short memory file, create while running, load after start, a directory that does not exist.
 
 mod common;
 
