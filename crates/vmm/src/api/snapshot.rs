@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use super::types::MachineConfig;
-use crate::snapshot::{self, Kind, Overrides};
+use crate::snapshot::{self, Kind, MemBackend as Backend, Overrides};
 use crate::vmm::Vmm;
 
 /// `PUT /snapshot/create`.
@@ -94,24 +94,25 @@ pub fn create_paths(c: &SnapshotCreate) -> Result<(Kind, PathBuf, PathBuf), Stri
     Ok((kind, state, mem))
 }
 
-/// What a load asks for, checked: (snapshot file, memory file, overrides, resume).
-pub fn load_request(l: &SnapshotLoad) -> Result<(PathBuf, PathBuf, Overrides, bool), String> {
-    let mem = match (&l.mem_backend, &l.mem_file_path) {
+/// What a load asks for, checked: (snapshot file, guest RAM's backend, overrides, resume).
+pub fn load_request(l: &SnapshotLoad) -> Result<(PathBuf, Backend, Overrides, bool), String> {
+    let (mem, path) = match (&l.mem_backend, &l.mem_file_path) {
         (Some(_), Some(_)) => {
             return Err("give mem_backend or the deprecated mem_file_path, not both".into());
         }
         (None, None) => return Err("mem_backend is missing: say where the memory file is".into()),
-        (None, Some(path)) => path.clone(),
+        (None, Some(path)) => (Backend::File(path.into()), path),
         (Some(b), None) => match b.backend_type.as_str() {
-            "File" => b.backend_path.clone(),
-            "Uffd" => {
-                return Err("mem_backend Uffd is not supported by Kite yet: use File".into());
-            }
-            other => return Err(format!("unknown backend_type {other:?}: use File")),
+            "File" => (Backend::File((&b.backend_path).into()), &b.backend_path),
+            "Uffd" => (Backend::Uffd((&b.backend_path).into()), &b.backend_path),
+            other => return Err(format!("unknown backend_type {other:?}: use File or Uffd")),
         },
     };
-    if l.snapshot_path.is_empty() || mem.is_empty() {
-        return Err("snapshot_path and the memory file path must both be given".into());
+    if l.snapshot_path.is_empty() || path.is_empty() {
+        return Err(match mem {
+            Backend::Uffd(_) => "snapshot_path and backend_path (the page-fault handler's socket) must both be given".into(),
+            Backend::File(_) => "snapshot_path and the memory file path must both be given".into(),
+        });
     }
     let overrides = Overrides {
         taps: l
@@ -129,7 +130,7 @@ pub fn load_request(l: &SnapshotLoad) -> Result<(PathBuf, PathBuf, Overrides, bo
     };
     Ok((
         PathBuf::from(&l.snapshot_path),
-        PathBuf::from(mem),
+        mem,
         overrides,
         l.resume_vm.unwrap_or(false),
     ))
@@ -142,7 +143,7 @@ pub fn load(
     machine: Option<&MachineConfig>,
     process_start: Instant,
 ) -> Result<Vmm, String> {
-    let (state_path, mem_path, overrides, resume) = load_request(l)?;
+    let (state_path, mem, overrides, resume) = load_request(l)?;
     let state = snapshot::read(&state_path).map_err(|e| crate::error_chain(&e))?;
     if let Some(m) = machine {
         let (cpus, mib) = (state.machine.cpus, state.machine.memory >> 20);
@@ -153,6 +154,6 @@ pub fn load(
             ));
         }
     }
-    Vmm::restore(&state, &mem_path, &overrides, resume, process_start)
+    Vmm::restore(&state, &mem, &overrides, resume, process_start)
         .map_err(|e| crate::error_chain(&e))
 }
