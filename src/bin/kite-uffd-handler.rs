@@ -29,7 +29,9 @@ const USAGE: &str = "usage: kite-uffd-handler SOCKET MEMORY_FILE";
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "-h" || a == "--help") {
-        println!("{USAGE}\nServe the page faults of a VMM restored with the Uffd memory backend from MEMORY_FILE.");
+        println!(
+            "{USAGE}\nServe the page faults of a VMM restored with the Uffd memory backend from MEMORY_FILE."
+        );
         return;
     }
     let [socket, memory] = &args[..] else {
@@ -50,8 +52,7 @@ struct Backing {
 
 impl Backing {
     fn map(path: &Path) -> Result<Self, String> {
-        let file =
-            File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+        let file = File::open(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
         let len = file
             .metadata()
             .map_err(|e| format!("cannot read {}: {e}", path.display()))?
@@ -89,7 +90,8 @@ impl Backing {
         let end = (offset as usize).checked_add(len)?;
         // SAFETY: `[offset, end)` lies inside the live mapping of `self.len` bytes, which is
         // read-only and lives as long as `self`.
-        (end <= self.len).then(|| unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), len) })
+        (end <= self.len)
+            .then(|| unsafe { std::slice::from_raw_parts(self.ptr.add(offset as usize), len) })
     }
 }
 
@@ -105,8 +107,8 @@ fn listen(path: &Path) -> Result<UnixListener, String> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(format!(".tmp-{}", std::process::id()));
     let tmp = PathBuf::from(tmp);
-    let listener =
-        UnixListener::bind(&tmp).map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+    let listener = UnixListener::bind(&tmp)
+        .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
     std::fs::rename(&tmp, path).map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
         format!("cannot listen on {}: {e}", path.display())
@@ -204,7 +206,10 @@ fn serve(
             return Err(format!("poll: {e}"));
         }
         let mut faults = std::mem::take(&mut pending);
-        while let Some(event) = uffd.read_event().map_err(|e| format!("read the userfaultfd: {e}"))? {
+        while let Some(event) = uffd
+            .read_event()
+            .map_err(|e| format!("read the userfaultfd: {e}"))?
+        {
             match event {
                 Event::Pagefault { address } => faults.push(address),
                 Event::Remove { start, end } => {
@@ -240,12 +245,18 @@ enum Fill {
 }
 
 /// Fill the page at `address` from the memory file.
-fn fill(uffd: &Uffd, mappings: &[Mapping], backing: &Backing, address: u64) -> Result<Fill, String> {
-    let Some(m) = mappings
-        .iter()
-        .find(|m| (m.base_host_virt_addr..m.base_host_virt_addr + m.size as u64).contains(&address))
-    else {
-        return Err(format!("a fault at {address:#x}, outside every region the VMM sent"));
+fn fill(
+    uffd: &Uffd,
+    mappings: &[Mapping],
+    backing: &Backing,
+    address: u64,
+) -> Result<Fill, String> {
+    let Some(m) = mappings.iter().find(|m| {
+        (m.base_host_virt_addr..m.base_host_virt_addr + m.size as u64).contains(&address)
+    }) else {
+        return Err(format!(
+            "a fault at {address:#x}, outside every region the VMM sent"
+        ));
     };
     let page = m.page() as u64;
     let dst = address & !(page - 1);
@@ -287,7 +298,10 @@ fn kill_peer(stream: &UnixStream) {
         )
     };
     if rc == 0 && cred.pid > 0 {
-        eprintln!("kite-uffd-handler: killing the VMM (pid {}), which cannot go on without its pages", cred.pid);
+        eprintln!(
+            "kite-uffd-handler: killing the VMM (pid {}), which cannot go on without its pages",
+            cred.pid
+        );
         // SAFETY: kill(2) takes plain values.
         unsafe { libc::kill(cred.pid, libc::SIGKILL) };
     }

@@ -65,7 +65,9 @@ pub fn parse_mappings(body: &str) -> Result<Vec<Mapping>, String> {
             || !m.size.is_multiple_of(page)
             || !m.base_host_virt_addr.is_multiple_of(page as u64)
         {
-            return Err(format!("a memory region the VMM sent is not whole pages: {m:?}"));
+            return Err(format!(
+                "a memory region the VMM sent is not whole pages: {m:?}"
+            ));
         }
     }
     Ok(mappings)
@@ -206,7 +208,8 @@ impl Uffd {
         };
         // SAFETY: UFFDIO_REGISTER reads and writes a `struct uffdio_register`, which `reg` is;
         // registering changes how faults on the range are served, not its contents.
-        let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(self, UFFDIO_REGISTER(), &mut reg) };
+        let rc =
+            unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(self, UFFDIO_REGISTER(), &mut reg) };
         if rc == 0 {
             Ok(())
         } else {
@@ -221,7 +224,9 @@ impl Uffd {
             len: end.saturating_sub(start),
         };
         // SAFETY: UFFDIO_UNREGISTER reads a `struct uffdio_range`, which `range` is.
-        let rc = unsafe { vmm_sys_util::ioctl::ioctl_with_mut_ref(self, UFFDIO_UNREGISTER(), &mut range) };
+        let rc = unsafe {
+            vmm_sys_util::ioctl::ioctl_with_mut_ref(self, UFFDIO_UNREGISTER(), &mut range)
+        };
         if rc == 0 {
             Ok(())
         } else {
@@ -335,9 +340,8 @@ pub fn hand_over(mem: &GuestMem, socket: &Path) -> Result<Backend, String> {
         let host = mem
             .get_host_address(region.start_addr())
             .map_err(|e| format!("guest RAM: {e}"))? as u64;
-        uffd.register_missing(host, region.len()).map_err(|e| {
-            format!("cannot register guest RAM with the userfaultfd: {e}")
-        })?;
+        uffd.register_missing(host, region.len())
+            .map_err(|e| format!("cannot register guest RAM with the userfaultfd: {e}"))?;
         mappings.push(Mapping {
             base_host_virt_addr: host,
             size: region.len() as usize,
@@ -455,9 +459,7 @@ mod tests {
             }
         };
         let mem = crate::memory::create(1 << 20).unwrap();
-        let host = mem
-            .get_host_address(vm_memory::GuestAddress(0))
-            .unwrap() as u64;
+        let host = mem.get_host_address(vm_memory::GuestAddress(0)).unwrap() as u64;
         uffd.register_missing(host, 1 << 20).unwrap();
         let handler = std::thread::spawn(move || {
             let mut served = 0;
