@@ -408,7 +408,7 @@ mod tests {
             page_size: 4096,
             page_size_kib: 4096,
         };
-        let json = serde_json::to_string(&[m.clone()]).unwrap();
+        let json = serde_json::to_string(std::slice::from_ref(&m)).unwrap();
         assert_eq!(
             json,
             r#"[{"base_host_virt_addr":139637976727552,"size":268435456,"offset":0,"page_size":4096,"page_size_kib":4096}]"#
