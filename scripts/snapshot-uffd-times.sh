@@ -37,4 +37,9 @@ for _ in $(seq 1 "${1:-5}"); do
   load Uffd $D/h.sock
   wait $R
   sed 's/^kite-uffd-handler: /Uffd handler: /' $D/h.out
+done | tee $D/times
+# The median and the fastest of each backend's calls, in ms.
+for b in File Uffd; do
+  awk -v b=$b '$1 == b && $2 == "load-call" { print $3 * 1000 }' $D/times | sort -n |
+    awk -v b=$b '{ v[NR] = $1 } END { if (NR) printf "%s: median %.1f ms, fastest %.1f ms, slowest %.1f ms (%d calls)\n", b, v[int((NR + 1) / 2)], v[1], v[NR], NR }'
 done

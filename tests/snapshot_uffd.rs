@@ -138,18 +138,31 @@ fn a_ticking_guest_goes_on_with_its_memory_served_by_the_handler() {
     assert!(last_tick(&before) < 200, "the scenario got too far first");
     drop(vm);
 
-    // Restored on the Uffd backend, it runs on; a Full snapshot of it reads every page (the
-    // handler serves the ones the guest has not touched), and must hold all the first one held.
+    // Restored on the Uffd backend with dirty-page tracking, it runs on. At one paused moment,
+    // a Diff and a Full snapshot: the Full reads every page (the handler serves the ones the
+    // guest has not touched) and must hold all the first one held; the Diff merged over the
+    // first memory file must be that Full's memory byte for byte.
     let socket = dir.join("handler.sock");
     let h = handler(&socket, &mem);
     let restored = ApiVm::start(&format!("{test}-uffd"), &[]);
+    let body = load_body(&state, "Uffd", &socket, true).replace(
+        "\"resume_vm\"",
+        "\"track_dirty_pages\": true, \"resume_vm\"",
+    );
+    restored.ok("PUT", "/snapshot/load", &body);
+    restored.wait_stdout(LIMIT, |out| last_tick(out) >= last_tick(&before) + 10);
+    restored.ok("PATCH", "/vm", PAUSE);
+    let (diff_state, diff) = (dir.join("diff.state"), dir.join("diff.mem"));
     restored.ok(
         "PUT",
-        "/snapshot/load",
-        &load_body(&state, "Uffd", &socket, true),
+        "/snapshot/create",
+        &format!(
+            r#"{{"snapshot_type": "Diff", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+            diff_state.display(),
+            diff.display()
+        ),
     );
-    restored.wait_stdout(LIMIT, |out| last_tick(out) >= last_tick(&before) + 10);
-    let (state2, mem2) = create(&restored, &dir, "second");
+    let (state2, mem2) = create_paused(&restored, &dir, "second");
     std::thread::sleep(Duration::from_millis(50));
     let middle = restored.stdout();
     let (a, b) = (non_zero_pages(&mem), non_zero_pages(&mem2));
@@ -157,6 +170,17 @@ fn a_ticking_guest_goes_on_with_its_memory_served_by_the_handler() {
     assert_eq!(
         lost, 0,
         "pages of the first snapshot missing from the second"
+    );
+    let merged = dir.join("merged.mem");
+    std::fs::copy(&mem, &merged).unwrap();
+    let mut cmd = kite();
+    cmd.args(["rebase-snap", "--base-file", path_str(&merged)])
+        .args(["--diff-file", path_str(&diff)]);
+    let out = run(cmd, LIMIT);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        std::fs::read(&merged).unwrap() == std::fs::read(&mem2).unwrap(),
+        "the Diff merged over the first memory file is not the Full of the same moment"
     );
     restored.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
     let mut restored = restored;
