@@ -225,6 +225,7 @@ fn serve(
             match fill(uffd, mappings, backing, address)? {
                 Fill::Copied => counts.copied += 1,
                 Fill::Zero => counts.zero += 1,
+                Fill::There => {}
                 Fill::Again => pending.push(address),
                 Fill::Gone => return Ok(counts),
             }
@@ -238,6 +239,8 @@ fn serve(
 enum Fill {
     Copied,
     Zero,
+    /// Filled already: two threads faulted on the page at once.
+    There,
     /// EAGAIN: try again once the queued events are read.
     Again,
     /// The VMM's memory has gone (it is exiting).
@@ -270,8 +273,9 @@ fn fill(
         uffd.copy(dst, src)
     };
     match done {
-        Ok(()) if zero => Ok(Fill::Zero),
-        Ok(()) => Ok(Fill::Copied),
+        Ok(false) => Ok(Fill::There),
+        Ok(true) if zero => Ok(Fill::Zero),
+        Ok(true) => Ok(Fill::Copied),
         Err(e) if e.raw_os_error() == Some(libc::EAGAIN) => Ok(Fill::Again),
         Err(e) if matches!(e.raw_os_error(), Some(libc::ESRCH | libc::ENOENT)) => Ok(Fill::Gone),
         Err(e) => Err(format!("cannot fill the page at {dst:#x}: {e}")),

@@ -157,3 +157,40 @@ pub fn load(
     Vmm::restore(&state, &mem, &overrides, resume, process_start)
         .map_err(|e| crate::error_chain(&e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(body: &str) -> Result<(PathBuf, Backend, Overrides, bool), String> {
+        load_request(&serde_json::from_str(body).unwrap())
+    }
+
+    #[test]
+    fn a_load_names_its_memory_backend() {
+        let (state, mem, _, resume) = load(
+            r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/run/h.sock"}, "resume_vm": true}"#,
+        )
+        .unwrap();
+        assert_eq!(state, PathBuf::from("s"));
+        assert_eq!(mem, Backend::Uffd("/run/h.sock".into()));
+        assert!(resume);
+        let (_, mem, _, _) = load(
+            r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(mem, Backend::File("m".into()));
+        let (_, mem, _, _) = load(r#"{"snapshot_path": "s", "mem_file_path": "m"}"#).unwrap();
+        assert_eq!(mem, Backend::File("m".into()));
+        let e = load(
+            r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Tape", "backend_path": "m"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("use File or Uffd"), "{e}");
+        let e = load(
+            r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": ""}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("page-fault handler's socket"), "{e}");
+    }
+}

@@ -235,9 +235,9 @@ impl Uffd {
     }
 
     /// Fill the missing page(s) at `dst` (an address of the registered process) with `src`,
-    /// and wake whoever waits on them. A page that is there already (another thread's fault
-    /// filled it) is not an error.
-    pub fn copy(&self, dst: u64, src: &[u8]) -> io::Result<()> {
+    /// and wake whoever waits on them. `Ok(false)`: the page was there already (another
+    /// thread's fault of the same page filled it).
+    pub fn copy(&self, dst: u64, src: &[u8]) -> io::Result<bool> {
         let mut copy = UffdioCopy {
             dst,
             src: src.as_ptr() as u64,
@@ -252,8 +252,9 @@ impl Uffd {
         filled(rc)
     }
 
-    /// Map the shared zero page at the missing page(s) `[dst, + len)`, and wake whoever waits.
-    pub fn zeropage(&self, dst: u64, len: u64) -> io::Result<()> {
+    /// Map the shared zero page at the missing page(s) `[dst, + len)`, and wake whoever waits;
+    /// `Ok(false)` as for [`Uffd::copy`].
+    pub fn zeropage(&self, dst: u64, len: u64) -> io::Result<bool> {
         let mut zero = UffdioZeropage {
             range: UffdioRange { start: dst, len },
             mode: 0,
@@ -287,14 +288,14 @@ impl Uffd {
     }
 }
 
-/// A fill ioctl's result: done, or done already by someone else (EEXIST).
-fn filled(rc: i32) -> io::Result<()> {
+/// A fill ioctl's result: done (`true`), or done already by someone else (EEXIST: `false`).
+fn filled(rc: i32) -> io::Result<bool> {
     if rc == 0 {
-        return Ok(());
+        return Ok(true);
     }
     let e = io::Error::last_os_error();
     if e.raw_os_error() == Some(libc::EEXIST) {
-        Ok(())
+        Ok(false)
     } else {
         Err(e)
     }
@@ -467,11 +468,12 @@ mod tests {
                 match uffd.read_event().unwrap() {
                     Some(Event::Pagefault { address }) => {
                         let page = address & !(PAGE_SIZE as u64 - 1);
-                        if page == host {
-                            uffd.copy(page, &[7u8; PAGE_SIZE]).unwrap();
+                        let filled = if page == host {
+                            uffd.copy(page, &[7u8; PAGE_SIZE]).unwrap()
                         } else {
-                            uffd.zeropage(page, PAGE_SIZE as u64).unwrap();
-                        }
+                            uffd.zeropage(page, PAGE_SIZE as u64).unwrap()
+                        };
+                        assert!(filled);
                         served += 1;
                     }
                     Some(other) => panic!("{other:?}"),
