@@ -2,7 +2,8 @@
 //! middle of a scenario, is restored in a new process whose guest RAM is filled by
 //! `kite-uffd-handler` (Firecracker's protocol: the region list and the userfaultfd over a Unix
 //! socket), and the scenario finishes; the handler says how many faults it served. And the bad
-//! input: a handler socket that is missing or refuses. And, without a guest, the first touch of
+//! input: a handler socket that is missing or refuses (API and `kite restore --uffd`). And,
+//! without a guest, the first touch of
 //! each page on either backend: the right bytes, and what it costs.
 
 mod common;
@@ -342,6 +343,18 @@ fn a_handler_socket_that_is_missing_or_refuses_is_400_and_the_load_can_be_retrie
     let errors = out.error_lines();
     assert_eq!(errors.len(), 1, "{}", out.stderr);
     assert!(errors[0].contains("page-fault handler"), "{}", out.stderr);
+    // With one listening, the same command runs the snapshot to its end.
+    let h = handler(&missing, &snap.join("memory"));
+    let mut cmd = kite();
+    cmd.arg("restore").arg(&snap).arg("--uffd").arg(&missing);
+    let out = run(cmd, LIMIT);
+    assert_eq!(out.code, Some(0), "{}", out.stderr);
+    assert!(
+        out.stdout.contains("KITE-TEST tick ok ticks=60"),
+        "{}",
+        out.stdout
+    );
+    assert!(faults_served(h) > 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
