@@ -3,8 +3,8 @@
 //! `kite-uffd-handler` (Firecracker's protocol: the region list and the userfaultfd over a Unix
 //! socket), and the scenario finishes; the handler says how many faults it served. And the bad
 //! input: a handler socket that is missing or refuses (API and `kite restore --uffd`). And,
-//! without a guest, the first touch of
-//! each page on either backend: the right bytes, and what it costs.
+//! without a guest, the first touch of each page on either backend: the right bytes, and what
+//! it costs.
 
 mod common;
 
