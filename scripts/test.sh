@@ -15,7 +15,7 @@ trap 'echo "scripts/test.sh: $((SECONDS / 60)) min $((SECONDS % 60)) s in all"' 
 
 # What a test may need that a machine can lack (crates/testkit's unit tests keep this list the
 # same as its `Need`).
-KNOWN_NEEDS="kvm root tap loop tools guest-images distro-kernel nobody nightly cgroup io-uring"
+KNOWN_NEEDS="kvm root tap loop tools guest-images distro-kernel nobody nightly cgroup io-uring userfaultfd"
 read -ra machine_has <<<"${KITE_MACHINE_HAS:-}"
 for need in "${machine_has[@]}"; do
 	if [[ " $KNOWN_NEEDS " != *" $need "* ]]; then

@@ -31,6 +31,11 @@ pub struct RestoreArgs {
     /// net0, net1, ... for VMs started without the API). May be repeated.
     #[arg(long = "net-override", value_name = "ID=TAP")]
     pub net_overrides: Vec<String>,
+    /// Let the page-fault handler listening on this socket fill guest RAM (Firecracker's Uffd
+    /// backend: for example `kite-uffd-handler SOCKET DIR/memory`) instead of mapping
+    /// DIR/memory.
+    #[arg(long, value_name = "SOCKET")]
+    pub uffd: Option<PathBuf>,
     /// Listen for vsock connections on this socket instead of the snapshot's.
     #[arg(long, value_name = "PATH")]
     pub vsock_socket: Option<PathBuf>,
@@ -115,7 +120,10 @@ pub fn restore(args: &RestoreArgs, process_start: Instant) -> i32 {
         Ok(s) => s,
         Err(e) => return fail(&kite_vmm::error_chain(&e)),
     };
-    let mem = args.dir.join(MEMORY_FILE);
+    let mem = match &args.uffd {
+        Some(socket) => kite_vmm::snapshot::MemBackend::Uffd(socket.clone()),
+        None => kite_vmm::snapshot::MemBackend::File(args.dir.join(MEMORY_FILE)),
+    };
     let layout = match kite_vmm::api::snapshot::restored_layout(&state, &overrides) {
         Ok(l) => l,
         Err(e) => return fail(&e),

@@ -35,11 +35,14 @@ pub enum Need {
     /// io_uring that this process may set up (Linux 5.6+, not disabled by sysctl or a
     /// container's seccomp profile): the virtio-blk Async engine.
     IoUring,
+    /// A userfaultfd that catches KVM's faults too (root, /dev/userfaultfd access or
+    /// vm.unprivileged_userfaultfd=1): the Uffd memory backend of snapshot loads.
+    Userfaultfd,
 }
 
 impl Need {
     /// Every need, in the order `scripts/test.sh` lists them.
-    pub const ALL: [Need; 11] = [
+    pub const ALL: [Need; 12] = [
         Need::Kvm,
         Need::Root,
         Need::Tap,
@@ -51,6 +54,7 @@ impl Need {
         Need::Nightly,
         Need::Cgroup,
         Need::IoUring,
+        Need::Userfaultfd,
     ];
 
     /// The name a machine declares in `KITE_MACHINE_HAS` and the skip log shows.
@@ -67,6 +71,7 @@ impl Need {
             Need::Nightly => "nightly",
             Need::Cgroup => "cgroup",
             Need::IoUring => "io-uring",
+            Need::Userfaultfd => "userfaultfd",
         }
     }
 }

@@ -159,6 +159,9 @@ pub struct Vmm {
     machine: snapshot::MachineState,
     /// Guest RAM is anonymous (booted), not mapped from a snapshot's memory file.
     anonymous_ram: bool,
+    /// Restored on the Uffd backend: the userfaultfd and the handler's connection, kept until
+    /// the VM has stopped.
+    _uffd: Option<snapshot::uffd::Backend>,
     /// KVM logs the guest's writes to RAM (`track_dirty_pages`): diff snapshots can be made.
     track_dirty: bool,
     /// /proc/self/status, opened now for snapshots made once the seccomp filters are on.
@@ -180,19 +183,23 @@ impl Vmm {
         Ok(finish(m, config, cpuids, process_start, timeline))
     }
 
-    /// Build the machine a snapshot describes (with `overrides`), on its memory file, and give
-    /// every part its saved state instead of booting a kernel. The vCPUs start parked unless
-    /// `resume`.
+    /// Build the machine a snapshot describes (with `overrides`), on its memory file or a
+    /// page-fault handler (`mem`), and give every part its saved state instead of booting a
+    /// kernel. The vCPUs start parked unless `resume`.
     pub fn restore(
         state: &snapshot::SnapshotState,
-        mem_file: &Path,
+        mem: &snapshot::MemBackend,
         overrides: &snapshot::Overrides,
         resume: bool,
         process_start: Instant,
     ) -> Result<Vmm, Error> {
         let mut timeline = Timeline::default();
         let config = state.machine.config(overrides).map_err(Error::Restore)?;
-        let m = build(&config, Ram::File(mem_file), process_start, &mut timeline)?;
+        let ram = match mem {
+            snapshot::MemBackend::File(path) => Ram::File(path),
+            snapshot::MemBackend::Uffd(socket) => Ram::Uffd(socket),
+        };
+        let m = build(&config, ram, process_start, &mut timeline)?;
         state.vm.restore(&m.vm).map_err(Error::Restore)?;
         for (i, (fd, s)) in m.fds.iter().zip(&state.vcpus).enumerate() {
             crate::vcpu::state::restore(fd, s)
@@ -206,6 +213,8 @@ impl Vmm {
         let mut vmm = finish(m, &config, cpuids, process_start, timeline);
         let ids: Vec<String> = state.machine.nets.iter().map(|n| n.0.clone()).collect();
         vmm.machine = snapshot::MachineState::of(&config, &ids);
+        // Not for Uffd either: a page the handler has not served yet is not resident, yet not
+        // zero (a Full snapshot reads every page, which the handler serves).
         vmm.anonymous_ram = false;
         if !resume {
             vmm.pause.start_paused();
@@ -214,7 +223,7 @@ impl Vmm {
             "restored a snapshot: {} vCPUs, {} MiB of RAM from {}",
             config.cpus,
             config.memory >> 20,
-            mem_file.display()
+            mem
         );
         Ok(vmm)
     }
@@ -552,6 +561,7 @@ fn finish(
         devices: m.devices,
         machine: snapshot::MachineState::of(config, &[]),
         anonymous_ram: true,
+        _uffd: m.uffd,
         track_dirty: config.track_dirty_pages,
         proc_status: std::fs::File::open("/proc/self/status").ok(),
         api: None,

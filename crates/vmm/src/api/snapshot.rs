@@ -7,7 +7,7 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use super::types::{FullConfig, MachineConfig};
-use crate::snapshot::{self, Kind, Overrides, SnapshotState};
+use crate::snapshot::{self, Kind, MemBackend as Backend, Overrides, SnapshotState};
 use crate::vmm::Vmm;
 
 /// `PUT /snapshot/create`.
@@ -94,24 +94,25 @@ pub fn create_paths(c: &SnapshotCreate) -> Result<(Kind, PathBuf, PathBuf), Stri
     Ok((kind, state, mem))
 }
 
-/// What a load asks for, checked: (snapshot file, memory file, overrides, resume).
-pub fn load_request(l: &SnapshotLoad) -> Result<(PathBuf, PathBuf, Overrides, bool), String> {
-    let mem = match (&l.mem_backend, &l.mem_file_path) {
+/// What a load asks for, checked: (snapshot file, guest RAM's backend, overrides, resume).
+pub fn load_request(l: &SnapshotLoad) -> Result<(PathBuf, Backend, Overrides, bool), String> {
+    let (mem, path) = match (&l.mem_backend, &l.mem_file_path) {
         (Some(_), Some(_)) => {
             return Err("give mem_backend or the deprecated mem_file_path, not both".into());
         }
         (None, None) => return Err("mem_backend is missing: say where the memory file is".into()),
-        (None, Some(path)) => path.clone(),
+        (None, Some(path)) => (Backend::File(path.into()), path),
         (Some(b), None) => match b.backend_type.as_str() {
-            "File" => b.backend_path.clone(),
-            "Uffd" => {
-                return Err("mem_backend Uffd is not supported by Kite yet: use File".into());
-            }
-            other => return Err(format!("unknown backend_type {other:?}: use File")),
+            "File" => (Backend::File((&b.backend_path).into()), &b.backend_path),
+            "Uffd" => (Backend::Uffd((&b.backend_path).into()), &b.backend_path),
+            other => return Err(format!("unknown backend_type {other:?}: use File or Uffd")),
         },
     };
-    if l.snapshot_path.is_empty() || mem.is_empty() {
-        return Err("snapshot_path and the memory file path must both be given".into());
+    if l.snapshot_path.is_empty() || path.is_empty() {
+        return Err(match mem {
+            Backend::Uffd(_) => "snapshot_path and backend_path (the page-fault handler's socket) must both be given".into(),
+            Backend::File(_) => "snapshot_path and the memory file path must both be given".into(),
+        });
     }
     let overrides = Overrides {
         taps: l
@@ -129,7 +130,7 @@ pub fn load_request(l: &SnapshotLoad) -> Result<(PathBuf, PathBuf, Overrides, bo
     };
     Ok((
         PathBuf::from(&l.snapshot_path),
-        PathBuf::from(mem),
+        mem,
         overrides,
         l.resume_vm.unwrap_or(false),
     ))
@@ -184,7 +185,7 @@ pub fn load(
     machine: Option<&MachineConfig>,
     process_start: Instant,
 ) -> Result<(Vmm, FullConfig), String> {
-    let (state_path, mem_path, overrides, resume) = load_request(l)?;
+    let (state_path, mem, overrides, resume) = load_request(l)?;
     let state = snapshot::read(&state_path).map_err(|e| crate::error_chain(&e))?;
     if let Some(m) = machine {
         let (cpus, mib) = (state.machine.cpus, state.machine.memory >> 20);
@@ -196,7 +197,7 @@ pub fn load(
         }
     }
     let layout = restored_layout(&state, &overrides)?;
-    let vmm = Vmm::restore(&state, &mem_path, &overrides, resume, process_start)
+    let vmm = Vmm::restore(&state, &mem, &overrides, resume, process_start)
         .map_err(|e| crate::error_chain(&e))?;
     Ok((vmm, layout))
 }
@@ -253,5 +254,37 @@ mod tests {
         state.machine.layout = Some("{not json".into());
         let e = restored_layout(&state, &Overrides::default()).unwrap_err();
         assert!(e.contains("configuration cannot be read"), "{e}");
+    }
+
+    fn load(body: &str) -> Result<(PathBuf, Backend, Overrides, bool), String> {
+        load_request(&serde_json::from_str(body).unwrap())
+    }
+
+    #[test]
+    fn a_load_names_its_memory_backend() {
+        let (state, mem, _, resume) = load(
+            r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": "/run/h.sock"}, "resume_vm": true}"#,
+        )
+        .unwrap();
+        assert_eq!(state, PathBuf::from("s"));
+        assert_eq!(mem, Backend::Uffd("/run/h.sock".into()));
+        assert!(resume);
+        let (_, mem, _, _) = load(
+            r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "File", "backend_path": "m"}}"#,
+        )
+        .unwrap();
+        assert_eq!(mem, Backend::File("m".into()));
+        let (_, mem, _, _) = load(r#"{"snapshot_path": "s", "mem_file_path": "m"}"#).unwrap();
+        assert_eq!(mem, Backend::File("m".into()));
+        let e = load(
+            r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Tape", "backend_path": "m"}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("use File or Uffd"), "{e}");
+        let e = load(
+            r#"{"snapshot_path": "s", "mem_backend": {"backend_type": "Uffd", "backend_path": ""}}"#,
+        )
+        .unwrap_err();
+        assert!(e.contains("page-fault handler's socket"), "{e}");
     }
 }

@@ -5,12 +5,14 @@
 //!   same machine), the VM's irqchip, PIT and clock ([`VmState`]), each vCPU's
 //!   ([`crate::vcpu::state::VcpuState`]) and each device's (the device manager's).
 //! - [`file`]: the file format (magic, version, CRC, postcard); [`memfile`]: guest RAM, sparse
-//!   (all of it, or a diff's dirty pages); [`rebase`]: a diff merged over the full memory file.
+//!   (all of it, or a diff's dirty pages); [`rebase`]: a diff merged over the full memory file;
+//!   [`uffd`]: guest RAM served by a page-fault handler process (the `Uffd` backend).
 //! - [`create`]: save a paused VM; the VMM's restore (`Vmm::restore`) reads with [`read`].
 
 pub mod file;
 pub mod memfile;
 pub mod rebase;
+pub mod uffd;
 
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::RecvTimeoutError;
@@ -56,6 +58,24 @@ pub struct DiskShape {
     pub path: PathBuf,
     pub readonly: bool,
     pub io_engine: IoEngine,
+}
+
+/// Where a restored VM's guest RAM comes from (`mem_backend` of `PUT /snapshot/load`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemBackend {
+    /// The memory file, mapped private and lazily.
+    File(PathBuf),
+    /// A page-fault handler listening on this Unix socket ([`uffd`]).
+    Uffd(PathBuf),
+}
+
+impl std::fmt::Display for MemBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MemBackend::File(p) => write!(f, "{}", p.display()),
+            MemBackend::Uffd(p) => write!(f, "the page-fault handler at {}", p.display()),
+        }
+    }
 }
 
 /// What `PUT /snapshot/load` may change for a clone.
