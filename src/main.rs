@@ -215,6 +215,30 @@ struct AsJailer {
     jail: kite_jailer::JailArgs,
 }
 
+/// `kite run ...` parsed with `run`'s arguments alone.
+#[derive(clap::Parser, Debug)]
+#[command(name = "kite run")]
+struct RunOnly {
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+/// `kite run ARGS` as a [`Cli`], parsed without building every other subcommand's definition
+/// on the heap (clap keeps the whole tree it parsed with: a bigger resident set for the life of
+/// every VM). `None` for any other command line, and for anything this parse refuses (an error,
+/// `--help`), which the whole command line then parses again, with its own messages and help.
+fn parse_run_only() -> Option<Cli> {
+    let mut args = std::env::args_os();
+    let bin = args.next()?;
+    if args.next()? != "run" {
+        return None;
+    }
+    let run = RunOnly::try_parse_from(std::iter::once(bin).chain(args)).ok()?;
+    Some(Cli {
+        command: Command::Run(Box::new(run.run)),
+    })
+}
+
 fn invoked_as(name: &str) -> bool {
     std::env::args_os()
         .next()
@@ -274,7 +298,7 @@ fn main() -> ExitCode {
             Err(e) => Err(e),
         }
     } else {
-        Cli::try_parse()
+        parse_run_only().map_or_else(Cli::try_parse, Ok)
     };
     let cli = match parsed {
         Ok(cli) => cli,

@@ -55,8 +55,8 @@ fn axis(values: impl Iterator<Item = f64>) -> (f64, f64) {
 /// Tick values 1, 2, 5 times powers of ten within `lo..=hi`.
 fn ticks(lo: f64, hi: f64) -> Vec<f64> {
     let mut out = Vec::new();
-    let first = lo.log10().floor() as i32;
-    let last = hi.log10().ceil() as i32;
+    let first = libm::log10(lo).floor() as i32;
+    let last = libm::log10(hi).ceil() as i32;
     for e in first..=last {
         for m in [1.0, 2.0, 5.0] {
             let t = m * 10f64.powi(e);
@@ -142,8 +142,8 @@ fn ratio_chart(
     titles: &Titles,
 ) -> f64 {
     let (lo, hi) = axis(bars.iter().flat_map(|(_, s)| [s.min, s.median, s.max]));
-    let span = (hi / lo).ln();
-    let x = |v: f64| PLOT_X + ((v.max(lo).min(hi) / lo).ln() / span) * PLOT_W;
+    let span = libm::log(hi / lo);
+    let x = |v: f64| PLOT_X + (libm::log(v.max(lo).min(hi) / lo) / span) * PLOT_W;
     let plot_top = top + TOP;
     let plot_h = ROW_H * bars.len().max(1) as f64;
 

@@ -22,6 +22,7 @@ use crate::devices::virtio::{self, BlockHandle};
 use crate::exit::ExitHandle;
 use crate::memory::{self, GuestMem};
 use crate::snapshot;
+use crate::vcpu::setup::Setup;
 use crate::vmm::{Error, EventMgr, Timeline, io_err, kvm_device_path, kvm_err};
 use parts::{
     add_i8042, add_serial, attach_virtio, check_kvm, load_initrd, open_kvm, setup_irqchip,
@@ -156,13 +157,14 @@ pub(crate) fn build(
 }
 
 /// Boot `m`: load the kernel and initrd, write the command line, the zero page, the MP and
-/// ACPI tables, and give each vCPU its CPUID and registers. Returns each vCPU's CPUID table.
+/// ACPI tables, and say what each vCPU's thread sets before it runs (its CPUID table, and the
+/// entry point for the boot CPU: [`Setup`]).
 pub(crate) fn boot(
     m: &mut Machine,
     config: &VmConfig,
     process_start: Instant,
     timeline: &mut Timeline,
-) -> Result<Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>, Error> {
+) -> Result<Vec<Setup>, Error> {
     let mut mark = |name| timeline.marks.push((name, process_start.elapsed()));
     let mem = &m.mem;
     let kernel = boot::load_kernel(mem, &config.kernel)?;
@@ -245,20 +247,18 @@ pub(crate) fn boot(
         .kvm
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(kvm_err("report supported CPUID"))?;
-    let mut tables = Vec::with_capacity(m.fds.len());
-    for (index, fd) in (0u8..).zip(&m.fds) {
-        let mut cpuid = supported.clone();
-        cpuid::filter_cpuid_smt(&mut cpuid, index, config.cpus, config.smt);
-        if m.ring0.is_some() {
-            emulated_ring0::filter_cpuid(&mut cpuid);
-        }
-        fd.set_cpuid2(&cpuid).map_err(kvm_err("set CPUID"))?;
-        tables.push(cpuid.as_slice().to_vec());
-        regs::setup_common(fd).map_err(|source| Error::Regs { index, source })?;
-        if index == 0 {
-            regs::setup_boot_cpu(fd, kernel.entry.0)
-                .map_err(|source| Error::Regs { index, source })?;
-        }
-    }
-    Ok(tables)
+    let setups = (0..config.cpus)
+        .map(|index| {
+            let mut cpuid = supported.clone();
+            cpuid::filter_cpuid_smt(&mut cpuid, index, config.cpus, config.smt);
+            if m.ring0.is_some() {
+                emulated_ring0::filter_cpuid(&mut cpuid);
+            }
+            Setup::Boot {
+                cpuid: cpuid.as_slice().to_vec(),
+                entry: (index == 0).then_some(kernel.entry.0),
+            }
+        })
+        .collect();
+    Ok(setups)
 }

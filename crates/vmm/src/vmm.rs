@@ -27,6 +27,7 @@ use crate::teardown::Teardown;
 use crate::vcpu::pause::PauseControl;
 use crate::vcpu::probe::HaltProbe;
 use crate::vcpu::profile;
+use crate::vcpu::setup::{self, Setup};
 use crate::vcpu::stats::ExitCounts;
 use crate::vcpu::{StartGate, Vcpu, VcpuThread};
 
@@ -78,6 +79,8 @@ pub enum Error {
         #[source]
         source: regs::Error,
     },
+    #[error(transparent)]
+    VcpuSetup(#[from] setup::Error),
     #[error("cannot place device on the bus")]
     Bus(#[from] crate::bus::Error),
     #[error("{what}")]
@@ -103,6 +106,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Kvm { .. } | Error::EventLoop(_) | Error::Io { .. } | Error::Bus(_) => 1,
+            Error::VcpuSetup(e) => e.exit_code(),
             _ => 2,
         }
     }
@@ -179,8 +183,8 @@ impl Vmm {
     pub fn new(config: &VmConfig, process_start: Instant) -> Result<Vmm, Error> {
         let mut timeline = Timeline::default();
         let mut m = build(config, Ram::Fresh, process_start, &mut timeline)?;
-        let cpuids = boot(&mut m, config, process_start, &mut timeline)?;
-        Ok(finish(m, config, cpuids, process_start, timeline))
+        let setups = boot(&mut m, config, process_start, &mut timeline)?;
+        Ok(finish(m, config, setups, process_start, timeline))
     }
 
     /// Build the machine a snapshot describes (with `overrides`), on its memory file or a
@@ -209,8 +213,12 @@ impl Vmm {
         timeline
             .marks
             .push(("state restored", process_start.elapsed()));
-        let cpuids = state.vcpus.iter().map(|v| v.cpuid.clone()).collect();
-        let mut vmm = finish(m, &config, cpuids, process_start, timeline);
+        let setups = (state.vcpus.iter())
+            .map(|v| Setup::Done {
+                cpuid: v.cpuid.clone(),
+            })
+            .collect();
+        let mut vmm = finish(m, &config, setups, process_start, timeline);
         let ids: Vec<String> = state.machine.nets.iter().map(|n| n.0.clone()).collect();
         vmm.machine = snapshot::MachineState::of(&config, &ids);
         // Not for Uffd either: a page the handler has not served yet is not resident, yet not
@@ -343,14 +351,14 @@ impl Vmm {
 
         let first_entry = Arc::new(OnceLock::new());
         let gate = Arc::new(StartGate::new());
-        if main_filter.is_none() {
-            // No filters to wait for: each vCPU enters the guest as soon as it starts.
-            gate.open(true);
-        }
         let stop = self.vcpus.first().map(|v| v.stop.clone());
+        // Each vCPU thread sets its vCPU up itself, in parallel with the others, and answers
+        // here before it may run.
+        let (ready, answers) = std::sync::mpsc::channel();
         let mut threads: Vec<VcpuThread> = Vec::new();
         for vcpu in self.vcpus.drain(..) {
-            match vcpu.start(first_entry.clone(), vcpu_filter.clone(), gate.clone()) {
+            let started = first_entry.clone();
+            match vcpu.start(ready.clone(), started, vcpu_filter.clone(), gate.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     self.exit.request(ExitReason::Fatal(format!(
@@ -360,14 +368,25 @@ impl Vmm {
                 }
             }
         }
+        drop(ready);
+        let set_up = (0..threads.len())
+            .map(|_| answers.recv().unwrap_or(Ok(())))
+            .find(Result::is_err)
+            .unwrap_or(Ok(()));
+        self.timeline
+            .marks
+            .push(("vCPUs configured", self.process_start.elapsed()));
         // The vCPU threads install their filters before they wait at the gate; this thread
         // installs its own before opening it.
-        if let Some(filter) = &main_filter
-            && let Err(e) = filter.apply("main")
-        {
+        let filtered = match (set_up, &main_filter) {
+            (Err(e), _) => Err(Error::from(e)),
+            (Ok(()), Some(filter)) => filter.apply("main").map_err(Error::from),
+            (Ok(()), None) => Ok(()),
+        };
+        if let Err(e) = filtered {
             gate.open(false);
-            threads.into_iter().for_each(VcpuThread::join);
-            return Err(e.into());
+            crate::vcpu::join_all(threads);
+            return Err(e);
         }
         gate.open(true);
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
@@ -436,9 +455,7 @@ impl Vmm {
             stop.store(true, std::sync::atomic::Ordering::Release);
         }
         self.pause.release();
-        for t in threads {
-            t.join();
-        }
+        crate::vcpu::join_all(threads);
         let counters = self.counters();
         if let Some(api) = self.api.as_mut() {
             api.last_line(counters);
@@ -499,14 +516,13 @@ impl Vmm {
     }
 }
 
-/// The [`Vmm`] of a built machine whose vCPUs have their state (`cpuids`: the CPUID table each
-/// was given).
+/// The [`Vmm`] of a built machine, with what each vCPU's thread sets before it runs.
 fn finish(
     m: Machine,
     config: &VmConfig,
-    cpuids: Vec<Vec<kvm_bindings::kvm_cpuid_entry2>>,
+    setups: Vec<Setup>,
     process_start: Instant,
-    mut timeline: Timeline,
+    timeline: Timeline,
 ) -> Vmm {
     let (pio, mmio) = (Arc::new(m.pio), Arc::new(m.mmio));
     let stop = Arc::new(AtomicBool::new(false));
@@ -517,8 +533,8 @@ fn finish(
     let exits = Arc::new(ExitCounts::default());
     let msr_indices = Arc::new(crate::vcpu::state::msr_indices(&m.kvm));
     let vcpus = (0u8..)
-        .zip(m.fds.into_iter().zip(cpuids))
-        .map(|(index, (fd, cpuid))| Vcpu {
+        .zip(m.fds.into_iter().zip(setups))
+        .map(|(index, (fd, setup))| Vcpu {
             index,
             fd,
             pio: pio.clone(),
@@ -530,13 +546,11 @@ fn finish(
             halt: halt.clone(),
             pause: pause.clone(),
             exits: exits.clone(),
-            cpuid,
+            cpuid: setup.cpuid().to_vec(),
+            setup,
             msr_indices: msr_indices.clone(),
         })
         .collect();
-    timeline
-        .marks
-        .push(("vCPUs configured", process_start.elapsed()));
     for (name, at) in &timeline.marks {
         log::info!("{:>8.1} ms  {name}", at.as_secs_f64() * 1e3);
     }

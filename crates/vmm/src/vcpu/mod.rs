@@ -7,6 +7,7 @@ pub mod complete;
 pub mod pause;
 pub mod probe;
 pub mod profile;
+pub mod setup;
 pub mod state;
 pub mod stats;
 
@@ -58,6 +59,8 @@ pub struct Vcpu {
     pub exits: Arc<stats::ExitCounts>,
     /// The CPUID table Kite set (what a snapshot keeps).
     pub cpuid: Vec<kvm_bindings::kvm_cpuid_entry2>,
+    /// What the thread sets before the guest runs.
+    pub setup: setup::Setup,
     /// The MSRs a snapshot saves ([`state::msr_indices`]).
     pub msr_indices: Arc<Vec<u32>>,
 }
@@ -69,8 +72,9 @@ pub struct VcpuThread {
     requests: std::sync::mpsc::Sender<state::Request>,
 }
 
-/// Holds the vCPU threads back until the main thread has installed its own seccomp filter, so
-/// that no guest instruction runs before every thread is filtered.
+/// Holds the vCPU threads back until every vCPU is set up and the main thread has installed
+/// its own seccomp filter, so that no guest instruction runs before every vCPU has its state
+/// and every thread is filtered.
 #[derive(Debug, Default)]
 pub struct StartGate {
     /// None while closed; then whether the vCPUs may run.
@@ -102,10 +106,12 @@ impl StartGate {
 }
 
 impl Vcpu {
-    /// Start the thread. It installs `filter` (if any), waits at `gate`, then runs the guest;
-    /// `started` is set to the time the first vCPU first entered the guest.
+    /// Start the thread. It sets the vCPU up ([`setup::apply`]) and says so on `ready`, then
+    /// installs `filter` (if any), waits at `gate`, then runs the guest; `started` is set to
+    /// the time the first vCPU first entered the guest.
     pub fn start(
         self,
+        ready: std::sync::mpsc::Sender<Result<(), setup::Error>>,
         started: Arc<std::sync::OnceLock<Instant>>,
         filter: Option<Arc<seccomp::Filter>>,
         gate: Arc<StartGate>,
@@ -117,6 +123,13 @@ impl Vcpu {
         let handle = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
+                let set_up = setup::apply(&self.fd, index, &self.setup);
+                let failed = set_up.is_err();
+                // The main thread waits for every vCPU's answer before it opens the gate.
+                let _ = ready.send(set_up);
+                if failed {
+                    return;
+                }
                 if let Some(filter) = filter
                     && let Err(e) = filter.apply(&name)
                 {
@@ -383,22 +396,44 @@ impl VcpuThread {
     pub fn kick(&self) {
         let _ = self.handle.kill(kick_signal());
     }
+}
 
-    /// Stop and join: `stop` must already be set. Kicks the thread until it leaves KVM_RUN.
-    pub fn join(self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !self.handle.is_finished() {
-            if let Err(e) = self.handle.kill(kick_signal()) {
-                log::debug!("kicking vCPU {}: {e}", self.index);
+/// Stop and join every thread of `threads`: `stop` must already be set. All are kicked at
+/// once, and again every millisecond while any is still in KVM_RUN (a kick that lands between
+/// a thread's look at `stop` and its KVM_RUN is lost), so that 32 vCPUs stop in about the time
+/// one does, not one after the other.
+pub fn join_all(mut threads: Vec<VcpuThread>) {
+    const KICK_AGAIN: Duration = Duration::from_millis(1);
+    const POLL: Duration = Duration::from_micros(50);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut next_kick = Instant::now();
+    loop {
+        let now = Instant::now();
+        let (done, running): (Vec<_>, Vec<_>) =
+            threads.into_iter().partition(|t| t.handle.is_finished());
+        for t in done {
+            if t.handle.join().is_err() {
+                log::error!("vCPU {} thread panicked", t.index);
             }
-            if Instant::now() > deadline {
-                log::warn!("vCPU {} does not stop; leaving it", self.index);
-                return;
+        }
+        threads = running;
+        if threads.is_empty() {
+            return;
+        }
+        if now > deadline {
+            for t in &threads {
+                log::warn!("vCPU {} does not stop; leaving it", t.index);
             }
-            std::thread::sleep(Duration::from_millis(1));
+            return;
         }
-        if self.handle.join().is_err() {
-            log::error!("vCPU {} thread panicked", self.index);
+        if now >= next_kick {
+            for t in &threads {
+                if let Err(e) = t.handle.kill(kick_signal()) {
+                    log::debug!("kicking vCPU {}: {e}", t.index);
+                }
+            }
+            next_kick = now + KICK_AGAIN;
         }
+        std::thread::sleep(POLL);
     }
 }
