@@ -379,7 +379,7 @@ fn bench_rejects_an_unknown_workload() {
     assert_eq!(
         out.error_lines(),
         [
-            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, pause-resume"
+            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, pause-resume, snapshot"
         ]
     );
 }
