@@ -71,6 +71,15 @@ impl Vmm<'_> {
         }
     }
 
+    /// The side of its result lines in the JSON: "guest" (Kite's, as for every workload) or
+    /// "peer".
+    fn side(self) -> &'static str {
+        match self {
+            Vmm::Kite => "guest",
+            Vmm::Peer(_) => "peer",
+        }
+    }
+
     /// The VMM serving its API on `sock`, booting from `config` if given.
     fn command(self, ctx: &Ctx, sock: &Path, config: Option<&Path>) -> Command {
         let mut cmd = match self {
@@ -222,12 +231,17 @@ impl VmmChild {
         }
     }
 
-    /// End the guest by a byte on its console (the scenarios end on one) and wait for the VMM
-    /// to exit; kill it if it has not within 10 s. Its stderr.
-    fn end(&mut self) -> String {
+    /// Type a byte on its console (the scenarios used here end on one).
+    fn type_byte(&mut self) {
         if let Some(mut stdin) = self.stdin.take() {
             let _ = stdin.write_all(b"q");
         }
+    }
+
+    /// End the guest by a byte on its console and wait for the VMM to exit; kill it if it has
+    /// not within 10 s. Its stderr.
+    fn end(&mut self) -> String {
+        self.type_byte();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -466,19 +480,25 @@ pub fn pss_rss_kib(pid: u32) -> Result<(u64, u64), String> {
     }
 }
 
-/// A Full snapshot of the `tick` scenario at [`CLONE_MIB`] under `vmm`, in `dir`: its
-/// (state, memory) files.
-pub fn clone_source(
-    ctx: &Ctx,
-    vmm: Vmm,
-    dir: &Path,
-    args: &str,
-) -> Result<(PathBuf, PathBuf), String> {
+/// A snapshot clones start from, and what the VM it was made of used.
+#[derive(Clone, Debug)]
+pub struct CloneSource {
+    pub state: PathBuf,
+    pub mem: PathBuf,
+    /// Rss of the VMM the snapshot was made in, KiB, read just before the pause.
+    pub rss_kib: u64,
+}
+
+/// A Full snapshot of a test guest at [`CLONE_MIB`] booted with `args` (a scenario that prints
+/// `tick 2` on its way, as `tick` does) under `vmm`, in `dir`, made just after it printed
+/// `tick 2`.
+pub fn clone_source(ctx: &Ctx, vmm: Vmm, dir: &Path, args: &str) -> Result<CloneSource, String> {
     let file = write_config(ctx, dir, "clones", args, CLONE_MIB)?;
     let sock = dir.join("clones.sock");
     let mut source = VmmChild::spawn(vmm.command(ctx, &sock, Some(&file)), Some(&sock))?;
     source.wait_for_api()?;
     source.wait_line("tick 2", |l| l == "tick 2")?;
+    let (_, rss_kib) = pss_rss_kib(source.pid())?;
     let (state, mem) = (dir.join("clones.state"), dir.join("clones.mem"));
     source.call("PATCH", "/vm", r#"{"state": "Paused"}"#)?;
     source.call(
@@ -486,7 +506,11 @@ pub fn clone_source(
         "/snapshot/create",
         &create_body("Full", &state, &mem),
     )?;
-    Ok((state, mem))
+    Ok(CloneSource {
+        state,
+        mem,
+        rss_kib,
+    })
 }
 
 /// What `n` clones of one snapshot used, all running at once.
@@ -500,15 +524,16 @@ pub struct CloneFigures {
     pub consoles: Vec<Vec<String>>,
 }
 
-/// Load `n` clones of (`state`, `mem`) under `vmm`, one after the other, each as soon as its
-/// API is up; once every one has printed a line `running` takes, read their memory; then, if
-/// `finish` takes a line, wait for each to print one (the scenario's end), else end them.
+/// Load `n` clones of `snapshot` under `vmm`, one after the other, each as soon as its API is
+/// up; once every one has printed a line `running` takes, read their memory; then end each
+/// scenario by a byte on its console and, if `finish` is given, wait for a line it takes (the
+/// scenario's result line).
 pub fn run_clones(
     ctx: &Ctx,
     vmm: Vmm,
     dir: &Path,
     n: usize,
-    snapshot: (&Path, &Path),
+    snapshot: &CloneSource,
     running: &dyn Fn(&str) -> bool,
     finish: Option<&dyn Fn(&str) -> bool>,
 ) -> Result<CloneFigures, String> {
@@ -518,8 +543,12 @@ pub fn run_clones(
         let mut c = VmmChild::spawn(vmm.command(ctx, &sock, None), Some(&sock))?;
         let tag = |e: String| format!("clone {} of {n}: {e}", i + 1);
         c.wait_for_api().map_err(tag)?;
-        c.call("PUT", "/snapshot/load", &load_body(snapshot.0, snapshot.1))
-            .map_err(tag)?;
+        c.call(
+            "PUT",
+            "/snapshot/load",
+            &load_body(&snapshot.state, &snapshot.mem),
+        )
+        .map_err(tag)?;
         clones.push(c);
     }
     let mut figures = CloneFigures::default();
@@ -535,6 +564,9 @@ pub fn run_clones(
             pss_rss_kib(c.pid()).map_err(|e| format!("clone {} of {n}: {e}", i + 1))?;
         figures.pss_kib.push(pss);
         figures.rss_kib.push(rss);
+    }
+    for c in clones.iter_mut() {
+        c.type_byte();
     }
     for (i, c) in clones.iter_mut().enumerate() {
         if let Some(finish) = finish {
@@ -566,7 +598,7 @@ pub fn measure_clones(
             vmm,
             dir,
             n,
-            (&snapshot.0, &snapshot.1),
+            &snapshot,
             &|l| l.starts_with("tick "),
             None,
         )?;
@@ -652,7 +684,7 @@ fn one_side(
         let f = measure_size(ctx, vmm, mib, &dir)?;
         raw.push(RawRun {
             workload: size_name(mib),
-            side,
+            side: vmm.side(),
             run,
             wall_ms: start.elapsed().as_secs_f64() * 1e3,
             line: line_of(&f),
@@ -668,7 +700,7 @@ fn one_side(
     let f = measure_clones(ctx, vmm, &dir.join("clones"), &mut show)?;
     raw.push(RawRun {
         workload: format!("{WORKLOAD} clones"),
-        side,
+        side: vmm.side(),
         run,
         wall_ms: start.elapsed().as_secs_f64() * 1e3,
         line: line_of(&f),
@@ -714,4 +746,74 @@ pub fn rows(kite: &[Figures], peer: &[Figures]) -> Vec<Row> {
             row
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn touch_lines_parse_from_their_round_on() {
+        assert_eq!(
+            touch_cycles("touch 1 cycles=2468735906", 1),
+            Some(2468735906.0)
+        );
+        assert_eq!(touch_cycles("touch 1 cycles=5", 2), None);
+        assert_eq!(touch_cycles("touch 7 cycles=5", 3), Some(5.0));
+        assert_eq!(touch_cycles("tick 3", 1), None);
+        assert_eq!(touch_cycles("touch x cycles=5", 1), None);
+        assert_eq!(touch_cycles("touch 3 cycles=", 1), None);
+    }
+
+    #[test]
+    fn sizes_are_named_in_mib_or_gib() {
+        assert_eq!(size_name(256), "snapshot 256 MiB");
+        assert_eq!(size_name(2048), "snapshot 2 GiB");
+        assert_eq!(size_name(1536), "snapshot 1536 MiB");
+    }
+
+    #[test]
+    fn rows_keep_the_order_and_put_the_peer_beside_kite() {
+        let f = |v: f64| -> Figures {
+            vec![
+                ("a".into(), "ms", v),
+                ("kite only".into(), "ms", v + 1.0),
+                ("b".into(), "MiB", v + 2.0),
+            ]
+        };
+        let peer =
+            |v: f64| -> Figures { vec![("a".into(), "ms", v), ("b".into(), "MiB", v + 2.0)] };
+        let made = rows(&[f(1.0), f(2.0)], &[peer(10.0), peer(20.0)]);
+        let names: Vec<&str> = made.iter().map(|r| r.name.as_str()).collect();
+        assert_eq!(names, ["a", "kite only", "b"]);
+        assert_eq!(made[0].guest, [1.0, 2.0]);
+        assert_eq!(made[0].peer, [10.0, 20.0]);
+        assert!(made[1].peer.is_empty());
+        assert_eq!(made[2].unit, "MiB");
+        assert!(made[0].host.is_empty());
+        let ratio = made[0].peer_ratio().unwrap();
+        assert!((ratio.median - 0.1).abs() < 1e-9, "{ratio:?}");
+        assert!(rows(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn load_and_create_bodies_are_firecrackers() {
+        let v: serde_json::Value =
+            serde_json::from_str(&load_body(Path::new("/s/state"), Path::new("/s/mem"))).unwrap();
+        assert_eq!(v["mem_backend"]["backend_type"], "File");
+        assert_eq!(v["mem_backend"]["backend_path"], "/s/mem");
+        assert_eq!(v["snapshot_path"], "/s/state");
+        assert_eq!(v["resume_vm"], true);
+        let v: serde_json::Value =
+            serde_json::from_str(&create_body("Diff", Path::new("/a"), Path::new("/b"))).unwrap();
+        assert_eq!(v["snapshot_type"], "Diff");
+        assert_eq!(v["mem_file_path"], "/b");
+    }
+
+    #[test]
+    fn smaps_rollup_of_this_process_has_pss_and_rss() {
+        let (pss, rss) = pss_rss_kib(std::process::id()).unwrap();
+        assert!(pss > 0 && rss >= pss, "{pss} {rss}");
+        assert!(pss_rss_kib(u32::MAX).unwrap_err().contains("smaps_rollup"));
+    }
 }
