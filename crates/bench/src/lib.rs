@@ -26,7 +26,7 @@
 //! peer too with `--peer` ([`snapshot`]).
 //!
 //! Files: [`workloads`] (what runs, which rows), [`linux`] (the `linux-boot` workload),
-//! [`scale`] (the `scale` workload),
+//! [`scale`] (the `scale` workload), [`snapshot`] and [`vmm_child`] (the `snapshot` workload),
 //! [`runner`] (children with time limits, finding the test guest), [`line`] and [`timeline`]
 //! (what children print), [`milestones`] (start-up rows), [`stats`], [`report`] (rows, JSON),
 //! [`table`], [`svg`].
@@ -49,6 +49,7 @@ pub mod stats;
 pub mod svg;
 pub mod table;
 pub mod timeline;
+pub mod vmm_child;
 pub mod workloads;
 
 use std::io::{IsTerminal, Write};
