@@ -15,6 +15,9 @@ use super::pause::request;
 use super::runner;
 use super::timeline::monotonic_ns;
 
+/// The thread reading a child's stderr: its lines, each stamped, and when it ended.
+type StderrReader = JoinHandle<(Vec<(u64, String)>, u64)>;
+
 /// Longest wait for any one thing a VMM should do.
 pub const LIMIT: Duration = Duration::from_secs(120);
 
@@ -24,7 +27,7 @@ pub struct VmmChild {
     stdin: Option<ChildStdin>,
     sock: Option<PathBuf>,
     lines: Receiver<(u64, String)>,
-    stderr: Option<JoinHandle<(Vec<(u64, String)>, u64)>>,
+    stderr: Option<StderrReader>,
     /// CLOCK_MONOTONIC ns just before it was spawned.
     pub spawned_ns: u64,
 }
