@@ -597,7 +597,8 @@ mod tests {
             [Workload::BlkRand, Workload::BlkSeq]
         );
         assert!(from_name("nope").is_empty());
-        assert_eq!(names().len(), 11);
+        assert_eq!(names().len(), 12);
+        assert_eq!(from_name("snapshot"), [Workload::Snapshot]);
         assert_eq!(from_name("concurrent"), [Workload::Concurrent]);
         assert_eq!(from_name("linux-boot"), [Workload::LinuxBoot]);
     }
