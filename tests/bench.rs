@@ -1,7 +1,8 @@
 //! `kite bench` end to end: one run of `cpu` and `pio-rtt` on the host and in a VM, with a time
 //! limit; the table must have their rows with positive figures, and the JSON and SVG must be
 //! written. One run of `scale` (eight VMs of the test guest's `hello`, about 2 s): every machine
-//! has its figures or says why not. One run of `concurrent` (1, 5 and 20 VMs at once). And a bench interrupted in the middle of a run: it must leave
+//! has its figures or says why not. One run of `concurrent` (1, 5 and 20 VMs at once). One run of `snapshot`
+//! with Kite as its own peer. And a bench interrupted in the middle of a run: it must leave
 //! nothing behind.
 
 mod common;
@@ -348,6 +349,107 @@ fn bench_with_kite_as_its_own_peer() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `kite bench snapshot --runs 1` with Kite as its own peer (through a `firecracker` symlink):
+/// every figure of both sizes and of the clones, Kite's and the peer's beside it with a ratio;
+/// Kite's own timeline rows; clones sharing their pages (PSS per clone falls as clones are
+/// added); the JSON's result lines and the SVG's Kite/peer chart.
+#[test]
+fn bench_snapshot_with_kite_as_its_own_peer() {
+    if let Some(reason) = kvm_unavailable() {
+        skip("bench snapshot", Need::Kvm, &reason);
+        return;
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("kite-test-{}-bench-snap", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("firecracker");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kite"), &link).unwrap();
+    let (json, svg) = (dir.join("out.json"), dir.join("out.svg"));
+    let mut cmd = kite();
+    cmd.args(["bench", "--runs", "1", "--guest", path_str(&elf)])
+        .args(["--peer", path_str(&link)])
+        .args(["--json", path_str(&json), "--svg", path_str(&svg)])
+        .arg("snapshot");
+    let out = run(cmd, Duration::from_secs(400));
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    let row = |name: &str| -> Vec<f64> {
+        let l = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("no {name} row in\n{}", out.stdout));
+        let f = figures(l, name);
+        assert!(f.iter().all(|&x| x > 0.0 && x.is_finite()), "{l}");
+        f
+    };
+    for size in ["256 MiB", "2 GiB"] {
+        for what in [
+            "create Full (PUT /snapshot/create)",
+            "create Diff (PUT /snapshot/create)",
+            "load (PUT /snapshot/load, resume_vm)",
+            "spawn to guest running (load answered)",
+            "first touch of 64 MiB after the restore (File, lazy)",
+            "first touch of 64 MiB in a fresh VM",
+            "touch of 64 MiB again (warm)",
+        ] {
+            // Kite median/min/max, the peer's, the ratio (min..max).
+            let f = row(&format!("snapshot {size}: {what}"));
+            assert_eq!(f.len(), 9, "{size}: {what}: {f:?}");
+            assert!((f[6] - f[0] / f[3]).abs() < 0.01 * f[6] + 0.006, "{f:?}");
+        }
+        // The load answers once the guest runs: spawn to running includes it.
+        let load = row(&format!(
+            "snapshot {size}: load (PUT /snapshot/load, resume_vm)"
+        ));
+        let spawn = row(&format!(
+            "snapshot {size}: spawn to guest running (load answered)"
+        ));
+        assert!(
+            spawn[0] >= load[0] && spawn[3] >= load[3],
+            "{spawn:?} {load:?}"
+        );
+        for what in [
+            "load: process start to first guest instruction (Kite's timeline)",
+            "kite restore: process start to first guest instruction",
+        ] {
+            let f = row(&format!("snapshot {size}: {what}"));
+            assert_eq!(f.len(), 3, "Kite only: {size}: {what}: {f:?}");
+        }
+    }
+    let pss = |n: &str| row(&format!("snapshot clones: PSS per clone, {n}"));
+    let (one, five, twenty) = (pss("1 clone"), pss("5 clones"), pss("20 clones"));
+    for side in [0, 3] {
+        assert!(
+            twenty[side] < one[side] && five[side] < one[side],
+            "clones share pages: 1 {one:?}, 5 {five:?}, 20 {twenty:?}"
+        );
+        assert!(one[side] < 64.0, "one clone of a 256 MiB guest: {one:?}");
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let lines: Vec<(&str, &str)> = v["result_lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["workload"].as_str().unwrap(), r["side"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            ("snapshot 256 MiB", "guest"),
+            ("snapshot 2 GiB", "guest"),
+            ("snapshot clones", "guest"),
+            ("snapshot 256 MiB", "peer"),
+            ("snapshot 2 GiB", "peer"),
+            ("snapshot clones", "peer"),
+        ]
+    );
+    let svg = std::fs::read_to_string(&svg).unwrap();
+    assert!(svg.contains("Kite / peer") && svg.contains("snapshot 2 GiB: load"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// `--peer` that is not there is a usage error, before anything runs.
 #[test]
 fn bench_rejects_a_missing_peer() {
@@ -379,7 +481,7 @@ fn bench_rejects_an_unknown_workload() {
     assert_eq!(
         out.error_lines(),
         [
-            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, pause-resume"
+            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, pause-resume, snapshot"
         ]
     );
 }

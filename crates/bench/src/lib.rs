@@ -21,8 +21,12 @@
 //! `pause-resume` is guest only: [`pause::CYCLES`] pauses and resumes of the test guest over
 //! the API socket per run ([`pause`]).
 //!
+//! `snapshot` is guest only: snapshot create and load at 256 MiB and 2 GiB, the first touch of
+//! RAM after a lazy restore, and the memory of 1, 5 and 20 clones of one snapshot, under the
+//! peer too with `--peer` ([`snapshot`]).
+//!
 //! Files: [`workloads`] (what runs, which rows), [`linux`] (the `linux-boot` workload),
-//! [`scale`] (the `scale` workload),
+//! [`scale`] (the `scale` workload), [`snapshot`] and [`vmm_child`] (the `snapshot` workload),
 //! [`runner`] (children with time limits, finding the test guest), [`line`] and [`timeline`]
 //! (what children print), [`milestones`] (start-up rows), [`stats`], [`report`] (rows, JSON),
 //! [`table`], [`svg`].
@@ -40,10 +44,12 @@ pub mod peer;
 pub mod report;
 pub mod runner;
 pub mod scale;
+pub mod snapshot;
 pub mod stats;
 pub mod svg;
 pub mod table;
 pub mod timeline;
+pub mod vmm_child;
 pub mod workloads;
 
 use std::io::{IsTerminal, Write};
@@ -58,7 +64,7 @@ use workloads::{Ctx, Outcome, Sample, Side, Workload};
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Workloads to run (default: all): cpu, mem, pio-rtt, mmio-rtt, startup, scale,
-    /// concurrent, linux-boot, virtio-blk, virtio-net, pause-resume.
+    /// concurrent, linux-boot, virtio-blk, virtio-net, pause-resume, snapshot.
     #[arg(value_name = "WORKLOAD")]
     pub workloads: Vec<String>,
     /// Runs of each side of each workload [default: 5, and 3 for linux-boot, whose boot takes
@@ -85,6 +91,7 @@ pub struct BenchArgs {
     /// mmio-rtt, startup, virtio-blk, virtio-net) under this one, from the same JSON config file
     /// (`--no-api --config-file`), in turn with Kite's runs; adds Kite/peer ratios and each
     /// side's whole cost (until the VM is freed, CPU of every process, the VMM's peak RSS).
+    /// `snapshot` runs its API steps under it too (each side restores its own snapshots).
     #[arg(long, value_name = "PATH")]
     pub peer: Option<PathBuf>,
     /// An argument given to the peer before its own flags; repeatable (e.g. `--peer-arg=--no-acpi`
@@ -307,7 +314,11 @@ fn bench_workload(
     progress: &mut Progress,
     raw: &mut Vec<RawRun>,
     peer: Option<&peer::Peer>,
+    scratch: &Path,
 ) -> Vec<Row> {
+    if w == Workload::Snapshot {
+        return snapshot::bench(ctx, runs, peer, scratch, progress, raw);
+    }
     if let (Some(p), true) = (peer, peer::runs(w)) {
         return peer::bench(ctx, w, runs, p, progress, raw);
     }
@@ -567,7 +578,15 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
                 .push(Row::without_figures(w.label(), Status::NotAvailable(why)));
             continue;
         }
-        let rows = bench_workload(&ctx, w, runs, &mut progress, &mut report.raw, peer.as_ref());
+        let rows = bench_workload(
+            &ctx,
+            w,
+            runs,
+            &mut progress,
+            &mut report.raw,
+            peer.as_ref(),
+            &scratch.0,
+        );
         report.rows.extend(rows);
     }
     // A run cut short by the signal is no result.
@@ -639,7 +658,7 @@ mod tests {
         let e = parse_args(&args(&["gpu"], "1")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, pause-resume"
+            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, pause-resume, snapshot"
         );
         assert_eq!(e.exit_code(), 2);
         for bad in ["0", "-1", "x", "1001"] {

@@ -132,7 +132,7 @@ pub fn render(report: &Report) -> String {
     }
     if let Some(peer) = &report.peer {
         out.push_str(&format!(
-            "peer: {peer} (--no-api --config-file, the guest's configuration as Kite's); seccomp {} on both; \
+            "peer: {peer} (--config-file, the guest's configuration as Kite's; --no-api, or --api-sock for snapshot); seccomp {} on both; \
              cost rows count every process of a run, until the VM is freed\n",
             report.seccomp
         ));

@@ -52,9 +52,11 @@ pub enum Workload {
     VirtioNet,
     /// `PATCH /vm` Paused and Resumed over the API socket.
     PauseResume,
+    /// Snapshot create and load, first touch after a restore, memory of clones.
+    Snapshot,
 }
 
-pub const ALL: [Workload; 12] = [
+pub const ALL: [Workload; 13] = [
     Workload::Cpu,
     Workload::Mem,
     Workload::PioRtt,
@@ -67,6 +69,7 @@ pub const ALL: [Workload; 12] = [
     Workload::BlkSeq,
     Workload::VirtioNet,
     Workload::PauseResume,
+    Workload::Snapshot,
 ];
 
 /// The names `kite bench` takes, in order (`virtio-blk` stands for both of its workloads).
@@ -119,6 +122,7 @@ impl Workload {
             Workload::BlkRand | Workload::BlkSeq => "virtio-blk",
             Workload::VirtioNet => "virtio-net",
             Workload::PauseResume => "pause-resume",
+            Workload::Snapshot => "snapshot",
         }
     }
 
@@ -136,6 +140,7 @@ impl Workload {
         match self {
             Workload::Startup | Workload::Scale | Workload::Concurrent => "hello",
             Workload::PauseResume => "tick",
+            Workload::Snapshot => "touch",
             w => w.name(),
         }
     }
@@ -188,6 +193,7 @@ impl Workload {
         match self {
             Workload::Scale => scale::POINTS.len(),
             Workload::Concurrent => super::concurrent::COUNTS.iter().sum(),
+            Workload::Snapshot => super::snapshot::STEPS,
             w => w.sides().len(),
         }
     }
@@ -491,6 +497,7 @@ pub fn rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Ro
         // Its samples are kept per machine shape and its rows made by `scale::rows`.
         Workload::Scale => failed(w, "scale's rows are made per machine shape".into()),
         Workload::Concurrent => failed(w, "concurrent's rows are made per group".into()),
+        Workload::Snapshot => failed(w, "snapshot's rows are made per figure".into()),
         Workload::LinuxBoot => linux::rows(guest),
         Workload::PauseResume => super::pause::rows(guest),
         Workload::BlkRand | Workload::BlkSeq => blk_rows(ctx, w, host, guest),
@@ -590,7 +597,8 @@ mod tests {
             [Workload::BlkRand, Workload::BlkSeq]
         );
         assert!(from_name("nope").is_empty());
-        assert_eq!(names().len(), 11);
+        assert_eq!(names().len(), 12);
+        assert_eq!(from_name("snapshot"), [Workload::Snapshot]);
         assert_eq!(from_name("concurrent"), [Workload::Concurrent]);
         assert_eq!(from_name("linux-boot"), [Workload::LinuxBoot]);
     }

@@ -23,6 +23,7 @@ mod rawvsock;
 mod ring0;
 mod rng;
 mod smp;
+mod touch;
 mod vsock;
 
 pub struct Ctx<'a> {
@@ -71,6 +72,10 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "mem",
         run: bench::mem,
+    },
+    Scenario {
+        name: "touch",
+        run: touch::touch,
     },
     Scenario {
         name: "smp",
