@@ -1,7 +1,7 @@
 //! Fuzz target `snapshot`: the snapshot file parser (`kite_vmm::snapshot::file::parse`), on
 //! whole files. Any input must give a state or an error, never a panic; a state it accepts
 //! must write back to a file that reads as the same state, and must give a machine
-//! configuration (or an error) without panicking.
+//! configuration and a `GET /vm/config` layout (or an error) without panicking.
 
 use super::Seed;
 use kite_vmm::snapshot::Overrides;
@@ -19,6 +19,8 @@ pub fn run(data: &[u8]) {
         "a state does not survive a write and a read"
     );
     let _ = state.machine.config(&Overrides::default());
+    // The configuration layout inside (JSON, for `GET /vm/config` after a load).
+    let _ = kite_vmm::api::snapshot::restored_layout(&state, &Overrides::default());
 }
 
 pub fn seeds() -> Vec<Seed> {
