@@ -82,7 +82,10 @@ fn start(
                 },
             );
             let vmm = match started {
-                Ok(vmm) => vmm,
+                Ok((mut vmm, answer)) => {
+                    vmm.on_running(move || answer.started());
+                    vmm
+                }
                 Err(setup::NotStarted::Signal(sig)) => {
                     let _ = std::fs::remove_file(&channel.socket);
                     log::info!("stopped on signal {sig} before the VM was started");

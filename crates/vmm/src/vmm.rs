@@ -167,6 +167,9 @@ pub struct Vmm {
     /// /proc/self/status, opened now for snapshots made once the seccomp filters are on.
     proc_status: Option<std::fs::File>,
     api: Option<RunningApi>,
+    /// Called once every vCPU thread exists and bears its name (the API's answer to
+    /// `InstanceStart`: Firecracker answers only after its vCPU threads are up).
+    on_running: Option<Box<dyn FnOnce() + Send>>,
     timeout: Option<Duration>,
     seccomp: seccomp::Mode,
     process_start: Instant,
@@ -232,6 +235,12 @@ impl Vmm {
     pub fn with_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// Call `f` from [`Vmm::run`] once every vCPU thread has started under its name
+    /// (`fc_vcpu N`), before the first event-loop turn.
+    pub fn on_running(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.on_running = Some(Box::new(f));
     }
 
     /// Serve the API (`--api-sock`) from the event loop while the VM runs.
@@ -331,8 +340,10 @@ impl Vmm {
         }
         let stop = self.vcpus.first().map(|v| v.stop.clone());
         let mut threads: Vec<VcpuThread> = Vec::new();
+        let (alive_tx, alive) = std::sync::mpsc::channel();
         for vcpu in self.vcpus.drain(..) {
-            match vcpu.start(first_entry.clone(), vcpu_filter.clone(), gate.clone()) {
+            let started = (first_entry.clone(), alive_tx.clone());
+            match vcpu.start(started, vcpu_filter.clone(), gate.clone()) {
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     self.exit.request(ExitReason::Fatal(format!(
@@ -352,6 +363,13 @@ impl Vmm {
             return Err(e.into());
         }
         gate.open(true);
+        // Each thread says so once it runs under its name; one that died first drops its
+        // sender, and the loop ends when every sender is gone.
+        drop(alive_tx);
+        for _ in alive.iter().take(threads.len()) {}
+        if let Some(f) = self.on_running.take() {
+            f();
+        }
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
         let mut next_sample = Instant::now();
         let mut next_probe = Instant::now() + HALT_PROBE_INTERVAL;
@@ -543,6 +561,7 @@ fn finish(
         track_dirty: config.track_dirty_pages,
         proc_status: std::fs::File::open("/proc/self/status").ok(),
         api: None,
+        on_running: None,
         timeout: config.timeout,
         seccomp: config.seccomp,
         process_start,

@@ -102,11 +102,15 @@ impl StartGate {
 }
 
 impl Vcpu {
-    /// Start the thread. It installs `filter` (if any), waits at `gate`, then runs the guest;
-    /// `started` is set to the time the first vCPU first entered the guest.
+    /// Start the thread. It says it is alive on `started.1` (by then it bears its name),
+    /// installs `filter` (if any), waits at `gate`, then runs the guest; `started.0` is set
+    /// to the time the first vCPU first entered the guest.
     pub fn start(
         self,
-        started: Arc<std::sync::OnceLock<Instant>>,
+        (started, alive): (
+            Arc<std::sync::OnceLock<Instant>>,
+            std::sync::mpsc::Sender<()>,
+        ),
         filter: Option<Arc<seccomp::Filter>>,
         gate: Arc<StartGate>,
     ) -> std::io::Result<VcpuThread> {
@@ -117,6 +121,9 @@ impl Vcpu {
         let handle = std::thread::Builder::new()
             .name(name.clone())
             .spawn(move || {
+                // std names the thread before it runs this closure.
+                let _ = alive.send(());
+                drop(alive);
                 if let Some(filter) = filter
                     && let Err(e) = filter.apply(&name)
                 {
