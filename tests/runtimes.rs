@@ -364,6 +364,11 @@ fn started_as_the_runtimes_start_firecracker() {
     assert!(lines.len() >= 2, "{lines:?}");
     let last = lines.last().unwrap();
     assert!(last["vcpu"]["exit_io_out"].as_u64().unwrap() > 0, "{last}");
+    // Firecracker's `net` (all interfaces) and `net_<iface_id>` groups, and `vmm`.
+    assert!(last["net"]["tx_bytes_count"].is_u64(), "{last}");
+    assert!(last["net_eth0"]["rx_packets_count"].is_u64(), "{last}");
+    assert_eq!(last["vmm"]["panic_count"], 0, "{last}");
+    assert!(last["vmm"]["device_events"].is_u64(), "{last}");
     let startup = last["api_server"]["process_startup_time_us"]
         .as_u64()
         .unwrap();

@@ -261,6 +261,10 @@ impl Vmm {
                     (self.disks.iter().enumerate()).map(|(i, d)| (format!("block{i}"), d.stats())),
                 )
                 .collect(),
+            nets: (self.nets.iter().enumerate())
+                .map(|(i, n)| (format!("eth{i}"), n.stats()))
+                .collect(),
+            device_events: crate::devices::virtio::device_events(),
             ..Default::default()
         }
     }
