@@ -4,7 +4,8 @@
 //! 1. Listen on vsock port `kite_agent_port` (1024), as the runtimes' agents do, answer the
 //!    host's connection (made by `CONNECT 1024\n` on the vsock device's Unix socket), and echo
 //!    what the host sends until a `\n`; then `KITE-PROGRESS agent echoed=<n>`.
-//! 2. The block hotplug: `virtio-blk-resize` on the `kite_blk_index` disk (its keys).
+//! 2. The block hotplug: `virtio-blk-resize` on the `kite_blk_index` disk (its keys); then
+//!    `KITE-PROGRESS agent hotplug <its ok line>`.
 //! 3. Stop as `kite_agent_stop` says: `reset` (default) ends the VM at once; `cad` says
 //!    `KITE-PROGRESS agent waiting for ctrl-alt-del`, polls the i8042 for Ctrl-Alt-Del (the
 //!    host's `SendCtrlAltDel`) and then ends the VM (a guest's reboot); `hold` says
@@ -35,6 +36,7 @@ pub fn agent(ctx: &mut Ctx) -> Outcome {
     let echoed = serve_one(ctx, port, ms).map_err(|l| l.prefixed("agent"))?;
     say(format_args!("KITE-PROGRESS agent echoed={echoed}"));
     let resized = super::blkfault::resize(ctx).map_err(|l| l.prefixed("hotplug"))?;
+    say(format_args!("KITE-PROGRESS agent hotplug {}", resized.as_str()));
     match ctx.cmdline.get("kite_agent_stop").unwrap_or(b"reset") {
         b"reset" => {}
         b"cad" => {
