@@ -278,16 +278,18 @@ pub fn write(mem: &GuestMem, cpus: u8, virtio: &[VirtioWindow]) -> Result<GuestA
 /// serial port's IRQ 4) arrives as vector 4 and kills the kernel (`overflow: 0000 [#1]`). With
 /// the MP table alone Linux finds and programs the PIC and routes every ISA IRQ through it.
 pub fn wanted(acpi: bool, cmdline: &str) -> bool {
+    // Asked once per device set-up step; said once.
+    static SAID: std::sync::Once = std::sync::Once::new();
     if acpi && off_in(cmdline) {
-        log::info!(
+        SAID.call_once(|| log::info!(
             "acpi=off on the guest's command line: no ACPI tables, the virtio devices are named on the command line"
-        );
+        ));
         return false;
     }
     if acpi && noapic_in(cmdline) {
-        log::info!(
+        SAID.call_once(|| log::info!(
             "noapic on the guest's command line: no ACPI tables (a hardware-reduced ACPI platform has no 8259 PIC, which a guest without the IOAPIC needs); the MP table describes the CPUs and the virtio devices are named on the command line"
-        );
+        ));
         return false;
     }
     acpi
