@@ -86,7 +86,10 @@ fn start(
                 },
             );
             let (vmm, restored) = match started {
-                Ok(vmm) => vmm,
+                Ok(((mut vmm, restored), answer)) => {
+                    vmm.on_running(move || answer.started());
+                    (vmm, restored)
+                }
                 Err(setup::NotStarted::Signal(sig)) => {
                     let _ = std::fs::remove_file(&channel.socket);
                     log::info!("stopped on signal {sig} before the VM was started");

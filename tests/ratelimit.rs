@@ -148,3 +148,143 @@ fn an_ops_bucket_on_the_entropy_device_spaces_its_requests() {
         "{took:?}: the bucket did not hold requests back"
     );
 }
+
+/// A UDP echo server at `addr` inside network namespace `ns` until `stop` is set; returns
+/// once it listens.
+fn udp_echo(
+    ns: &str,
+    addr: &str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Result<u64, String>> {
+    let (ns, addr) = (ns.to_string(), addr.to_string());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let handle = std::thread::spawn(move || {
+        let socket = enter_netns(&ns)
+            .and_then(|()| std::net::UdpSocket::bind(&addr))
+            .and_then(|s| {
+                s.set_read_timeout(Some(Duration::from_millis(50)))
+                    .map(|()| s)
+            })
+            .map_err(|e| format!("UDP echo server at {addr}: {e}"));
+        let _ = ready_tx.send(socket.as_ref().map(|_| ()).map_err(Clone::clone));
+        let socket = socket?;
+        let (mut buf, mut echoed) = ([0u8; 65536], 0u64);
+        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            match socket.recv_from(&mut buf) {
+                Ok((n, from)) => {
+                    socket.send_to(&buf[..n], from).map_err(|e| e.to_string())?;
+                    echoed += 1;
+                }
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::WouldBlock
+                        || e.kind() == std::io::ErrorKind::TimedOut => {}
+                Err(e) => return Err(format!("UDP echo server: {e}")),
+            }
+        }
+        Ok(echoed)
+    });
+    if let Ok(Err(e)) = ready_rx.recv_timeout(Duration::from_secs(10)) {
+        panic!("{e}");
+    }
+    handle
+}
+
+/// A 10 MB/s bandwidth bucket on a network interface's transmit, then on its receive: the
+/// test guest's UDP echoes through a tap (full 1514-byte frames, 32 in flight) move 10 MB/s
+/// each way, within 5 %. The bucket counts frame bytes without the virtio-net header, as the
+/// guest counts Ethernet bytes. A bucket must be slower than the echoes without one, or it
+/// shows nothing: where they cannot reach 12.5 MB/s (a loaded machine here: 3 MB/s under a
+/// load average of 20), the bucket is 1 MB/s, which is said.
+#[test]
+fn a_10_mb_per_s_bucket_on_a_network_interface() {
+    let test = "a_10_mb_per_s_bucket_on_a_network_interface";
+    if let Some(reason) = kvm_unavailable() {
+        return skip(test, Need::Kvm, &reason);
+    }
+    let tap = "krl0";
+    let ns = match Netns::with_tap("rl", tap) {
+        Ok(ns) => ns,
+        Err(reason) => return skip(test, Need::Tap, &reason),
+    };
+    let _ = ns.exec(&[
+        "sysctl",
+        "-qw",
+        &format!("net.ipv6.conf.{tap}.disable_ipv6=1"),
+    ]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let echo = udp_echo(&ns.name, "10.0.2.2:7777", stop.clone());
+    let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("kite-netrl-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let tsc_hz = host_tsc_hz();
+    // One direction's bytes per second, with `limiter` (`tx_rate_limiter`/`rx_rate_limiter`)
+    // set to `rate` bytes per second (a bucket of 100 ms of it, so that the guest's pauses
+    // between windows lose no tokens), or none.
+    let measure = |limiter: Option<(&str, u64)>, frames: u64| -> f64 {
+        let mut iface = serde_json::json!({"iface_id": "eth0", "host_dev_name": tap,
+            "guest_mac": "52:54:00:4b:49:54"});
+        if let Some((which, rate)) = limiter {
+            iface[which] =
+                serde_json::json!({"bandwidth": {"size": rate / 10, "refill_time": 100}});
+        }
+        let config = serde_json::json!({
+            "boot-source": {"kernel_image_path": kernel, "boot_args": format!(
+                "kite_test=virtio-net kite_n={frames} kite_net_bytes=1472 kite_net_window=32 kite_virtio_wait=poll kite_net_ip=10.0.2.15 kite_net_peer=10.0.2.2 kite_net_port=7777")},
+            "machine-config": {"vcpu_count": 1, "mem_size_mib": 256},
+            "network-interfaces": [iface],
+        });
+        let path = dir.join("config.json");
+        std::fs::write(&path, config.to_string()).unwrap();
+        let cmd = ns.kite(&["run", "--no-acpi", "--config-file", path_str(&path)]);
+        let r = Run::parse("virtio-net", run(cmd, LIMIT));
+        r.expect_ok();
+        assert_eq!(r.num("frames"), frames, "{}", r.result);
+        // Sent and received, the same frames: half each way, timed at the host's TSC rate.
+        let rate = r.num("bytes") as f64 / 2.0 / (r.num("cycles") as f64 / tsc_hz);
+        eprintln!(
+            "virtio-net, {}: {:.3} MB/s each way",
+            limiter.map_or("no limiter", |l| l.0),
+            rate / 1e6
+        );
+        rate
+    };
+    let free = measure(None, 4000);
+    let bucket: u64 = if free >= 1.25e7 {
+        10_000_000
+    } else {
+        1_000_000
+    };
+    assert!(
+        free >= 1.25 * bucket as f64,
+        "unlimited echoes ran at {:.2} MB/s: too slow to show any bucket",
+        free / 1e6
+    );
+    if bucket < 10_000_000 {
+        eprintln!(
+            "unlimited echoes ran at {:.2} MB/s here: the bucket is 1 MB/s, not 10",
+            free / 1e6
+        );
+    }
+    // About 2 s of full frames each way at the bucket's rate.
+    let frames = bucket * 2 / 1514;
+    let mut rates = Vec::new();
+    for which in ["tx_rate_limiter", "rx_rate_limiter"] {
+        rates.push((which, measure(Some((which, bucket)), frames)));
+    }
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let echoed = echo.join().unwrap().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(echoed, 4000 + 2 * frames);
+    let _ = std::fs::remove_dir_all(&dir);
+    // The bucket starts full: its first 100 ms of bytes pass at once.
+    let bytes = (frames * 1514) as f64;
+    let expected = bucket as f64 * bytes / (bytes - bucket as f64 / 10.0);
+    for (which, rate) in rates {
+        assert!(
+            (rate / expected - 1.0).abs() <= 0.05,
+            "{which}: {:.3} MB/s under a {} MB/s bucket (expected {:.3} with its first 100 ms at once)",
+            rate / 1e6,
+            bucket / 1_000_000,
+            expected / 1e6
+        );
+    }
+}

@@ -467,6 +467,11 @@ impl Guest {
         self.stdout.lock().unwrap().clone()
     }
 
+    /// The VMM's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn err(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }

@@ -171,6 +171,9 @@ pub struct Vmm {
     /// /proc/self/status, opened now for snapshots made once the seccomp filters are on.
     proc_status: Option<std::fs::File>,
     api: Option<RunningApi>,
+    /// Called once every vCPU thread exists and bears its name (the API's answer to
+    /// `InstanceStart`: Firecracker answers only after its vCPU threads are up).
+    on_running: Option<Box<dyn FnOnce() + Send>>,
     timeout: Option<Duration>,
     seccomp: seccomp::Mode,
     process_start: Instant,
@@ -248,6 +251,12 @@ impl Vmm {
         self
     }
 
+    /// Call `f` from [`Vmm::run`] once every vCPU thread has started under its name
+    /// (`fc_vcpu N`), before the first event-loop turn.
+    pub fn on_running(&mut self, f: impl FnOnce() + Send + 'static) {
+        self.on_running = Some(Box::new(f));
+    }
+
     /// Serve the API (`--api-sock`) from the event loop while the VM runs.
     pub fn attach_api(&mut self, api: RunningApi) {
         self.api = Some(api);
@@ -266,6 +275,10 @@ impl Vmm {
                     (self.disks.iter().enumerate()).map(|(i, d)| (format!("block{i}"), d.stats())),
                 )
                 .collect(),
+            nets: (self.nets.iter().enumerate())
+                .map(|(i, n)| (format!("eth{i}"), n.stats()))
+                .collect(),
+            device_events: crate::devices::virtio::device_events(),
             ..Default::default()
         }
     }
@@ -389,6 +402,11 @@ impl Vmm {
             return Err(e);
         }
         gate.open(true);
+        // Every vCPU thread has answered on `ready`, so each runs under its name: the API may
+        // now answer InstanceStart (or the load), as Firecracker answers after starting them.
+        if let Some(f) = self.on_running.take() {
+            f();
+        }
         let deadline = self.timeout.map(|t| (Instant::now() + t, t));
         let mut next_sample = Instant::now();
         let mut next_probe = Instant::now() + HALT_PROBE_INTERVAL;
@@ -579,6 +597,7 @@ fn finish(
         track_dirty: config.track_dirty_pages,
         proc_status: std::fs::File::open("/proc/self/status").ok(),
         api: None,
+        on_running: None,
         timeout: config.timeout,
         seccomp: config.seccomp,
         process_start,

@@ -53,6 +53,10 @@ pub struct Counters {
     pub completed: Vec<(&'static str, u64)>,
     /// Per device: name and its (counter, value) pairs.
     pub devices: Vec<(String, Vec<(&'static str, u64)>)>,
+    /// Per network interface: its `iface_id` and its counters under Firecracker's names.
+    pub nets: Vec<(String, Vec<(&'static str, u64)>)>,
+    /// Events the event loop handed to devices (Firecracker's `vmm.device_events`).
+    pub device_events: u64,
     /// API requests answered, and how many of them failed.
     pub api_requests: u64,
     pub api_errors: u64,
@@ -93,7 +97,16 @@ impl Counters {
                 .map(|&(_, v)| v)
                 .sum()
         };
-        json!({
+        // Firecracker's `net` is every interface's counters summed; `net_<iface_id>` each one's.
+        // Every name is there, 0 without interfaces, as in Firecracker's line.
+        let mut net = map(&crate::devices::virtio::NetStats::default().snapshot());
+        for (_, pairs) in &self.nets {
+            for &(k, v) in pairs {
+                let sum = net.get(k).and_then(Value::as_u64).unwrap_or(0) + v;
+                net.insert(k.to_string(), Value::from(sum));
+            }
+        }
+        let mut line = json!({
             "utc_timestamp_ms": utc_ms,
             // Firecracker's names, for the same meanings (Kata and the SDK read these).
             "api_server": {
@@ -117,7 +130,24 @@ impl Counters {
             "devices": devices,
             "api": {"requests": self.api_requests, "errors": self.api_errors},
             "vm": {"pauses": self.pauses, "resumes": self.resumes},
-        })
+            "net": net,
+            // A panic ends Kite before another line is written, so every line says 0.
+            "vmm": {"device_events": self.device_events, "panic_count": 0},
+        });
+        if let Value::Object(line) = &mut line {
+            for (id, pairs) in &self.nets {
+                line.insert(format!("net_{id}"), Value::Object(map(pairs)));
+            }
+        }
+        line
+    }
+
+    /// Name the interfaces by their `iface_id`s (in the order they were attached).
+    pub fn name_nets<'a>(mut self, ids: impl Iterator<Item = &'a String>) -> Self {
+        for ((name, _), id) in self.nets.iter_mut().zip(ids) {
+            name.clone_from(id);
+        }
+        self
     }
 }
 
@@ -186,6 +216,37 @@ mod tests {
         assert_eq!(lines[0]["vcpu"]["exit_io_out"], 7);
         assert_eq!(lines[0]["block"]["execute_fails"], 0);
         assert!(lines[0]["api_server"]["process_startup_time_us"].is_u64());
+    }
+
+    #[test]
+    fn net_and_vmm_groups_have_firecrackers_names() {
+        let c = Counters {
+            nets: vec![
+                (
+                    "eth0".into(),
+                    vec![("rx_bytes_count", 100), ("tx_packets_count", 2)],
+                ),
+                (
+                    "eth1".into(),
+                    vec![("rx_bytes_count", 50), ("tx_packets_count", 1)],
+                ),
+            ],
+            device_events: 9,
+            ..Counters::default()
+        }
+        .name_nets(["a".to_string(), "b".to_string()].iter());
+        let line = c.to_json();
+        assert_eq!(line["net"]["rx_bytes_count"], 150);
+        assert_eq!(line["net"]["tx_packets_count"], 3);
+        assert_eq!(line["net_a"]["rx_bytes_count"], 100);
+        assert_eq!(line["net_b"]["tx_packets_count"], 1);
+        assert!(line.get("net_eth0").is_none());
+        assert_eq!(line["vmm"]["device_events"], 9);
+        assert_eq!(line["vmm"]["panic_count"], 0);
+        // No interface: every counter is there, 0, as in Firecracker's line.
+        let line = Counters::default().to_json();
+        assert_eq!(line["net"]["tx_bytes_count"], 0);
+        assert_eq!(line["net"]["tap_read_fails"], 0);
     }
 
     #[test]

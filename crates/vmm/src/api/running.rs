@@ -107,7 +107,8 @@ impl RunningApi {
             pauses: self.pauses,
             resumes: self.resumes,
             ..counters
-        };
+        }
+        .name_nets(self.net_ids());
         if let Some(sink) = &mut self.metrics
             && let Err(e) = sink.write(&counters)
         {
@@ -126,6 +127,12 @@ impl RunningApi {
             resumes: self.resumes,
             ..(vm.counters)()
         }
+        .name_nets(self.net_ids())
+    }
+
+    /// The interfaces' `iface_id`s, in the order they were attached.
+    fn net_ids(&self) -> impl Iterator<Item = &String> {
+        self.config.network_interfaces.iter().map(|n| &n.iface_id)
     }
 
     fn flush(&mut self, vm: &VmHandles) -> Result<(), String> {

@@ -9,6 +9,17 @@ use super::server::ApiChannel;
 use super::types::{FullConfig, InstanceInfo, Logger, MachineConfig};
 use crate::config::VmConfig;
 
+/// The answer still owed to the `InstanceStart` (or snapshot load) that started the VM.
+#[derive(Debug)]
+pub struct StartAnswer(std::sync::mpsc::SyncSender<Response>);
+
+impl StartAnswer {
+    /// Answer 204: the VM runs.
+    pub fn started(self) {
+        let _ = self.0.send(Response::no_content());
+    }
+}
+
 /// Why no VM was started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotStarted {
@@ -166,7 +177,8 @@ impl Setup {
 
     /// Serve configuration calls until an `InstanceStart` whose `boot` succeeds, or a
     /// `PUT /snapshot/load` whose `load` does (given the machine-config set before, if any);
-    /// its result.
+    /// its result, and that call's answer, for the caller to give once the vCPU threads run
+    /// (as Firecracker answers). Dropping the answer unsent tells the client the VM stopped.
     /// `Err` if a stop signal arrives on `signals` (a signalfd, see
     /// [`crate::signals::block_stop_signals`]) first, or the API thread has gone.
     pub fn wait_for_start<T>(
@@ -178,7 +190,7 @@ impl Setup {
             &super::snapshot::SnapshotLoad,
             Option<&MachineConfig>,
         ) -> Result<T, String>,
-    ) -> Result<T, NotStarted> {
+    ) -> Result<(T, StartAnswer), NotStarted> {
         loop {
             if let Some(signal) = signals.and_then(crate::signals::pending) {
                 return Err(NotStarted::Signal(signal));
@@ -196,10 +208,7 @@ impl Setup {
             let _ = channel.wake.read();
             if let ApiRequest::LoadSnapshot(request) = &envelope.request {
                 match load(request, self.config.machine_config.as_ref()) {
-                    Ok(vm) => {
-                        let _ = envelope.reply.send(Response::no_content());
-                        return Ok(vm);
-                    }
+                    Ok(vm) => return Ok((vm, StartAnswer(envelope.reply))),
                     Err(e) => {
                         log::error!("snapshot load: {e}");
                         let _ = envelope.reply.send(Response::bad_request(format!(
@@ -217,10 +226,7 @@ impl Setup {
                 .map_err(|e| e.to_string())
                 .and_then(|config| boot(&config));
             match started {
-                Ok(vm) => {
-                    let _ = envelope.reply.send(Response::no_content());
-                    return Ok(vm);
-                }
+                Ok(vm) => return Ok((vm, StartAnswer(envelope.reply))),
                 Err(e) => {
                     log::error!("InstanceStart: {e}");
                     let _ = envelope

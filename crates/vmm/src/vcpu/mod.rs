@@ -106,7 +106,8 @@ impl StartGate {
 }
 
 impl Vcpu {
-    /// Start the thread. It sets the vCPU up ([`setup::apply`]) and says so on `ready`, then
+    /// Start the thread. It sets the vCPU up ([`setup::apply`]) and says so on `ready` (by then the thread
+    /// bears its name: std names it before it runs), then
     /// installs `filter` (if any), waits at `gate`, then runs the guest; `started` is set to
     /// the time the first vCPU first entered the guest.
     pub fn start(

@@ -9,6 +9,7 @@ use crate::cmdline::Cmdline;
 use crate::mem::PageAllocator;
 use crate::report::Outcome;
 
+mod agent;
 mod basic;
 mod bench;
 mod blk;
@@ -132,6 +133,10 @@ pub static SCENARIOS: &[Scenario] = &[
     Scenario {
         name: "peers",
         run: peers::peers,
+    },
+    Scenario {
+        name: "agent",
+        run: agent::agent,
     },
     Scenario {
         name: "hostile-huge",

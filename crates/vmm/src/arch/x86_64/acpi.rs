@@ -268,16 +268,36 @@ pub fn write(mem: &GuestMem, cpus: u8, virtio: &[VirtioWindow]) -> Result<GuestA
     Ok(tables.rsdp)
 }
 
-/// Whether to write ACPI tables: `acpi` (not `--no-acpi`) unless the guest is told `acpi=off`,
-/// which is logged.
+/// Whether to write ACPI tables: `acpi` (not `--no-acpi`) unless the guest is told `acpi=off`
+/// or `noapic`, which is logged.
+///
+/// `noapic` (in firectl's and Firecracker's documented default kernel options) tells Linux not
+/// to use the IOAPIC, so its interrupts must come through the 8259 PIC. A hardware-reduced ACPI
+/// platform (the FADT's HW_REDUCED_ACPI, as Kite's and Firecracker's) has no PIC: Linux then
+/// takes the null PIC and leaves the in-kernel one unprogrammed, whose first interrupt (the
+/// serial port's IRQ 4) arrives as vector 4 and kills the kernel (`overflow: 0000 [#1]`). With
+/// the MP table alone Linux finds and programs the PIC and routes every ISA IRQ through it.
 pub fn wanted(acpi: bool, cmdline: &str) -> bool {
+    // Asked once per device set-up step; said once.
+    static SAID: std::sync::Once = std::sync::Once::new();
     if acpi && off_in(cmdline) {
-        log::info!(
+        SAID.call_once(|| log::info!(
             "acpi=off on the guest's command line: no ACPI tables, the virtio devices are named on the command line"
-        );
+        ));
+        return false;
+    }
+    if acpi && noapic_in(cmdline) {
+        SAID.call_once(|| log::info!(
+            "noapic on the guest's command line: no ACPI tables (a hardware-reduced ACPI platform has no 8259 PIC, which a guest without the IOAPIC needs); the MP table describes the CPUs and the virtio devices are named on the command line"
+        ));
         return false;
     }
     acpi
+}
+
+/// Whether `cmdline` turns the IOAPIC off (`noapic`).
+pub fn noapic_in(cmdline: &str) -> bool {
+    cmdline.split_whitespace().any(|w| w == "noapic")
 }
 
 /// Whether `cmdline` turns ACPI off (`acpi=off`, which Kata Containers always passes): such a
@@ -429,5 +449,14 @@ mod tests {
         assert!(off_in("console=ttyS0 acpi=off reboot=k"));
         assert!(!off_in("console=ttyS0 noacpi=off"));
         assert!(!off_in("acpi=force"));
+    }
+
+    #[test]
+    fn noapic_means_no_tables() {
+        let firectl = "console=ttyS0 noapic reboot=k panic=1 pci=off nomodules";
+        assert!(!wanted(true, firectl));
+        assert!(wanted(true, "console=ttyS0 reboot=k panic=1"));
+        assert!(wanted(true, "console=ttyS0 nolapic_timer"));
+        assert!(!wanted(false, "console=ttyS0"));
     }
 }

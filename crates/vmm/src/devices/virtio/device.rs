@@ -612,6 +612,15 @@ impl AsRawFd for BackendSet {
 /// Event data of a device's backend descriptor (queue eventfds carry their queue index).
 const BACKEND: u32 = u32::MAX;
 
+/// Events the event loop handed to virtio devices (queue notifications and backend events),
+/// Firecracker's `vmm.device_events`. One VM per process, so one count.
+static DEVICE_EVENTS: AtomicU64 = AtomicU64::new(0);
+
+/// How many events the event loop has handed to virtio devices.
+pub fn device_events() -> u64 {
+    DEVICE_EVENTS.load(Ordering::Relaxed)
+}
+
 impl MutEventSubscriber for QueueEvents {
     fn init(&mut self, ops: &mut EventOps) {
         for (index, event) in self.events.iter().enumerate() {
@@ -628,6 +637,7 @@ impl MutEventSubscriber for QueueEvents {
     }
 
     fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        DEVICE_EVENTS.fetch_add(1, Ordering::Relaxed);
         if events.data() == BACKEND {
             lock(&self.device).process_backend();
             return;

@@ -44,11 +44,12 @@ use crate::arch::x86_64::layout::{
 use crate::bus::Bus;
 use crate::memory::GuestMem;
 use block::Block;
-pub use device::Interrupt;
+pub use device::{Interrupt, device_events};
 use device::{QueueEvents, SharedDevice};
 use mmio::QUEUE_NOTIFY;
 pub use mmio::{MmioTransport, QueueRegs, TransportState};
 use net::Net;
+pub use net::NetStats;
 pub use rate_limiter::{Bucket, BucketState, LimiterState, RateLimit, RateLimitUpdate};
 use rng::Rng;
 use tap::Tap;
@@ -368,10 +369,16 @@ pub fn attach_rng(ctx: &mut VirtioContext<'_>, limit: RateLimit) -> Result<Place
 /// The VMM's handle on an attached network interface (for `PATCH /network-interfaces`).
 pub struct NetHandle {
     device: Arc<Mutex<Net>>,
+    stats: Arc<net::NetStats>,
     pub placement: Placement,
 }
 
 impl NetHandle {
+    /// `(counter, value)` pairs for the metrics line (read without the device's lock).
+    pub fn stats(&self) -> Vec<(&'static str, u64)> {
+        self.stats.snapshot()
+    }
+
     /// Replace the rate limiter buckets the updates name.
     pub fn update_rate_limits(&self, rx: RateLimitUpdate, tx: RateLimitUpdate) {
         let mut net = self.device.lock().unwrap_or_else(|e| e.into_inner());
@@ -390,9 +397,14 @@ pub fn attach_net(ctx: &mut VirtioContext<'_>, net: &NetConfig) -> Result<NetHan
     }
     let device = Net::with_limits(Box::new(tap), net.mac, net.rx_rate_limit, net.tx_rate_limit)
         .map_err(|e| Error::Epoll(format!("tap {}", net.tap), e))?;
+    let stats = device.stats();
     let device = Arc::new(Mutex::new(device));
     let placement = attach(ctx, device.clone())?;
-    Ok(NetHandle { device, placement })
+    Ok(NetHandle {
+        device,
+        stats,
+        placement,
+    })
 }
 
 /// Attach a virtio-vsock device for guest CID `vsock.cid`, listening on `vsock.socket`.

@@ -18,6 +18,8 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use log::{error, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
@@ -107,6 +109,60 @@ enum TxError {
     Memory(#[from] vm_memory::GuestMemoryError),
 }
 
+/// What the device counts, read by the metrics line without the device's lock; each is
+/// Firecracker's `net` counter of the same name and meaning (byte counts include the
+/// 12-byte virtio-net header, as Firecracker's do).
+#[derive(Debug, Default)]
+pub struct NetStats {
+    rx_bytes_count: AtomicU64,
+    rx_packets_count: AtomicU64,
+    /// Frames read from the tap.
+    rx_count: AtomicU64,
+    /// Received frames that could not be written into the driver's buffer.
+    rx_fails: AtomicU64,
+    tap_read_fails: AtomicU64,
+    rx_rate_limiter_throttled: AtomicU64,
+    tx_bytes_count: AtomicU64,
+    tx_packets_count: AtomicU64,
+    /// Frames written to the tap.
+    tx_count: AtomicU64,
+    tap_write_fails: AtomicU64,
+    /// Transmit chains that are not a frame (too short, too long, unreadable).
+    tx_malformed_frames: AtomicU64,
+    tx_rate_limiter_throttled: AtomicU64,
+}
+
+impl NetStats {
+    /// `(Firecracker's name, value)` pairs.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        vec![
+            ("rx_bytes_count", get(&self.rx_bytes_count)),
+            ("rx_packets_count", get(&self.rx_packets_count)),
+            ("rx_count", get(&self.rx_count)),
+            ("rx_fails", get(&self.rx_fails)),
+            ("tap_read_fails", get(&self.tap_read_fails)),
+            (
+                "rx_rate_limiter_throttled",
+                get(&self.rx_rate_limiter_throttled),
+            ),
+            ("tx_bytes_count", get(&self.tx_bytes_count)),
+            ("tx_packets_count", get(&self.tx_packets_count)),
+            ("tx_count", get(&self.tx_count)),
+            ("tap_write_fails", get(&self.tap_write_fails)),
+            ("tx_malformed_frames", get(&self.tx_malformed_frames)),
+            (
+                "tx_rate_limiter_throttled",
+                get(&self.tx_rate_limiter_throttled),
+            ),
+        ]
+    }
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
 /// Epoll tokens of the limiters' timers (the backend's is 0).
 const RX_TIMER: u64 = 1;
 const TX_TIMER: u64 = 2;
@@ -137,6 +193,7 @@ pub struct Net {
     /// The limiters wait for tokens.
     rx_limited: bool,
     tx_limited: bool,
+    stats: Arc<NetStats>,
     /// Names the device in log lines.
     name: String,
     log: LogLimiter,
@@ -146,6 +203,11 @@ pub struct Net {
 impl Net {
     pub fn new(backend: Box<dyn NetBackend>, mac: [u8; 6]) -> io::Result<Self> {
         Self::with_limits(backend, mac, Default::default(), Default::default())
+    }
+
+    /// The device's counters, shared.
+    pub fn stats(&self) -> Arc<NetStats> {
+        self.stats.clone()
     }
 
     /// `PATCH /network-interfaces`: replace the buckets each update names.
@@ -189,6 +251,7 @@ impl Net {
             rx_frame: vec![0u8; MAX_FRAME],
             rx_limited: false,
             tx_limited: false,
+            stats: Arc::default(),
             log: LogLimiter::new(),
             chain_log: LogLimiter::new(),
         })
@@ -244,13 +307,16 @@ impl Net {
             };
             let read = match self.rx_pending.take() {
                 Some(n) => Ok(n),
-                None => self.backend.read_frame(&mut self.rx_frame),
+                None => self.backend.read_frame(&mut self.rx_frame).inspect(|_| {
+                    add(&self.stats.rx_count, 1);
+                }),
             };
             let n = match read {
                 Ok(n) => n,
                 Err(e) => {
                     active.unpop_chain(RX);
                     if e.kind() != io::ErrorKind::WouldBlock {
+                        add(&self.stats.tap_read_fails, 1);
                         // A lasting error would leave the tap readable forever and spin the
                         // event loop: stop watching it until the driver posts buffers again
                         // (with EVENT_IDX, asking it to notify the next one).
@@ -267,6 +333,7 @@ impl Net {
                 .consume(n.saturating_sub(VNET_HDR_LEN) as u64)
             {
                 // Held until the receive limiter's timer: the frame waits in `rx_frame`.
+                add(&self.stats.rx_rate_limiter_throttled, 1);
                 self.rx_pending = Some(n);
                 self.rx_limited = true;
                 active.unpop_chain(RX);
@@ -286,8 +353,13 @@ impl Net {
             }
             self.rx_frame[NUM_BUFFERS..NUM_BUFFERS + 2].copy_from_slice(&1u16.to_le_bytes());
             let len = match writable.write(&active.mem, &self.rx_frame[..n]) {
-                Ok(len) => len as u32,
+                Ok(len) => {
+                    add(&self.stats.rx_bytes_count, len as u64);
+                    add(&self.stats.rx_packets_count, 1);
+                    len as u32
+                }
                 Err(e) => {
+                    add(&self.stats.rx_fails, 1);
                     if self.log.allow() {
                         warn!("{}: cannot write a received frame: {e}", self.name);
                     }
@@ -310,15 +382,21 @@ impl Net {
         }
         let mut blocked = false;
         let mut limited = false;
+        let stats = &self.stats;
         let budget_spent = active.drain_queue(TX, &self.name, &mut self.chain_log, |mem, chain| {
             match gather(mem, chain, &mut self.frame) {
                 Ok(n) if !self.tx_limiter.consume(n.saturating_sub(VNET_HDR_LEN) as u64) => {
                     // Sent when the transmit limiter's timer says the tokens are there.
+                    add(&stats.tx_rate_limiter_throttled, 1);
                     limited = true;
                     return Completion::Later;
                 }
                 Ok(n) => match self.backend.write_frame(&self.frame[..n]) {
-                    Ok(_) => {}
+                    Ok(_) => {
+                        add(&stats.tx_bytes_count, n as u64);
+                        add(&stats.tx_packets_count, 1);
+                        add(&stats.tx_count, 1);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                         // Try this chain again once the backend is writable.
                         blocked = true;
@@ -327,6 +405,7 @@ impl Net {
                     Err(e) => {
                         // EIO: the tap is down; EBADFD: it was deleted while Kite held it. The
                         // frame is lost as on a cable unplugged.
+                        add(&stats.tap_write_fails, 1);
                         if self.log.allow() {
                             if e.raw_os_error() == Some(libc::EBADFD) {
                                 warn!(
@@ -340,6 +419,7 @@ impl Net {
                     }
                 },
                 Err(e) => {
+                    add(&stats.tx_malformed_frames, 1);
                     if self.log.allow() {
                         warn!("{}: {e}; frame not sent", self.name);
                     }

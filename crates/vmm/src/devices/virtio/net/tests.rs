@@ -47,6 +47,7 @@ struct Setup {
     g: Guest,
     host: UnixDatagram,
     offload: Arc<AtomicU32>,
+    stats: Arc<NetStats>,
 }
 
 fn setup() -> Setup {
@@ -59,9 +60,15 @@ fn setup() -> Setup {
         offload: offload.clone(),
     };
     let net = Net::new(Box::new(fake), MAC).unwrap();
+    let stats = net.stats();
     let mut g = Guest::new(Arc::new(Mutex::new(net)));
     g.start(QSIZE);
-    Setup { g, host, offload }
+    Setup {
+        g,
+        host,
+        offload,
+        stats,
+    }
 }
 
 /// A virtio-net header with `flags` and `gso_type`, the way a driver fills it for a TSO frame.
@@ -322,6 +329,43 @@ fn a_full_ring_of_transmits_is_sent_in_turns_and_waits_for_a_full_backend() {
 
 /// Post a malformed transmit chain and check that nothing is sent and the chain comes back
 /// with nothing written; then a good frame still goes through.
+#[test]
+fn frames_and_bytes_are_counted_under_firecrackers_names() {
+    let Setup {
+        mut g, host, stats, ..
+    } = setup();
+    let count = |name: &str| {
+        stats
+            .snapshot()
+            .into_iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, v)| v)
+            .unwrap()
+    };
+    let f = [&[0u8; 12][..], &frame(500, MAC, 8)].concat();
+    let a = g.buf(&f);
+    g.push(1, &[Desc::r(a, f.len() as u32)]);
+    g.kick(1);
+    assert_eq!(host_recv(&host).unwrap(), f);
+    // Too short to be a frame.
+    g.push(1, &[Desc::r(a, 20)]);
+    g.kick(1);
+    post_rx(&mut g, 1526);
+    g.kick(0);
+    host.send(&f[..300]).unwrap();
+    g.run_events();
+    assert_eq!(g.used_idx(0), 1);
+    // Byte counts include the virtio-net header, as Firecracker's do.
+    assert_eq!(count("tx_bytes_count"), 512);
+    assert_eq!(count("tx_packets_count"), 1);
+    assert_eq!(count("tx_count"), 1);
+    assert_eq!(count("tx_malformed_frames"), 1);
+    assert_eq!(count("rx_bytes_count"), 300);
+    assert_eq!(count("rx_packets_count"), 1);
+    assert_eq!(count("rx_count"), 1);
+    assert_eq!(count("tap_read_fails") + count("tap_write_fails"), 0);
+}
+
 fn refused_tx(g: &mut Guest, host: &UnixDatagram, descs: &[Desc]) {
     let before = g.used_idx(1);
     let head = g.push(1, descs);
@@ -632,9 +676,15 @@ fn setup_limited(rx: super::super::RateLimit, tx: super::super::RateLimit) -> Se
         offload: offload.clone(),
     };
     let net = Net::with_limits(Box::new(fake), MAC, rx, tx).unwrap();
+    let stats = net.stats();
     let mut g = Guest::new(Arc::new(Mutex::new(net)));
     g.start(QSIZE);
-    Setup { g, host, offload }
+    Setup {
+        g,
+        host,
+        offload,
+        stats,
+    }
 }
 
 fn two_ops_per_50_ms() -> super::super::RateLimit {

@@ -59,10 +59,7 @@ impl Vsock {
                 _ => return self.remove(token),
             }
         }
-        let port = std::str::from_utf8(line)
-            .ok()
-            .and_then(|l| l.trim_end_matches('\r').strip_prefix("CONNECT "))
-            .and_then(|p| p.parse::<u32>().ok());
+        let port = std::str::from_utf8(line).ok().and_then(connect_port);
         let Some(port) = port else {
             if self.log.allow() {
                 warn!("{}: host program sent no CONNECT <port> line", self.name);
@@ -130,5 +127,29 @@ impl Vsock {
                 return port;
             }
         }
+    }
+}
+
+/// The port of a host program's connect line: `CONNECT <port>` in any case (Kata's Go runtime
+/// sends `CONNECT`, runtime-rs `connect`; Firecracker takes both), words split by whitespace.
+fn connect_port(line: &str) -> Option<u32> {
+    let mut words = line.split_whitespace();
+    let verb = words.next()?;
+    let port = words.next()?.parse().ok()?;
+    (verb.eq_ignore_ascii_case("connect") && words.next().is_none()).then_some(port)
+}
+
+#[cfg(test)]
+mod connect_line {
+    #[test]
+    fn connect_in_any_case_with_a_port() {
+        use super::connect_port;
+        assert_eq!(connect_port("CONNECT 1024"), Some(1024));
+        assert_eq!(connect_port("connect 1024"), Some(1024));
+        assert_eq!(connect_port("Connect 7\r"), Some(7));
+        assert_eq!(connect_port("CONNECT x"), None);
+        assert_eq!(connect_port("HELLO 5"), None);
+        assert_eq!(connect_port("CONNECT"), None);
+        assert_eq!(connect_port("CONNECT 5 6"), None);
     }
 }
