@@ -45,6 +45,9 @@ pub fn runs(w: Workload) -> bool {
             | Workload::BlkRand
             | Workload::BlkSeq
             | Workload::VirtioNet
+            | Workload::VsockIrq
+            | Workload::VsockEventIdx
+            | Workload::VsockPoll
     )
 }
 
@@ -81,6 +84,12 @@ pub fn config(ctx: &Ctx, w: Workload, log: &Path) -> serde_json::Value {
             "is_root_device": false,
             "is_read_only": false,
         }]);
+    }
+    if let (true, Some(v)) = (w.needs_vsock(), ctx.vsock) {
+        doc["vsock"] = json!({
+            "guest_cid": super::vsock::GUEST_CID,
+            "uds_path": v.socket.display().to_string(),
+        });
     }
     if w.needs_net() {
         doc["network-interfaces"] = json!([{
@@ -323,6 +332,7 @@ mod tests {
             linux: None,
             disk: Some(Path::new("/d/disk.img")),
             net: None,
+            vsock: None,
             tsc_hz: 2e9,
             seccomp,
         }

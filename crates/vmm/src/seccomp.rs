@@ -292,6 +292,10 @@ pub const MAIN: &[Rule] = &[
     // MSG_NOSIGNAL so that a closed peer is EPIPE, not SIGPIPE).
     with(SYS_recvfrom, eq(3, 0)),
     with(SYS_sendto, eq(3, MSG_NOSIGNAL as u64)),
+    // vsock/conn.rs: the guest's data straight from guest memory to the host stream (sendmsg,
+    // MSG_NOSIGNAL) and the host's straight into the guest's receive buffer (readv).
+    with(SYS_sendmsg, eq(2, MSG_NOSIGNAL as u64)),
+    any(SYS_readv),
     // irqfds, eventfds, the tap, vsock's sockets; log lines on stderr.
     any(SYS_write),
     // block/sync_io.rs: a request's data straight between the image and guest memory, one

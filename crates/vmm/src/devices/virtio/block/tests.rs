@@ -153,7 +153,10 @@ fn one_request_over_many_buffers_reads_and_writes_in_order_and_marks_pages_dirty
     descs.push(Desc::w(s, 1));
     assert_eq!(run(&mut g, &descs, s), (OK, 2049));
     assert_eq!(g.bytes(bufs[0], 512), sector(&f, 10));
-    assert_eq!(g.bytes(bufs[1], 1024), [sector(&f, 11), sector(&f, 12)].concat());
+    assert_eq!(
+        g.bytes(bufs[1], 1024),
+        [sector(&f, 11), sector(&f, 12)].concat()
+    );
     assert_eq!(g.bytes(bufs[2], 512), sector(&f, 13));
     // The kernel filled them, not vm-memory: a Diff snapshot must still see them dirty.
     let dirty = crate::memory::take_dirty(None, &g.mem).unwrap();
