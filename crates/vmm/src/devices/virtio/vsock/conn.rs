@@ -120,7 +120,9 @@ impl Conn {
     }
 
     /// The most this connection may come to hold for its host as things stand: what it holds
-    /// and what the guest may still send under what it was promised.
+    /// and what the guest may still send under what it was promised. Never more than the
+    /// largest buffer ever advertised ([`BUF_ALLOC`]): each promise is `fwd_cnt` plus at most
+    /// that, and `fwd_cnt` only grows.
     pub fn promised(&self) -> u64 {
         u64::from(self.promised_end.wrapping_sub(self.fwd_cnt))
     }
