@@ -401,6 +401,28 @@ mod tests {
     }
 
     #[test]
+    fn vsock_goes_in_the_configuration_as_firecracker_takes_it() {
+        let dir =
+            std::env::temp_dir().join(format!("kite-bench-peer-vsock-{}", std::process::id()));
+        let setup = crate::vsock::VsockSetup::create(&dir).unwrap();
+        let c = Ctx {
+            vsock: Some(&setup),
+            ..ctx(true)
+        };
+        let doc = config(&c, Workload::VsockEventIdx, Path::new("/t/v.log"));
+        assert_eq!(doc["vsock"]["guest_cid"], 3);
+        assert_eq!(doc["vsock"]["uds_path"], setup.socket.display().to_string());
+        assert!(
+            config(&c, Workload::Cpu, Path::new("/t/c.log"))
+                .get("vsock")
+                .is_none()
+        );
+        assert!(runs(Workload::VsockIrq) && runs(Workload::VsockPoll));
+        drop(setup);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_peer_runs_only_plain_configurations() {
         assert!(runs(Workload::Cpu) && runs(Workload::Startup) && runs(Workload::BlkSeq));
         for w in [

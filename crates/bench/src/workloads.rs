@@ -658,6 +658,57 @@ mod tests {
     }
 
     #[test]
+    fn vsock_runs_the_echo_in_each_wait_mode_and_times_it() {
+        assert_eq!(
+            from_name("virtio-vsock"),
+            [
+                Workload::VsockIrq,
+                Workload::VsockEventIdx,
+                Workload::VsockPoll
+            ]
+        );
+        let c = cmdline(Workload::VsockEventIdx);
+        for word in [
+            "kite_test=virtio-vsock",
+            "kite_vsock_bytes=4194304",
+            "kite_virtio_wait=irq",
+            "kite_virtio_event_idx=1",
+        ] {
+            assert!(c.split(' ').any(|w| w == word), "{word} in {c}");
+        }
+        assert!(cmdline(Workload::VsockPoll).contains("kite_virtio_wait=poll"));
+        let dir = std::env::temp_dir().join(format!("kite-bench-wl-vsock-{}", std::process::id()));
+        let setup = VsockSetup::create(&dir).unwrap();
+        let with_vsock = Ctx {
+            vsock: Some(&setup),
+            ..ctx()
+        };
+        let cmd = guest_command(&with_vsock, Workload::VsockIrq, GUEST_MEMORY, None);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        let at = args.iter().position(|a| a == "--vsock").unwrap();
+        assert_eq!(
+            args[at + 1],
+            format!("cid=3,socket={}", setup.socket.display())
+        );
+        drop(setup);
+        let _ = std::fs::remove_dir_all(&dir);
+        // 8e8 cycles at 2 GHz = 400 ms; an echo cut short is no figure.
+        let whole = [sample(
+            "KITE-TEST virtio-vsock ok bytes=4194304 echoed=4194304 cycles=800000000",
+            1.0,
+        )];
+        let rows = rows(&ctx(), Workload::VsockPoll, &[], &whole);
+        assert_eq!(rows[0].name, "virtio-vsock poll: 4 MiB echoed");
+        assert_eq!(rows[0].guest, [400.0]);
+        let short = [sample(
+            "KITE-TEST virtio-vsock ok bytes=4194304 echoed=4096 cycles=800000000",
+            1.0,
+        )];
+        let rows = super::rows(&ctx(), Workload::VsockPoll, &[], &short);
+        assert!(matches!(rows[0].status, Status::Failed(_)));
+    }
+
+    #[test]
     fn names_select_workloads() {
         for w in ALL {
             assert!(from_name(w.name()).contains(&w));
