@@ -19,12 +19,12 @@ use crate::report::{Line, Outcome};
 use crate::sys::{ms_to_ticks, rdtsc};
 use crate::virtio::{self, Arena, Buf, Device, ID_VSOCK, Queue, Wait};
 
+/// A virtio-vsock packet header (also `rawvsock.rs`'s, whose packets may lie in any field).
+pub use kite_virtio_driver::vsock::Header as Hdr;
 pub use kite_virtio_driver::vsock::{
     HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
     OP_SHUTDOWN, SHUTDOWN_BOTH, TYPE_STREAM,
 };
-/// A virtio-vsock packet header (also `rawvsock.rs`'s, whose packets may lie in any field).
-pub use kite_virtio_driver::vsock::Header as Hdr;
 
 pub const HDR: u64 = kite_virtio_driver::vsock::HDR_LEN as u64;
 pub const DATA: u64 = 4096;
