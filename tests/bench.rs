@@ -472,6 +472,42 @@ fn bench_rejects_a_missing_peer() {
     );
 }
 
+/// `kite bench virtio-vsock --peer`: the three vsock rows (irq, irq+event_idx, poll), each a
+/// 4 MiB echo through the bench's own Unix-socket echo server, under Kite and under Kite as
+/// its own peer (which gets the device from the JSON file's `vsock`, as Firecracker would).
+#[test]
+fn bench_vsock_rows_under_kite_and_its_peer() {
+    if let Some(reason) = kvm_unavailable() {
+        skip("bench virtio-vsock --peer", Need::Kvm, &reason);
+        return;
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let dir = std::env::temp_dir().join(format!("kite-test-{}-bench-vsock", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let link = dir.join("firecracker");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kite"), &link).unwrap();
+    let mut cmd = kite();
+    cmd.args(["bench", "--runs", "1", "--guest", path_str(&elf)])
+        .args(["--peer", path_str(&link), "--peer-arg=--no-acpi"])
+        .arg("virtio-vsock");
+    let out = run(cmd, Duration::from_secs(240));
+    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    for mode in ["irq", "irq+event_idx", "poll"] {
+        let name = format!("virtio-vsock {mode}: 4 MiB echoed");
+        let l = out
+            .stdout
+            .lines()
+            .find(|l| l.starts_with(&name))
+            .unwrap_or_else(|| panic!("no {name} row in\n{}", out.stdout));
+        // Kite's median/min/max, the peer's, the ratio (min..max).
+        let f = figures(l, &name);
+        assert_eq!(f.len(), 9, "{l}");
+        assert!(f.iter().all(|&x| x > 0.0 && x.is_finite()), "{l}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bench_rejects_an_unknown_workload() {
     let mut cmd = kite();
@@ -481,7 +517,7 @@ fn bench_rejects_an_unknown_workload() {
     assert_eq!(
         out.error_lines(),
         [
-            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, pause-resume, snapshot"
+            "kite: error: unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, virtio-vsock, pause-resume, snapshot"
         ]
     );
 }

@@ -50,6 +50,7 @@ pub mod svg;
 pub mod table;
 pub mod timeline;
 pub mod vmm_child;
+pub mod vsock;
 pub mod workloads;
 
 use std::io::{IsTerminal, Write};
@@ -64,7 +65,7 @@ use workloads::{Ctx, Outcome, Sample, Side, Workload};
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Workloads to run (default: all): cpu, mem, pio-rtt, mmio-rtt, startup, scale,
-    /// concurrent, linux-boot, virtio-blk, virtio-net, pause-resume, snapshot.
+    /// concurrent, linux-boot, virtio-blk, virtio-net, virtio-vsock, pause-resume, snapshot.
     #[arg(value_name = "WORKLOAD")]
     pub workloads: Vec<String>,
     /// Runs of each side of each workload [default: 5, and 3 for linux-boot, whose boot takes
@@ -88,10 +89,11 @@ pub struct BenchArgs {
     #[arg(long, value_name = "PATH")]
     pub initrd: Option<PathBuf>,
     /// Also run the workloads a Firecracker-compatible binary can run (cpu, mem, pio-rtt,
-    /// mmio-rtt, startup, virtio-blk, virtio-net) under this one, from the same JSON config file
-    /// (`--no-api --config-file`), in turn with Kite's runs; adds Kite/peer ratios and each
-    /// side's whole cost (until the VM is freed, CPU of every process, the VMM's peak RSS).
-    /// `snapshot` runs its API steps under it too (each side restores its own snapshots).
+    /// mmio-rtt, startup, virtio-blk, virtio-net, virtio-vsock) under this one, from the same
+    /// JSON config file (`--no-api --config-file`), in turn with Kite's runs; adds Kite/peer
+    /// ratios and each side's whole cost (until the VM is freed, CPU of every process, the
+    /// VMM's peak RSS). `snapshot` runs its API steps under it too (each side restores its own
+    /// snapshots).
     #[arg(long, value_name = "PATH")]
     pub peer: Option<PathBuf>,
     /// An argument given to the peer before its own flags; repeatable (e.g. `--peer-arg=--no-acpi`
@@ -149,6 +151,8 @@ pub enum Error {
     Json(#[source] serde_json::Error),
     #[error("{0} failed (see the table)")]
     Failed(String),
+    #[error("cannot start virtio-vsock's Unix-socket echo server")]
+    Vsock(#[source] std::io::Error),
     #[error("--peer {}: no such executable file; give the path of a Firecracker binary", .0.display())]
     NoPeer(PathBuf),
 }
@@ -504,12 +508,18 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
         Some(_) => Some(net::NetSetup::create()),
         _ => None,
     };
+    // virtio-vsock's echo server.
+    let vsock = match chosen.iter().any(|w| w.needs_vsock()) {
+        true => Some(vsock::VsockSetup::create(&scratch.0.join("vsock")).map_err(Error::Vsock)?),
+        false => None,
+    };
     let ctx = Ctx {
         exe: &exe,
         guest: guest.as_deref(),
         linux: linux.as_ref().and_then(|l| l.as_ref().ok()),
         disk: disk.as_deref(),
         net: net.as_ref().and_then(|n| n.as_ref().ok()),
+        vsock: vsock.as_ref(),
         tsc_hz: measure_tsc_hz(),
         seccomp: args.seccomp == SeccompArg::On,
     };
@@ -592,6 +602,7 @@ pub fn run(args: &BenchArgs) -> Result<Report, Error> {
     // A run cut short by the signal is no result.
     stop_if_interrupted()?;
     drop(progress);
+    drop(vsock);
     drop(scratch);
     drop(net);
 
@@ -658,7 +669,7 @@ mod tests {
         let e = parse_args(&args(&["gpu"], "1")).unwrap_err();
         assert_eq!(
             e.to_string(),
-            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, pause-resume, snapshot"
+    /// concurrent, linux-boot, virtio-blk, virtio-net, virtio-vsock, pause-resume, snapshot.
         );
         assert_eq!(e.exit_code(), 2);
         for bad in ["0", "-1", "x", "1001"] {

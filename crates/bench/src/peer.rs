@@ -45,6 +45,9 @@ pub fn runs(w: Workload) -> bool {
             | Workload::BlkRand
             | Workload::BlkSeq
             | Workload::VirtioNet
+            | Workload::VsockIrq
+            | Workload::VsockEventIdx
+            | Workload::VsockPoll
     )
 }
 
@@ -81,6 +84,12 @@ pub fn config(ctx: &Ctx, w: Workload, log: &Path) -> serde_json::Value {
             "is_root_device": false,
             "is_read_only": false,
         }]);
+    }
+    if let (true, Some(v)) = (w.needs_vsock(), ctx.vsock) {
+        doc["vsock"] = json!({
+            "guest_cid": super::vsock::GUEST_CID,
+            "uds_path": v.socket.display().to_string(),
+        });
     }
     if w.needs_net() {
         doc["network-interfaces"] = json!([{
@@ -323,6 +332,7 @@ mod tests {
             linux: None,
             disk: Some(Path::new("/d/disk.img")),
             net: None,
+            vsock: None,
             tsc_hz: 2e9,
             seccomp,
         }
@@ -388,6 +398,28 @@ mod tests {
         assert!(
             args(&peer_command(&off, Workload::Cpu, &fc, file)).contains(&"--no-seccomp".into())
         );
+    }
+
+    #[test]
+    fn vsock_goes_in_the_configuration_as_firecracker_takes_it() {
+        let dir =
+            std::env::temp_dir().join(format!("kite-bench-peer-vsock-{}", std::process::id()));
+        let setup = crate::vsock::VsockSetup::create(&dir).unwrap();
+        let c = Ctx {
+            vsock: Some(&setup),
+            ..ctx(true)
+        };
+        let doc = config(&c, Workload::VsockEventIdx, Path::new("/t/v.log"));
+        assert_eq!(doc["vsock"]["guest_cid"], 3);
+        assert_eq!(doc["vsock"]["uds_path"], setup.socket.display().to_string());
+        assert!(
+            config(&c, Workload::Cpu, Path::new("/t/c.log"))
+                .get("vsock")
+                .is_none()
+        );
+        assert!(runs(Workload::VsockIrq) && runs(Workload::VsockPoll));
+        drop(setup);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

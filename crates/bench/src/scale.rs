@@ -529,6 +529,7 @@ pub(crate) mod tests {
             linux: None,
             disk: None,
             net: None,
+            vsock: None,
             tsc_hz: 2e9,
             seccomp: true,
         };

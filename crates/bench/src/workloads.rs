@@ -18,6 +18,7 @@ use super::report::{Row, Status};
 use super::runner;
 use super::scale;
 use super::timeline::{self, RunTimeline};
+use super::vsock::{self, VsockSetup};
 
 /// Runs of each side of a workload when `--runs` is not given (but see
 /// [`Workload::default_runs`]).
@@ -50,13 +51,18 @@ pub enum Workload {
     /// virtio-blk, 1 MiB requests in order.
     BlkSeq,
     VirtioNet,
+    /// virtio-vsock: 4 MiB echoed through a Unix socket, the guest waiting for interrupts,
+    /// for interrupts with EVENT_IDX, or polling.
+    VsockIrq,
+    VsockEventIdx,
+    VsockPoll,
     /// `PATCH /vm` Paused and Resumed over the API socket.
     PauseResume,
     /// Snapshot create and load, first touch after a restore, memory of clones.
     Snapshot,
 }
 
-pub const ALL: [Workload; 13] = [
+pub const ALL: [Workload; 16] = [
     Workload::Cpu,
     Workload::Mem,
     Workload::PioRtt,
@@ -68,6 +74,9 @@ pub const ALL: [Workload; 13] = [
     Workload::BlkRand,
     Workload::BlkSeq,
     Workload::VirtioNet,
+    Workload::VsockIrq,
+    Workload::VsockEventIdx,
+    Workload::VsockPoll,
     Workload::PauseResume,
     Workload::Snapshot,
 ];
@@ -121,6 +130,7 @@ impl Workload {
             Workload::LinuxBoot => "linux-boot",
             Workload::BlkRand | Workload::BlkSeq => "virtio-blk",
             Workload::VirtioNet => "virtio-net",
+            Workload::VsockIrq | Workload::VsockEventIdx | Workload::VsockPoll => "virtio-vsock",
             Workload::PauseResume => "pause-resume",
             Workload::Snapshot => "snapshot",
         }
@@ -131,6 +141,9 @@ impl Workload {
         match self {
             Workload::BlkRand => "virtio-blk 4k-rand",
             Workload::BlkSeq => "virtio-blk 1m-seq",
+            Workload::VsockIrq => "virtio-vsock irq",
+            Workload::VsockEventIdx => "virtio-vsock irq+event_idx",
+            Workload::VsockPoll => "virtio-vsock poll",
             w => w.name(),
         }
     }
@@ -215,6 +228,7 @@ impl Workload {
         Duration::from_secs(match self {
             Workload::Startup | Workload::Scale | Workload::Concurrent => 30,
             Workload::BlkRand | Workload::BlkSeq | Workload::VirtioNet => 180,
+            Workload::VsockIrq | Workload::VsockEventIdx | Workload::VsockPoll => 180,
             _ => 120,
         })
     }
@@ -225,6 +239,20 @@ impl Workload {
 
     pub fn needs_net(self) -> bool {
         self == Workload::VirtioNet
+    }
+
+    /// How the guest waits for the used ring, and whether it negotiates EVENT_IDX (vsock).
+    pub fn vsock_mode(self) -> Option<(&'static str, bool)> {
+        match self {
+            Workload::VsockIrq => Some(("irq", false)),
+            Workload::VsockEventIdx => Some(("irq", true)),
+            Workload::VsockPoll => Some(("poll", false)),
+            _ => None,
+        }
+    }
+
+    pub fn needs_vsock(self) -> bool {
+        self.vsock_mode().is_some()
     }
 }
 
@@ -240,6 +268,8 @@ pub struct Ctx<'a> {
     pub disk: Option<&'a Path>,
     /// The namespace, tap and echo server for virtio-net.
     pub net: Option<&'a NetSetup>,
+    /// The Unix-socket echo server for virtio-vsock.
+    pub vsock: Option<&'a VsockSetup>,
     pub tsc_hz: f64,
     /// Kite's system-call filters on (`--seccomp on`, the default) or off, and the peer's too.
     pub seccomp: bool,
@@ -319,6 +349,13 @@ pub fn guest_command(ctx: &Ctx, w: Workload, memory: &str, cpus: Option<u8>) -> 
     if let (true, Some(disk)) = (w.needs_disk(), ctx.disk) {
         cmd.arg("--disk").arg(disk);
     }
+    if let (true, Some(v)) = (w.needs_vsock(), ctx.vsock) {
+        cmd.arg("--vsock").arg(format!(
+            "cid={},socket={}",
+            vsock::GUEST_CID,
+            v.socket.display()
+        ));
+    }
     wrap_net(ctx, w, cmd)
 }
 
@@ -339,6 +376,15 @@ pub fn cmdline(w: Workload) -> String {
             blk.mode, blk.bs, blk.ops
         ));
     }
+    if let Some((wait, event_idx)) = w.vsock_mode() {
+        cmdline.push_str(&format!(
+            " kite_vsock_port={} kite_vsock_bytes={} kite_vsock_chunk=4096 \
+             kite_virtio_wait={wait} kite_virtio_event_idx={}",
+            vsock::PORT,
+            vsock::BYTES,
+            u8::from(event_idx)
+        ));
+    }
     if w.needs_net() {
         cmdline.push_str(&format!(
             " kite_n={NET_FRAMES} kite_net_window=1 kite_net_bytes={NET_BYTES} \
@@ -351,8 +397,13 @@ pub fn cmdline(w: Workload) -> String {
     cmdline
 }
 
-/// `cmd`, run in virtio-net's namespace if `w` is virtio-net.
+/// `cmd`, run in virtio-net's namespace if `w` is virtio-net. (Every VMM run of a workload is
+/// made here just before it starts: for virtio-vsock, what an earlier run left at the device's
+/// socket path goes.)
 pub fn wrap_net(ctx: &Ctx, w: Workload, cmd: Command) -> Command {
+    if let (true, Some(v)) = (w.needs_vsock(), ctx.vsock) {
+        v.clear();
+    }
     match (w.needs_net(), ctx.net) {
         (true, Some(setup)) => setup.wrap(&cmd),
         _ => cmd,
@@ -501,6 +552,31 @@ pub fn rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Ro
         Workload::LinuxBoot => linux::rows(guest),
         Workload::PauseResume => super::pause::rows(guest),
         Workload::BlkRand | Workload::BlkSeq => blk_rows(ctx, w, host, guest),
+        Workload::VsockIrq | Workload::VsockEventIdx | Workload::VsockPoll => {
+            let ms = |samples: &[Sample]| -> Option<Vec<f64>> {
+                samples
+                    .iter()
+                    .map(|s| {
+                        let echoed = s.numbers.get("echoed").copied()?;
+                        (echoed == vsock::BYTES as f64)
+                            .then(|| s.numbers.get("cycles").map(|c| c / ctx.tsc_hz * 1e3))?
+                    })
+                    .collect()
+            };
+            match ms(guest) {
+                Some(g) => vec![Row::new(
+                    name,
+                    &format!("{name}: {} MiB echoed", vsock::BYTES >> 20),
+                    "ms",
+                    Vec::new(),
+                    g,
+                )],
+                None => failed(
+                    w,
+                    "a result line has no cycles= or not all bytes echoed".into(),
+                ),
+            }
+        }
         Workload::VirtioNet => {
             let rtt = |samples: &[Sample]| -> Option<Vec<f64>> {
                 samples
@@ -582,9 +658,61 @@ mod tests {
             linux: None,
             disk: None,
             net: None,
+            vsock: None,
             tsc_hz: 2e9,
             seccomp: true,
         }
+    }
+
+    #[test]
+    fn vsock_runs_the_echo_in_each_wait_mode_and_times_it() {
+        assert_eq!(
+            from_name("virtio-vsock"),
+            [
+                Workload::VsockIrq,
+                Workload::VsockEventIdx,
+                Workload::VsockPoll
+            ]
+        );
+        let c = cmdline(Workload::VsockEventIdx);
+        for word in [
+            "kite_test=virtio-vsock",
+            "kite_vsock_bytes=4194304",
+            "kite_virtio_wait=irq",
+            "kite_virtio_event_idx=1",
+        ] {
+            assert!(c.split(' ').any(|w| w == word), "{word} in {c}");
+        }
+        assert!(cmdline(Workload::VsockPoll).contains("kite_virtio_wait=poll"));
+        let dir = std::env::temp_dir().join(format!("kite-bench-wl-vsock-{}", std::process::id()));
+        let setup = VsockSetup::create(&dir).unwrap();
+        let with_vsock = Ctx {
+            vsock: Some(&setup),
+            ..ctx()
+        };
+        let cmd = guest_command(&with_vsock, Workload::VsockIrq, GUEST_MEMORY, None);
+        let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
+        let at = args.iter().position(|a| a == "--vsock").unwrap();
+        assert_eq!(
+            args[at + 1],
+            format!("cid=3,socket={}", setup.socket.display())
+        );
+        drop(setup);
+        let _ = std::fs::remove_dir_all(&dir);
+        // 8e8 cycles at 2 GHz = 400 ms; an echo cut short is no figure.
+        let whole = [sample(
+            "KITE-TEST virtio-vsock ok bytes=4194304 echoed=4194304 cycles=800000000",
+            1.0,
+        )];
+        let rows = rows(&ctx(), Workload::VsockPoll, &[], &whole);
+        assert_eq!(rows[0].name, "virtio-vsock poll: 4 MiB echoed");
+        assert_eq!(rows[0].guest, [400.0]);
+        let short = [sample(
+            "KITE-TEST virtio-vsock ok bytes=4194304 echoed=4096 cycles=800000000",
+            1.0,
+        )];
+        let rows = super::rows(&ctx(), Workload::VsockPoll, &[], &short);
+        assert!(matches!(rows[0].status, Status::Failed(_)));
     }
 
     #[test]
@@ -597,7 +725,7 @@ mod tests {
             [Workload::BlkRand, Workload::BlkSeq]
         );
         assert!(from_name("nope").is_empty());
-        assert_eq!(names().len(), 12);
+        assert_eq!(names().len(), 13);
         assert_eq!(from_name("snapshot"), [Workload::Snapshot]);
         assert_eq!(from_name("concurrent"), [Workload::Concurrent]);
         assert_eq!(from_name("linux-boot"), [Workload::LinuxBoot]);

@@ -11,6 +11,7 @@
 
 pub mod mmio;
 mod queue;
+pub mod vsock;
 
 pub use queue::{
     AVAIL_F_NO_INTERRUPT, Buf, Chains, DESC_F_INDIRECT, DESC_F_NEXT, DESC_F_WRITE, Desc, Full,

@@ -286,16 +286,22 @@ pub const MAIN: &[Rule] = &[
     // The event loop's set; the epoll sets of virtio-net (tap) and vsock (sockets, timer).
     any(SYS_epoll_ctl),
     // stdin, eventfds (queue notifications, exit, input drained), the signalfd, the tap,
-    // vsock's sockets (host side), disk reads (block.rs).
+    // vsock's sockets (host side).
     any(SYS_read),
     // vsock.rs: host-side Unix stream reads and writes (std's recv, and send with
     // MSG_NOSIGNAL so that a closed peer is EPIPE, not SIGPIPE).
     with(SYS_recvfrom, eq(3, 0)),
     with(SYS_sendto, eq(3, MSG_NOSIGNAL as u64)),
-    // irqfds, eventfds, disk writes, the tap, vsock's sockets; log lines on stderr.
+    // vsock/conn.rs: the guest's data straight from guest memory to the host stream (sendmsg,
+    // MSG_NOSIGNAL) and the host's straight into the guest's receive buffer (readv).
+    with(SYS_sendmsg, eq(2, MSG_NOSIGNAL as u64)),
+    any(SYS_readv),
+    // irqfds, eventfds, the tap, vsock's sockets; log lines on stderr.
     any(SYS_write),
-    // block.rs: seek to a request's sector.
-    any(SYS_lseek),
+    // block/sync_io.rs: a request's data straight between the image and guest memory, one
+    // call per request.
+    any(SYS_preadv),
+    any(SYS_pwritev),
     // block.rs flush requests; the disks' sync at shutdown (BlockHandle::sync, Disk's drop).
     any(SYS_fdatasync),
     // block.rs: discard and write-zeroes requests (disk.rs fallocate).

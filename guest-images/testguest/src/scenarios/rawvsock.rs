@@ -10,7 +10,7 @@ use crate::sys::{ms_to_ticks, rdtsc};
 use crate::virtio::{self, Arena, Buf, Device, ID_VSOCK, Queue, Wait};
 
 pub use super::vsock::{
-    DATA, HDR, HOST_CID, Hdr, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
+    DATA, HDR, HOST_CID, Hdr, HdrAt, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
     OP_SHUTDOWN, SHUTDOWN_BOTH, TYPE_STREAM,
 };
 

@@ -23,23 +23,20 @@ use crate::report::{Line, Outcome};
 use crate::sys::{ms_to_ticks, rdtsc};
 use crate::virtio::{self, Arena, Buf, Device, ID_VSOCK, Queue, Wait};
 
-pub const HOST_CID: u64 = 2;
-pub const HDR: u64 = 44;
+/// A virtio-vsock packet header (also `rawvsock.rs`'s, whose packets may lie in any field).
+pub use kite_virtio_driver::vsock::Header as Hdr;
+pub use kite_virtio_driver::vsock::{
+    HOST_CID, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE, OP_RST, OP_RW,
+    OP_SHUTDOWN, SHUTDOWN_BOTH, TYPE_STREAM,
+};
+
+pub const HDR: u64 = kite_virtio_driver::vsock::HDR_LEN as u64;
 pub const DATA: u64 = 4096;
 const RX_BUFS: usize = 32;
 const TX_SLOTS: usize = 32;
 const EVENT_BUFS: usize = 4;
 const BUF_ALLOC: u32 = 256 << 10;
 const LOCAL_PORT: u32 = 49152;
-pub const TYPE_STREAM: u16 = 1;
-pub const OP_REQUEST: u16 = 1;
-pub const OP_RESPONSE: u16 = 2;
-pub const OP_RST: u16 = 3;
-pub const OP_SHUTDOWN: u16 = 4;
-pub const OP_RW: u16 = 5;
-pub const OP_CREDIT_UPDATE: u16 = 6;
-const OP_CREDIT_REQUEST: u16 = 7;
-pub const SHUTDOWN_BOTH: u32 = 3;
 /// `virtio_vsock_event.id` of VIRTIO_VSOCK_EVENT_TRANSPORT_RESET.
 const EVENT_TRANSPORT_RESET: u32 = 0;
 /// How many transport resets one run takes before it gives up.
@@ -47,57 +44,26 @@ const MAX_RESETS: u64 = 3;
 /// Time limit for each step (connecting, each packet, the echo).
 const STEP_MS: u64 = 5000;
 
-/// A virtio-vsock packet header (also `rawvsock.rs`'s, whose packets may lie in any field).
-#[derive(Clone, Copy, Default)]
-pub struct Hdr {
-    pub src_cid: u64,
-    pub dst_cid: u64,
-    pub src_port: u32,
-    pub dst_port: u32,
-    pub len: u32,
-    pub kind: u16,
-    pub op: u16,
-    pub flags: u32,
-    pub buf_alloc: u32,
-    pub fwd_cnt: u32,
+/// A header in a buffer of the arena, at its guest-physical (= identity-mapped) address.
+pub trait HdrAt {
+    /// Write it at `addr`.
+    fn write(&self, addr: u64);
+    /// Read one at `addr`.
+    fn read(addr: u64) -> Self;
 }
 
-impl Hdr {
-    pub fn write(&self, addr: u64) {
-        let mut b = [0u8; HDR as usize];
-        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
-        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
-        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
-        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
-        b[24..28].copy_from_slice(&self.len.to_le_bytes());
-        b[28..30].copy_from_slice(&self.kind.to_le_bytes());
-        b[30..32].copy_from_slice(&self.op.to_le_bytes());
-        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
-        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
-        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
+impl HdrAt for Hdr {
+    fn write(&self, addr: u64) {
+        let b = self.encode();
         // SAFETY: a header buffer of HDR bytes in arena RAM that the device does not own now.
         unsafe { core::ptr::copy_nonoverlapping(b.as_ptr(), addr as *mut u8, b.len()) };
     }
 
-    pub fn read(addr: u64) -> Hdr {
+    fn read(addr: u64) -> Hdr {
         let mut b = [0u8; HDR as usize];
         // SAFETY: as for write; the device is done with it.
         unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, b.as_mut_ptr(), b.len()) };
-        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
-        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
-        let u16_at = |i: usize| u16::from_le_bytes(b[i..i + 2].try_into().unwrap());
-        Hdr {
-            src_cid: u64_at(0),
-            dst_cid: u64_at(8),
-            src_port: u32_at(16),
-            dst_port: u32_at(20),
-            len: u32_at(24),
-            kind: u16_at(28),
-            op: u16_at(30),
-            flags: u32_at(32),
-            buf_alloc: u32_at(36),
-            fwd_cnt: u32_at(40),
-        }
+        Hdr::decode(&b)
     }
 }
 

@@ -11,7 +11,6 @@
 //! the next flush fail too, as fsync does after a failed write-back; a failed fdatasync makes
 //! every later flush fail, since the kernel may have dropped the data it could not write.
 
-use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 
 use log::warn;
@@ -22,16 +21,17 @@ use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_T_WRITE_ZEROES, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP,
 };
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Bytes, GuestAddress};
 use vmm_sys_util::epoll::EventSet;
 
-use super::chain::{Buf, Bufs, Chain};
+use super::chain::{Bufs, Chain};
 use super::device::{Active, BackendSet, Completion, LogLimiter, VirtioDevice, read_config_bytes};
 use super::disk::{Disk, SECTOR_SIZE};
 use crate::memory::GuestMem;
-use error::{HostErrorLog, Op, RequestError, transfer_error};
+use error::{HostErrorLog, Op, RequestError};
 
 mod error;
+mod sync_io;
 mod uring;
 mod uring_io;
 
@@ -362,13 +362,10 @@ impl Requests {
                     )?;
                     return Ok(None);
                 }
-                let bytes = data_in.len();
-                self.seek(offset, Op::Read, sector, bytes)?;
-                let mut at = sector;
-                for buf in data_in.iter() {
-                    self.read_into(mem, buf, at)?;
-                    at += u64::from(buf.len) / SECTOR_SIZE;
-                }
+                // Reading (not mapping) the file means an image shrunk under the VM gives an
+                // early end of file here, never a SIGBUS.
+                sync_io::read(mem, &data_in, &self.disk.file, offset)
+                    .map_err(|e| self.short(e, Op::Read, sector, data_in.len()))?;
                 // The data is at most the chain's length, which the queue crate caps at u32.
                 Ok(Some(u32::try_from(data_in.len()).unwrap_or(u32::MAX)))
             }
@@ -392,23 +389,8 @@ impl Requests {
                     .inspect_err(|e| self.note_failed_write(Op::Write, e))?;
                     return Ok(None);
                 }
-                let bytes = data_out.len();
-                self.seek(offset, Op::Write, sector, bytes)
-                    .and_then(|()| {
-                        for buf in data_out.iter() {
-                            mem.write_all_volatile_to(
-                                buf.addr,
-                                &mut self.disk.file,
-                                buf.len as usize,
-                            )
-                            .map_err(transfer_error(
-                                Op::Write,
-                                sector,
-                                bytes,
-                            ))?;
-                        }
-                        Ok(())
-                    })
+                sync_io::write(mem, &data_out, &self.disk.file, offset)
+                    .map_err(|e| self.short(e, Op::Write, sector, data_out.len()))
                     .inspect_err(|e| self.note_failed_write(Op::Write, e))?;
                 Ok(Some(0))
             }
@@ -475,40 +457,9 @@ impl Requests {
         }
     }
 
-    /// Fill `buf` (whose data starts at `sector`) from the image at its current position; a
-    /// read may come back short. Reading (not mapping) the file means an image shrunk under
-    /// the VM gives an early end of file here, never a SIGBUS.
-    fn read_into(&mut self, mem: &GuestMem, buf: &Buf, sector: u64) -> Result<(), RequestError> {
-        let len = buf.len as usize;
-        let mut done = 0;
-        while done < len {
-            let addr = buf.addr.unchecked_add(done as u64);
-            let at = sector + done as u64 / SECTOR_SIZE;
-            let n = mem
-                .read_volatile_from(addr, &mut self.disk.file, len - done)
-                .map_err(transfer_error(Op::Read, at, (len - done) as u64))?;
-            if n == 0 {
-                return Err(RequestError::ImageShrunk {
-                    sector: at,
-                    capacity: self.disk.sectors,
-                });
-            }
-            done += n;
-        }
-        Ok(())
-    }
-
-    fn seek(&mut self, offset: u64, op: Op, sector: u64, bytes: u64) -> Result<(), RequestError> {
-        self.disk
-            .file
-            .seek(SeekFrom::Start(offset))
-            .map(|_| ())
-            .map_err(|source| RequestError::Host {
-                op,
-                sector,
-                bytes,
-                source,
-            })
+    /// What a read or write of `bytes` at `sector` that ended short means for the guest.
+    fn short(&self, e: sync_io::Short, op: Op, sector: u64, bytes: u64) -> RequestError {
+        error::short_error(e, op, sector, bytes, self.disk.sectors)
     }
 
     /// Remember a failed write for the next flush (only the host's failures: a bad request

@@ -149,6 +149,12 @@ pub struct Buf {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Bufs(Vec<Buf>);
 
+impl From<Vec<Buf>> for Bufs {
+    fn from(bufs: Vec<Buf>) -> Self {
+        Self(bufs)
+    }
+}
+
 impl Bufs {
     /// Total length in bytes.
     pub fn len(&self) -> u64 {

@@ -19,6 +19,7 @@ mod device;
 mod disk;
 #[cfg(feature = "guest-driver")]
 mod driver;
+mod iov;
 mod mmio;
 mod net;
 mod rate_limiter;

@@ -46,7 +46,7 @@ use vmm_sys_util::epoll::{EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EFD_NONBLOCK, EventFd};
 use vmm_sys_util::timerfd::TimerFd;
 
-use super::chain::{Chain, LayoutError};
+use super::chain::{Bufs, Chain, LayoutError};
 use super::device::{Active, BackendSet, LogLimiter, VirtioDevice, read_config_bytes};
 use crate::memory::GuestMem;
 use conn::{BUF_ALLOC, Conn, HELD_BUDGET, MIN_BUF_ALLOC, State};
@@ -137,8 +137,8 @@ enum Next {
 
 /// What reading a connection's host data gave.
 enum Data {
-    /// A packet of this many bytes (header and payload) is ready.
-    Packet(usize),
+    /// A packet of this many bytes (header and payload) is in the receive buffer.
+    Packet(u32),
     /// Nothing to send now (no data, end of file, an error): the connection's state says which.
     Nothing,
     /// The receive buffer cannot hold more than a header.
@@ -168,8 +168,6 @@ pub struct Vsock {
     control: VecDeque<Control>,
     /// The connection whose data went to the guest last; the next one after it goes first.
     cursor: u64,
-    /// One packet: header and payload.
-    pkt: Vec<u8>,
     name: String,
     log: LogLimiter,
     chain_log: LogLimiter,
@@ -242,7 +240,6 @@ impl Vsock {
             next_host_port: FIRST_HOST_PORT,
             control: VecDeque::new(),
             cursor: 0,
-            pkt: vec![0u8; HDR_LEN + MAX_PAYLOAD],
             name: format!("virtio-vsock {}", socket.display()),
             log: LogLimiter::new(),
             chain_log: LogLimiter::new(),
@@ -266,37 +263,36 @@ impl Vsock {
     }
 
     /// Read and act on the guest's packets, a ring's worth at most. Returns true if it stopped
-    /// with packets possibly left.
+    /// with packets possibly left. A packet's payload goes from guest memory straight to its
+    /// host stream (or, what the stream cannot take now, to the connection's queue) before
+    /// its buffer is given back.
     fn process_tx(&mut self) -> bool {
+        // Held aside while the packets are handled, which need its memory and `self` both;
+        // nothing they do touches the queues.
+        let Some(mut active) = self.active.take() else {
+            return false;
+        };
         let mut left = true;
         for _ in 0..QUEUE_SIZE {
             if self.control.len() >= MAX_CONTROL {
                 break;
             }
-            let packet = {
-                let Some(active) = self.active.as_mut() else {
-                    break;
-                };
-                let Some(chain) = active.pop_chain(TX, &self.name, &mut self.chain_log) else {
-                    left = false;
-                    break;
-                };
-                let packet = read_packet(&active.mem, &chain, &mut self.pkt);
-                active.add_used(TX, chain.head(), 0, &self.name, &mut self.chain_log);
-                packet
+            let Some(chain) = active.pop_chain(TX, &self.name, &mut self.chain_log) else {
+                left = false;
+                break;
             };
-            match packet {
-                Ok((hdr, payload)) => self.handle(hdr, payload),
+            match read_packet(&active.mem, &chain) {
+                Ok((hdr, payload)) => self.handle(&active.mem, hdr, &payload),
                 Err(e) => {
                     if self.log.allow() {
                         warn!("{}: {e}; packet dropped", self.name);
                     }
                 }
             }
+            active.add_used(TX, chain.head(), 0, &self.name, &mut self.chain_log);
         }
-        if let Some(active) = self.active.as_mut() {
-            active.notify_used(TX);
-        }
+        active.notify_used(TX);
+        self.active = Some(active);
         left
     }
 
@@ -314,8 +310,8 @@ impl Vsock {
         self.control.push_back(Control::Raw(hdr.reset_reply()));
     }
 
-    /// Act on one packet from the guest; `payload` is how many bytes followed its header.
-    fn handle(&mut self, hdr: Header, payload: u64) {
+    /// Act on one packet from the guest; `payload` is the buffers that followed its header.
+    fn handle(&mut self, mem: &GuestMem, hdr: Header, payload: &Bufs) {
         if hdr.src_cid != self.cid {
             if self.log.allow() {
                 warn!(
@@ -340,10 +336,11 @@ impl Vsock {
             return self.reset_guest(&hdr, "not a stream socket");
         }
         let len = hdr.len as usize;
-        if len > MAX_PAYLOAD || hdr.len as u64 > payload || (hdr.op != OP_RW && len != 0) {
+        let carried = payload.len();
+        if len > MAX_PAYLOAD || hdr.len as u64 > carried || (hdr.op != OP_RW && len != 0) {
             if self.log.allow() {
                 warn!(
-                    "{}: packet (op {}) says {} payload bytes and carries {payload}",
+                    "{}: packet (op {}) says {} payload bytes and carries {carried}",
                     self.name, hdr.op, hdr.len
                 );
             }
@@ -355,7 +352,12 @@ impl Vsock {
                 let Some(&token) = self.ports.get(&key) else {
                     return self.reset_guest(&hdr, "no such connection");
                 };
-                self.on_connection(token, &hdr);
+                // The length was checked against what the packet carries.
+                let data = payload
+                    .split_at(u64::from(hdr.len))
+                    .map(|(data, _)| data)
+                    .unwrap_or_default();
+                self.on_connection(token, &hdr, mem, &data);
             }
             _ => {
                 if self.log.allow() {
@@ -366,8 +368,8 @@ impl Vsock {
         }
     }
 
-    /// A packet on an existing connection.
-    fn on_connection(&mut self, token: u64, hdr: &Header) {
+    /// A packet on an existing connection; `data` is an RW packet's payload.
+    fn on_connection(&mut self, token: u64, hdr: &Header, mem: &GuestMem, data: &Bufs) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
@@ -383,18 +385,24 @@ impl Vsock {
             }
             OP_SHUTDOWN => conn.guest_shutdown |= hdr.flags & SHUTDOWN_BOTH,
             OP_RW => {
-                let data = &self.pkt[HDR_LEN..HDR_LEN + hdr.len as usize];
                 if !conn.is_established() || conn.guest_shutdown & SHUTDOWN_SEND != 0 {
                     return self.reset_conn(token);
                 }
-                if !conn.take_from_guest(data) {
-                    if self.log.allow() {
-                        warn!(
-                            "{}: guest sent past the credit it was given; connection reset",
-                            self.name
-                        );
+                match conn.take_from_guest(mem, data) {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        if self.log.allow() {
+                            warn!(
+                                "{}: guest sent past the credit it was given; connection reset",
+                                self.name
+                            );
+                        }
+                        return self.reset_conn(token);
                     }
-                    return self.reset_conn(token);
+                    Err(e) => {
+                        debug!("{}: host side of a connection failed: {e}", self.name);
+                        return self.reset_conn(token);
+                    }
                 }
             }
             OP_CREDIT_REQUEST if !conn.credit_update_queued => {
@@ -412,12 +420,15 @@ impl Vsock {
         self.settle(token);
     }
 
-    /// Watch `stream` (edge-triggered); returns its token.
+    /// Watch `stream` (edge-triggered) for input; returns its token. Room to write is watched
+    /// only while data waits for the host ([`Vsock::flush`]): otherwise every read the host
+    /// program makes would wake the event loop for nothing.
     fn register(&mut self, stream: &impl AsRawFd) -> Option<u64> {
         let token = self.next_token;
-        let events =
-            EventSet::IN | EventSet::OUT | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
-        if let Err(e) = self.epoll.add(stream.as_raw_fd(), events, token) {
+        if let Err(e) = self
+            .epoll
+            .add(stream.as_raw_fd(), stream_events(false), token)
+        {
             error!("{}: cannot watch a connection: {e}", self.name);
             return None;
         }
@@ -455,13 +466,32 @@ impl Vsock {
     }
 
     /// Write what the guest sent to the host; a host that is gone resets the connection.
+    /// While data is left waiting, the stream is watched for room to write.
     fn flush(&mut self, token: u64) {
         let Some(conn) = self.conns.get_mut(&token) else {
             return;
         };
         if let Err(e) = conn.flush() {
             debug!("{}: host side of a connection failed: {e}", self.name);
-            self.reset_conn(token);
+            return self.reset_conn(token);
+        }
+        let want_out = conn.has_data_for_host();
+        if want_out == conn.watch_out {
+            return;
+        }
+        let Some(stream) = conn.stream.as_ref() else {
+            return;
+        };
+        // Edge-triggered: a stream that has room by now is reported at once.
+        match self
+            .epoll
+            .modify(stream.as_raw_fd(), stream_events(want_out), token)
+        {
+            Ok(()) => conn.watch_out = want_out,
+            Err(e) => {
+                error!("{}: cannot watch a connection: {e}", self.name);
+                self.reset_conn(token);
+            }
         }
     }
 
@@ -539,21 +569,23 @@ impl Vsock {
     }
 }
 
-/// The header of a packet from the guest and how many payload bytes follow it. An RW payload
-/// of a sane length is copied into `pkt` after the header.
-fn read_packet(mem: &GuestMem, chain: &Chain, pkt: &mut [u8]) -> Result<(Header, u64), ChainUse> {
+/// What a connection's stream is watched for: input and the host's hang-up, and with `out`
+/// room to write; edge-triggered.
+fn stream_events(out: bool) -> EventSet {
+    let events = EventSet::IN | EventSet::READ_HANG_UP | EventSet::EDGE_TRIGGERED;
+    if out { events | EventSet::OUT } else { events }
+}
+
+/// The header of a packet from the guest and the buffers of what follows it (read from guest
+/// memory only when it goes to the host).
+fn read_packet(mem: &GuestMem, chain: &Chain) -> Result<(Header, Bufs), ChainUse> {
     let readable = chain.readable_only(mem, 0)?;
     let Some((head, payload)) = readable.split_at(HDR_LEN as u64) else {
         return Err(ChainUse::Short(readable.len()));
     };
     let mut raw = [0u8; HDR_LEN];
     head.read_exact(mem, &mut raw)?;
-    let hdr = Header::decode(&raw);
-    let len = hdr.len as usize;
-    if hdr.op == OP_RW && len <= MAX_PAYLOAD && len as u64 <= payload.len() {
-        payload.read_exact(mem, &mut pkt[HDR_LEN..HDR_LEN + len])?;
-    }
-    Ok((hdr, payload.len()))
+    Ok((Header::decode(&raw), payload))
 }
 
 impl Drop for Vsock {

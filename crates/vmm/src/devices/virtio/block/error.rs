@@ -12,6 +12,7 @@ use log::{error, warn};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_UNSUPP};
 
 use super::MAX_RANGE_SEGMENTS;
+use super::sync_io::Short;
 use crate::devices::virtio::chain::LayoutError;
 
 /// What the host was doing when its I/O failed.
@@ -117,27 +118,23 @@ impl RequestError {
     }
 }
 
-/// Maps a vm-memory error from a transfer between guest RAM and the image: the image's I/O
-/// error (vm-memory wraps it) is the host's, anything else is guest memory.
-pub fn transfer_error(
-    op: Op,
-    sector: u64,
-    bytes: u64,
-) -> impl FnOnce(vm_memory::GuestMemoryError) -> RequestError {
-    move |e| match e {
-        vm_memory::GuestMemoryError::IOError(source) => RequestError::Host {
+/// What a read or write of `bytes` at `sector` that ended short ([`Short`]) means: the end of
+/// the image (shorter than the disk of `capacity` sectors) or the host's I/O error, each named
+/// at the sector where it happened; anything else is guest memory.
+pub fn short_error(e: Short, op: Op, sector: u64, bytes: u64, capacity: u64) -> RequestError {
+    let at = |done: u64| sector + done / super::SECTOR_SIZE;
+    match e {
+        Short::Eof(done) => RequestError::ImageShrunk {
+            sector: at(done),
+            capacity,
+        },
+        Short::Io(done, source) => RequestError::Host {
             op,
-            sector,
-            bytes,
+            sector: at(done),
+            bytes: bytes.saturating_sub(done),
             source,
         },
-        vm_memory::GuestMemoryError::PartialBuffer { .. } => RequestError::Host {
-            op,
-            sector,
-            bytes,
-            source: io::Error::from(io::ErrorKind::WriteZero),
-        },
-        e => RequestError::Memory(e),
+        Short::Memory(e) => RequestError::Memory(e),
     }
 }
 

@@ -7,7 +7,8 @@ use std::os::fd::FromRawFd;
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
 
-use super::error::{HostErrorLog, Op, RequestError, transfer_error};
+use super::error::{HostErrorLog, Op, RequestError, short_error};
+use super::sync_io::Short;
 use super::tests::{IOERR, OK, SECTORS, attach, image, request, sector};
 use crate::devices::virtio::testutil::Desc;
 
@@ -112,17 +113,31 @@ fn after_a_failed_sync_every_flush_fails() {
 
 #[test]
 fn the_hosts_error_is_named_not_guest_memory() {
-    let e = transfer_error(Op::Write, 4096, 65536)(vm_memory::GuestMemoryError::IOError(
-        std::io::Error::from_raw_os_error(libc::ENOSPC),
-    ));
+    // ENOSPC 8 sectors into a write of 69632 bytes at sector 4088: named where it happened.
+    let enospc = std::io::Error::from_raw_os_error(libc::ENOSPC);
+    let e = short_error(Short::Io(4096, enospc), Op::Write, 4088, 69632, 1 << 20);
     assert!(e.is_host());
     assert_eq!(
         e.to_string(),
         "write of 65536 bytes at sector 4096 failed on the host: No space left on device (os error 28)"
     );
-    let e = transfer_error(Op::Read, 0, 512)(vm_memory::GuestMemoryError::InvalidGuestAddress(
-        vm_memory::GuestAddress(1 << 40),
+    let e = short_error(Short::Eof(1024), Op::Read, 60, 4096, 62);
+    assert!(matches!(
+        e,
+        RequestError::ImageShrunk {
+            sector: 62,
+            capacity: 62
+        }
     ));
+    let e = short_error(
+        Short::Memory(vm_memory::GuestMemoryError::InvalidGuestAddress(
+            vm_memory::GuestAddress(1 << 40),
+        )),
+        Op::Read,
+        0,
+        512,
+        64,
+    );
     assert!(matches!(e, RequestError::Memory(_)));
     assert!(!e.is_host());
 }

@@ -4,12 +4,16 @@
 //! never has more than that buffer's worth of data in flight.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::Shutdown;
+use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::time::Instant;
 
 use super::packet::{HOST_CID, Header, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM};
+use crate::devices::virtio::chain::Bufs;
+use crate::devices::virtio::iov::{IOV_MAX, iovecs};
+use crate::memory::GuestMem;
 
 /// The buffer Kite advertises per connection: data from the guest waiting for the host.
 pub const BUF_ALLOC: u32 = 256 << 10;
@@ -52,6 +56,8 @@ pub struct Conn {
     /// Readiness the (edge-triggered) stream reported, until a call would block.
     pub readable: bool,
     pub writable: bool,
+    /// The stream is watched for room to write (only while data waits for the host).
+    pub watch_out: bool,
     /// The host closed the stream entirely: it reads nothing more.
     pub hung_up: bool,
     /// The host sends nothing more (a read returned end of file).
@@ -88,6 +94,7 @@ impl Conn {
             peer_fwd_cnt: 0,
             readable: true,
             writable: true,
+            watch_out: false,
             hung_up: false,
             host_eof: false,
             guest_shutdown: 0,
@@ -113,7 +120,9 @@ impl Conn {
     }
 
     /// The most this connection may come to hold for its host as things stand: what it holds
-    /// and what the guest may still send under what it was promised.
+    /// and what the guest may still send under what it was promised. Never more than the
+    /// largest buffer ever advertised ([`BUF_ALLOC`]): each promise is `fwd_cnt` plus at most
+    /// that, and `fwd_cnt` only grows.
     pub fn promised(&self) -> u64 {
         u64::from(self.promised_end.wrapping_sub(self.fwd_cnt))
     }
@@ -157,16 +166,41 @@ impl Conn {
         self.tx_cnt = self.tx_cnt.wrapping_add(n);
     }
 
-    /// Take payload the guest sent; false if it overruns the buffer we promised it.
-    pub fn take_from_guest(&mut self, data: &[u8]) -> bool {
-        let ahead = self.promised_end.wrapping_sub(self.rx_cnt) as usize;
-        if data.len() > ahead {
-            return false;
+    /// Take the payload the guest sent in `data` (guest buffers): straight to the host stream
+    /// when nothing is queued before it, the rest (what the stream would not take now) into
+    /// the queue. `Ok(false)` if it overruns the buffer we promised the guest; an error means
+    /// the host is gone.
+    pub fn take_from_guest(&mut self, mem: &GuestMem, data: &Bufs) -> io::Result<bool> {
+        let len = data.len();
+        let ahead = u64::from(self.promised_end.wrapping_sub(self.rx_cnt));
+        if len > ahead {
+            return Ok(false);
         }
-        self.to_host.extend(data);
-        // `data` is at most `ahead`, a u32, here.
-        self.rx_cnt = self.rx_cnt.wrapping_add(data.len() as u32);
-        true
+        // `len` is at most `ahead`, a u32, here.
+        self.rx_cnt = self.rx_cnt.wrapping_add(len as u32);
+        let mut sent = 0;
+        if self.to_host.is_empty() && self.writable && !self.write_shut {
+            let Some(stream) = self.stream.as_ref() else {
+                return Err(io::ErrorKind::BrokenPipe.into());
+            };
+            sent = match send_from_guest(stream, mem, data) {
+                Ok(n) => n as u64,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.writable = false;
+                    0
+                }
+                Err(e) => return Err(e),
+            };
+            // At most `len`, a u32.
+            self.fwd_cnt = self.fwd_cnt.wrapping_add(sent as u32);
+        }
+        if sent < len {
+            let (_, rest) = data.split_at(sent).unwrap_or_default();
+            let mut tail = vec![0u8; (len - sent) as usize];
+            rest.read_exact(mem, &mut tail).map_err(io::Error::other)?;
+            self.to_host.extend(tail);
+        }
+        Ok(true)
     }
 
     /// Queue Kite's own bytes for the host (ahead of any data, which only follows them).
@@ -231,12 +265,12 @@ impl Conn {
             && self.credit() > 0
     }
 
-    /// Read host data for the guest; Ok(0) is end of file.
-    pub fn read_host(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let Some(stream) = self.stream.as_mut() else {
+    /// Read host data straight into the guest's buffers `bufs`; Ok(0) is end of file.
+    pub fn read_host(&mut self, mem: &GuestMem, bufs: &Bufs) -> io::Result<usize> {
+        let Some(stream) = self.stream.as_ref() else {
             return Ok(0);
         };
-        let r = stream.read(buf);
+        let r = recv_into_guest(stream, mem, bufs);
         match &r {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.readable = false,
             Ok(0) => self.host_eof = true,
@@ -246,9 +280,73 @@ impl Conn {
     }
 }
 
+/// Send the guest's buffers `data` on `stream` in one `sendmsg` (MSG_NOSIGNAL: a closed peer is
+/// EPIPE, not SIGPIPE); how many bytes the stream took.
+fn send_from_guest(stream: &UnixStream, mem: &GuestMem, data: &Bufs) -> io::Result<usize> {
+    let mut iov = iovecs(mem, data, false).map_err(io::Error::other)?;
+    iov.truncate(IOV_MAX);
+    if iov.is_empty() {
+        return Ok(0);
+    }
+    // SAFETY: msghdr is plain data; all zeroes is a message with no name and no control data.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    loop {
+        // SAFETY: `msg` points at `iov`, whose entries point into guest memory `mem` maps for
+        // the whole call; the kernel only reads those bytes.
+        let n = unsafe { libc::sendmsg(stream.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Read from `stream` straight into the guest's buffers `bufs` in one `readv`; marks their
+/// pages dirty.
+fn recv_into_guest(stream: &UnixStream, mem: &GuestMem, bufs: &Bufs) -> io::Result<usize> {
+    let mut iov = iovecs(mem, bufs, true).map_err(io::Error::other)?;
+    iov.truncate(IOV_MAX);
+    loop {
+        // SAFETY: every iovec points into guest memory `mem` maps for the whole call, within
+        // the buffers the driver gave the device to write; the kernel writes only those bytes.
+        let n = unsafe { libc::readv(stream.as_raw_fd(), iov.as_ptr(), iov.len() as _) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::devices::virtio::chain::Buf;
+    use std::io::Read;
+    use vm_memory::{Bytes, GuestAddress};
+
+    /// `data` as a guest buffer at 0x1000 of `mem`.
+    fn guest(mem: &GuestMem, data: &[u8]) -> Bufs {
+        mem.write_slice(data, GuestAddress(0x1000)).unwrap();
+        Bufs::from(vec![Buf {
+            addr: GuestAddress(0x1000),
+            len: data.len() as u32,
+        }])
+    }
+
+    /// Hand `data` to `c` as the guest would.
+    fn take(c: &mut Conn, data: &[u8]) -> bool {
+        let mem = crate::memory::create(1 << 20).unwrap();
+        c.take_from_guest(&mem, &guest(&mem, data)).unwrap()
+    }
 
     fn conn() -> (Conn, UnixStream) {
         let (a, b) = UnixStream::pair().unwrap();
@@ -298,9 +396,12 @@ mod tests {
     #[test]
     fn our_buffer_is_enforced_and_its_space_reported_back() {
         let (mut c, mut peer) = conn();
-        assert!(c.take_from_guest(&vec![1u8; BUF_ALLOC as usize - 10]));
-        assert!(!c.take_from_guest(&[1u8; 11]), "overrun accepted");
+        // A host that does not take anything now: all of it is held.
+        c.writable = false;
+        assert!(take(&mut c, &vec![1u8; BUF_ALLOC as usize - 10]));
+        assert!(!take(&mut c, &[1u8; 11]), "overrun accepted");
         assert!(!c.needs_credit_update(), "nothing forwarded yet");
+        c.writable = true;
         c.flush().unwrap();
         let mut sink = vec![0u8; BUF_ALLOC as usize];
         let mut got = 0;
@@ -320,14 +421,15 @@ mod tests {
     fn a_smaller_advertisement_never_takes_back_a_promise() {
         let (mut c, mut peer) = conn();
         assert_eq!(c.promised(), u64::from(BUF_ALLOC));
-        assert!(c.take_from_guest(&vec![1u8; 1000]));
+        c.writable = false;
+        assert!(take(&mut c, &vec![1u8; 1000]));
         // The budget shrinks: 4 KiB from now on, but the 256 KiB told stays good.
         c.advertise(MIN_BUF_ALLOC);
         let h = c.header(3, 6, 0, 0);
         assert_eq!(h.buf_alloc, MIN_BUF_ALLOC);
         assert_eq!(c.promised(), u64::from(BUF_ALLOC));
-        assert!(c.take_from_guest(&vec![1u8; BUF_ALLOC as usize - 1000]));
-        assert!(!c.take_from_guest(&[1u8]), "past the promise");
+        assert!(take(&mut c, &vec![1u8; BUF_ALLOC as usize - 1000]));
+        assert!(!take(&mut c, &[1u8]), "past the promise");
         // Once the host took it all, only the new 4 KiB is promised.
         let mut sink = vec![0u8; BUF_ALLOC as usize];
         let mut got = 0;
@@ -338,15 +440,43 @@ mod tests {
         }
         c.header(3, 6, 0, 0);
         assert_eq!(c.promised(), u64::from(MIN_BUF_ALLOC));
-        assert!(c.take_from_guest(&vec![1u8; MIN_BUF_ALLOC as usize]));
-        assert!(!c.take_from_guest(&[1u8]), "past the new, smaller promise");
+        assert!(take(&mut c, &vec![1u8; MIN_BUF_ALLOC as usize]));
+        assert!(!take(&mut c, &[1u8]), "past the new, smaller promise");
+    }
+
+    #[test]
+    fn data_goes_straight_to_the_host_and_what_it_cannot_take_waits() {
+        let (mut c, mut peer) = conn();
+        assert!(take(&mut c, b"hello"));
+        assert!(
+            !c.has_data_for_host(),
+            "nothing queued when the stream takes it all"
+        );
+        assert_eq!(c.header(3, 6, 0, 0).fwd_cnt, 5);
+        let mut buf = [0u8; 5];
+        peer.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hello");
+        // More than the socket holds (256 KiB): the stream takes part, the rest is queued, in order.
+        let big: Vec<u8> = (0..BUF_ALLOC).map(|i| (i % 251) as u8).collect();
+        assert!(take(&mut c, &big));
+        assert!(c.has_data_for_host());
+        let mut got = Vec::new();
+        let mut sink = vec![0u8; 65536];
+        while got.len() < big.len() {
+            let n = peer.read(&mut sink).unwrap();
+            got.extend_from_slice(&sink[..n]);
+            c.writable = true;
+            c.flush().unwrap();
+        }
+        assert_eq!(got, big);
+        assert_eq!(c.header(3, 6, 0, 0).fwd_cnt, BUF_ALLOC + 5);
     }
 
     #[test]
     fn own_bytes_do_not_count_as_forwarded_payload() {
         let (mut c, mut peer) = conn();
         c.say(b"OK 7\n");
-        assert!(c.take_from_guest(b"abc"));
+        assert!(take(&mut c, b"abc"));
         c.flush().unwrap();
         let mut buf = [0u8; 8];
         peer.read_exact(&mut buf).unwrap();
@@ -357,7 +487,7 @@ mod tests {
     #[test]
     fn shutdown_send_reaches_the_host_after_the_data() {
         let (mut c, mut peer) = conn();
-        assert!(c.take_from_guest(b"last"));
+        assert!(take(&mut c, b"last"));
         c.guest_shutdown = SHUTDOWN_SEND;
         c.flush().unwrap();
         let mut all = Vec::new();

@@ -18,6 +18,14 @@ impl Vsock {
     /// [`HELD_BUDGET`] after every other connection's promise, between [`MIN_BUF_ALLOC`] and
     /// [`BUF_ALLOC`].
     pub(super) fn buf_alloc_for(&self, token: Option<u64>) -> u32 {
+        // No connection is ever promised more than BUF_ALLOC, so while the others number at
+        // most HELD_BUDGET / BUF_ALLOC - 1 (15) what is left is at least BUF_ALLOC: no need
+        // to add up every connection's promise for each packet.
+        let others =
+            self.conns.len() - usize::from(token.is_some_and(|t| self.conns.contains_key(&t)));
+        if (others as u64 + 1) * u64::from(BUF_ALLOC) <= HELD_BUDGET {
+            return BUF_ALLOC;
+        }
         let others: u64 = self
             .conns
             .iter()
@@ -47,7 +55,12 @@ impl Vsock {
 
     /// Fill the driver's receive buffers: control packets first, then host data, while there
     /// are buffers, at most a ring's worth. Returns true if it stopped with work possibly left.
+    /// Host data is read from its stream straight into the guest's buffer.
     pub(super) fn pump(&mut self) -> bool {
+        // Held aside while the buffers are filled, which needs its memory and `self` both.
+        let Some(mut active) = self.active.take() else {
+            return false;
+        };
         let mut left = false;
         let mut budget = QUEUE_SIZE;
         loop {
@@ -64,9 +77,6 @@ impl Vsock {
                 break;
             }
             budget -= 1;
-            let Some(active) = self.active.as_mut() else {
-                break;
-            };
             let Some(chain) = active.pop_chain(RX, &self.name, &mut self.chain_log) else {
                 // No buffers: the driver's notification brings us back.
                 break;
@@ -82,18 +92,17 @@ impl Vsock {
                     continue;
                 }
             };
-            let len = match next {
+            let written = match next {
                 Next::Control(control) => {
                     self.control.pop_front();
                     let Some(hdr) = self.control_header(&control) else {
                         // Its connection is gone.
-                        self.unpop_rx();
+                        active.unpop_chain(RX);
                         continue;
                     };
-                    self.pkt[..HDR_LEN].copy_from_slice(&hdr.encode());
-                    HDR_LEN
+                    self.write_header(&active.mem, &bufs, &hdr)
                 }
-                Next::Data(token) => match self.read_data(token, bufs.len()) {
+                Next::Data(token) => match self.read_data(&active.mem, token, &bufs) {
                     Data::Packet(len) => len,
                     Data::NoRoom => {
                         if self.log.allow() {
@@ -102,61 +111,62 @@ impl Vsock {
                         0
                     }
                     Data::Nothing => {
-                        self.unpop_rx();
+                        active.unpop_chain(RX);
                         self.flush(token);
                         self.settle(token);
                         continue;
                     }
                 },
             };
-            let Some(active) = self.active.as_mut() else {
-                break;
-            };
-            let written = match bufs.write(&active.mem, &self.pkt[..len]) {
-                Ok(n) => n as u32,
-                Err(e) => {
-                    if self.log.allow() {
-                        warn!("{}: cannot write a packet: {e}", self.name);
-                    }
-                    0
-                }
-            };
             active.add_used(RX, chain.head(), written, &self.name, &mut self.chain_log);
         }
-        if let Some(active) = self.active.as_mut() {
-            active.notify_used(RX);
-        }
+        active.notify_used(RX);
+        self.active = Some(active);
         left
     }
 
-    pub(super) fn unpop_rx(&mut self) {
-        if let Some(active) = self.active.as_mut() {
-            active.unpop_chain(RX);
+    /// Write `hdr` at the start of `bufs`; the bytes written (0 if guest memory failed).
+    fn write_header(&mut self, mem: &GuestMem, bufs: &Bufs, hdr: &Header) -> u32 {
+        match bufs.write(mem, &hdr.encode()) {
+            Ok(n) => n as u32,
+            Err(e) => {
+                if self.log.allow() {
+                    warn!("{}: cannot write a packet: {e}", self.name);
+                }
+                0
+            }
         }
     }
 
-    /// Read host data of connection `token` into a packet for a buffer of `room` bytes.
-    pub(super) fn read_data(&mut self, token: u64, room: u64) -> Data {
+    /// Read host data of connection `token` straight into the receive buffer `bufs`, after
+    /// room for the header, which follows once the length is known.
+    pub(super) fn read_data(&mut self, mem: &GuestMem, token: u64, bufs: &Bufs) -> Data {
         let buf_alloc = self.buf_alloc_for(Some(token));
         let Some(conn) = self.conns.get_mut(&token) else {
             return Data::Nothing;
         };
         conn.advertise(buf_alloc);
-        let room = usize::try_from(room.saturating_sub(HDR_LEN as u64)).unwrap_or(usize::MAX);
-        if room == 0 {
+        let Some((head, room)) = bufs.split_at(HDR_LEN as u64) else {
+            return Data::NoRoom;
+        };
+        if room.is_empty() {
             return Data::NoRoom;
         }
         // Never more than the guest has room for (can_send_data made sure it has some).
-        let max = room.min(MAX_PAYLOAD).min(conn.credit() as usize);
-        match conn.read_host(&mut self.pkt[HDR_LEN..HDR_LEN + max]) {
+        let max = room
+            .len()
+            .min(MAX_PAYLOAD as u64)
+            .min(u64::from(conn.credit()));
+        let (room, _) = room.split_at(max).unwrap_or_default();
+        match conn.read_host(mem, &room) {
             Ok(0) => Data::Nothing,
             Ok(n) => {
                 // n <= MAX_PAYLOAD
                 let hdr = conn.header(self.cid, OP_RW, 0, n as u32);
                 conn.sent(n as u32);
-                self.pkt[..HDR_LEN].copy_from_slice(&hdr.encode());
                 self.cursor = token;
-                Data::Packet(HDR_LEN + n)
+                let written = self.write_header(mem, &head, &hdr);
+                Data::Packet(written + n as u32)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Data::Nothing,
             Err(e) => {
