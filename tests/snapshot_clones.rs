@@ -37,6 +37,7 @@ fn twenty_clones_of_one_snapshot_finish_and_share_their_memory() {
         linux: None,
         disk: None,
         net: None,
+        vsock: None,
         tsc_hz: 1e9,
         seccomp: true,
     };

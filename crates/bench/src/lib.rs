@@ -669,7 +669,7 @@ mod tests {
         let e = parse_args(&args(&["gpu"], "1")).unwrap_err();
         assert_eq!(
             e.to_string(),
-    /// concurrent, linux-boot, virtio-blk, virtio-net, virtio-vsock, pause-resume, snapshot.
+            "unknown workload \"gpu\"; choose from cpu, mem, pio-rtt, mmio-rtt, startup, scale, concurrent, linux-boot, virtio-blk, virtio-net, virtio-vsock, pause-resume, snapshot"
         );
         assert_eq!(e.exit_code(), 2);
         for bad in ["0", "-1", "x", "1001"] {
