@@ -302,6 +302,9 @@ pub const MAIN: &[Rule] = &[
     // call per request.
     any(SYS_preadv),
     any(SYS_pwritev),
+    // disk.rs: `PATCH /drives` reopens an image and seeks to its end for its size (a block
+    // device's metadata says 0).
+    any(SYS_lseek),
     // block.rs flush requests; the disks' sync at shutdown (BlockHandle::sync, Disk's drop).
     any(SYS_fdatasync),
     // block.rs: discard and write-zeroes requests (disk.rs fallocate).
