@@ -14,7 +14,8 @@ use super::SnapshotState;
 
 pub const MAGIC: [u8; 8] = *b"KITESNAP";
 /// Bumped whenever [`SnapshotState`] or anything in it changes shape.
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: the VM generation ID device (`DeviceKind::VmGenId`, `Range::Ram`).
+pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 24;
 
 /// Why a snapshot file cannot be read.
@@ -224,13 +225,12 @@ mod tests {
             ParseError::Damaged("checksum mismatch".into())
         );
         let mut other = bytes.clone();
-        other[8..12].copy_from_slice(&2u32.to_le_bytes());
+        let older = FORMAT_VERSION - 1;
+        other[8..12].copy_from_slice(&older.to_le_bytes());
         let e = parse(&other).unwrap_err();
-        assert_eq!(e, ParseError::Version { found: 2 });
-        assert!(
-            e.to_string()
-                .contains("version 2, this Kite reads version 1")
-        );
+        assert_eq!(e, ParseError::Version { found: older });
+        let want = format!("version {older}, this Kite reads version {FORMAT_VERSION}");
+        assert!(e.to_string().contains(&want), "{e}");
     }
 
     #[test]

@@ -51,6 +51,7 @@ pub use mmio::{MmioTransport, QueueRegs, TransportState};
 use net::Net;
 pub use rate_limiter::{Bucket, RateLimit, RateLimitUpdate};
 use rng::Rng;
+pub(crate) use rng::fill_random;
 use tap::Tap;
 use vsock::Vsock;
 
