@@ -499,10 +499,6 @@ mod tests {
         // Notify (\_SB_.VGEN, 0x80).
         assert!(has(b"\x86\\\x2e_SB_VGEN\x0a\x80"));
 
-        if let Some(dir) = std::env::var_os("KITE_DUMP_DSDT") {
-            std::fs::write(std::path::Path::new(&dir).join("dsdt.aml"), dsdt).unwrap();
-        }
-
         let t = build(1, &windows(1), false).unwrap();
         let (_, dsdt) = table(&t, b"DSDT");
         let has = |s: &[u8]| dsdt.windows(s.len()).any(|w| w == s);
