@@ -506,18 +506,6 @@ mod tests {
     }
 
     #[test]
-    fn the_vm_generation_id_is_below_the_mp_table_and_out_of_e820_ram() {
-        let end = layout::VMGENID_ADDR + crate::devices::vmgenid::ID_LEN as u64;
-        assert!(layout::VMGENID_ADDR >= layout::ACPI_END);
-        assert!(layout::VMGENID_ADDR >= layout::EBDA_START && end <= layout::MPTABLE_CONFIG_ADDR);
-        assert_eq!(
-            layout::VMGENID_ADDR % 8,
-            0,
-            "the spec asks for 8-byte alignment"
-        );
-    }
-
-    #[test]
     fn acpi_off_is_a_whole_word() {
         assert!(off_in("console=ttyS0 acpi=off reboot=k"));
         assert!(!off_in("console=ttyS0 noacpi=off"));

@@ -31,6 +31,14 @@ pub const ACPI_END: u64 = VMGENID_ADDR;
 /// The VM generation ID's 16 bytes (devices::vmgenid), on the last page below the MP table:
 /// not e820 RAM either, so the guest never reuses it.
 pub const VMGENID_ADDR: u64 = 0xe_f000;
+// Its 16 bytes sit between the ACPI tables and the MP table, out of e820's RAM, 8-byte aligned
+// (as the VMGENID spec asks).
+const _: () = assert!(
+    VMGENID_ADDR >= ACPI_END
+        && VMGENID_ADDR >= EBDA_START
+        && VMGENID_ADDR + 16 <= MPTABLE_CONFIG_ADDR
+        && VMGENID_ADDR.is_multiple_of(8)
+);
 /// End of the BIOS area (and of the first MiB).
 pub const BIOS_AREA_END: u64 = 0x10_0000;
 /// Start of RAM above the legacy hole; the kernel is loaded here or above.
