@@ -1,6 +1,8 @@
 //! Clones of one Linux snapshot: the guest-images kernel boots with ACPI (so it has the VM
 //! generation ID device) and an ext4 disk, is snapshotted at its busybox shell, and two
-//! `kite restore` processes run from that one snapshot at once.
+//! `kite restore` processes run from that one snapshot at once (the second in a mount namespace
+//! where a copy of the disk image is bind-mounted over the snapshot's path, since Kite locks a
+//! writable image).
 //! - Each clone's first 16 bytes of /dev/urandom differ: Kite gave each a new generation ID and
 //!   notified it, and Linux reseeded ("crng reseeded due to virtual machine fork"); without the
 //!   notify both start from the same RNG state and read the same bytes.
@@ -62,6 +64,13 @@ fn linux_clones_read_different_random_bytes_and_one_uses_an_ext4_disk() {
             "guest-images/out has no vmlinux/initramfs.cpio; run guest-images/build.sh",
         );
     };
+    if !is_root() {
+        return skip(
+            TEST,
+            Need::Root,
+            "the second clone's disk is bind-mounted in a mount namespace of its own",
+        );
+    }
     let dir = std::env::temp_dir().join(format!("kite-snap-{}-{TEST}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
@@ -115,13 +124,21 @@ fn linux_clones_read_different_random_bytes_and_one_uses_an_ext4_disk() {
     drop(vm);
 
     // Two clones at once, each its own process; the first thing each does is read urandom.
-    let mut clones: Vec<Guest> = (0..2)
-        .map(|_| {
-            let mut cmd = kite();
-            cmd.arg("restore").arg(&snap);
-            Guest::start(cmd)
-        })
-        .collect();
+    // Kite locks a writable disk image, so the second clone gets its own copy at the same path,
+    // bind-mounted in a mount namespace of its own (as a jailer gives each VM its own files).
+    let copy = dir.join("disk-copy.img");
+    std::fs::copy(&img, &copy).unwrap();
+    let mut first = kite();
+    first.arg("restore").arg(&snap);
+    let mut second = Command::new("unshare");
+    second
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount --bind "$1" "$2" && exec "$3" restore "$4""#)
+        .arg("sh")
+        .args([&copy, &img])
+        .arg(env!("CARGO_BIN_EXE_kite"))
+        .arg(&snap);
+    let mut clones = vec![Guest::start(first), Guest::start(second)];
     for g in &mut clones {
         g.type_line("echo rnd-$(head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n')-end");
     }
