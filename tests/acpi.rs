@@ -1,5 +1,6 @@
 //! The ACPI tables as a real ACPI tool reads them: Kite's DSDT decompiles with ACPICA's
-//! `iasl -d` without errors and names each device with its resources.
+//! `iasl -d` without errors and names each device with its resources (the VM generation ID
+//! and its event device too).
 
 mod common;
 
@@ -21,7 +22,7 @@ fn dsdt_decompiles_and_names_every_device() {
             irq: 6,
         },
     ];
-    let tables = acpi::build(2, &windows).unwrap();
+    let tables = acpi::build(2, &windows, true).unwrap();
     let (_, dsdt) = tables
         .blobs
         .iter()
@@ -62,6 +63,12 @@ fn dsdt_decompiles_and_names_every_device() {
         "Device (V001) { Name (_HID, \"LNRO0005\")",
         "Memory32Fixed (ReadWrite, 0xD0002000, 0x00001000, )",
         "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000006, }",
+        // The VM generation ID, as Linux's vmgenid driver finds it, and the event device
+        // whose interrupt notifies it.
+        "Device (\\_SB.VGEN) { Name (_HID, \"KITEVGID\") Name (_CID, \"VM_GEN_COUNTER\") Name (_DDN, \"VM_GEN_COUNTER\") Name (ADDR, Package (0x02) { 0x000EF000, Zero }) }",
+        "Device (\\_SB.GED) { Name (_HID, \"ACPI0013\"",
+        "Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive, ,, ) { 0x00000003, }",
+        "Method (_EVT, 1, NotSerialized) { If ((Arg0 == 0x03)) { Notify (\\_SB.VGEN, 0x80)",
     ] {
         assert!(
             flat.contains(want),

@@ -30,7 +30,7 @@ fn acpi_tables(c: &mut Criterion) {
     ] {
         let w = windows(devices);
         c.bench_function(name, |b| {
-            b.iter(|| acpi::write(&mem, black_box(cpus), black_box(&w)).expect("tables fit"))
+            b.iter(|| acpi::write(&mem, black_box(cpus), black_box(&w), true).expect("tables fit"))
         });
     }
 }

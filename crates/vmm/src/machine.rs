@@ -19,6 +19,7 @@ use crate::devices::i8042::I8042;
 use crate::devices::manager::DeviceManager;
 use crate::devices::serial::SerialDevice;
 use crate::devices::virtio::{self, BlockHandle};
+use crate::devices::vmgenid::VmGenId;
 use crate::exit::ExitHandle;
 use crate::memory::{self, GuestMem};
 use crate::snapshot;
@@ -58,6 +59,8 @@ pub(crate) struct Machine {
     pub(crate) placed: Vec<virtio::Placement>,
     pub(crate) device_counters: Vec<(String, virtio::Interrupt)>,
     pub(crate) devices: DeviceManager,
+    /// The VM generation ID, with ACPI only.
+    pub(crate) vmgenid: Option<VmGenId>,
     pub(crate) fds: Vec<kvm_ioctls::VcpuFd>,
     pub(crate) ring0: Option<&'static str>,
     /// With [`Ram::Uffd`]: the userfaultfd and the handler's connection, kept while the VM runs.
@@ -117,8 +120,13 @@ pub(crate) fn build(
     let (disks, placed, device_counters, attached, nets) =
         attach_virtio(config, &vm, &mem, &mut mmio, &mut event_manager)?;
     attached.iter().for_each(|a| devices.add_virtio(a));
-    // `acpi=off` on the command line: no ACPI tables (the devices go on the command line).
+    // `acpi=off` on the command line: no ACPI tables (the devices go on the command line),
+    // so no VM generation ID either.
+    let mut vmgenid = None;
     if acpi::wanted(config.acpi, &config.cmdline) {
+        // A fresh ID for every machine, booted or restored (the DSDT says where it is).
+        vmgenid = Some(VmGenId::new(&mem)?);
+        devices.add_vmgenid();
         let pm = Arc::new(Mutex::new(AcpiPm::new(exit.clone())));
         pio.insert(
             pm.clone(),
@@ -150,6 +158,7 @@ pub(crate) fn build(
         placed,
         device_counters,
         devices,
+        vmgenid,
         fds,
         ring0,
         uffd,
@@ -216,7 +225,8 @@ pub(crate) fn boot(
                 irq: p.irq,
             })
             .collect();
-        Some(acpi::write(mem, config.cpus, &windows)?)
+        let vmgenid = m.vmgenid.is_some();
+        Some(acpi::write(mem, config.cpus, &windows, vmgenid)?)
     } else {
         for p in &m.placed {
             cmdline

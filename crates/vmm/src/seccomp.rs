@@ -246,6 +246,9 @@ pub const VCPU: &[Rule] = &[
     any(SYS_write),
     // Locks: the buses' devices, stdout, the exit handle, the profile samples, the start gate.
     any(SYS_futex),
+    // std's mpsc channels (the state requests and replies of a snapshot) back off with
+    // sched_yield while the other end is half-way through a send: a 2-vCPU snapshot hit it.
+    any(SYS_sched_yield),
     // virtio-net activation and reset change what its epoll set watches.
     any(SYS_epoll_ctl),
     // boot_timer.rs: the process's CPU time (no vDSO for that clock); Instant::now where the
@@ -345,6 +348,9 @@ pub const MAIN: &[Rule] = &[
     any(SYS_clock_nanosleep),
     // Locks, joins.
     any(SYS_futex),
+    // std's mpsc channels (a snapshot's state replies) back off with sched_yield while the
+    // other end is half-way through an operation: a 2-vCPU snapshot mid-boot died on it.
+    any(SYS_sched_yield),
     // Instant::now where the vDSO falls back to the system call.
     any(SYS_clock_gettime),
     // memory.rs: the memory report at exit (/proc/self/status and /proc/self/smaps, opened
@@ -431,6 +437,8 @@ pub const API: &[Rule] = &[
     with(SYS_fcntl, eq(1, F_GETFD as u64)),
     // The request channel and reply wait (mpsc), the logger's lock.
     any(SYS_futex),
+    // std's mpsc backs off with sched_yield while the other end is half-way through a send.
+    any(SYS_sched_yield),
     any(SYS_clock_gettime),
     // Log lines: on a terminal, the logger asks whether stderr is one (anstream).
     ioctl_on(STDERR_FILENO, TCGETS),

@@ -99,13 +99,19 @@ pub enum Error {
     Seccomp(#[from] seccomp::Error),
     #[error("cannot restore the snapshot: {0}")]
     Restore(String),
+    #[error(transparent)]
+    VmGenId(#[from] crate::devices::vmgenid::Error),
 }
 
 impl Error {
     /// 2 for problems with what the user gave us or with the host set-up, 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Kvm { .. } | Error::EventLoop(_) | Error::Io { .. } | Error::Bus(_) => 1,
+            Error::Kvm { .. }
+            | Error::EventLoop(_)
+            | Error::Io { .. }
+            | Error::Bus(_)
+            | Error::VmGenId(_) => 1,
             Error::VcpuSetup(e) => e.exit_code(),
             _ => 2,
         }
@@ -213,6 +219,11 @@ impl Vmm {
                 .map_err(|e| Error::Restore(format!("vCPU {i}: {e}")))?;
         }
         m.devices.restore(&state.devices).map_err(Error::Restore)?;
+        // The machine has a new generation ID (machine::build): tell the guest, so Linux
+        // reseeds its RNG and clones of one snapshot do not share entropy.
+        if let Some(genid) = &m.vmgenid {
+            genid.notify(&m.vm)?;
+        }
         timeline
             .marks
             .push(("state restored", process_start.elapsed()));

@@ -26,13 +26,27 @@ pub enum DeviceKind {
     AcpiPm,
     BootTimer,
     Virtio,
+    /// The VM generation ID (`vmgenid.rs`): its bytes in guest memory, and the generic event
+    /// device's IRQ.
+    VmGenId,
 }
 
 /// Where a device sits: port I/O or MMIO, base and length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Range {
-    Pio { base: u64, len: u64 },
-    Mmio { base: u64, len: u64 },
+    Pio {
+        base: u64,
+        len: u64,
+    },
+    Mmio {
+        base: u64,
+        len: u64,
+    },
+    /// Guest memory the guest reads (and e820 does not call RAM).
+    Ram {
+        base: u64,
+        len: u64,
+    },
 }
 
 /// A device's state in a snapshot.
@@ -51,6 +65,8 @@ pub enum DeviceState {
         /// Its rate limiters' buckets and budgets (see `VirtioDevice::limiters`).
         limiters: Vec<LimiterState>,
     },
+    /// Nothing beyond its place and IRQ: a restored machine gets a new ID.
+    VmGenId,
 }
 
 /// One device as a snapshot records it.
@@ -69,6 +85,7 @@ enum Handle {
     AcpiPm(#[allow(dead_code)] Arc<Mutex<AcpiPm>>),
     BootTimer(#[allow(dead_code)] Arc<Mutex<BootTimer>>),
     Virtio(Arc<Mutex<MmioTransport>>),
+    VmGenId,
 }
 
 /// One device the manager holds.
@@ -162,6 +179,15 @@ impl DeviceManager {
         self.push(&dev.name, DeviceKind::Virtio, range, irq, h);
     }
 
+    pub fn add_vmgenid(&mut self) {
+        let range = Range::Ram {
+            base: layout::VMGENID_ADDR,
+            len: super::vmgenid::ID_LEN as u64,
+        };
+        let irq = Some(layout::VMGENID_IRQ);
+        self.push("vmgenid", DeviceKind::VmGenId, range, irq, Handle::VmGenId);
+    }
+
     /// Every device, in order.
     pub fn entries(&self) -> &[Entry] {
         &self.entries
@@ -181,6 +207,7 @@ impl DeviceManager {
                     Handle::I8042(d) => DeviceState::I8042(lock(d).state()),
                     Handle::AcpiPm(_) => DeviceState::AcpiPm,
                     Handle::BootTimer(_) => DeviceState::BootTimer,
+                    Handle::VmGenId => DeviceState::VmGenId,
                     Handle::Virtio(t) => {
                         let t = lock(t);
                         DeviceState::Virtio {
@@ -216,7 +243,8 @@ impl DeviceManager {
                 (Handle::Serial(d), DeviceState::Serial(st)) => lock(d).restore(st)?,
                 (Handle::I8042(d), DeviceState::I8042(st)) => lock(d).restore(st),
                 (Handle::AcpiPm(_), DeviceState::AcpiPm)
-                | (Handle::BootTimer(_), DeviceState::BootTimer) => {}
+                | (Handle::BootTimer(_), DeviceState::BootTimer)
+                | (Handle::VmGenId, DeviceState::VmGenId) => {}
                 (
                     Handle::Virtio(t),
                     DeviceState::Virtio {

@@ -5,3 +5,4 @@ pub mod i8042;
 pub mod manager;
 pub mod serial;
 pub mod virtio;
+pub mod vmgenid;

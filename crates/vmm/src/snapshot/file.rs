@@ -14,7 +14,8 @@ use super::SnapshotState;
 
 pub const MAGIC: [u8; 8] = *b"KITESNAP";
 /// Bumped whenever [`SnapshotState`] or anything in it changes shape. 2: each virtio device's
-/// rate limiters, each disk's engine, and the API's configuration layout.
+/// rate limiters, each disk's engine, the API's configuration layout, and the VM generation ID
+/// device (`DeviceKind::VmGenId`, `Range::Ram`).
 pub const FORMAT_VERSION: u32 = 2;
 const HEADER_LEN: usize = 24;
 

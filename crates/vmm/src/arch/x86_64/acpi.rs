@@ -14,13 +14,16 @@
 //!   IOAPIC (id `cpus`, as in the MP table), ISA IRQ 0 -> GSI 2 (where KVM's PIT arrives) and
 //!   LINT1 as NMI on every CPU;
 //! * DSDT: `\_S5` (sleep type 5 is power-off), the 16550 (`PNP0501`) and one `LNRO0005` node
-//!   per virtio-mmio window with its memory and interrupt resources.
+//!   per virtio-mmio window with its memory and interrupt resources; with a VM generation ID
+//!   (`devices::vmgenid`), `VGEN` (`_CID` `VM_GEN_COUNTER`, its `ADDR`) and the generic event
+//!   device `GED_` (`ACPI0013`) whose interrupt notifies `VGEN` (`Notify (VGEN, 0x80)`).
 //!
 //! The AML is built into a plain vector and appended to the DSDT once: the crate's `Sdt`
 //! recomputes its checksum on every byte appended through its `AmlSink`.
 
 use acpi_tables::aml::{
-    Device, EISAName, IO, Interrupt, Memory32Fixed, Name, Package, Path, ResourceTemplate, Scope,
+    Arg, Device, EISAName, Equal, IO, If, Interrupt, Memory32Fixed, Method, Name, Notify, Package,
+    Path, ResourceTemplate, Scope,
 };
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::gas::{AccessSize, AddressSpace, GAS};
@@ -106,7 +109,43 @@ fn bytes_of(aml: &dyn Aml) -> Vec<u8> {
     v
 }
 
-fn dsdt(virtio: &[VirtioWindow]) -> Vec<u8> {
+/// `\_SB_.VGEN`, the VM generation ID (the `_CID` and the `ADDR` package, low and high halves
+/// of the ID's address, are what Linux's `vmgenid` driver looks for), and `\_SB_.GED_`, the
+/// generic event device whose edge on [`layout::VMGENID_IRQ`] runs `_EVT`, which notifies
+/// `VGEN` (0x80: its ID changed).
+fn vmgenid_aml() -> Vec<u8> {
+    let addr_low = layout::VMGENID_ADDR as u32;
+    let addr_high = (layout::VMGENID_ADDR >> 32) as u32;
+    let addr = Package::new(vec![&addr_low, &addr_high]);
+    let mut v = bytes_of(&Device::new(
+        Path::new("\\_SB_.VGEN"),
+        vec![
+            &Name::new(Path::new("_HID"), &"KITEVGID"),
+            &Name::new(Path::new("_CID"), &"VM_GEN_COUNTER"),
+            &Name::new(Path::new("_DDN"), &"VM_GEN_COUNTER"),
+            &Name::new(Path::new("ADDR"), &addr),
+        ],
+    ));
+    let irq = Interrupt::new(true, true, false, false, layout::VMGENID_IRQ);
+    let crs = ResourceTemplate::new(vec![&irq]);
+    let is_ours = Equal::new(&Arg(0), &layout::VMGENID_IRQ);
+    let vgen_path = Path::new("\\_SB_.VGEN");
+    let notify = Notify::new(&vgen_path, &0x80u8);
+    let on_ours = If::new(&is_ours, vec![&notify]);
+    let evt = Method::new(Path::new("_EVT"), 1, false, vec![&on_ours]);
+    v.extend(bytes_of(&Device::new(
+        Path::new("\\_SB_.GED_"),
+        vec![
+            &Name::new(Path::new("_HID"), &"ACPI0013"),
+            &Name::new(Path::new("_UID"), &0u8),
+            &Name::new(Path::new("_CRS"), &crs),
+            &evt,
+        ],
+    )));
+    v
+}
+
+fn dsdt(virtio: &[VirtioWindow], vmgenid: bool) -> Vec<u8> {
     let s5 = Package::new(vec![&S5_SLEEP_TYPE, &S5_SLEEP_TYPE]);
     let mut body = bytes_of(&Name::new(Path::new("\\_S5_"), &s5));
 
@@ -165,6 +204,9 @@ fn dsdt(virtio: &[VirtioWindow]) -> Vec<u8> {
     let mut children: Vec<&dyn Aml> = vec![&com1];
     children.extend(devices.iter().map(|d| d as &dyn Aml));
     body.extend(bytes_of(&Scope::new(Path::new("\\_SB_"), children)));
+    if vmgenid {
+        body.extend(vmgenid_aml());
+    }
 
     let mut table = Sdt::new(*b"DSDT", 36, 2, OEM_ID, *b"KITEDSDT", OEM_REVISION);
     table.append_slice(&body);
@@ -220,8 +262,9 @@ fn madt(cpus: u8) -> Vec<u8> {
     bytes_of(&madt)
 }
 
-/// Build every table for `cpus` vCPUs and the virtio devices in `virtio`.
-pub fn build(cpus: u8, virtio: &[VirtioWindow]) -> Result<Tables, Error> {
+/// Build every table for `cpus` vCPUs and the virtio devices in `virtio`, and with `vmgenid`
+/// the VM generation ID's devices.
+pub fn build(cpus: u8, virtio: &[VirtioWindow], vmgenid: bool) -> Result<Tables, Error> {
     let align = |a: u64| a.next_multiple_of(16);
     let rsdp_addr = GuestAddress(layout::ACPI_START);
     let mut next = align(rsdp_addr.raw_value() + Rsdp::len() as u64);
@@ -231,7 +274,7 @@ pub fn build(cpus: u8, virtio: &[VirtioWindow]) -> Result<Tables, Error> {
         at
     };
 
-    let dsdt = dsdt(virtio);
+    let dsdt = dsdt(virtio, vmgenid);
     let dsdt_addr = place(&dsdt);
     let fadt = fadt(dsdt_addr);
     let fadt_addr = place(&fadt);
@@ -260,8 +303,13 @@ pub fn build(cpus: u8, virtio: &[VirtioWindow]) -> Result<Tables, Error> {
 }
 
 /// Build the tables and write them into guest memory; the RSDP's address.
-pub fn write(mem: &GuestMem, cpus: u8, virtio: &[VirtioWindow]) -> Result<GuestAddress, Error> {
-    let tables = build(cpus, virtio)?;
+pub fn write(
+    mem: &GuestMem,
+    cpus: u8,
+    virtio: &[VirtioWindow],
+    vmgenid: bool,
+) -> Result<GuestAddress, Error> {
+    let tables = build(cpus, virtio, vmgenid)?;
     for (addr, bytes) in &tables.blobs {
         mem.write_slice(bytes, *addr).map_err(Error::Write)?;
     }
@@ -341,7 +389,7 @@ mod tests {
 
     #[test]
     fn every_checksum_is_zero_and_every_length_is_right() {
-        let t = build(4, &windows(3)).unwrap();
+        let t = build(4, &windows(3), true).unwrap();
         let (_, rsdp) = table(&t, b"RSD PTR ");
         assert_eq!(sum(&rsdp[..20]), 0, "RSDP v1 checksum");
         assert_eq!(sum(rsdp), 0, "RSDP extended checksum");
@@ -354,7 +402,7 @@ mod tests {
 
     #[test]
     fn pointers_resolve() {
-        let t = build(2, &windows(1)).unwrap();
+        let t = build(2, &windows(1), true).unwrap();
         let (rsdp_at, rsdp) = table(&t, b"RSD PTR ");
         assert_eq!(rsdp_at, layout::ACPI_START);
         assert_eq!(rsdp_at % 16, 0);
@@ -384,7 +432,7 @@ mod tests {
     #[test]
     fn madt_lists_one_enabled_lapic_per_vcpu_with_its_apic_id() {
         for cpus in [1u8, 2, 254] {
-            let t = build(cpus, &[]).unwrap();
+            let t = build(cpus, &[], true).unwrap();
             let (_, madt) = table(&t, b"APIC");
             assert_eq!(u32_at(madt, 36), layout::APIC_ADDR as u32);
             let mut at = 44;
@@ -413,7 +461,7 @@ mod tests {
     fn tables_stay_out_of_usable_ram_the_kernel_and_the_mp_table() {
         // The most the CLI allows: 254 vCPUs, and a device on every IRQ line.
         let n = (layout::LAST_DEVICE_IRQ - layout::FIRST_DEVICE_IRQ + 1) as usize;
-        let t = build(254, &windows(n)).unwrap();
+        let t = build(254, &windows(n), true).unwrap();
         for (addr, bytes) in &t.blobs {
             let (start, end) = (addr.raw_value(), addr.raw_value() + bytes.len() as u64);
             // e820's usable RAM is [0, EBDA_START) and [HIMEM_START, ...): the kernel, the
@@ -436,12 +484,45 @@ mod tests {
 
     #[test]
     fn dsdt_has_a_node_per_device() {
-        let t = build(1, &windows(2)).unwrap();
+        let t = build(1, &windows(2), true).unwrap();
         let (_, dsdt) = table(&t, b"DSDT");
         let has = |s: &[u8]| dsdt.windows(s.len()).any(|w| w == s);
         assert!(has(b"LNRO0005"));
         assert!(has(b"V000") && has(b"V001") && !has(b"V002"));
         assert!(has(b"COM1") && has(b"_S5_"));
+    }
+
+    #[test]
+    fn dsdt_has_the_vm_generation_id_and_its_event_device_only_when_asked() {
+        let t = build(1, &windows(1), true).unwrap();
+        let (_, dsdt) = table(&t, b"DSDT");
+        let has = |s: &[u8]| dsdt.windows(s.len()).any(|w| w == s);
+        // What Linux's vmgenid driver matches and evaluates, and the GED that notifies it.
+        for s in [
+            &b"VGEN"[..],
+            b"VM_GEN_COUNTER",
+            b"ADDR",
+            b"GED_",
+            b"ACPI0013",
+            b"_EVT",
+        ] {
+            assert!(has(s), "{}", String::from_utf8_lossy(s));
+        }
+        // ADDR's low half: a DWord (0x0c) holding VMGENID_ADDR.
+        let mut low = vec![0x0c];
+        low.extend((layout::VMGENID_ADDR as u32).to_le_bytes());
+        assert!(has(&low));
+        // The GED's interrupt: an extended IRQ descriptor, consumer and edge, on its line.
+        let mut irq = vec![0x89, 6, 0, 0b11, 1];
+        irq.extend(layout::VMGENID_IRQ.to_le_bytes());
+        assert!(has(&irq));
+        // Notify (\_SB_.VGEN, 0x80).
+        assert!(has(b"\x86\\\x2e_SB_VGEN\x0a\x80"));
+
+        let t = build(1, &windows(1), false).unwrap();
+        let (_, dsdt) = table(&t, b"DSDT");
+        let has = |s: &[u8]| dsdt.windows(s.len()).any(|w| w == s);
+        assert!(!has(b"VGEN") && !has(b"ACPI0013"));
     }
 
     #[test]

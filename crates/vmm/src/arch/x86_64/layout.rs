@@ -24,10 +24,21 @@ pub const EBDA_START: u64 = 0x9fc00;
 /// The MP configuration table, at the start of the BIOS area 0xf0000-0xfffff: not e820 RAM, so
 /// the kernel never reuses it.
 pub const MPTABLE_CONFIG_ADDR: u64 = 0xf_0000;
-/// The ACPI tables, RSDP first, in the BIOS area below the MP table (the kernel scans
+/// The ACPI tables, RSDP first, in the BIOS area below the VM generation ID (the kernel scans
 /// 0xe0000-0xfffff for the RSDP; none of it is e820 RAM).
 pub const ACPI_START: u64 = 0xe_0000;
-pub const ACPI_END: u64 = MPTABLE_CONFIG_ADDR;
+pub const ACPI_END: u64 = VMGENID_ADDR;
+/// The VM generation ID's 16 bytes (devices::vmgenid), on the last page below the MP table:
+/// not e820 RAM either, so the guest never reuses it.
+pub const VMGENID_ADDR: u64 = 0xe_f000;
+// Its 16 bytes sit between the ACPI tables and the MP table, out of e820's RAM, 8-byte aligned
+// (as the VMGENID spec asks).
+const _: () = assert!(
+    VMGENID_ADDR >= ACPI_END
+        && VMGENID_ADDR >= EBDA_START
+        && VMGENID_ADDR + 16 <= MPTABLE_CONFIG_ADDR
+        && VMGENID_ADDR.is_multiple_of(8)
+);
 /// End of the BIOS area (and of the first MiB).
 pub const BIOS_AREA_END: u64 = 0x10_0000;
 /// Start of RAM above the legacy hole; the kernel is loaded here or above.
@@ -60,6 +71,9 @@ pub const ACPI_RESET_VALUE: u8 = 0x1;
 
 /// IRQ lines (IOAPIC pins).
 pub const SERIAL_IRQ: u32 = 4;
+/// The ACPI generic event device's line (an ISA line no device uses: COM2's), which tells the
+/// guest its VM generation ID changed (devices::vmgenid).
+pub const VMGENID_IRQ: u32 = 3;
 /// The i8042's keyboard interrupt.
 pub const KEYBOARD_IRQ: u32 = 1;
 pub const FIRST_DEVICE_IRQ: u32 = 5;

@@ -53,6 +53,7 @@ use net::Net;
 pub use net::NetStats;
 pub use rate_limiter::{Bucket, BucketState, LimiterState, RateLimit, RateLimitUpdate};
 use rng::Rng;
+pub(crate) use rng::fill_random;
 use tap::Tap;
 use vsock::Vsock;
 

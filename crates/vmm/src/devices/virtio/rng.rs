@@ -14,8 +14,8 @@ pub const QUEUE_SIZE: u16 = 256;
 /// Most entropy given for one request; the driver asks again if it wants more.
 const MAX_REQUEST: usize = 64 << 10;
 
-/// Fill `buf` from the host's random pool.
-fn fill_random(buf: &mut [u8]) -> io::Result<()> {
+/// Fill `buf` from the host's random pool (also the VM generation ID's source).
+pub(crate) fn fill_random(buf: &mut [u8]) -> io::Result<()> {
     let mut done = 0;
     while done < buf.len() {
         let rest = &mut buf[done..];
