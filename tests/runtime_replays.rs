@@ -2,8 +2,8 @@
 //! their sources do it, against Kite with the test guest's `agent` scenario (it listens on
 //! vsock like the runtimes' agents, waits for the block hotplug, then stops as told):
 //!
-//! * Kata Containers' Go runtime unjailed: src/runtime/virtcontainers/fc.go
-//!   (kata-containers 7c6ba40c, "fc.go:N" below); jailed: `runtimes.rs::kata_go_jailed`.
+//! * Kata Containers' Go runtime, unjailed and jailed: src/runtime/virtcontainers/fc.go
+//!   (kata-containers 7c6ba40c, "fc.go:N" below).
 //! * Kata's runtime-rs: src/runtime-rs/crates/hypervisor/src/firecracker/ (fc_api.rs,
 //!   inner.rs, inner_hypervisor.rs) and crates/agent/src/sock/hybrid_vsock.rs.
 //! * firecracker-containerd (be68640a) through firecracker-go-sdk's default handlers
@@ -23,6 +23,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::api::{call, try_call};
+use common::host::{bind_mount, drain, fifo_reader, mkfifo, umount};
 use common::*;
 
 /// firecracker-go-sdk firecracker.go:33: `defaultFirecrackerRequestTimeout = 500` (ms).
@@ -86,15 +87,15 @@ fn wait_api(sock: &Path, limit: Duration) -> String {
 /// send `<verb> <port>\n`, expect `OK <host port>\n` within 10 s; redial until the guest
 /// listens (Kata: client.go HybridVSockDialer; runtime-rs: hybrid_vsock.rs connect_helper;
 /// the SDK: vsock/dial.go tryConnect). Then one line there and back.
-fn agent_session(uds: &Path, verb: &str, port: u32, vmm: &Guest) -> Duration {
+/// `seen` says what the VMM printed, for a failure's message.
+fn agent_session(uds: &Path, verb: &str, port: u32, seen: &dyn Fn() -> String) -> Duration {
     let start = Instant::now();
     let mut stream = loop {
         assert!(
             start.elapsed() < GUEST_LIMIT,
-            "the agent never answered {verb} {port} on {}\n{}\n{}",
+            "the agent never answered {verb} {port} on {}\n{}",
             uds.display(),
-            vmm.out(),
-            vmm.err()
+            seen()
         );
         if let Ok(mut s) = UnixStream::connect(uds) {
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -199,11 +200,8 @@ fn kata_go_unjailed() {
             "path_on_host": path, "is_root_device": false, "is_read_only": false}));
     }
     let (log, metrics) = (root.join("logs.fifo"), root.join("metrics.fifo"));
-    for fifo in [&log, &metrics] {
-        let c = std::ffi::CString::new(path_str(fifo)).unwrap();
-        // SAFETY: mkfifo reads the NUL-terminated path only.
-        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-    }
+    mkfifo(&log);
+    mkfifo(&metrics);
     let readers = [fifo_reader(&log), fifo_reader(&metrics)];
     let uds = root.join("kata.hvsock");
     // fcKernelParams (fc.go:92) with console=ttyS0 (debug, fc.go:759), then the guest's words.
@@ -232,7 +230,9 @@ fn kata_go_unjailed() {
     assert!(info.contains("\"Running\""), "{info}");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&uds, std::fs::Permissions::from_mode(0o640)).unwrap();
-    let connected = agent_session(&uds, "CONNECT", 1024, &vmm);
+    let connected = agent_session(&uds, "CONNECT", 1024, &|| {
+        format!("{}\n{}", vmm.out(), vmm.err())
+    });
     eprintln!("Kata Go: agent connected {connected:?} after the VM was Running");
     let tag = b"KATAUNJL";
     let img = image(&scratch.0, tag);
@@ -256,47 +256,6 @@ fn kata_go_unjailed() {
     // cleanupJail (fc.go:916): the placeholder unmounted.
     umount(&drive0);
     drop(readers);
-}
-
-/// Open a FIFO's reading end without waiting for a writer.
-fn fifo_reader(path: &Path) -> std::fs::File {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NONBLOCK)
-        .open(path)
-        .unwrap()
-}
-
-/// What a non-blocking reader has now.
-fn drain(f: &mut std::fs::File) -> String {
-    use std::io::Read;
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    while let Ok(n) = f.read(&mut buf) {
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn bind_mount(from: &Path, to: &Path) {
-    let (f, t) = (
-        std::ffi::CString::new(path_str(from)).unwrap(),
-        std::ffi::CString::new(path_str(to)).unwrap(),
-    );
-    let none = std::ptr::null();
-    // SAFETY: mount reads the two NUL-terminated paths only.
-    let r = unsafe { libc::mount(f.as_ptr(), t.as_ptr(), none, libc::MS_BIND, none.cast()) };
-    assert_eq!(r, 0, "bind mount: {}", std::io::Error::last_os_error());
-}
-
-fn umount(at: &Path) {
-    let c = std::ffi::CString::new(path_str(at)).unwrap();
-    // SAFETY: umount2 reads the NUL-terminated path only.
-    unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
 }
 
 /// Kata's runtime-rs without a jailer. prepare_vm (inner_hypervisor.rs:21): `<vm_path>/run`
@@ -383,7 +342,9 @@ fn kata_runtime_rs() {
         serde_json::json!({"action_type": "InstanceStart"}),
         None,
     );
-    agent_session(&uds, "connect", 1024, &vmm);
+    agent_session(&uds, "connect", 1024, &|| {
+        format!("{}\n{}", vmm.out(), vmm.err())
+    });
     let tag = b"KATARUST";
     let img = image(&scratch.0, tag);
     put(
@@ -525,7 +486,9 @@ fn firecracker_containerd() {
         serde_json::json!({"action_type": "InstanceStart"}),
         sdk,
     );
-    agent_session(&shim.join("firecracker.vsock"), "CONNECT", 10789, &vmm);
+    agent_session(&shim.join("firecracker.vsock"), "CONNECT", 10789, &|| {
+        format!("{}\n{}", vmm.out(), vmm.err())
+    });
     let tag = b"FCCTRDIM";
     let img = image(&scratch.0, tag);
     put(
@@ -551,4 +514,168 @@ fn firecracker_containerd() {
     let log_text = drain(&mut log);
     assert!(log_text.contains("guest reset the machine"), "{log_text}");
     check_hotplug(&vmm.out(), tag, true);
+}
+
+/// Kata Containers' Go runtime with `jailer_path` set, step by step as fc.go does it:
+/// `firecracker --version` (getVersionNumber fc.go:289, checkVersion fc.go:317: >= 0.21.1); `<root>/run`
+/// made (fcInitConfiguration fc.go:718); the jail root bind-mounted on itself and made shared
+/// (fcRemountJailerRootWithExec fc.go:531, called at fc.go:735); the kernel and rootfs put in the jail as `/vmlinux`
+/// and `/rootfs` (fcJailResource fc.go:547); eight 0-byte `/drive_N` placeholders
+/// (createDiskPool fc.go:867); the log and metrics FIFOs opened for reading first
+/// (fcListenToFifo fc.go:682); `fcConfig.json` written into the jail (StartVM fc.go:825);
+/// `jailer --id --exec-file --uid --gid --chroot-base-dir --daemonize -- --config-file
+/// /fcConfig.json` (fcInit fc.go:353); the API polled on `<root>/run/firecracker.socket` until
+/// Running within fcTimeout, 10 s (waitVMMRunning fc.go:331); the pid from
+/// `<root>/firecracker.pid` (readJailedFirecrackerPID fc.go:457); `kata.hvsock` chmodded 0640
+/// (fc.go:854); the agent's `CONNECT 1024` on it (hypervisor.go:81 vSockPort); a container's
+/// image bind-mounted over `/drive_0` and `PATCH /drives/drive_0` (hotplugBlockDevice
+/// fc.go:1131); stop: SIGTERM, SIGKILL after fcStopSandboxTimeout, 15 s (fcEnd fc.go:473).
+/// The jailed VMM's stdio is /dev/null, so the guest's view of the hotplug is read from the
+/// metrics FIFO (`FlushMetrics`) instead of its console.
+#[test]
+fn kata_go_jailed() {
+    let test = "kata_go_jailed";
+    if let Some((need, reason)) =
+        kvm_and_root_unavailable("the jailer and Kata's bind mounts need root")
+    {
+        return skip(test, need, &reason);
+    }
+    let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let scratch = Scratch::new(test);
+    let dir = &scratch.0;
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kite"), dir.join("jailer")).unwrap();
+    let base = dir.join("vc");
+    let id = format!("kata{}", std::process::id());
+    let root = base.join("firecracker").join(&id).join("root");
+    let v = Command::new(dir.join("firecracker"))
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&v.stdout).starts_with("Firecracker v"));
+    std::fs::create_dir_all(root.join("run")).unwrap();
+    bind_mount(&root, &root);
+    let c = std::ffi::CString::new(path_str(&root)).unwrap();
+    let none = std::ptr::null();
+    // SAFETY: mount reads the NUL-terminated path only.
+    let shared = unsafe { libc::mount(none, c.as_ptr(), none, libc::MS_SHARED, none.cast()) };
+    assert_eq!(shared, 0);
+    // cleanupJail (fc.go:916): the placeholder and the jail root unmounted, even on a failure.
+    struct Mounts(PathBuf);
+    impl Drop for Mounts {
+        fn drop(&mut self) {
+            umount(&self.0.join("drive_0"));
+            umount(&self.0);
+        }
+    }
+    let _mounts = Mounts(root.clone());
+    std::fs::copy(&kernel, root.join("vmlinux")).unwrap();
+    std::fs::write(root.join("rootfs"), vec![0u8; 1 << 20]).unwrap();
+    let mut drives = vec![
+        serde_json::json!({"drive_id": "rootfs", "path_on_host": "/rootfs",
+        "is_root_device": false, "is_read_only": true}),
+    ];
+    for i in 0..8 {
+        std::fs::write(root.join(format!("drive_{i}")), b"").unwrap();
+        drives.push(serde_json::json!({"drive_id": format!("drive_{i}"),
+            "path_on_host": format!("/drive_{i}"), "is_root_device": false,
+            "is_read_only": false}));
+    }
+    let (log, metrics) = (root.join("logs.fifo"), root.join("metrics.fifo"));
+    mkfifo(&log);
+    mkfifo(&metrics);
+    let log_r = std::cell::RefCell::new(fifo_reader(&log));
+    let mut metrics_r = fifo_reader(&metrics);
+    let boot_args = format!(
+        "pci=off reboot=k panic=1 iommu=off net.ifnames=0 random.trust_cpu=on acpi=off console=ttyS0 {}",
+        agent_words(1024, 1, 0, "hold")
+    );
+    let config = serde_json::json!({
+        "boot-source": {"kernel_image_path": "/vmlinux", "boot_args": boot_args},
+        "drives": drives,
+        "machine-config": {"vcpu_count": 1, "mem_size_mib": 64, "smt": false},
+        "logger": {"level": "Debug", "log_path": "/logs.fifo"},
+        "metrics": {"metrics_path": "/metrics.fifo"},
+        "vsock": {"vsock_id": "root", "guest_cid": 3, "uds_path": "/kata.hvsock"},
+    });
+    let json = serde_json::to_vec_pretty(&config).unwrap();
+    std::fs::write(root.join("fcConfig.json"), json).unwrap();
+    let jailer = Command::new(dir.join("jailer"))
+        .args(["--id", &id, "--exec-file"])
+        .arg(dir.join("firecracker"))
+        .args(["--uid", "0", "--gid", "0", "--chroot-base-dir"])
+        .arg(&base)
+        .args(["--daemonize", "--", "--config-file", "/fcConfig.json"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&jailer.stderr);
+    assert!(jailer.status.success(), "{stderr}");
+    let sock = root.join("run/firecracker.socket");
+    let running = wait_api(&sock, Duration::from_secs(10));
+    assert!(
+        running.contains("\"Running\"") && running.contains(&id),
+        "{running}"
+    );
+    let pid: i32 = std::fs::read_to_string(root.join("firecracker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // Whatever happens next, the jailed VMM does not outlive the test.
+    struct Vmm(i32);
+    impl Drop for Vmm {
+        fn drop(&mut self) {
+            // SAFETY: kill on the VMM's pid, read from its pid file.
+            unsafe { libc::kill(self.0, libc::SIGKILL) };
+        }
+    }
+    let vmm = Vmm(pid);
+    use std::os::unix::fs::PermissionsExt;
+    let uds = root.join("kata.hvsock");
+    std::fs::set_permissions(&uds, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let connected = agent_session(&uds, "CONNECT", 1024, &|| drain(&mut log_r.borrow_mut()));
+    eprintln!("Kata Go, jailed: agent connected {connected:?} after the VM was Running");
+    let img = image(dir, b"KATAJAIL");
+    bind_mount(&img, &root.join("drive_0"));
+    let body = serde_json::json!({"drive_id": "drive_0", "path_on_host": "/drive_0"});
+    put(&sock, "PATCH", "/drives/drive_0", body, None);
+    // The guest reads the first sector of the new image: one 512-byte read on drive_0, the
+    // second disk (block1). Counters are totals since start.
+    let flush = serde_json::json!({"action_type": "FlushMetrics"});
+    let t = Instant::now();
+    let last = loop {
+        put(&sock, "PUT", "/actions", flush.clone(), None);
+        let text = drain(&mut metrics_r);
+        let last: Option<serde_json::Value> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .last();
+        if let Some(last) = last
+            && last["devices"]["block1"]["bytes"] == 512
+        {
+            break last;
+        }
+        assert!(
+            t.elapsed() < GUEST_LIMIT,
+            "the guest did not read the hotplugged image: {text}\n{}",
+            drain(&mut log_r.borrow_mut())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(last["block"]["update_count"], 1, "{last}");
+    assert_eq!(last["devices"]["block1"]["errors"], 0, "{last}");
+    // fcEnd: SIGTERM, then SIGKILL after 15 s; Kite ends on the SIGTERM.
+    // SAFETY: kill on the VMM's pid, read from its pid file.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let t = Instant::now();
+    while std::fs::metadata(format!("/proc/{pid}")).is_ok() {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the jailed VMM was still there 15 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(vmm);
+    let log_text = drain(&mut log_r.borrow_mut());
+    assert!(log_text.contains("on signal 15"), "{log_text}");
+    assert!(!sock.exists(), "the API socket is removed at exit");
 }

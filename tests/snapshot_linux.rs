@@ -1,6 +1,8 @@
-//! Linux restored at its shell: the guest-images kernel boots to its busybox shell (about a
-//! minute on a host whose KVM emulates ring 0), is paused and snapshotted there, and a new
-//! `kite restore` process runs a command in that shell at once and powers the guest off.
+//! Linux restored at its shell, with 1 and with 2 vCPUs: the guest-images kernel boots to its
+//! busybox shell (about a minute on a host whose KVM emulates ring 0) with an ext4 disk, is
+//! paused and snapshotted there, and a new `kite restore` process runs a command in that shell
+//! at once, writes to and reads back the ext4 disk, and powers the guest off; the host then
+//! finds the file in the image and the file system clean.
 
 mod common;
 
@@ -31,6 +33,16 @@ fn shell_restored(test: &str, cpus: &str) {
     let dir = std::env::temp_dir().join(format!("kite-snap-{}-{test}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let img = dir.join("disk.img");
+    if let Err(e) = common::ext4::make(&img) {
+        return skip(
+            test,
+            Need::Tools,
+            &format!("cannot make an ext4 image: {e}"),
+        );
+    }
+    let snap = dir.join("snap");
+    std::fs::create_dir_all(&snap).unwrap();
     let mut vm = ApiVm::start(
         test,
         &[
@@ -38,6 +50,8 @@ fn shell_restored(test: &str, cpus: &str) {
             path_str(&kernel),
             "--initrd",
             path_str(&initrd),
+            "--disk",
+            path_str(&img),
             "--no-acpi",
             "--memory",
             "256M",
@@ -58,7 +72,7 @@ fn shell_restored(test: &str, cpus: &str) {
     let out = kite()
         .arg("snapshot")
         .arg(&vm.sock)
-        .arg(&dir)
+        .arg(&snap)
         .arg("--leave-paused")
         .output()
         .unwrap();
@@ -71,7 +85,7 @@ fn shell_restored(test: &str, cpus: &str) {
 
     let started = Instant::now();
     let mut cmd = kite();
-    cmd.arg("restore").arg(&dir);
+    cmd.arg("restore").arg(&snap);
     let mut g = Guest::start(cmd);
     g.type_line("echo restored-$((6 * 7))");
     let answered = g.wait_for(Duration::from_secs(60), |out| out.contains("restored-42"));
@@ -85,10 +99,19 @@ fn shell_restored(test: &str, cpus: &str) {
         "restore to the shell's answer: {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
+    g.type_line(common::ext4::GUEST_LINE);
+    let done = g.wait_for(Duration::from_secs(60), common::ext4::guest_done);
+    assert!(
+        done && common::ext4::guest_read_back(&g.out()),
+        "the ext4 write and read back in the restored guest failed\n{}\n{}",
+        g.out(),
+        g.err()
+    );
     g.type_line("poweroff -f");
     let code = g.wait_exit(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{}\n{}", g.out(), g.err());
     assert!(g.err().contains("guest halted"), "{}", g.err());
+    common::ext4::check_on_host(&img);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -36,23 +36,6 @@ fn random_bytes(console: &str) -> Option<String> {
     })
 }
 
-fn make_ext4(img: &Path) -> Result<(), String> {
-    let f = std::fs::File::create(img).map_err(|e| e.to_string())?;
-    f.set_len(32 << 20).map_err(|e| e.to_string())?;
-    let out = Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-L", "kite"])
-        .arg(img)
-        .output()
-        .map_err(|e| format!("mkfs.ext4: {e}"))?;
-    if !out.status.success() {
-        return Err(format!(
-            "mkfs.ext4 failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    Ok(())
-}
-
 #[test]
 fn linux_clones_read_different_random_bytes_and_one_uses_an_ext4_disk() {
     if let Some(reason) = kvm_unavailable() {
@@ -77,7 +60,7 @@ fn linux_clones_read_different_random_bytes_and_one_uses_an_ext4_disk() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let img = dir.join("disk.img");
-    if let Err(e) = make_ext4(&img) {
+    if let Err(e) = common::ext4::make(&img) {
         return skip(
             TEST,
             Need::Tools,
@@ -182,42 +165,16 @@ fn linux_clones_read_different_random_bytes_and_one_uses_an_ext4_disk() {
     second.type_line("poweroff -f");
     assert_eq!(second.wait_exit(ANSWER_LIMIT), Some(0), "{}", second.err());
     let mut g = clones.pop().unwrap();
-    g.type_line(
-        "mkdir -p /mnt/d && mount -t ext4 /dev/vda /mnt/d && echo kite-ext4-$((6 * 7)) > /mnt/d/hello && sync && umount /mnt/d && mount -t ext4 -o ro /dev/vda /mnt/d && echo read-back-$(cat /mnt/d/hello) && umount /mnt/d && echo ext4-done-$((6 * 7))",
-    );
-    let answered = g.wait_for(ANSWER_LIMIT, |out| {
-        out.contains("ext4-done-42") || out.contains("mount:")
-    });
+    g.type_line(common::ext4::GUEST_LINE);
+    let answered = g.wait_for(ANSWER_LIMIT, common::ext4::guest_done);
     assert!(
-        answered && g.out().contains("read-back-kite-ext4-42"),
+        answered && common::ext4::guest_read_back(&g.out()),
         "the ext4 write and read back in the restored guest failed\n{}\n{}",
         g.out(),
         g.err()
     );
     g.type_line("poweroff -f");
     assert_eq!(g.wait_exit(ANSWER_LIMIT), Some(0), "{}", g.err());
-
-    let fsck = Command::new("e2fsck")
-        .arg("-fn")
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert!(
-        fsck.status.success(),
-        "e2fsck -fn: the image is not clean\n{}{}",
-        String::from_utf8_lossy(&fsck.stdout),
-        String::from_utf8_lossy(&fsck.stderr)
-    );
-    let cat = Command::new("debugfs")
-        .args(["-R", "cat /hello"])
-        .arg(&img)
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&cat.stdout),
-        "kite-ext4-42\n",
-        "the file the guest wrote, read on the host: {}",
-        String::from_utf8_lossy(&cat.stderr)
-    );
+    common::ext4::check_on_host(&img);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,6 +3,8 @@
 #![allow(dead_code)]
 
 pub mod api;
+pub mod ext4;
+pub mod host;
 pub mod watch;
 
 use std::collections::HashMap;
