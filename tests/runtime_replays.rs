@@ -647,8 +647,8 @@ fn kata_go_jailed() {
         let text = drain(&mut metrics_r);
         let last: Option<serde_json::Value> = text
             .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .last();
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok());
         if let Some(last) = last
             && last["devices"]["block1"]["bytes"] == 512
         {

@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::io::Read;
-use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
