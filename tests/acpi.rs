@@ -1,6 +1,7 @@
 //! The ACPI tables as a real ACPI tool reads them: Kite's DSDT decompiles with ACPICA's
 //! `iasl -d` without errors and names each device with its resources (the VM generation ID
-//! and its event device too).
+//! and its event device too). A kernel that cannot read ACPI tables gets none, without
+//! `--no-acpi`.
 
 mod common;
 
@@ -92,4 +93,41 @@ fn flatten(dsl: &str) -> String {
         .flat_map(str::split_whitespace)
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// A kernel that cannot read ACPI tables (the test guest: its symbol table names nothing
+/// ACPI) finds its virtio devices with Kite's defaults, without `--no-acpi`: Kite names them on
+/// its command line and writes no tables. The guest-images Linux (`acpi_init` and the rest in
+/// its symbols) keeps its tables.
+#[test]
+fn a_kernel_without_acpi_finds_its_devices_without_no_acpi() {
+    const TEST: &str = "a_kernel_without_acpi_finds_its_devices_without_no_acpi";
+    if let Some(reason) = kvm_unavailable() {
+        return skip(TEST, Need::Kvm, &reason);
+    }
+    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+    assert!(kite_vmm::arch::x86_64::elf_acpi::lacks_acpi(&elf));
+    if let Some(vmlinux) = guest_image("vmlinux") {
+        assert!(!kite_vmm::arch::x86_64::elf_acpi::lacks_acpi(&vmlinux));
+    }
+    let mut cmd = kite();
+    cmd.args([
+        "run",
+        "--kernel",
+        path_str(&elf),
+        "--memory",
+        "256M",
+        "--cmdline",
+        "kite_test=virtio-rng kite_virtio_wait=irq",
+    ]);
+    let out = run(cmd, std::time::Duration::from_secs(120));
+    assert!(
+        out.stderr
+            .contains("the kernel's symbol table names nothing ACPI"),
+        "{}",
+        out.stderr
+    );
+    let r = Run::parse("virtio-rng", out);
+    r.expect_ok();
+    assert_eq!(r.num("bytes"), 4096, "{}", r.result);
 }

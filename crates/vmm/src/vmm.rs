@@ -191,6 +191,20 @@ impl Vmm {
     /// the boot timeline.
     pub fn new(config: &VmConfig, process_start: Instant) -> Result<Vmm, Error> {
         let mut timeline = Timeline::default();
+        // A kernel that cannot read ACPI tables finds its devices on the command line only.
+        let without_acpi;
+        let config = if config.acpi && crate::arch::x86_64::elf_acpi::lacks_acpi(&config.kernel) {
+            log::info!(
+                "the kernel's symbol table names nothing ACPI: no ACPI tables, the virtio devices are named on the command line (as with --no-acpi)"
+            );
+            without_acpi = VmConfig {
+                acpi: false,
+                ..config.clone()
+            };
+            &without_acpi
+        } else {
+            config
+        };
         let mut m = build(config, Ram::Fresh, process_start, &mut timeline)?;
         let setups = boot(&mut m, config, process_start, &mut timeline)?;
         Ok(finish(m, config, setups, process_start, timeline))

@@ -2,6 +2,7 @@
 pub mod acpi;
 pub mod boot;
 pub mod cpuid;
+pub mod elf_acpi;
 pub mod emulated_ring0;
 pub mod layout;
 pub mod mptable;
