@@ -15,7 +15,8 @@ ROOT=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")/.." && pwd)
 PREFIX=${1:-/usr/local}
 
 # The release-lto profile (Cargo.toml): fat LTO, one codegen unit, abort on panic, as
-# Firecracker's releases are built; a smaller resident set per VM than `--release`.
+# Firecracker's releases are built, optimised for size; a smaller resident set per VM than
+# `--release`.
 cargo build --profile release-lto --manifest-path "$ROOT/Cargo.toml" --bin kite
 KITE=$ROOT/target/release-lto/kite
 
