@@ -236,6 +236,9 @@ pub struct Active {
     broken: bool,
     /// Per queue: chains went on the used ring since the driver was last interrupted about it.
     unnotified: Vec<bool>,
+    /// Per queue without EVENT_IDX: VIRTQ_USED_F_NO_NOTIFY is set (the device is taking
+    /// buffers and will look at the ring again by itself).
+    quiet: Vec<bool>,
 }
 
 /// What a device's request handler reports back for one descriptor chain.
@@ -253,22 +256,20 @@ pub enum Completion {
 }
 
 impl Active {
-    /// With EVENT_IDX negotiated (the transport set the queues' event-index mode), each ready
-    /// queue starts out asking the driver to notify it of the first buffer it posts, whatever the
-    /// device area held before.
+    /// Each ready queue starts out asking the driver to notify it of the first buffer it posts,
+    /// whatever the device area held before (avail_event with EVENT_IDX, the used ring's flags
+    /// without).
     pub fn new(mem: GuestMem, queues: Vec<Queue>, interrupt: Interrupt, features: u64) -> Self {
         let mut queues = queues;
-        for queue in queues
-            .iter_mut()
-            .filter(|q| q.ready() && q.event_idx_enabled())
-        {
+        for queue in queues.iter_mut().filter(|q| q.ready()) {
             if let Err(e) = queue.enable_notification(&mem) {
-                debug!("virtio: cannot write a queue's avail_event: {e}");
+                debug!("virtio: cannot ask for a queue's notifications: {e}");
             }
         }
         Self {
             mem,
             unnotified: vec![false; queues.len()],
+            quiet: vec![false; queues.len()],
             queues,
             interrupt,
             features,
@@ -360,28 +361,43 @@ impl Active {
     /// is empty or the queue unusable; a chain that cannot be walked (or a ring index that makes
     /// no sense) puts the device into the needs-reset state.
     ///
-    /// With EVENT_IDX, the driver notifies the queue only when its available index passes
-    /// avail_event, which the device moves here alone: finding the ring empty, it sets
-    /// avail_event to the next entry it will take (the driver notifies when it posts that one)
-    /// and looks once more for a buffer posted meanwhile, which the driver may not notify. While
-    /// the ring holds buffers the device has not taken, avail_event stays behind and the driver
-    /// does not notify. So a device stopping with buffers left must come back by itself (a spent
-    /// budget, a backend that wakes it), or call [`Self::notify_on_next_post`]. Without
-    /// EVENT_IDX nothing is written: the driver notifies every buffer.
+    /// The driver notifies the queue only when the device asks, which it does here alone:
+    /// finding the ring empty, it asks to hear of the next buffer (with EVENT_IDX it sets
+    /// avail_event to the next entry it will take; without, it clears VIRTQ_USED_F_NO_NOTIFY)
+    /// and looks once more for a buffer posted meanwhile, which the driver may not notify.
+    /// Taking a buffer again, it stops asking (without EVENT_IDX it sets NO_NOTIFY; with it,
+    /// avail_event simply stays behind). So while the ring holds buffers the device has not
+    /// taken, the driver does not notify, and a device stopping with buffers left must come back
+    /// by itself (a spent budget, a backend that wakes it), or call
+    /// [`Self::notify_on_next_post`]. Every notification the driver leaves out is an exit the
+    /// guest does not pay.
     pub fn pop_chain(&mut self, index: usize, what: &str, log: &mut LogLimiter) -> Option<Chain> {
         let max_len = self.ready_size(index)?;
         let queue = self.queues.get_mut(index)?;
+        let quiet = self.quiet.get_mut(index)?;
         let mut next = next_chain(queue, &self.mem);
-        if matches!(next, Ok(None)) && queue.event_idx_enabled() {
+        if matches!(next, Ok(None)) {
             next = match queue.enable_notification(&self.mem) {
-                // Posted between the look and avail_event: take it (its notification may
-                // never come), with notifications off again while the device is busy.
-                Ok(true) => queue
-                    .disable_notification(&self.mem)
-                    .and_then(|()| next_chain(queue, &self.mem)),
-                Ok(false) => Ok(None),
+                // Posted between the look and the request: take it (its notification may
+                // never come), and stop asking again while the device is busy.
+                Ok(true) => {
+                    *quiet = true;
+                    queue
+                        .disable_notification(&self.mem)
+                        .and_then(|()| next_chain(queue, &self.mem))
+                }
+                Ok(false) => {
+                    *quiet = false;
+                    Ok(None)
+                }
                 Err(e) => Err(e),
             };
+        } else if matches!(next, Ok(Some(_))) && !*quiet && !queue.event_idx_enabled() {
+            // The flag is written once per busy spell, not per buffer.
+            *quiet = true;
+            if let Err(e) = queue.disable_notification(&self.mem) {
+                next = Err(e);
+            }
         }
         let chain = match next {
             Ok(chain) => chain?,
@@ -400,22 +416,31 @@ impl Active {
     }
 
     /// For a device that stops taking buffers from queue `index` while the driver still has
-    /// some posted there, and waits for the driver to post another: with EVENT_IDX, set
-    /// avail_event to the driver's available index, so that its next buffer is notified.
-    /// Returns true if the driver posted one meanwhile (that one may not be notified: act as if
-    /// it were). Without EVENT_IDX every buffer is notified and this does nothing.
+    /// some posted there, and waits for the driver to post another: ask to hear of its next
+    /// buffer (with EVENT_IDX, avail_event is set to the driver's available index; without,
+    /// VIRTQ_USED_F_NO_NOTIFY is cleared). Returns true if the driver posted one meanwhile
+    /// (that one may not be notified: act as if it were).
     pub fn notify_on_next_post(&mut self, index: usize) -> bool {
-        let Some(queue) = self
-            .queues
-            .get(index)
-            .filter(|q| q.ready() && q.event_idx_enabled())
+        let (Some(queue), Some(quiet)) = (self.queues.get_mut(index), self.quiet.get_mut(index))
         else {
             return false;
         };
+        if !queue.ready() {
+            return false;
+        }
         let mem = &self.mem;
         let Ok(avail) = queue.avail_idx(mem, Ordering::Acquire) else {
             return false;
         };
+        if !queue.event_idx_enabled() {
+            if queue.enable_notification(mem).is_err() {
+                return false;
+            }
+            *quiet = false;
+            return queue
+                .avail_idx(mem, Ordering::Acquire)
+                .is_ok_and(|now| now != avail);
+        }
         // avail_event follows the used ring's entries (virtio 1.2, 2.7.8); the transport
         // checked that it lies in guest memory.
         let at = GuestAddress(queue.used_ring()).checked_add(4 + 8 * u64::from(queue.size()));
@@ -472,12 +497,26 @@ impl Active {
     /// Interrupt the driver about the chains put on queue `index`'s used ring since the last
     /// call, if there are any and it did not ask not to be.
     pub fn notify_used(&mut self, index: usize) {
-        let (Some(queue), Some(unnotified)) =
-            (self.queues.get_mut(index), self.unnotified.get_mut(index))
-        else {
-            return;
-        };
-        if std::mem::take(unnotified) && queue.needs_notification(&self.mem).unwrap_or(true) {
+        self.notify_used_of(&[index]);
+    }
+
+    /// As [`Self::notify_used`] for each of `indexes`, with one interrupt at most: the driver
+    /// looks at every used ring of the device when it takes it.
+    pub fn notify_used_of(&mut self, indexes: &[usize]) {
+        let mut signal = false;
+        for &index in indexes {
+            let (Some(queue), Some(unnotified)) =
+                (self.queues.get_mut(index), self.unnotified.get_mut(index))
+            else {
+                continue;
+            };
+            // Asked of every queue with new entries: with EVENT_IDX the answer moves the
+            // queue's record of what the driver was last told.
+            if std::mem::take(unnotified) && queue.needs_notification(&self.mem).unwrap_or(true) {
+                signal = true;
+            }
+        }
+        if signal {
             self.interrupt.signal_used();
         }
     }

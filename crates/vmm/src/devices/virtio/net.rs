@@ -319,7 +319,7 @@ impl Net {
                         add(&self.stats.tap_read_fails, 1);
                         // A lasting error would leave the tap readable forever and spin the
                         // event loop: stop watching it until the driver posts buffers again
-                        // (with EVENT_IDX, asking it to notify the next one).
+                        // (asking it to notify the next one).
                         self.rx_waiting = !active.notify_on_next_post(RX);
                         if self.log.allow() {
                             warn!("{}: cannot read a frame: {e}", self.name);

@@ -220,6 +220,16 @@ impl Guest {
         self.queues[queue].avail_event(&GuestRam(&self.mem))
     }
 
+    /// Without EVENT_IDX: whether the device set VIRTQ_USED_F_NO_NOTIFY in the used ring's
+    /// flags (the driver need not notify what it posts).
+    pub fn no_notify(&self, queue: usize) -> bool {
+        let flags = kite_virtio_driver::Memory::read_u16(
+            &GuestRam(&self.mem),
+            self.queues[queue].layout.used,
+        );
+        flags & 1 != 0
+    }
+
     /// The available index the driver published last.
     pub fn avail_idx(&self, queue: usize) -> u16 {
         self.queues[queue].avail_idx()
