@@ -95,11 +95,11 @@ fn lying_vsock_packets_are_reset() {
     let (r, _) = m.attack("hostile-vsock", "kite_rounds=20");
     // 5 lies a round, 20 rounds, and the overrun: each answered with RST.
     assert_eq!(r.num("rsts"), 101, "{}", r.result);
-    // The overrun was cut off past Kite's 256 KiB buffer (plus what the host socket holds),
+    // The overrun was cut off past Kite's 64 KiB buffer (plus what the host socket holds),
     // well before the 2 MiB the guest tried.
     let overrun = r.num("overrun_sent");
     assert!(
-        ((256 << 10) + 1..(2 << 20)).contains(&overrun),
+        ((64 << 10) + 1..(2 << 20)).contains(&overrun),
         "{}",
         r.result
     );

@@ -247,13 +247,18 @@ impl Vsock {
     }
 
     /// Do what can be done: the guest's packets first (they may queue answers), then packets
-    /// for the guest. If work is left, come back through the wake-up eventfd.
+    /// for the guest, then one interrupt for both. If work is left, come back through the
+    /// wake-up eventfd.
     fn work(&mut self) {
         if self.active.is_none() {
             return;
         }
         let tx_left = self.process_tx();
         let rx_left = self.pump();
+        // One interrupt for both rings: sent packets freed and packets for the guest.
+        if let Some(active) = self.active.as_mut() {
+            active.notify_used_of(&[TX, RX]);
+        }
         let tx_can_go_on = tx_left && self.control.len() < MAX_CONTROL;
         if (tx_can_go_on || rx_left)
             && let Err(e) = self.wake.write(1)
@@ -291,7 +296,6 @@ impl Vsock {
             }
             active.add_used(TX, chain.head(), 0, &self.name, &mut self.chain_log);
         }
-        active.notify_used(TX);
         self.active = Some(active);
         left
     }

@@ -55,7 +55,8 @@ impl Vsock {
 
     /// Fill the driver's receive buffers: control packets first, then host data, while there
     /// are buffers, at most a ring's worth. Returns true if it stopped with work possibly left.
-    /// Host data is read from its stream straight into the guest's buffer.
+    /// Host data is read from its stream straight into the guest's buffer. The caller
+    /// interrupts the driver.
     pub(super) fn pump(&mut self) -> bool {
         // Held aside while the buffers are filled, which needs its memory and `self` both.
         let Some(mut active) = self.active.take() else {
@@ -120,7 +121,6 @@ impl Vsock {
             };
             active.add_used(RX, chain.head(), written, &self.name, &mut self.chain_log);
         }
-        active.notify_used(RX);
         self.active = Some(active);
         left
     }
