@@ -151,12 +151,42 @@ impl Counters {
     }
 }
 
+/// Keys whose values are levels, written as they are; every other number in a line is a
+/// counter, written as what it gained since the line before (Firecracker's `SharedStoreMetric`
+/// and `SharedIncMetric`).
+const GAUGES: &[&str] = &["utc_timestamp_ms", "api_server"];
+
+/// `now` with every counter less its value in `before` (the last line's totals): what each
+/// counted since then. A counter `before` lacks (a device added since) counts from 0.
+fn since(now: &Value, before: Option<&Value>) -> Value {
+    match (now, before) {
+        (Value::Object(now), before) => Value::Object(
+            now.iter()
+                .map(|(k, v)| {
+                    let v = match GAUGES.contains(&k.as_str()) {
+                        true => v.clone(),
+                        false => since(v, before.and_then(|b| b.get(k))),
+                    };
+                    (k.clone(), v)
+                })
+                .collect(),
+        ),
+        (Value::Number(n), Some(Value::Number(b))) => match (n.as_u64(), b.as_u64()) {
+            (Some(n), Some(b)) => Value::from(n.saturating_sub(b)),
+            _ => Value::Number(n.clone()),
+        },
+        (v, _) => v.clone(),
+    }
+}
+
 /// An open metrics file or FIFO.
 #[derive(Debug)]
 pub struct MetricsSink {
     file: std::fs::File,
     pub path: PathBuf,
     pub last: Instant,
+    /// The totals the last line was computed from.
+    written: Option<Value>,
 }
 
 impl MetricsSink {
@@ -168,13 +198,18 @@ impl MetricsSink {
             file,
             path: path.to_owned(),
             last: Instant::now(),
+            written: None,
         })
     }
 
-    /// Write one line.
+    /// Write one line: each counter's gain since the last line (the first: since start), as
+    /// Firecracker writes them, so that a reader summing the lines gets the totals. A line a
+    /// FIFO drops is lost with what it counted, as in Firecracker.
     pub fn write(&mut self, counters: &Counters) -> std::io::Result<()> {
         self.last = Instant::now();
-        let mut line = counters.to_json().to_string();
+        let totals = counters.to_json();
+        let mut line = since(&totals, self.written.as_ref()).to_string();
+        self.written = Some(totals);
         line.push('\n');
         self.file.write_all(line.as_bytes())
     }
@@ -212,10 +247,56 @@ mod tests {
         assert_eq!(lines[0]["vcpu_exits"]["io_out"], 7);
         assert_eq!(lines[0]["devices"]["block0"]["requests"], 3);
         assert_eq!(lines[1]["api"]["requests"], 2);
+        // The second line counts what happened since the first, as Firecracker's lines do.
+        assert_eq!(lines[1]["vcpu_exits"]["io_out"], 0);
+        assert_eq!(lines[1]["vcpu"]["exit_io_out"], 0);
+        assert_eq!(lines[1]["devices"]["block0"]["requests"], 0);
         // Firecracker's names for the same figures.
         assert_eq!(lines[0]["vcpu"]["exit_io_out"], 7);
         assert_eq!(lines[0]["block"]["execute_fails"], 0);
         assert!(lines[0]["api_server"]["process_startup_time_us"].is_u64());
+    }
+
+    #[test]
+    fn counters_are_written_as_gains_and_levels_as_they_are() {
+        let path = std::env::temp_dir().join(format!("kite-metrics-gain-{}", std::process::id()));
+        let mut sink = MetricsSink::open(&path).unwrap();
+        let mut c = Counters {
+            devices: vec![("virtio-rng0".into(), vec![("completed", 5)])],
+            api_requests: 4,
+            ..Counters::default()
+        };
+        sink.write(&c).unwrap();
+        c.api_requests = 10;
+        c.devices[0].1[0].1 = 6;
+        // A device attached since the last line counts from 0.
+        c.devices.push(("block0".into(), vec![("requests", 3)]));
+        sink.write(&c).unwrap();
+        sink.write(&c).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let lines: Vec<Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let requests: Vec<u64> = lines
+            .iter()
+            .map(|l| l["api"]["requests"].as_u64().unwrap())
+            .collect();
+        assert_eq!(requests, [4, 6, 0]);
+        assert_eq!(lines[1]["devices"]["virtio-rng0"]["completed"], 1);
+        assert_eq!(lines[1]["devices"]["block0"]["requests"], 3);
+        assert_eq!(lines[2]["devices"]["block0"]["requests"], 0);
+        // Levels are not differences: the clock and the start-up figures stand as they are.
+        assert!(
+            lines[2]["utc_timestamp_ms"].as_u64().unwrap()
+                >= lines[0]["utc_timestamp_ms"].as_u64().unwrap()
+        );
+        assert!(lines[2]["utc_timestamp_ms"].as_u64().unwrap() > 1_000_000_000_000);
+        assert_eq!(
+            lines[2]["api_server"]["process_startup_time_us"],
+            lines[0]["api_server"]["process_startup_time_us"]
+        );
     }
 
     #[test]
