@@ -292,10 +292,7 @@ impl<'a, F: Fn(u64, u64) -> u64> Resident<'a, F> {
                 }
             }
         } else if let Some((start, end)) = mapping_range(line) {
-            self.inside = self
-                .ranges
-                .iter()
-                .any(|&(lo, hi)| lo <= start && end <= hi);
+            self.inside = self.ranges.iter().any(|&(lo, hi)| lo <= start && end <= hi);
             if !self.inside {
                 for &(lo, hi) in self.ranges {
                     if lo.max(start) < hi.min(end) {
@@ -351,7 +348,11 @@ mod tests {
     use super::*;
 
     /// A whole smaps text through [`Resident`].
-    fn resident_bytes(smaps: &str, ranges: &[(u64, u64)], partial: impl Fn(u64, u64) -> u64) -> u64 {
+    fn resident_bytes(
+        smaps: &str,
+        ranges: &[(u64, u64)],
+        partial: impl Fn(u64, u64) -> u64,
+    ) -> u64 {
         let mut r = Resident::new(ranges, partial);
         smaps.lines().for_each(|l| r.line(l));
         r.total

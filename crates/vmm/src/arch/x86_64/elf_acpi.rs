@@ -141,7 +141,11 @@ mod tests {
     #[test]
     fn a_long_table_is_searched_page_by_page() {
         // Many pages without the name; then one where "acpi" lies across two reads.
-        let plain: Vec<u8> = b"\0".iter().chain(&b"x_y\0".repeat(3000)).copied().collect();
+        let plain: Vec<u8> = b"\0"
+            .iter()
+            .chain(&b"x_y\0".repeat(3000))
+            .copied()
+            .collect();
         assert!(check(&elf(&plain, true)));
         let mut across = vec![b'x'; 4098];
         across[0] = 0;
