@@ -18,8 +18,8 @@ PREFIX=${1:-/usr/local}
 # Firecracker's releases are built, optimised for size; a smaller resident set per VM than
 # `--release`. Linked statically (`crt-static`), as Firecracker's releases are too: each VM
 # maps only the C library code Kite calls, not all of libc.so, ld.so and libgcc_s (peak RSS
-# 3.1 MiB against 4.1 MiB for the same build linked dynamically, `kite bench startup`), and the jailer copies no libraries into
-# the jail. A static build needs an explicit --target (without one the flag would reach the
+# 3.1 MiB against 4.1 MiB for the same build linked dynamically, `kite bench startup`), and
+# the jailer copies no libraries into the jail. A static build needs an explicit --target (without one the flag would reach the
 # proc macros, which must stay dynamic), so the binary is under target/TRIPLE/release-lto.
 HOST=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static" \
