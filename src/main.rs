@@ -12,6 +12,10 @@ use kite_vmm::exit::ExitReason;
 
 /// Build the VM the plan names, or serve the API until it starts one; with the API's state
 /// (or the config file's metrics) for the run. `Err` is the exit code.
+// `start`, `run_vmm` and `parse_run_only` are never inlined: each one's locals then share
+// the stack with the others' instead of adding up in one frame of `main` (stack probes make
+// every page of a frame resident).
+#[inline(never)]
 fn start(
     args: &RunArgs,
     process_start: Instant,
@@ -132,6 +136,7 @@ fn run(args: &RunArgs, process_start: Instant) -> i32 {
 }
 
 /// Run a built (or restored) VM to its end; the exit code.
+#[inline(never)]
 pub(crate) fn run_vmm(
     vmm: kite_vmm::vmm::Vmm,
     socket: Option<std::path::PathBuf>,
@@ -230,6 +235,7 @@ struct RunOnly {
 /// on the heap (clap keeps the whole tree it parsed with: a bigger resident set for the life of
 /// every VM). `None` for any other command line, and for anything this parse refuses (an error,
 /// `--help`), which the whole command line then parses again, with its own messages and help.
+#[inline(never)]
 fn parse_run_only() -> Option<Cli> {
     let mut args = std::env::args_os();
     let bin = args.next()?;

@@ -1,6 +1,6 @@
 //! A dynamically linked exec file needs its loader and libraries inside the jail. Firecracker's
-//! jailer requires a static binary; Kite's default build is dynamic (glibc), so Kite's jailer
-//! copies what the loader lists (`ld.so --list`, what ldd runs) into the jail at the same
+//! jailer requires a static binary; `cargo build` makes Kite dynamic (glibc; `scripts/install.sh`
+//! links it statically), so Kite's jailer copies what the loader lists (`ld.so --list`, what ldd runs) into the jail at the same
 //! paths. A static exec file needs nothing.
 
 use std::path::{Path, PathBuf};

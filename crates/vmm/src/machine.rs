@@ -68,6 +68,9 @@ pub(crate) struct Machine {
 }
 
 /// The machine of `config`, without kernel or state: everything a boot and a restore share.
+// `build` and `boot` are never inlined into `Vmm::new`: their locals then take turns on the
+// stack instead of adding up in one frame (stack probes make every page of a frame resident).
+#[inline(never)]
 pub(crate) fn build(
     config: &VmConfig,
     ram: Ram,
@@ -168,6 +171,7 @@ pub(crate) fn build(
 /// Boot `m`: load the kernel and initrd, write the command line, the zero page, the MP and
 /// ACPI tables, and say what each vCPU's thread sets before it runs (its CPUID table, and the
 /// entry point for the boot CPU: [`Setup`]).
+#[inline(never)]
 pub(crate) fn boot(
     m: &mut Machine,
     config: &VmConfig,

@@ -175,38 +175,59 @@ impl UsageProbe {
 
     /// Measure now; call it when the guest has stopped (the figures only grow until then).
     pub fn usage(&self, mem: &GuestMem) -> Result<MemoryUsage, Error> {
-        let status = read_from_start(&self.status).map_err(Error::Usage)?;
-        let peak_rss = vm_hwm(&status).ok_or_else(|| {
+        let mut peak_rss = None;
+        for_each_line(&self.status, |line| {
+            peak_rss = peak_rss.or_else(|| vm_hwm(line));
+        })
+        .map_err(Error::Usage)?;
+        let peak_rss = peak_rss.ok_or_else(|| {
             Error::Usage(std::io::Error::other("no VmHWM line in /proc/self/status"))
         })?;
-        let smaps = read_from_start(&self.smaps).map_err(Error::Usage)?;
+        let ranges = host_ranges(mem);
+        let mut resident = Resident::new(&ranges, mincore_bytes);
+        for_each_line(&self.smaps, |line| resident.line(line)).map_err(Error::Usage)?;
         Ok(MemoryUsage {
             peak_rss,
-            guest_resident: resident_bytes(&smaps, &host_ranges(mem), mincore_bytes),
+            guest_resident: resident.total,
         })
     }
 }
 
-/// The whole of a /proc file from its start, read with pread(2): procfs makes the text afresh
-/// for a read at offset 0.
-fn read_from_start(file: &std::fs::File) -> std::io::Result<String> {
+/// Each line of a /proc file from its start, read with pread(2) (procfs makes the text afresh
+/// for a read at offset 0) through one page-sized buffer: /proc/self/smaps is tens of KiB,
+/// which a copy of the whole text would add to the heap's peak (and so to the VMM's resident
+/// set) at the end of every run.
+fn for_each_line(file: &std::fs::File, mut each: impl FnMut(&str)) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let mut text = Vec::new();
-    let mut buf = [0u8; 4096];
+    let mut buf = vec![0u8; 4096];
+    // `buf[..held]`: the start of a line not yet ended; `offset`: where the next read starts.
+    let (mut held, mut offset) = (0, 0u64);
     loop {
-        let n = file.read_at(&mut buf, text.len() as u64)?;
-        if n == 0 {
-            break;
+        if held == buf.len() {
+            buf.resize(buf.len() * 2, 0); // one line longer than the buffer
         }
-        text.extend_from_slice(&buf[..n]);
+        let n = file.read_at(&mut buf[held..], offset)?;
+        offset += n as u64;
+        let end = held + n;
+        let mut start = 0;
+        while let Some(i) = buf[start..end].iter().position(|&b| b == b'\n') {
+            each(&String::from_utf8_lossy(&buf[start..start + i]));
+            start += i + 1;
+        }
+        if n == 0 {
+            if start < end {
+                each(&String::from_utf8_lossy(&buf[start..end]));
+            }
+            return Ok(());
+        }
+        buf.copy_within(start..end, 0);
+        held = end - start;
     }
-    Ok(String::from_utf8_lossy(&text).into_owned())
 }
 
-/// The `VmHWM:` figure of a /proc/<pid>/status text, in bytes.
-fn vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let mut words = line["VmHWM:".len()..].split_whitespace();
+/// The `VmHWM:` figure of a /proc/<pid>/status line, in bytes; `None` for any other line.
+fn vm_hwm(line: &str) -> Option<u64> {
+    let mut words = line.strip_prefix("VmHWM:")?.split_whitespace();
     let kib: u64 = words.next()?.parse().ok()?;
     (words.next() == Some("kB")).then_some(kib * 1024)
 }
@@ -232,7 +253,7 @@ fn host_ranges(mem: &GuestMem) -> Vec<(u64, u64)> {
     joined
 }
 
-/// Bytes of guest RAM resident, from the `Rss:` of the /proc/self/smaps mappings inside
+/// Counts the bytes of guest RAM resident from the `Rss:` of the /proc/self/smaps mappings inside
 /// `ranges`. The kernel makes that text by walking only the page tables that exist, so its
 /// cost follows the pages touched and the number of mappings, not guest RAM's size (mincore
 /// over all of guest RAM filled a byte per page: 2.5 ms at 16 GiB). Pages a guest only read,
@@ -241,36 +262,53 @@ fn host_ranges(mem: &GuestMem) -> Vec<(u64, u64)> {
 /// A mapping that reaches outside `ranges` (guest RAM merged with a neighbour of the same
 /// flags: in Kite only another guest's RAM, as in a test process holding several) has the part
 /// inside counted by `partial(start, end)` instead ([`mincore_bytes`]).
-fn resident_bytes(smaps: &str, ranges: &[(u64, u64)], partial: impl Fn(u64, u64) -> u64) -> u64 {
-    let mut total = 0;
-    let mut inside = false;
-    for line in smaps.lines() {
+/// Feed it the lines of the text one by one ([`Resident::line`]); the sum is `total`.
+struct Resident<'a, F> {
+    ranges: &'a [(u64, u64)],
+    partial: F,
+    /// Whether the mapping of the lines now being fed lies inside `ranges`.
+    inside: bool,
+    total: u64,
+}
+
+impl<'a, F: Fn(u64, u64) -> u64> Resident<'a, F> {
+    fn new(ranges: &'a [(u64, u64)], partial: F) -> Self {
+        Self {
+            ranges,
+            partial,
+            inside: false,
+            total: 0,
+        }
+    }
+
+    fn line(&mut self, line: &str) {
         if let Some(rss) = line.strip_prefix("Rss:") {
-            if inside {
+            if self.inside {
                 let mut words = rss.split_whitespace();
                 if let (Some(Ok(kib)), Some("kB")) =
                     (words.next().map(str::parse::<u64>), words.next())
                 {
-                    total += kib * 1024;
+                    self.total += kib * 1024;
                 }
             }
         } else if let Some((start, end)) = mapping_range(line) {
-            inside = ranges.iter().any(|&(lo, hi)| lo <= start && end <= hi);
-            if !inside {
-                for &(lo, hi) in ranges {
+            self.inside = self.ranges.iter().any(|&(lo, hi)| lo <= start && end <= hi);
+            if !self.inside {
+                for &(lo, hi) in self.ranges {
                     if lo.max(start) < hi.min(end) {
-                        total += partial(lo.max(start), hi.min(end));
+                        self.total += (self.partial)(lo.max(start), hi.min(end));
                     }
                 }
             }
         }
     }
-    total
 }
 
 /// Bytes resident in `[start, end)` (page-aligned, inside guest RAM), page by page with
 /// mincore(2) through one fixed buffer: nothing allocated in proportion to the range. 0 if
-/// mincore fails.
+/// mincore fails. Never inlined: its buffer would otherwise be in its caller's stack frame
+/// (and resident) on every run, though it is needed only for a mapping guest RAM shares.
+#[inline(never)]
 fn mincore_bytes(start: u64, end: u64) -> u64 {
     const PAGE: u64 = 4096;
     let mut vec = [0u8; 16 * 1024];
@@ -308,6 +346,17 @@ fn mapping_range(line: &str) -> Option<(u64, u64)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A whole smaps text through [`Resident`].
+    fn resident_bytes(
+        smaps: &str,
+        ranges: &[(u64, u64)],
+        partial: impl Fn(u64, u64) -> u64,
+    ) -> u64 {
+        let mut r = Resident::new(ranges, partial);
+        smaps.lines().for_each(|l| r.line(l));
+        r.total
+    }
 
     #[test]
     fn small_memory_is_one_region() {
@@ -412,9 +461,28 @@ Rss:                  12 kB
         let again = probe.usage(&mem).unwrap();
         assert!(again.peak_rss >= u.peak_rss);
         assert_eq!(u.overhead(), u.peak_rss.saturating_sub(u.guest_resident));
-        let status = "Name:\tkite\nVmPeak:\t  100 kB\nVmHWM:\t    2048 kB\nVmRSS:\t1 kB\n";
-        assert_eq!(vm_hwm(status), Some(2 << 20));
+        // The guest RAM a test touched is counted through the streamed smaps text too.
+        {
+            use vm_memory::Bytes;
+            mem.write_obj(1u8, GuestAddress(4096)).unwrap();
+        }
+        assert!(probe.usage(&mem).unwrap().guest_resident >= 4096);
+        assert_eq!(vm_hwm("VmHWM:\t    2048 kB"), Some(2 << 20));
+        assert_eq!(vm_hwm("VmPeak:\t  100 kB"), None);
         assert_eq!(vm_hwm("VmHWM: lots"), None);
+    }
+
+    #[test]
+    fn a_file_is_read_line_by_line_across_buffer_ends() {
+        let long = "x".repeat(10_000);
+        let text = format!("first\n{long}\n\nlast, with no newline");
+        let path = std::env::temp_dir().join(format!("kite-lines-{}", std::process::id()));
+        std::fs::write(&path, &text).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        let mut lines = Vec::new();
+        for_each_line(&file, |l| lines.push(l.to_owned())).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(lines, text.lines().collect::<Vec<_>>());
     }
 
     #[test]

@@ -560,6 +560,7 @@ impl Vmm {
 }
 
 /// The [`Vmm`] of a built machine, with what each vCPU's thread sets before it runs.
+#[inline(never)]
 fn finish(
     m: Machine,
     config: &VmConfig,

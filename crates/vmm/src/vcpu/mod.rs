@@ -152,6 +152,7 @@ impl Vcpu {
     }
 
     /// Answer the messages waiting (the thread is parked).
+    #[inline(never)]
     fn serve(&mut self, inbox: &std::sync::mpsc::Receiver<state::Request>) {
         while let Ok(request) = inbox.try_recv() {
             match request {
@@ -277,6 +278,7 @@ impl Vcpu {
     }
 
     /// At debug level, where this vCPU was when the VM was stopped (for a guest that hangs).
+    #[inline(never)]
     fn log_state(&self) {
         if !log::log_enabled!(log::Level::Debug) {
             return;
@@ -304,6 +306,7 @@ impl Vcpu {
 
     /// Complete the instruction KVM could not emulate, if Kite knows it; else the one-line
     /// reason the VM ends.
+    #[inline(never)]
     fn internal_error(&mut self) -> Result<(), String> {
         let index = self.index;
         // SAFETY: KVM filled the `internal` member of the union for KVM_EXIT_INTERNAL_ERROR,
@@ -348,6 +351,7 @@ impl Vcpu {
 
     /// Finish `c` on this vCPU: step over it, drop the exception KVM queued for it, and
     /// inject the one the instruction raises, if any.
+    #[inline(never)]
     fn complete(&mut self, c: Completion) -> Result<(), String> {
         let fd = &self.fd;
         let fsw = match c {

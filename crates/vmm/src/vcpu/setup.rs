@@ -60,6 +60,7 @@ impl Error {
 }
 
 /// Give vCPU `index` (on `fd`) the state `setup` describes. Called on the vCPU's own thread.
+#[inline(never)]
 pub fn apply(fd: &VcpuFd, index: u8, setup: &Setup) -> Result<(), Error> {
     let Setup::Boot { cpuid, entry } = setup else {
         return Ok(());

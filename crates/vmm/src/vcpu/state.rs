@@ -102,6 +102,9 @@ fn get_msrs(fd: &VcpuFd, indices: &[u32]) -> Result<Vec<kvm_msr_entry>, String> 
 /// Save `fd`'s state. The vCPU must not be in KVM_RUN (its thread calls this while parked);
 /// first it re-enters once with immediate_exit set, so that an I/O or MMIO exit in flight
 /// completes inside KVM before the registers are read.
+// Never inlined (a cold path): its locals stay out of the caller's stack frame, whose pages
+// (stack probes touch each) are resident for the whole run.
+#[inline(never)]
 pub fn save(
     fd: &mut VcpuFd,
     cpuid: &[kvm_cpuid_entry2],
@@ -133,6 +136,7 @@ pub fn save(
 
 /// Give `fd` the state `s`, in the order Firecracker restores it (CPUID first: KVM checks the
 /// rest against it; vcpu events last: they may depend on everything before).
+#[inline(never)]
 pub fn restore(fd: &VcpuFd, s: &VcpuState) -> Result<(), String> {
     let err = |what: &'static str| move |e: kvm_ioctls::Error| format!("{what}: {e}");
     let cpuid = CpuId::from_entries(&s.cpuid).map_err(|e| format!("CPUID table: {e:?}"))?;

@@ -84,20 +84,22 @@ pub fn segment_from_gdt(entry: u64, index: u8) -> kvm_segment {
     }
 }
 
-/// Identity page tables for the first 4 GiB with 2 MiB pages: (address, entry) pairs to write.
-pub fn page_table_entries() -> Vec<(u64, u64)> {
+/// Identity page tables for the first 4 GiB with 2 MiB pages: (address, entry) pairs to write,
+/// made as they are written (a list of all 2,053 would be 32 KiB of heap at every start).
+pub fn page_table_entries() -> impl Iterator<Item = (u64, u64)> {
     const PRESENT_RW: u64 = 0x3;
     const PAGE_SIZE_2M: u64 = 0x80;
-    let mut entries = vec![(PML4_ADDR, PDPT_ADDR | PRESENT_RW)];
-    for pd in 0..PD_COUNT {
+    let pml4 = std::iter::once((PML4_ADDR, PDPT_ADDR | PRESENT_RW));
+    let tables = (0..PD_COUNT).flat_map(|pd| {
         let pd_addr = PD_ADDR + pd * 0x1000;
-        entries.push((PDPT_ADDR + pd * 8, pd_addr | PRESENT_RW));
-        for i in 0..512u64 {
+        let pdpte = std::iter::once((PDPT_ADDR + pd * 8, pd_addr | PRESENT_RW));
+        let pdes = (0..512u64).map(move |i| {
             let phys = ((pd << 9) + i) << 21;
-            entries.push((pd_addr + i * 8, phys | PRESENT_RW | PAGE_SIZE_2M));
-        }
-    }
-    entries
+            (pd_addr + i * 8, phys | PRESENT_RW | PAGE_SIZE_2M)
+        });
+        pdpte.chain(pdes)
+    });
+    pml4.chain(tables)
 }
 
 // The tables must not run into the command line.
@@ -284,7 +286,7 @@ mod tests {
 
     #[test]
     fn page_tables_identity_map_4gib_with_2mib_pages() {
-        let entries = page_table_entries();
+        let entries: Vec<_> = page_table_entries().collect();
         assert_eq!(entries.len(), 1 + 4 + 4 * 512);
         assert_eq!(entries[0], (PML4_ADDR, PDPT_ADDR | 3));
         let lookup = |addr: u64| entries.iter().find(|e| e.0 == addr).map(|e| e.1);
