@@ -22,23 +22,10 @@ use common::*;
 /// How long one boot may take, whatever the host.
 const BOOT_LIMIT: Duration = Duration::from_secs(240);
 
-/// The kernel and initramfs, or a skip.
+/// The kernel and initramfs (as strings, for argument lists), or a skip.
 fn images(test: &str) -> Option<(String, String)> {
-    if let Some(reason) = kvm_unavailable() {
-        skip(test, Need::Kvm, &reason);
-        return None;
-    }
-    match (guest_image("vmlinux"), guest_image("initramfs.cpio")) {
-        (Some(k), Some(i)) => Some((path_str(&k).to_string(), path_str(&i).to_string())),
-        _ => {
-            skip(
-                test,
-                Need::GuestImages,
-                "guest-images/out has no vmlinux/initramfs.cpio; run guest-images/build.sh",
-            );
-            None
-        }
-    }
+    let (kernel, initrd) = linux::images(test)?;
+    Some((path_str(&kernel).to_string(), path_str(&initrd).to_string()))
 }
 
 /// `kite run` with the guest images and `extra` arguments.

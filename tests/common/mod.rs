@@ -5,6 +5,7 @@
 pub mod api;
 pub mod ext4;
 pub mod host;
+pub mod linux;
 pub mod watch;
 
 use std::collections::HashMap;
