@@ -6,6 +6,7 @@ pub mod api;
 pub mod ext4;
 pub mod host;
 pub mod linux;
+pub mod snap;
 pub mod watch;
 
 use std::collections::HashMap;
