@@ -161,12 +161,8 @@ fn disk_writes_go_on_after_restore_and_the_disk_has_what_the_guest_wrote() {
 #[test]
 fn an_io_uring_disk_is_drained_before_the_snapshot() {
     let test = "snap_blk_uring";
-    if let Err(e) = kite_vmm::devices::virtio::io_uring_probe() {
-        return skip(
-            test,
-            Need::IoUring,
-            &format!("this host refuses io_uring: {e}"),
-        );
+    if io_uring_unavailable(test) {
+        return;
     }
     snapshot_during_disk_io(test, ",io=uring");
 }
@@ -448,12 +444,8 @@ fn a_limited_drive_is_still_limited_after_restore() {
 #[test]
 fn an_io_uring_drive_is_on_io_uring_after_restore() {
     let test = "snap_limit_uring";
-    if let Err(e) = kite_vmm::devices::virtio::io_uring_probe() {
-        return skip(
-            test,
-            Need::IoUring,
-            &format!("this host refuses io_uring: {e}"),
-        );
+    if io_uring_unavailable(test) {
+        return;
     }
     limited_drive_across_restore(test, "Async");
 }
