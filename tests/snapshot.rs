@@ -185,15 +185,7 @@ fn snapshot_during_disk_io(test: &str, options: &str) {
     vm.ok("PUT", "/snapshot/create", &body);
     drop(vm);
     let mut restored = load(test, &state, &mem);
-    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
-    let out = restored.stdout();
-    assert!(out.contains("KITE-TEST virtio-blk ok"), "{out}");
-    let image = std::fs::read(&disk).unwrap();
-    assert_eq!(
-        kite_workloads::disk_pattern_check(9, 0, &image),
-        None,
-        "the image differs from what the guest wrote"
-    );
+    disk_check_finishes(&mut restored, &disk, 9);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

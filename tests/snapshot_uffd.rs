@@ -199,15 +199,7 @@ fn disk_writes_go_on_after_a_uffd_restore() {
         "/snapshot/load",
         &load_body(&state, "Uffd", &socket, true),
     );
-    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
-    let out = restored.stdout();
-    assert!(out.contains("KITE-TEST virtio-blk ok"), "{out}");
-    let image = std::fs::read(&disk).unwrap();
-    assert_eq!(
-        kite_workloads::disk_pattern_check(7, 0, &image),
-        None,
-        "the image differs from what the guest wrote"
-    );
+    disk_check_finishes(&mut restored, &disk, 7);
     assert!(faults_served(h) > 0);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -9,6 +9,9 @@ use std::time::Duration;
 use super::api::{ApiVm, try_call};
 use super::{Need, kvm_unavailable, path_str, skip, testguest};
 
+/// How long a test guest's scenario may take to finish after a restore.
+const LIMIT: Duration = Duration::from_secs(60);
+
 pub const PAUSE: &str = r#"{"state": "Paused"}"#;
 pub const RESUME: &str = r#"{"state": "Resumed"}"#;
 
@@ -109,4 +112,18 @@ pub fn paused_during_disk_io(
         return vm;
     }
     panic!("the virtio-blk scenario ended before every one of 5 pauses");
+}
+
+/// A restored VM's virtio-blk check (see [`paused_during_disk_io`]) finishes: exit 0 and its
+/// ok line, and `disk` holds the whole pattern `seed`.
+pub fn disk_check_finishes(restored: &mut ApiVm, disk: &Path, seed: u64) {
+    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
+    let out = restored.stdout();
+    assert!(out.contains("KITE-TEST virtio-blk ok"), "{out}");
+    let image = std::fs::read(disk).unwrap();
+    assert_eq!(
+        kite_workloads::disk_pattern_check(seed, 0, &image),
+        None,
+        "the image differs from what the guest wrote"
+    );
 }
