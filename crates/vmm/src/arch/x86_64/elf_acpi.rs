@@ -173,7 +173,7 @@ mod tests {
     #[test]
     fn a_long_table_is_searched_a_chunk_at_a_time_and_only_up_to_the_first_match() {
         // Names over several chunks, none of them ACPI: the whole table is read.
-        let mut names = b"\0".repeat(1);
+        let mut names = b"\0".to_vec();
         while names.len() < 5 * CHUNK {
             names.extend_from_slice(b"virtio_probe_something\0");
         }
