@@ -120,13 +120,7 @@ fn smp_restored(test: &str, cpus: u8) {
             &["--cpus", &cpus_arg],
             "kite_test=smp",
         );
-        let out = kite()
-            .arg("snapshot")
-            .arg(&vm.sock)
-            .arg(&dir)
-            .arg("--leave-paused")
-            .output()
-            .unwrap();
+        let out = kite_snapshot(&vm.sock, &dir);
         std::thread::sleep(Duration::from_millis(50));
         // A guest that finished first has ended its VM: the snapshot finds no socket.
         if vm.stdout().contains("KITE-TEST") {

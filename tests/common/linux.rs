@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::api::ApiVm;
-use super::{Need, guest_image, kite, kvm_unavailable, path_str, skip};
+use super::{Need, guest_image, kvm_unavailable, path_str, skip};
 
 /// The command line of a boot to the shell: kvm-clock, not the TSC (which KVM cannot set on
 /// some hosts): see docs/api.md.
@@ -86,13 +86,7 @@ impl ShellSnapshot {
         vm.type_text("echo before-$((6 * 7))\n");
         vm.wait_stdout(answer, |out| out.contains("before-42"));
         std::thread::sleep(Duration::from_millis(500));
-        let out = kite()
-            .arg("snapshot")
-            .arg(&vm.sock)
-            .arg(&snap)
-            .arg("--leave-paused")
-            .output()
-            .unwrap();
+        let out = super::snap::kite_snapshot(&vm.sock, &snap);
         assert!(
             out.status.success(),
             "{}",

@@ -48,6 +48,17 @@ pub fn start(test: &str, kernel: &Path, memory: &str, extra: &[&str], cmdline: &
     ApiVm::start(test, &args)
 }
 
+/// `kite snapshot SOCKET DIR --leave-paused`: what it printed and how it ended.
+pub fn kite_snapshot(sock: &Path, dir: &Path) -> std::process::Output {
+    super::kite()
+        .arg("snapshot")
+        .arg(sock)
+        .arg(dir)
+        .arg("--leave-paused")
+        .output()
+        .unwrap()
+}
+
 /// The body of `PUT /snapshot/create`: a `kind` (Full or Diff) snapshot to `state` and `mem`.
 pub fn create_body(kind: &str, state: &Path, mem: &Path) -> String {
     serde_json::json!({"snapshot_type": kind, "snapshot_path": state, "mem_file_path": mem})
