@@ -171,13 +171,12 @@ pub(crate) fn build(
 pub(crate) fn boot(
     m: &mut Machine,
     config: &VmConfig,
-    kernel_file: Option<std::fs::File>,
     process_start: Instant,
     timeline: &mut Timeline,
 ) -> Result<Vec<Setup>, Error> {
     let mut mark = |name| timeline.marks.push((name, process_start.elapsed()));
     let mem = &m.mem;
-    let kernel = boot::load_kernel(mem, &config.kernel, kernel_file)?;
+    let kernel = boot::load_kernel(mem, &config.kernel)?;
     log::info!(
         "kernel {} ({:?}) loaded, ends at {:#x}, entry {:#x}",
         config.kernel.display(),

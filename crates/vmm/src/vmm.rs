@@ -192,17 +192,8 @@ impl Vmm {
     pub fn new(config: &VmConfig, process_start: Instant) -> Result<Vmm, Error> {
         let mut timeline = Timeline::default();
         // A kernel that cannot read ACPI tables finds its devices on the command line only.
-        // Opened once: its symbols are read here, and `boot` loads it (or reports that it
-        // cannot be opened, as it does without ACPI).
-        let mut kernel_file = config
-            .acpi
-            .then(|| std::fs::File::open(&config.kernel).ok())
-            .flatten();
         let without_acpi;
-        let config = if kernel_file
-            .as_mut()
-            .is_some_and(crate::arch::x86_64::elf_acpi::lacks_acpi_in)
-        {
+        let config = if config.acpi && crate::arch::x86_64::elf_acpi::lacks_acpi(&config.kernel) {
             log::info!(
                 "the kernel's symbol table names nothing ACPI: no ACPI tables, the virtio devices are named on the command line (as with --no-acpi)"
             );
@@ -215,7 +206,7 @@ impl Vmm {
             config
         };
         let mut m = build(config, Ram::Fresh, process_start, &mut timeline)?;
-        let setups = boot(&mut m, config, kernel_file, process_start, &mut timeline)?;
+        let setups = boot(&mut m, config, process_start, &mut timeline)?;
         Ok(finish(m, config, setups, process_start, timeline))
     }
 

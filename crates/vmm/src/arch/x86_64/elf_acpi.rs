@@ -15,53 +15,18 @@ use std::path::Path;
 const SHT_SYMTAB: u32 = 2;
 /// More than any kernel's string table (Linux's is well under 10 MiB).
 const STRTAB_MAX: u64 = 64 << 20;
-/// How much of the string table is read at a time. The guest-images Linux names its first
-/// ACPI symbol 55 KB into a 0.58 MB table, so its search ends in the first chunk.
-const CHUNK: usize = 64 << 10;
-const NEEDLE: &[u8; 4] = b"acpi";
 
 /// True only when `path` is a 64-bit little-endian ELF whose symbol table has no symbol with
 /// "acpi" in its name (in any case); false when it has one, or when that cannot be told.
 pub fn lacks_acpi(path: &Path) -> bool {
-    File::open(path).is_ok_and(|mut f| lacks_acpi_in(&mut f))
+    read_strtab(path)
+        .is_some_and(|names| !names.windows(4).any(|w| w.eq_ignore_ascii_case(b"acpi")))
 }
 
-/// [`lacks_acpi`] of a kernel already open (the loader reads the same file afterwards: it
-/// seeks to where it starts).
-pub fn lacks_acpi_in(image: &mut (impl Read + Seek)) -> bool {
-    strtab_span(image).is_some_and(|(offset, size)| names_acpi(image, offset, size) == Some(false))
-}
-
-/// Whether the `size` bytes at `offset` name "acpi" in any case, read a chunk at a time and
-/// only up to the first match; None if they cannot be read.
-fn names_acpi(image: &mut (impl Read + Seek), offset: u64, size: u64) -> Option<bool> {
-    image.seek(SeekFrom::Start(offset)).ok()?;
-    let mut buf = vec![0u8; CHUNK + NEEDLE.len() - 1];
-    // The last bytes of the chunk before, kept at the front so that a name across two chunks
-    // is seen.
-    let mut kept = 0;
-    let mut left = size;
-    while left > 0 {
-        let want = (CHUNK as u64).min(left) as usize;
-        image.read_exact(&mut buf[kept..kept + want]).ok()?;
-        left -= want as u64;
-        let filled = kept + want;
-        if buf[..filled]
-            .windows(NEEDLE.len())
-            .any(|w| w.eq_ignore_ascii_case(NEEDLE))
-        {
-            return Some(true);
-        }
-        kept = filled.min(NEEDLE.len() - 1);
-        buf.copy_within(filled - kept..filled, 0);
-    }
-    Some(false)
-}
-
-/// Where the string table linked from the ELF's symbol table is (offset, size), if there is one.
-fn strtab_span(f: &mut (impl Read + Seek)) -> Option<(u64, u64)> {
+/// The string table linked from the ELF's symbol table, if there is one.
+fn read_strtab(path: &Path) -> Option<Vec<u8>> {
+    let mut f = File::open(path).ok()?;
     let mut eh = [0u8; 64];
-    f.seek(SeekFrom::Start(0)).ok()?;
     f.read_exact(&mut eh).ok()?;
     // 64-bit (class 2), little-endian (data 1).
     if eh[..4] != *b"\x7fELF" || eh[4] != 2 || eh[5] != 1 {
@@ -90,7 +55,10 @@ fn strtab_span(f: &mut (impl Read + Seek)) -> Option<(u64, u64)> {
     if size == 0 || size > STRTAB_MAX {
         return None;
     }
-    Some((offset, size))
+    let mut names = vec![0u8; size as usize];
+    f.seek(SeekFrom::Start(offset)).ok()?;
+    f.read_exact(&mut names).ok()?;
+    Some(names)
 }
 
 #[cfg(test)]
@@ -141,66 +109,5 @@ mod tests {
             b"MZ not an elf at all, but long enough to hold a header............"
         ));
         assert!(!lacks_acpi(Path::new("/nonexistent/kernel")));
-    }
-
-    /// A reader that counts the bytes read through it.
-    struct Counted {
-        inner: std::io::Cursor<Vec<u8>>,
-        read: usize,
-    }
-
-    impl Read for Counted {
-        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-            let n = self.inner.read(buf)?;
-            self.read += n;
-            Ok(n)
-        }
-    }
-
-    impl Seek for Counted {
-        fn seek(&mut self, pos: SeekFrom) -> std::io::Result<u64> {
-            self.inner.seek(pos)
-        }
-    }
-
-    fn counted(bytes: Vec<u8>) -> Counted {
-        Counted {
-            inner: std::io::Cursor::new(bytes),
-            read: 0,
-        }
-    }
-
-    #[test]
-    fn a_long_table_is_searched_a_chunk_at_a_time_and_only_up_to_the_first_match() {
-        // Names over several chunks, none of them ACPI: the whole table is read.
-        let mut names = b"\0".to_vec();
-        while names.len() < 5 * CHUNK {
-            names.extend_from_slice(b"virtio_probe_something\0");
-        }
-        let table_len = names.len();
-        let mut image = counted(elf(&names, true));
-        assert!(lacks_acpi_in(&mut image));
-        assert!(image.read >= table_len, "{} of {table_len}", image.read);
-
-        // "acpi" across the first two chunks' boundary is seen.
-        let mut across = names.clone();
-        across[CHUNK - 2..CHUNK + 2].copy_from_slice(b"ACpi");
-        assert!(!lacks_acpi_in(&mut counted(elf(&across, true))));
-        // And at the very end.
-        let mut last = names.clone();
-        last.extend_from_slice(b"acpi_init\0");
-        assert!(!lacks_acpi_in(&mut counted(elf(&last, true))));
-
-        // A Linux-like table naming ACPI early: one chunk read, not the table.
-        let mut early = b"\0_start\0acpi_init\0".to_vec();
-        early.extend_from_slice(&names);
-        let mut image = counted(elf(&early, true));
-        assert!(!lacks_acpi_in(&mut image));
-        assert!(image.read < 2 * CHUNK, "read {} bytes", image.read);
-
-        // A table shorter than its header says: cannot tell, so ACPI stays.
-        let mut cut = elf(&names, true);
-        cut.truncate(cut.len() - 100);
-        assert!(!lacks_acpi_in(&mut counted(cut)));
     }
 }
