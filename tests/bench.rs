@@ -25,22 +25,101 @@ fn figures(line: &str, name: &str) -> Vec<f64> {
         .collect()
 }
 
+/// The first line of `stdout` that starts with `name`; fails the test if there is none.
+fn row<'a>(stdout: &'a str, name: &str) -> &'a str {
+    stdout
+        .lines()
+        .find(|l| l.starts_with(name))
+        .unwrap_or_else(|| panic!("no {name} row in\n{stdout}"))
+}
+
+/// The figures of row `name` under a peer: Kite's median/min/max, the peer's, the ratio
+/// (min..max); all nine there, positive and finite.
+fn peer_row(stdout: &str, name: &str) -> Vec<f64> {
+    let l = row(stdout, name);
+    let f = figures(l, name);
+    assert_eq!(f.len(), 9, "{l}");
+    assert!(f.iter().all(|&x| x > 0.0 && x.is_finite()), "{l}");
+    f
+}
+
+/// One run: median = min = max on each side, and the ratio is Kite's over the peer's.
+fn assert_one_run_ratio(f: &[f64]) {
+    assert!((f[6] - f[0] / f[3]).abs() < 0.01 * f[6] + 0.006, "{f:?}");
+}
+
+/// A `kite bench --runs 1` of the test guest, with a scratch directory of the test's own
+/// (removed when dropped) for its JSON, its SVG and a peer link.
+struct Bench {
+    elf: PathBuf,
+    dir: PathBuf,
+    json: PathBuf,
+    svg: PathBuf,
+    peer: Option<PathBuf>,
+}
+
+impl Bench {
+    /// None (after a skip line for `test`) where KVM is unusable; `tag` names the directory.
+    fn new(test: &str, tag: &str) -> Option<Bench> {
+        if let Some(reason) = kvm_unavailable() {
+            skip(test, Need::Kvm, &reason);
+            return None;
+        }
+        let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
+        let dir = std::env::temp_dir().join(format!("kite-test-{}-{tag}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        Some(Bench {
+            elf,
+            json: dir.join("out.json"),
+            svg: dir.join("out.svg"),
+            dir,
+            peer: None,
+        })
+    }
+
+    /// Kite itself as the peer (`--peer` on every run): a link named `firecracker` (as which
+    /// it takes Firecracker's flags) in the scratch directory.
+    fn with_kite_as_peer(mut self) -> Bench {
+        let link = self.dir.join("firecracker");
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kite"), &link).unwrap();
+        self.peer = Some(link);
+        self
+    }
+
+    /// `--json` and `--svg` into the scratch directory.
+    fn outputs(&self) -> [&str; 4] {
+        ["--json", path_str(&self.json), "--svg", path_str(&self.svg)]
+    }
+
+    /// `kite bench --runs 1 --guest ELF [--peer LINK]` with `args`, which must exit 0 within
+    /// `limit`.
+    fn run(&self, args: &[&str], limit: Duration) -> Outcome {
+        let mut cmd = kite();
+        cmd.args(["bench", "--runs", "1", "--guest", path_str(&self.elf)]);
+        if let Some(link) = &self.peer {
+            cmd.arg("--peer").arg(link);
+        }
+        cmd.args(args);
+        let out = run(cmd, limit);
+        assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+        out
+    }
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 #[test]
 fn bench_runs_cpu_and_pio_rtt_side_by_side() {
-    if let Some(reason) = kvm_unavailable() {
-        skip("bench cpu pio-rtt", Need::Kvm, &reason);
+    let Some(bench) = Bench::new("bench cpu pio-rtt", "bench") else {
         return;
-    }
-    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let dir = std::env::temp_dir().join(format!("kite-test-{}-bench", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (json, svg) = (dir.join("out.json"), dir.join("out.svg"));
-    let mut cmd = kite();
-    cmd.args(["bench", "--runs", "1", "--guest", path_str(&elf)])
-        .args(["--json", path_str(&json), "--svg", path_str(&svg)])
-        .args(["cpu", "pio-rtt"]);
-    let out = run(cmd, Duration::from_secs(240));
-    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    };
+    let args = [&bench.outputs()[..], &["cpu", "pio-rtt"]].concat();
+    let out = bench.run(&args, Duration::from_secs(240));
 
     let line = |name: &str, unit: &str| {
         out.stdout
@@ -68,45 +147,28 @@ fn bench_runs_cpu_and_pio_rtt_side_by_side() {
         "only the chosen workloads run"
     );
 
-    let json = std::fs::read_to_string(&json).unwrap();
+    let json = std::fs::read_to_string(&bench.json).unwrap();
     assert!(json.contains("\"result_lines\"") && json.contains("KITE-TEST cpu ok"));
-    let svg = std::fs::read_to_string(&svg).unwrap();
+    let svg = std::fs::read_to_string(&bench.svg).unwrap();
     assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `kite bench pause-resume --runs 1`: 100 pauses and resumes over the API socket, the two
 /// guest-only rows with positive figures.
 #[test]
 fn bench_pause_resume_has_both_latencies() {
-    if let Some(reason) = kvm_unavailable() {
-        skip("bench pause-resume", Need::Kvm, &reason);
+    let Some(bench) = Bench::new("bench pause-resume", "pause-resume") else {
         return;
-    }
-    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let mut cmd = kite();
-    cmd.args([
-        "bench",
-        "--runs",
-        "1",
-        "--guest",
-        path_str(&elf),
-        "pause-resume",
-    ]);
-    let out = run(cmd, Duration::from_secs(120));
-    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    };
+    let out = bench.run(&["pause-resume"], Duration::from_secs(120));
     for name in [
         "pause-resume: PATCH /vm Paused to all vCPUs parked (median of 100)",
         "pause-resume: PATCH /vm Resumed to all vCPUs running (median of 100)",
     ] {
-        let row = out
-            .stdout
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name} row in\n{}", out.stdout));
-        let f = figures(row, name);
-        assert_eq!(f.len(), 3, "{row}");
-        assert!(f.iter().all(|&x| x > 0.0), "{row}");
+        let line = row(&out.stdout, name);
+        let f = figures(line, name);
+        assert_eq!(f.len(), 3, "{line}");
+        assert!(f.iter().all(|&x| x > 0.0), "{line}");
     }
 }
 
@@ -115,32 +177,22 @@ fn bench_pause_resume_has_both_latencies() {
 /// and a result line per group in the JSON.
 #[test]
 fn bench_concurrent_starts_each_group() {
-    if let Some(reason) = kvm_unavailable() {
-        skip("bench concurrent", Need::Kvm, &reason);
+    let Some(bench) = Bench::new("bench concurrent", "concurrent") else {
         return;
-    }
-    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let dir = std::env::temp_dir().join(format!("kite-test-{}-concurrent", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let json = dir.join("out.json");
-    let mut cmd = kite();
-    cmd.args(["bench", "--runs", "1", "--guest", path_str(&elf)])
-        .args(["--json", path_str(&json), "concurrent"]);
-    let out = run(cmd, Duration::from_secs(240));
-    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    };
+    let out = bench.run(
+        &["--json", path_str(&bench.json), "concurrent"],
+        Duration::from_secs(240),
+    );
     for group in ["1 VM", "5 VMs", "20 VMs"] {
         let mut got = Vec::new();
         for figure in [
             "all ready (first spawn to last result line)",
             "slowest VM ready (its spawn to its result line)",
         ] {
-            let row = format!("concurrent {group}: {figure}");
-            let line = out
-                .stdout
-                .lines()
-                .find(|l| l.starts_with(&row))
-                .unwrap_or_else(|| panic!("no {row} row in\n{}", out.stdout));
-            let f = figures(line, &row);
+            let row_name = format!("concurrent {group}: {figure}");
+            let line = row(&out.stdout, &row_name);
+            let f = figures(line, &row_name);
             assert_eq!(f.len(), 3, "{line}");
             assert!(f.iter().all(|&x| x > 0.0), "{line}");
             got.push(f[0]);
@@ -150,7 +202,7 @@ fn bench_concurrent_starts_each_group() {
             "{group}: slowest after all ready: {got:?}"
         );
     }
-    let text = std::fs::read_to_string(&json).unwrap();
+    let text = std::fs::read_to_string(&bench.json).unwrap();
     let doc: serde_json::Value = serde_json::from_str(&text).expect(&text);
     let rows = doc["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 6, "{text}");
@@ -159,7 +211,6 @@ fn bench_concurrent_starts_each_group() {
             .all(|r| r["workload"] == "concurrent" && r["status"] == "ok")
     );
     assert_eq!(doc["result_lines"].as_array().unwrap().len(), 3, "{text}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `kite bench scale --runs 1`: every machine has its six figures, positive and in time order,
@@ -167,19 +218,11 @@ fn bench_concurrent_starts_each_group() {
 /// result line per machine started, the SVG its chart.
 #[test]
 fn bench_scale_starts_every_machine_once() {
-    if let Some(reason) = kvm_unavailable() {
-        skip("bench scale", Need::Kvm, &reason);
+    let Some(bench) = Bench::new("bench scale", "scale") else {
         return;
-    }
-    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let dir = std::env::temp_dir().join(format!("kite-test-{}-scale", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (json, svg) = (dir.join("out.json"), dir.join("out.svg"));
-    let mut cmd = kite();
-    cmd.args(["bench", "--runs", "1", "--guest", path_str(&elf)])
-        .args(["--json", path_str(&json), "--svg", path_str(&svg), "scale"]);
-    let out = run(cmd, Duration::from_secs(240));
-    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    };
+    let args = [&bench.outputs()[..], &["scale"]].concat();
+    let out = bench.run(&args, Duration::from_secs(240));
 
     let machines = [
         "64M", "1G", "4G", "16G", "1 vCPU", "2 vCPUs", "8 vCPUs", "32 vCPUs",
@@ -205,14 +248,10 @@ fn bench_scale_starts_every_machine_once() {
             "VM stopped, process exited",
             "vmm memory overhead",
         ] {
-            let row = format!("{name}: {figure}");
-            let line = out
-                .stdout
-                .lines()
-                .find(|l| l.starts_with(&row))
-                .unwrap_or_else(|| panic!("no {row} row in\n{}", out.stdout));
+            let row_name = format!("{name}: {figure}");
+            let line = row(&out.stdout, &row_name);
             // Guest side only: median, min, max.
-            let f = figures(line, &row);
+            let f = figures(line, &row_name);
             assert_eq!(f.len(), 3, "{line}");
             assert!(f.iter().all(|&x| x > 0.0), "{line}");
             // The milestones come in order (the memory row is in MiB).
@@ -225,7 +264,7 @@ fn bench_scale_starts_every_machine_once() {
     // 64M, 1G and 2 vCPUs fit any host that runs the other tests.
     assert!(started >= 3, "{}", out.stdout);
 
-    let text = std::fs::read_to_string(&json).unwrap();
+    let text = std::fs::read_to_string(&bench.json).unwrap();
     let doc: serde_json::Value = serde_json::from_str(&text).expect(&text);
     let rows = doc["rows"].as_array().unwrap();
     assert!(rows.iter().all(|r| r["workload"] == "scale"), "{text}");
@@ -242,9 +281,8 @@ fn bench_scale_starts_every_machine_once() {
                 .starts_with("KITE-TEST hello ok ram_mib=")
         );
     }
-    let svg = std::fs::read_to_string(&svg).unwrap();
+    let svg = std::fs::read_to_string(&bench.svg).unwrap();
     assert!(svg.contains("Kite as the machine grows"), "{svg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `kite bench --peer`: Kite itself is the peer, through a link named `firecracker` (as which
@@ -253,24 +291,11 @@ fn bench_scale_starts_every_machine_once() {
 /// and the SVG have the ratios.
 #[test]
 fn bench_with_kite_as_its_own_peer() {
-    if let Some(reason) = kvm_unavailable() {
-        skip("bench --peer", Need::Kvm, &reason);
+    let Some(bench) = Bench::new("bench --peer", "bench-peer").map(Bench::with_kite_as_peer) else {
         return;
-    }
-    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let dir = std::env::temp_dir().join(format!("kite-test-{}-bench-peer", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let link = dir.join("firecracker");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kite"), &link).unwrap();
-    let (json, svg) = (dir.join("out.json"), dir.join("out.svg"));
-    let mut cmd = kite();
-    cmd.args(["bench", "--runs", "1", "--guest", path_str(&elf)])
-        .args(["--peer", path_str(&link)])
-        .args(["--json", path_str(&json), "--svg", path_str(&svg)])
-        .args(["cpu", "startup"]);
-    let out = run(cmd, Duration::from_secs(240));
-    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    };
+    let args = [&bench.outputs()[..], &["cpu", "startup"]].concat();
+    let out = bench.run(&args, Duration::from_secs(240));
     let header = out.stdout.lines().next().unwrap();
     let words: Vec<&str> = header.split_whitespace().collect();
     assert_eq!(
@@ -278,21 +303,10 @@ fn bench_with_kite_as_its_own_peer() {
         ["peer", "median", "min", "max", "kite/peer", "(min..max)"],
         "{header}"
     );
-    let line = |name: &str| {
-        out.stdout
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name} row in\n{}", out.stdout))
-            .to_string()
-    };
     // Kite median/min/max, the peer's, the ratio (min..max); no host side.
     let kite_and_peer = |name: &str| -> (f64, f64, f64) {
-        let l = line(name);
-        let f = figures(&l, name);
-        assert_eq!(f.len(), 9, "{l}");
-        assert!(f.iter().all(|&x| x > 0.0 && x.is_finite()), "{l}");
-        // One run: median = min = max on each side, and the ratio is Kite's over the peer's.
-        assert!((f[6] - f[0] / f[3]).abs() < 0.01 * f[6] + 0.006, "{l}");
+        let f = peer_row(&out.stdout, name);
+        assert_one_run_ratio(&f);
         (f[0], f[3], f[6])
     };
     // The same binary on both sides: the ratios stay within what a busy machine explains.
@@ -318,8 +332,8 @@ fn bench_with_kite_as_its_own_peer() {
     let (freed, _, _) = kite_and_peer("startup: whole run, until the VM is freed");
     assert!(freed >= exit, "freed {freed} before the exit {exit}");
     // The guest/host row of cpu has all four groups: host, Kite, ratio, peer, ratio.
-    let cpu = line("cpu: workload (TSC)");
-    let f = figures(&cpu, "cpu: workload (TSC)");
+    let cpu = row(&out.stdout, "cpu: workload (TSC)");
+    let f = figures(cpu, "cpu: workload (TSC)");
     assert_eq!(f.len(), 15, "{cpu}");
     assert!(
         out.stdout.contains("interleaved host/kite/peer"),
@@ -329,8 +343,8 @@ fn bench_with_kite_as_its_own_peer() {
     assert!(out.stdout.contains("seccomp on on both"), "{}", out.stdout);
 
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(v["peer"], path_str(&link));
+        serde_json::from_str(&std::fs::read_to_string(&bench.json).unwrap()).unwrap();
+    assert_eq!(v["peer"], path_str(bench.peer.as_ref().unwrap()));
     assert_eq!(v["seccomp"], "on");
     let rows = v["rows"].as_array().unwrap();
     assert!(
@@ -344,9 +358,8 @@ fn bench_with_kite_as_its_own_peer() {
         .map(|r| r["side"].as_str().unwrap())
         .collect();
     assert_eq!(sides, ["host", "guest", "peer", "guest", "peer"]);
-    let svg = std::fs::read_to_string(&svg).unwrap();
+    let svg = std::fs::read_to_string(&bench.svg).unwrap();
     assert!(svg.contains("Kite / peer"), "{svg}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `kite bench snapshot --runs 1` with Kite as its own peer (through a `firecracker` symlink):
@@ -355,30 +368,15 @@ fn bench_with_kite_as_its_own_peer() {
 /// added); the JSON's result lines and the SVG's Kite/peer chart.
 #[test]
 fn bench_snapshot_with_kite_as_its_own_peer() {
-    if let Some(reason) = kvm_unavailable() {
-        skip("bench snapshot", Need::Kvm, &reason);
+    let Some(bench) = Bench::new("bench snapshot", "bench-snap").map(Bench::with_kite_as_peer)
+    else {
         return;
-    }
-    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let dir = std::env::temp_dir().join(format!("kite-test-{}-bench-snap", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let link = dir.join("firecracker");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kite"), &link).unwrap();
-    let (json, svg) = (dir.join("out.json"), dir.join("out.svg"));
-    let mut cmd = kite();
-    cmd.args(["bench", "--runs", "1", "--guest", path_str(&elf)])
-        .args(["--peer", path_str(&link)])
-        .args(["--json", path_str(&json), "--svg", path_str(&svg)])
-        .arg("snapshot");
-    let out = run(cmd, Duration::from_secs(400));
-    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    };
+    let args = [&bench.outputs()[..], &["snapshot"]].concat();
+    let out = bench.run(&args, Duration::from_secs(400));
+    // Kite's figures (and the peer's and the ratio, where it has them): positive and finite.
     let row = |name: &str| -> Vec<f64> {
-        let l = out
-            .stdout
-            .lines()
-            .find(|l| l.starts_with(name))
-            .unwrap_or_else(|| panic!("no {name} row in\n{}", out.stdout));
+        let l = crate::row(&out.stdout, name);
         let f = figures(l, name);
         assert!(f.iter().all(|&x| x > 0.0 && x.is_finite()), "{l}");
         f
@@ -394,9 +392,8 @@ fn bench_snapshot_with_kite_as_its_own_peer() {
             "touch of 64 MiB again (warm)",
         ] {
             // Kite median/min/max, the peer's, the ratio (min..max).
-            let f = row(&format!("snapshot {size}: {what}"));
-            assert_eq!(f.len(), 9, "{size}: {what}: {f:?}");
-            assert!((f[6] - f[0] / f[3]).abs() < 0.01 * f[6] + 0.006, "{f:?}");
+            let f = peer_row(&out.stdout, &format!("snapshot {size}: {what}"));
+            assert_one_run_ratio(&f);
         }
         // The load answers once the guest runs: spawn to running includes it.
         let load = row(&format!(
@@ -427,7 +424,7 @@ fn bench_snapshot_with_kite_as_its_own_peer() {
         assert!(one[side] < 64.0, "one clone of a 256 MiB guest: {one:?}");
     }
     let v: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(&bench.json).unwrap()).unwrap();
     let lines: Vec<(&str, &str)> = v["result_lines"]
         .as_array()
         .unwrap()
@@ -445,9 +442,8 @@ fn bench_snapshot_with_kite_as_its_own_peer() {
             ("snapshot clones", "peer"),
         ]
     );
-    let svg = std::fs::read_to_string(&svg).unwrap();
+    let svg = std::fs::read_to_string(&bench.svg).unwrap();
     assert!(svg.contains("Kite / peer") && svg.contains("snapshot 2 GiB: load"));
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `--peer` that is not there is a usage error, before anything runs.
@@ -477,35 +473,18 @@ fn bench_rejects_a_missing_peer() {
 /// its own peer (which gets the device from the JSON file's `vsock`, as Firecracker would).
 #[test]
 fn bench_vsock_rows_under_kite_and_its_peer() {
-    if let Some(reason) = kvm_unavailable() {
-        skip("bench virtio-vsock --peer", Need::Kvm, &reason);
+    let Some(bench) =
+        Bench::new("bench virtio-vsock --peer", "bench-vsock").map(Bench::with_kite_as_peer)
+    else {
         return;
-    }
-    let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let dir = std::env::temp_dir().join(format!("kite-test-{}-bench-vsock", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let link = dir.join("firecracker");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_kite"), &link).unwrap();
-    let mut cmd = kite();
-    cmd.args(["bench", "--runs", "1", "--guest", path_str(&elf)])
-        .args(["--peer", path_str(&link), "--peer-arg=--no-acpi"])
-        .arg("virtio-vsock");
-    let out = run(cmd, Duration::from_secs(240));
-    assert_eq!(out.code, Some(0), "{}\n{}", out.stdout, out.stderr);
+    };
+    let out = bench.run(
+        &["--peer-arg=--no-acpi", "virtio-vsock"],
+        Duration::from_secs(240),
+    );
     for mode in ["irq", "irq+event_idx", "poll"] {
-        let name = format!("virtio-vsock {mode}: 4 MiB echoed");
-        let l = out
-            .stdout
-            .lines()
-            .find(|l| l.starts_with(&name))
-            .unwrap_or_else(|| panic!("no {name} row in\n{}", out.stdout));
-        // Kite's median/min/max, the peer's, the ratio (min..max).
-        let f = figures(l, &name);
-        assert_eq!(f.len(), 9, "{l}");
-        assert!(f.iter().all(|&x| x > 0.0 && x.is_finite()), "{l}");
+        peer_row(&out.stdout, &format!("virtio-vsock {mode}: 4 MiB echoed"));
     }
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]

@@ -14,16 +14,8 @@ const BOOT_LIMIT: Duration = Duration::from_secs(240);
 #[test]
 fn send_ctrl_alt_del_makes_linux_reboot() {
     let test = "send_ctrl_alt_del_makes_linux_reboot";
-    if let Some(reason) = kvm_unavailable() {
-        return skip(test, Need::Kvm, &reason);
-    }
-    let (Some(kernel), Some(initrd)) = (guest_image("vmlinux"), guest_image("initramfs.cpio"))
-    else {
-        return skip(
-            test,
-            Need::GuestImages,
-            "guest-images/out has no vmlinux/initramfs.cpio; run guest-images/build.sh",
-        );
+    let Some((kernel, initrd)) = linux::images(test) else {
+        return;
     };
     let config = std::fs::read_to_string(root().join("guest-images/out/kernel.final.config"))
         .unwrap_or_default();

@@ -150,16 +150,8 @@ fn a_placeholder_drive_is_swapped_for_an_image_while_the_guest_runs() {
 #[test]
 fn linux_sees_the_new_size_and_contents_after_patch_drives() {
     let test = "linux_sees_the_new_size_and_contents_after_patch_drives";
-    if let Some(reason) = kvm_unavailable() {
-        return skip(test, Need::Kvm, &reason);
-    }
-    let (Some(kernel), Some(initrd)) = (guest_image("vmlinux"), guest_image("initramfs.cpio"))
-    else {
-        return skip(
-            test,
-            Need::GuestImages,
-            "guest-images/out has no vmlinux/initramfs.cpio; run guest-images/build.sh",
-        );
+    let Some((kernel, initrd)) = linux::images(test) else {
+        return;
     };
     let mut vm = ApiVm::start(test, &["--no-acpi"]);
     let disk = vm.dir.join("drive_0");

@@ -22,23 +22,10 @@ use common::*;
 /// How long one boot may take, whatever the host.
 const BOOT_LIMIT: Duration = Duration::from_secs(240);
 
-/// The kernel and initramfs, or a skip.
+/// The kernel and initramfs (as strings, for argument lists), or a skip.
 fn images(test: &str) -> Option<(String, String)> {
-    if let Some(reason) = kvm_unavailable() {
-        skip(test, Need::Kvm, &reason);
-        return None;
-    }
-    match (guest_image("vmlinux"), guest_image("initramfs.cpio")) {
-        (Some(k), Some(i)) => Some((path_str(&k).to_string(), path_str(&i).to_string())),
-        _ => {
-            skip(
-                test,
-                Need::GuestImages,
-                "guest-images/out has no vmlinux/initramfs.cpio; run guest-images/build.sh",
-            );
-            None
-        }
-    }
+    let (kernel, initrd) = linux::images(test)?;
+    Some((path_str(&kernel).to_string(), path_str(&initrd).to_string()))
 }
 
 /// `kite run` with the guest images and `extra` arguments.
@@ -390,6 +377,31 @@ fn linux_panic_when_init_exits() {
     assert!(kite_last.contains("guest reset the machine"), "{err}");
 }
 
+/// `kite` with `args` boots to the interactive shell, which answers `echo {word}-$((6 * 7))`
+/// with `{word}-42`; `poweroff -f` then ends the VM with exit 0. The console and Kite's log.
+fn shell_answers_and_powers_off(args: &[String], word: &str) -> (String, String) {
+    let mut cmd = kite();
+    cmd.args(args);
+    let mut g = Guest::start(cmd);
+    let prompt = g.wait_for(BOOT_LIMIT, |out| {
+        out.contains("busybox shell on the console")
+    });
+    assert!(prompt, "no shell banner\n{}\n{}", g.out(), g.err());
+    g.type_line(&format!("echo {word}-$((6 * 7))"));
+    let answer = format!("{word}-42");
+    let answered = g.wait_for(Duration::from_secs(60), |out| out.contains(&answer));
+    assert!(
+        answered,
+        "the shell did not answer\n{}\n{}",
+        g.out(),
+        g.err()
+    );
+    g.type_line("poweroff -f");
+    let code = g.wait_exit(Duration::from_secs(60));
+    assert_eq!(code, Some(0), "{}\n{}", g.out(), g.err());
+    (g.out(), g.err())
+}
+
 /// No kite_test word: /init starts an interactive shell on the console. What the user types
 /// reaches it, and `poweroff -f` ends the VM with exit 0. This boot uses `--no-acpi`: the kernel
 /// finds its CPU in the MP table and its devices on the command line, and, with no ACPI to power
@@ -411,25 +423,7 @@ fn linux_shell_on_the_console() {
             "console=ttyS0 reboot=k panic=1",
         ],
     );
-    let mut cmd = kite();
-    cmd.args(&args);
-    let mut g = Guest::start(cmd);
-    let prompt = g.wait_for(BOOT_LIMIT, |out| {
-        out.contains("busybox shell on the console")
-    });
-    assert!(prompt, "no shell banner\n{}\n{}", g.out(), g.err());
-    g.type_line("echo shell-says-$((6 * 7))");
-    let answered = g.wait_for(Duration::from_secs(60), |out| out.contains("shell-says-42"));
-    assert!(
-        answered,
-        "the shell did not answer\n{}\n{}",
-        g.out(),
-        g.err()
-    );
-    g.type_line("poweroff -f");
-    let code = g.wait_exit(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{}\n{}", g.out(), g.err());
-    let (out, err) = (g.out(), g.err());
+    let (out, err) = shell_answers_and_powers_off(&args, "shell-says");
     assert!(err.contains("guest halted"), "{err}");
     assert!(out.contains("MPTABLE: OEM ID: KITE"), "{out}");
     assert!(err.contains("virtio_mmio.device=4K@0xd0001000:5"), "{err}");
@@ -460,27 +454,7 @@ fn linux_with_firectls_kernel_options() {
             "console=ttyS0 noapic reboot=k panic=1 pci=off nomodules",
         ],
     );
-    let mut cmd = kite();
-    cmd.args(&args);
-    let mut g = Guest::start(cmd);
-    let prompt = g.wait_for(BOOT_LIMIT, |out| {
-        out.contains("busybox shell on the console")
-    });
-    assert!(prompt, "no shell banner\n{}\n{}", g.out(), g.err());
-    g.type_line("echo noapic-says-$((6 * 7))");
-    let answered = g.wait_for(Duration::from_secs(60), |out| {
-        out.contains("noapic-says-42")
-    });
-    assert!(
-        answered,
-        "the shell did not answer\n{}\n{}",
-        g.out(),
-        g.err()
-    );
-    g.type_line("poweroff -f");
-    let code = g.wait_exit(Duration::from_secs(60));
-    assert_eq!(code, Some(0), "{}\n{}", g.out(), g.err());
-    let (out, err) = (g.out(), g.err());
+    let (out, err) = shell_answers_and_powers_off(&args, "noapic-says");
     assert!(err.contains("noapic on the guest's command line"), "{err}");
     assert!(err.contains("virtio_mmio.device=4K@0xd0001000:5"), "{err}");
     // Interrupts through the PIC: the serial port's IRQ 4 worked, and no IOAPIC was set up.

@@ -71,12 +71,8 @@ fn pausing_during_disk_io_loses_and_corrupts_nothing() {
 #[test]
 fn pausing_during_io_uring_disk_io_loses_and_corrupts_nothing() {
     let test = "pausing_during_io_uring_disk_io_loses_and_corrupts_nothing";
-    if let Err(e) = kite_vmm::devices::virtio::io_uring_probe() {
-        return skip(
-            test,
-            Need::IoUring,
-            &format!("this host refuses io_uring: {e}"),
-        );
+    if io_uring_unavailable(test) {
+        return;
     }
     pause_during_disk_io(test, ",io=uring");
 }

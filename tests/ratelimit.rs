@@ -38,12 +38,8 @@ fn a_10_mb_per_s_bucket_gives_the_guest_10_mb_per_s() {
 #[test]
 fn a_10_mb_per_s_bucket_holds_on_an_async_drive() {
     let test = "a_10_mb_per_s_bucket_holds_on_an_async_drive";
-    if let Err(e) = kite_vmm::devices::virtio::io_uring_probe() {
-        return skip(
-            test,
-            Need::IoUring,
-            &format!("this host refuses io_uring: {e}"),
-        );
+    if io_uring_unavailable(test) {
+        return;
     }
     bandwidth_bucket(test, "Async");
 }
@@ -149,46 +145,6 @@ fn an_ops_bucket_on_the_entropy_device_spaces_its_requests() {
     );
 }
 
-/// A UDP echo server at `addr` inside network namespace `ns` until `stop` is set; returns
-/// once it listens.
-fn udp_echo(
-    ns: &str,
-    addr: &str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Result<u64, String>> {
-    let (ns, addr) = (ns.to_string(), addr.to_string());
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let socket = enter_netns(&ns)
-            .and_then(|()| std::net::UdpSocket::bind(&addr))
-            .and_then(|s| {
-                s.set_read_timeout(Some(Duration::from_millis(50)))
-                    .map(|()| s)
-            })
-            .map_err(|e| format!("UDP echo server at {addr}: {e}"));
-        let _ = ready_tx.send(socket.as_ref().map(|_| ()).map_err(Clone::clone));
-        let socket = socket?;
-        let (mut buf, mut echoed) = ([0u8; 65536], 0u64);
-        while !stop.load(std::sync::atomic::Ordering::SeqCst) {
-            match socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    socket.send_to(&buf[..n], from).map_err(|e| e.to_string())?;
-                    echoed += 1;
-                }
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(e) => return Err(format!("UDP echo server: {e}")),
-            }
-        }
-        Ok(echoed)
-    });
-    if let Ok(Err(e)) = ready_rx.recv_timeout(Duration::from_secs(10)) {
-        panic!("{e}");
-    }
-    handle
-}
-
 /// A 10 MB/s bandwidth bucket on a network interface's transmit, then on its receive: the
 /// test guest's UDP echoes through a tap (full 1514-byte frames, 32 in flight) move 10 MB/s
 /// each way, within 5 %. The bucket counts frame bytes without the virtio-net header, as the
@@ -212,7 +168,7 @@ fn a_10_mb_per_s_bucket_on_a_network_interface() {
         &format!("net.ipv6.conf.{tap}.disable_ipv6=1"),
     ]);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let echo = udp_echo(&ns.name, "10.0.2.2:7777", stop.clone());
+    let echo = ns.udp_echo("10.0.2.2:7777", stop.clone());
     let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
     let dir = std::env::temp_dir().join(format!("kite-netrl-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

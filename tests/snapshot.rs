@@ -14,60 +14,32 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::api::*;
+use common::snap::*;
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
-const PAUSE: &str = r#"{"state": "Paused"}"#;
-
-/// A directory of the test's own for snapshot files (kept apart from the VMs' directories,
-/// which go with them).
-fn snap_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kite-snap-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 /// Pause `vm` and write its snapshot to `dir/vmstate` and `dir/memory`.
 fn create(vm: &ApiVm, dir: &Path) -> (PathBuf, PathBuf) {
     let (state, mem) = (dir.join("vmstate"), dir.join("memory"));
     vm.ok("PATCH", "/vm", PAUSE);
-    let body = format!(
-        r#"{{"snapshot_type": "Full", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        state.display(),
-        mem.display()
+    vm.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body("Full", &state, &mem),
     );
-    vm.ok("PUT", "/snapshot/create", &body);
     (state, mem)
 }
 
 /// A new `kite run --api-sock` that loads the snapshot and resumes it.
 fn load(test: &str, state: &Path, mem: &Path) -> ApiVm {
     let vm = ApiVm::start(&format!("{test}-restored"), &[]);
-    let body = format!(
-        r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "File", "backend_path": "{}"}}, "resume_vm": true}}"#,
-        state.display(),
-        mem.display()
+    vm.ok(
+        "PUT",
+        "/snapshot/load",
+        &load_body(state, "File", mem, true),
     );
-    vm.ok("PUT", "/snapshot/load", &body);
     vm
-}
-
-/// Every `tick N` of `console`, in order.
-fn ticks(console: &str) -> Vec<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.strip_prefix("tick "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
-}
-
-fn ready(test: &str) -> Option<PathBuf> {
-    if let Some(reason) = kvm_unavailable() {
-        skip(test, Need::Kvm, &reason);
-        return None;
-    }
-    Some(testguest().unwrap_or_else(|e| panic!("{e}")))
 }
 
 #[test]
@@ -75,17 +47,12 @@ fn a_ticking_guest_goes_on_where_it_was_in_a_new_process() {
     let test = "snap_tick";
     let Some(kernel) = ready(test) else { return };
     let dir = snap_dir(test);
-    let vm = ApiVm::start(
+    let vm = start(
         test,
-        &[
-            "--no-acpi",
-            "--kernel",
-            path_str(&kernel),
-            "--memory",
-            "256M",
-            "--cmdline",
-            "kite_test=tick kite_tick_ms=5 kite_n=200",
-        ],
+        &kernel,
+        "256M",
+        &[],
+        "kite_test=tick kite_tick_ms=5 kite_n=200",
     );
     vm.wait_stdout(LIMIT, |out| last_tick(out) >= 10);
     vm.bad(
@@ -146,27 +113,14 @@ fn smp_restored(test: &str, cpus: u8) {
     // smp brings the APs up with INIT-SIPI-SIPI and waits for them: pause as early as
     // possible, so that the snapshot falls inside the scenario; try again if it finished.
     for attempt in 0..5 {
-        let vm = ApiVm::start(
+        let vm = start(
             &format!("{test}{attempt}"),
-            &[
-                "--no-acpi",
-                "--kernel",
-                path_str(&kernel),
-                "--memory",
-                "64M",
-                "--cpus",
-                &cpus_arg,
-                "--cmdline",
-                "kite_test=smp",
-            ],
+            &kernel,
+            "64M",
+            &["--cpus", &cpus_arg],
+            "kite_test=smp",
         );
-        let out = kite()
-            .arg("snapshot")
-            .arg(&vm.sock)
-            .arg(&dir)
-            .arg("--leave-paused")
-            .output()
-            .unwrap();
+        let out = kite_snapshot(&vm.sock, &dir);
         std::thread::sleep(Duration::from_millis(50));
         // A guest that finished first has ended its VM: the snapshot finds no socket.
         if vm.stdout().contains("KITE-TEST") {
@@ -201,12 +155,8 @@ fn disk_writes_go_on_after_restore_and_the_disk_has_what_the_guest_wrote() {
 #[test]
 fn an_io_uring_disk_is_drained_before_the_snapshot() {
     let test = "snap_blk_uring";
-    if let Err(e) = kite_vmm::devices::virtio::io_uring_probe() {
-        return skip(
-            test,
-            Need::IoUring,
-            &format!("this host refuses io_uring: {e}"),
-        );
+    if io_uring_unavailable(test) {
+        return;
     }
     snapshot_during_disk_io(test, ",io=uring");
 }
@@ -218,65 +168,18 @@ fn snapshot_during_disk_io(test: &str, options: &str) {
     let dir = snap_dir(test);
     let disk = dir.join("disk.img");
     let disk_arg = format!("{}{options}", path_str(&disk));
-    // The check writes 64 MiB in 4 KiB requests, then reads it back: under a second to a few
-    // seconds, with the host's load. Pause sooner after each start until the snapshot falls
-    // inside the scenario.
-    let mut snapshot = None;
-    for delay in [300, 150, 60, 20, 5] {
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(64 << 20)
-            .unwrap();
-        let vm = ApiVm::start(
-            &format!("{test}{delay}"),
-            &[
-                "--no-acpi",
-                "--kernel",
-                path_str(&kernel),
-                "--memory",
-                "128M",
-                "--disk",
-                &disk_arg,
-                "--cmdline",
-                "kite_test=virtio-blk kite_blk_req=4096 kite_blk_depth=4 kite_seed=9",
-            ],
-        );
-        std::thread::sleep(Duration::from_millis(delay));
-        if !matches!(
-            try_call(&vm.sock, "PATCH", "/vm", Some(PAUSE)),
-            Ok((204, _))
-        ) {
-            eprintln!("{delay} ms: the scenario ended before the pause; again");
-            continue;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-        if vm.stdout().contains("KITE-TEST") {
-            eprintln!("{delay} ms: the scenario ended before the pause; again");
-            continue;
-        }
-        let (state, mem) = (dir.join("vmstate"), dir.join("memory"));
-        let body = format!(
-            r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-            state.display(),
-            mem.display()
-        );
-        vm.ok("PUT", "/snapshot/create", &body);
-        snapshot = Some((state, mem));
-        break;
-    }
-    let Some((state, mem)) = snapshot else {
-        panic!("the virtio-blk scenario ended before every one of 5 snapshots");
-    };
-    let mut restored = load(test, &state, &mem);
-    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
-    let out = restored.stdout();
-    assert!(out.contains("KITE-TEST virtio-blk ok"), "{out}");
-    let image = std::fs::read(&disk).unwrap();
-    assert_eq!(
-        kite_workloads::disk_pattern_check(9, 0, &image),
-        None,
-        "the image differs from what the guest wrote"
+    let vm = paused_during_disk_io(test, &kernel, &disk, &disk_arg, 9);
+    // No snapshot_type: Full by default.
+    let (state, mem) = (dir.join("vmstate"), dir.join("memory"));
+    let body = format!(
+        r#"{{"snapshot_path": "{}", "mem_file_path": "{}"}}"#,
+        state.display(),
+        mem.display()
     );
+    vm.ok("PUT", "/snapshot/create", &body);
+    drop(vm);
+    let mut restored = load(test, &state, &mem);
+    disk_check_finishes(&mut restored, &disk, 9);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -286,17 +189,12 @@ fn an_entropy_request_in_flight_completes_after_restore() {
     let Some(kernel) = ready(test) else { return };
     let dir = snap_dir(test);
     for attempt in 0..5 {
-        let vm = ApiVm::start(
+        let vm = start(
             &format!("{test}{attempt}"),
-            &[
-                "--no-acpi",
-                "--kernel",
-                path_str(&kernel),
-                "--memory",
-                "64M",
-                "--cmdline",
-                "kite_test=virtio-rng kite_n=1048576",
-            ],
+            &kernel,
+            "64M",
+            &[],
+            "kite_test=virtio-rng kite_n=1048576",
         );
         let (state, mem) = create(&vm, &dir);
         std::thread::sleep(Duration::from_millis(50));
@@ -321,19 +219,12 @@ fn an_entropy_request_in_flight_completes_after_restore() {
 /// One snapshot of a ticking guest, for the bad-input tests to damage.
 fn good_snapshot(test: &str, kernel: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let dir = snap_dir(test);
-    let vm = ApiVm::start(
+    let vm = start(
         test,
-        &[
-            "--no-acpi",
-            "--kernel",
-            path_str(kernel),
-            "--memory",
-            "64M",
-            "--cpus",
-            "2",
-            "--cmdline",
-            "kite_test=tick kite_tick_ms=5 kite_n=100",
-        ],
+        kernel,
+        "64M",
+        &["--cpus", "2"],
+        "kite_test=tick kite_tick_ms=5 kite_n=100",
     );
     vm.wait_stdout(LIMIT, |out| last_tick(out) >= 3);
     // A directory that does not exist: 400, the VM stays paused and well.
@@ -350,9 +241,9 @@ fn good_snapshot(test: &str, kernel: &Path) -> (PathBuf, PathBuf, PathBuf) {
         Some(r#"{"snapshot_type": "Diff", "snapshot_path": "/tmp/s", "mem_file_path": "/tmp/m"}"#),
         "Diff",
     );
-    vm.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    vm.ok("PATCH", "/vm", RESUME);
     let (state, mem) = create(&vm, &dir);
-    vm.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    vm.ok("PATCH", "/vm", RESUME);
     let at = last_tick(&vm.stdout());
     vm.wait_stdout(LIMIT, |out| last_tick(out) > at + 2);
     let leftovers: Vec<_> = std::fs::read_dir(&dir)
@@ -454,17 +345,12 @@ fn a_full_disk_is_400_and_leaves_no_file_and_the_vm_goes_on() {
         }
     }
     let _unmount = Unmount(&dir);
-    let vm = ApiVm::start(
+    let vm = start(
         test,
-        &[
-            "--no-acpi",
-            "--kernel",
-            path_str(&kernel),
-            "--memory",
-            "64M",
-            "--cmdline",
-            "kite_test=tick kite_tick_ms=5 kite_n=100000",
-        ],
+        &kernel,
+        "64M",
+        &[],
+        "kite_test=tick kite_tick_ms=5 kite_n=100000",
     );
     vm.wait_stdout(LIMIT, |out| last_tick(out) >= 3);
     vm.ok("PATCH", "/vm", PAUSE);
@@ -481,7 +367,7 @@ fn a_full_disk_is_400_and_leaves_no_file_and_the_vm_goes_on() {
     );
     let left: Vec<_> = std::fs::read_dir(&dir).unwrap().collect();
     assert!(left.is_empty(), "{left:?}");
-    vm.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    vm.ok("PATCH", "/vm", RESUME);
     let at = last_tick(&vm.stdout());
     vm.wait_stdout(LIMIT, |out| last_tick(out) > at + 2);
 }
@@ -492,19 +378,13 @@ fn a_clone_listens_on_its_own_vsock_socket() {
     let Some(kernel) = ready(test) else { return };
     let dir = snap_dir(test);
     let first = dir.join("first.sock");
-    let vm = ApiVm::start(
+    let vsock = format!("cid=3,socket={}", first.display());
+    let vm = start(
         test,
-        &[
-            "--no-acpi",
-            "--kernel",
-            path_str(&kernel),
-            "--memory",
-            "64M",
-            "--vsock",
-            &format!("cid=3,socket={}", first.display()),
-            "--cmdline",
-            "kite_test=tick kite_tick_ms=5 kite_n=120",
-        ],
+        &kernel,
+        "64M",
+        &["--vsock", &vsock],
+        "kite_test=tick kite_tick_ms=5 kite_n=120",
     );
     vm.wait_stdout(LIMIT, |out| last_tick(out) >= 5);
     let (state, mem) = create(&vm, &dir);
@@ -550,12 +430,8 @@ fn a_limited_drive_is_still_limited_after_restore() {
 #[test]
 fn an_io_uring_drive_is_on_io_uring_after_restore() {
     let test = "snap_limit_uring";
-    if let Err(e) = kite_vmm::devices::virtio::io_uring_probe() {
-        return skip(
-            test,
-            Need::IoUring,
-            &format!("this host refuses io_uring: {e}"),
-        );
+    if io_uring_unavailable(test) {
+        return;
     }
     limited_drive_across_restore(test, "Async");
 }
@@ -668,19 +544,13 @@ fn an_open_vsock_connection_is_reset_by_the_restore_and_the_guest_connects_again
     let port = |s: &Path| PathBuf::from(format!("{}_1234", s.display()));
     let (stalled, stall_thread) = unix_peer(&port(&first), Peer::Stall, stop.clone());
     let (echoed, echo_thread) = unix_peer(&port(&clone), Peer::Echo, stop.clone());
-    let vm = ApiVm::start(
+    let vsock = format!("cid=3,socket={}", first.display());
+    let vm = start(
         test,
-        &[
-            "--no-acpi",
-            "--kernel",
-            path_str(&kernel),
-            "--memory",
-            "64M",
-            "--vsock",
-            &format!("cid=3,socket={}", first.display()),
-            "--cmdline",
-            "kite_test=virtio-vsock kite_vsock_bytes=262144",
-        ],
+        &kernel,
+        "64M",
+        &["--vsock", &vsock],
+        "kite_test=virtio-vsock kite_vsock_bytes=262144",
     );
     // The guest waits up to 5 s for an echo: snapshot well within that.
     let start = std::time::Instant::now();

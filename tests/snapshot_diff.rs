@@ -9,30 +9,15 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::api::*;
+use common::snap::*;
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
-const PAUSE: &str = r#"{"state": "Paused"}"#;
-const RESUME: &str = r#"{"state": "Resumed"}"#;
-
-fn create_body(kind: &str, state: &Path, mem: &Path) -> String {
-    serde_json::json!({"snapshot_type": kind, "snapshot_path": state, "mem_file_path": mem})
-        .to_string()
-}
 
 /// Allocated bytes of `path` (its data, not its holes).
 fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).unwrap().blocks() * 512
-}
-
-/// Every `tick N` of `console`, in order.
-fn ticks(console: &str) -> Vec<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.strip_prefix("tick "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
 }
 
 /// `kite rebase-snap --base-file base --diff-file diff`, which must succeed.
@@ -50,13 +35,8 @@ fn rebase(base: &Path, diff: &Path) {
 #[test]
 fn a_diff_merged_over_the_full_memory_file_restores_where_the_diff_was_taken() {
     let test = "snap_diff";
-    if let Some(reason) = kvm_unavailable() {
-        return skip(test, Need::Kvm, &reason);
-    }
-    let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
-    let dir = std::env::temp_dir().join(format!("kite-snapdiff-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let Some(kernel) = ready(test) else { return };
+    let dir = snap_dir(test);
     let (full_state, base) = (dir.join("full.vmstate"), dir.join("full.memory"));
     let (diff_state, diff) = (dir.join("diff.vmstate"), dir.join("diff.memory"));
     let (again_state, again) = (dir.join("again.vmstate"), dir.join("again.memory"));
@@ -181,10 +161,7 @@ fn a_diff_merged_over_the_full_memory_file_restores_where_the_diff_was_taken() {
 #[test]
 fn a_diff_without_dirty_page_tracking_is_refused_with_one_line() {
     let test = "snap_diff_untracked";
-    if let Some(reason) = kvm_unavailable() {
-        return skip(test, Need::Kvm, &reason);
-    }
-    let kernel = testguest().unwrap_or_else(|e| panic!("{e}"));
+    let Some(kernel) = ready(test) else { return };
     let vm = ApiVm::start(
         test,
         &[

@@ -8,7 +8,6 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::api::*;
 use common::*;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(240);
@@ -19,69 +18,16 @@ fn linux_restored_at_its_shell_runs_a_command() {
 }
 
 fn shell_restored(test: &str, cpus: &str) {
-    if let Some(reason) = kvm_unavailable() {
-        return skip(test, Need::Kvm, &reason);
-    }
-    let (Some(kernel), Some(initrd)) = (guest_image("vmlinux"), guest_image("initramfs.cpio"))
-    else {
-        return skip(
-            test,
-            Need::GuestImages,
-            "guest-images/out has no vmlinux/initramfs.cpio; run guest-images/build.sh",
-        );
+    let Some(images) = linux::images(test) else {
+        return;
     };
-    let dir = std::env::temp_dir().join(format!("kite-snap-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let img = dir.join("disk.img");
-    if let Err(e) = common::ext4::make(&img) {
-        return skip(
-            test,
-            Need::Tools,
-            &format!("cannot make an ext4 image: {e}"),
-        );
-    }
-    let snap = dir.join("snap");
-    std::fs::create_dir_all(&snap).unwrap();
-    let mut vm = ApiVm::start(
-        test,
-        &[
-            "--kernel",
-            path_str(&kernel),
-            "--initrd",
-            path_str(&initrd),
-            "--disk",
-            path_str(&img),
-            "--no-acpi",
-            "--memory",
-            "256M",
-            "--cpus",
-            cpus,
-            "--cmdline",
-            // kvm-clock, not the TSC (which KVM cannot set on some hosts): see docs/api.md.
-            "console=ttyS0 reboot=k panic=1 clocksource=kvm-clock tsc=unstable",
-        ],
-    );
-    vm.wait_stdout(BOOT_LIMIT, |out| {
-        out.contains("busybox shell on the console")
-    });
-    // The shell is up; make sure it is reading (its answer comes back), then snapshot it.
-    vm.type_text("echo before-$((6 * 7))\n");
-    vm.wait_stdout(Duration::from_secs(60), |out| out.contains("before-42"));
-    std::thread::sleep(Duration::from_millis(500));
-    let out = kite()
-        .arg("snapshot")
-        .arg(&vm.sock)
-        .arg(&snap)
-        .arg("--leave-paused")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    drop(vm);
+    let args = ["--no-acpi", "--cpus", cpus];
+    let Some(snapshot) =
+        linux::ShellSnapshot::take(test, &images, &args, BOOT_LIMIT, Duration::from_secs(60))
+    else {
+        return;
+    };
+    let linux::ShellSnapshot { dir, img, snap } = snapshot;
 
     let started = Instant::now();
     let mut cmd = kite();
@@ -99,14 +45,7 @@ fn shell_restored(test: &str, cpus: &str) {
         "restore to the shell's answer: {:.0} ms",
         started.elapsed().as_secs_f64() * 1e3
     );
-    g.type_line(common::ext4::GUEST_LINE);
-    let done = g.wait_for(Duration::from_secs(60), common::ext4::guest_done);
-    assert!(
-        done && common::ext4::guest_read_back(&g.out()),
-        "the ext4 write and read back in the restored guest failed\n{}\n{}",
-        g.out(),
-        g.err()
-    );
+    common::ext4::write_and_read_back(&mut g, Duration::from_secs(60));
     g.type_line("poweroff -f");
     let code = g.wait_exit(Duration::from_secs(60));
     assert_eq!(code, Some(0), "{}\n{}", g.out(), g.err());

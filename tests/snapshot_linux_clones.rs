@@ -18,7 +18,6 @@ mod common;
 use std::process::Command;
 use std::time::Duration;
 
-use common::api::*;
 use common::*;
 
 const BOOT_LIMIT: Duration = Duration::from_secs(300);
@@ -37,16 +36,8 @@ fn random_bytes(console: &str) -> Option<String> {
 
 #[test]
 fn linux_clones_read_different_random_bytes_and_one_uses_an_ext4_disk() {
-    if let Some(reason) = kvm_unavailable() {
-        return skip(TEST, Need::Kvm, &reason);
-    }
-    let (Some(kernel), Some(initrd)) = (guest_image("vmlinux"), guest_image("initramfs.cpio"))
-    else {
-        return skip(
-            TEST,
-            Need::GuestImages,
-            "guest-images/out has no vmlinux/initramfs.cpio; run guest-images/build.sh",
-        );
+    let Some(images) = linux::images(TEST) else {
+        return;
     };
     if !is_root() {
         return skip(
@@ -55,57 +46,13 @@ fn linux_clones_read_different_random_bytes_and_one_uses_an_ext4_disk() {
             "the second clone's disk is bind-mounted in a mount namespace of its own",
         );
     }
-    let dir = std::env::temp_dir().join(format!("kite-snap-{}-{TEST}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let img = dir.join("disk.img");
-    if let Err(e) = common::ext4::make(&img) {
-        return skip(
-            TEST,
-            Need::Tools,
-            &format!("cannot make an ext4 image: {e}"),
-        );
-    }
-    let snap = dir.join("snap");
-    std::fs::create_dir_all(&snap).unwrap();
-
-    let mut vm = ApiVm::start(
-        TEST,
-        &[
-            "--kernel",
-            path_str(&kernel),
-            "--initrd",
-            path_str(&initrd),
-            "--disk",
-            path_str(&img),
-            "--memory",
-            "256M",
-            "--cpus",
-            "1",
-            "--cmdline",
-            // kvm-clock, not the TSC (which KVM cannot set on some hosts): see docs/api.md.
-            "console=ttyS0 reboot=k panic=1 clocksource=kvm-clock tsc=unstable",
-        ],
-    );
-    vm.wait_stdout(BOOT_LIMIT, |out| {
-        out.contains("busybox shell on the console")
-    });
-    vm.type_text("echo before-$((6 * 7))\n");
-    vm.wait_stdout(ANSWER_LIMIT, |out| out.contains("before-42"));
-    std::thread::sleep(Duration::from_millis(500));
-    let out = kite()
-        .arg("snapshot")
-        .arg(&vm.sock)
-        .arg(&snap)
-        .arg("--leave-paused")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    drop(vm);
+    // With ACPI (the VM generation ID device is in its tables).
+    let Some(snapshot) =
+        linux::ShellSnapshot::take(TEST, &images, &["--cpus", "1"], BOOT_LIMIT, ANSWER_LIMIT)
+    else {
+        return;
+    };
+    let linux::ShellSnapshot { dir, img, snap } = snapshot;
 
     // Two clones at once, each its own process; the first thing each does is read urandom.
     // Kite locks a writable disk image, so the second clone gets its own copy at the same path,
@@ -164,14 +111,7 @@ fn linux_clones_read_different_random_bytes_and_one_uses_an_ext4_disk() {
     second.type_line("poweroff -f");
     assert_eq!(second.wait_exit(ANSWER_LIMIT), Some(0), "{}", second.err());
     let mut g = clones.pop().unwrap();
-    g.type_line(common::ext4::GUEST_LINE);
-    let answered = g.wait_for(ANSWER_LIMIT, common::ext4::guest_done);
-    assert!(
-        answered && common::ext4::guest_read_back(&g.out()),
-        "the ext4 write and read back in the restored guest failed\n{}\n{}",
-        g.out(),
-        g.err()
-    );
+    common::ext4::write_and_read_back(&mut g, ANSWER_LIMIT);
     g.type_line("poweroff -f");
     assert_eq!(g.wait_exit(ANSWER_LIMIT), Some(0), "{}", g.err());
     common::ext4::check_on_host(&img);

@@ -13,21 +13,12 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::api::*;
+use common::snap::*;
 use common::*;
 
 const LIMIT: Duration = Duration::from_secs(60);
-const PAUSE: &str = r#"{"state": "Paused"}"#;
-
-/// A directory of the test's own for snapshot files and sockets.
-fn snap_dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kite-uffd-{}-{test}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
 /// The test guest, if KVM and a userfaultfd that catches KVM's faults are there.
-fn ready(test: &str) -> Option<PathBuf> {
+fn uffd_ready(test: &str) -> Option<PathBuf> {
     if let Some(reason) = kvm_unavailable() {
         skip(test, Need::Kvm, &reason);
         return None;
@@ -36,7 +27,7 @@ fn ready(test: &str) -> Option<PathBuf> {
         skip(test, Need::Userfaultfd, &e);
         return None;
     }
-    Some(testguest().unwrap_or_else(|e| panic!("{e}")))
+    ready(test)
 }
 
 /// Pause `vm` and write a Full snapshot to `dir/{name}.state` and `dir/{name}.mem`.
@@ -51,12 +42,11 @@ fn create_paused(vm: &ApiVm, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         dir.join(format!("{name}.state")),
         dir.join(format!("{name}.mem")),
     );
-    let body = format!(
-        r#"{{"snapshot_type": "Full", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-        state.display(),
-        mem.display()
+    vm.ok(
+        "PUT",
+        "/snapshot/create",
+        &create_body("Full", &state, &mem),
     );
-    vm.ok("PUT", "/snapshot/create", &body);
     (state, mem)
 }
 
@@ -77,14 +67,6 @@ fn handler(socket: &Path, memory: &Path) -> Guest {
     h
 }
 
-fn load_body(state: &Path, backend: &str, path: &Path, resume: bool) -> String {
-    format!(
-        r#"{{"snapshot_path": "{}", "mem_backend": {{"backend_type": "{backend}", "backend_path": "{}"}}, "resume_vm": {resume}}}"#,
-        state.display(),
-        path.display()
-    )
-}
-
 /// The faults `kite-uffd-handler` says it served, once it has exited 0.
 fn faults_served(mut h: Guest) -> u64 {
     assert_eq!(h.wait_exit(LIMIT), Some(0), "{}{}", h.out(), h.err());
@@ -93,15 +75,6 @@ fn faults_served(mut h: Guest) -> u64 {
         .find_map(|l| l.strip_prefix("kite-uffd-handler: served "))
         .and_then(|l| l.split_whitespace().next()?.parse().ok())
         .unwrap_or_else(|| panic!("no count in the handler's output: {out}"))
-}
-
-/// Every `tick N` of `console`, in order.
-fn ticks(console: &str) -> Vec<u64> {
-    console
-        .lines()
-        .filter_map(|l| l.strip_prefix("tick "))
-        .filter_map(|n| n.trim().parse().ok())
-        .collect()
 }
 
 /// Which 4 KiB pages of a memory file hold something other than zeroes.
@@ -116,21 +89,16 @@ fn non_zero_pages(mem: &Path) -> Vec<bool> {
 #[test]
 fn a_ticking_guest_goes_on_with_its_memory_served_by_the_handler() {
     let test = "uffd_tick";
-    let Some(kernel) = ready(test) else { return };
+    let Some(kernel) = uffd_ready(test) else {
+        return;
+    };
     let dir = snap_dir(test);
-    let vm = ApiVm::start(
+    let vm = start(
         test,
-        &[
-            "--no-acpi",
-            "--kernel",
-            path_str(&kernel),
-            "--memory",
-            "256M",
-            "--cpus",
-            "2",
-            "--cmdline",
-            "kite_test=tick kite_tick_ms=5 kite_n=300",
-        ],
+        &kernel,
+        "256M",
+        &["--cpus", "2"],
+        "kite_test=tick kite_tick_ms=5 kite_n=300",
     );
     vm.wait_stdout(LIMIT, |out| last_tick(out) >= 10);
     let (state, mem) = create(&vm, &dir, "first");
@@ -157,11 +125,7 @@ fn a_ticking_guest_goes_on_with_its_memory_served_by_the_handler() {
     restored.ok(
         "PUT",
         "/snapshot/create",
-        &format!(
-            r#"{{"snapshot_type": "Diff", "snapshot_path": "{}", "mem_file_path": "{}"}}"#,
-            diff_state.display(),
-            diff.display()
-        ),
+        &create_body("Diff", &diff_state, &diff),
     );
     let (state2, mem2) = create_paused(&restored, &dir, "second");
     std::thread::sleep(Duration::from_millis(50));
@@ -183,7 +147,7 @@ fn a_ticking_guest_goes_on_with_its_memory_served_by_the_handler() {
         std::fs::read(&merged).unwrap() == std::fs::read(&mem2).unwrap(),
         "the Diff merged over the first memory file is not the Full of the same moment"
     );
-    restored.ok("PATCH", "/vm", r#"{"state": "Resumed"}"#);
+    restored.ok("PATCH", "/vm", RESUME);
     let mut restored = restored;
     assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
     let out = restored.stdout();
@@ -219,44 +183,14 @@ fn a_ticking_guest_goes_on_with_its_memory_served_by_the_handler() {
 #[test]
 fn disk_writes_go_on_after_a_uffd_restore() {
     let test = "uffd_blk";
-    let Some(kernel) = ready(test) else { return };
+    let Some(kernel) = uffd_ready(test) else {
+        return;
+    };
     let dir = snap_dir(test);
     let disk = dir.join("disk.img");
-    let mut snapshot = None;
-    for delay in [300, 150, 60, 20, 5] {
-        std::fs::File::create(&disk)
-            .unwrap()
-            .set_len(64 << 20)
-            .unwrap();
-        let vm = ApiVm::start(
-            &format!("{test}{delay}"),
-            &[
-                "--no-acpi",
-                "--kernel",
-                path_str(&kernel),
-                "--memory",
-                "128M",
-                "--disk",
-                path_str(&disk),
-                "--cmdline",
-                "kite_test=virtio-blk kite_blk_req=4096 kite_blk_depth=4 kite_seed=7",
-            ],
-        );
-        std::thread::sleep(Duration::from_millis(delay));
-        if !matches!(
-            try_call(&vm.sock, "PATCH", "/vm", Some(PAUSE)),
-            Ok((204, _))
-        ) || vm.stdout().contains("KITE-TEST")
-        {
-            eprintln!("{delay} ms: the scenario ended before the pause; again");
-            continue;
-        }
-        snapshot = Some(create_paused(&vm, &dir, "blk"));
-        break;
-    }
-    let Some((state, mem)) = snapshot else {
-        panic!("the virtio-blk scenario ended before every one of 5 snapshots");
-    };
+    let vm = paused_during_disk_io(test, &kernel, &disk, path_str(&disk), 7);
+    let (state, mem) = create_paused(&vm, &dir, "blk");
+    drop(vm);
     let socket = dir.join("handler.sock");
     let h = handler(&socket, &mem);
     let mut restored = ApiVm::start(&format!("{test}-restored"), &[]);
@@ -265,15 +199,7 @@ fn disk_writes_go_on_after_a_uffd_restore() {
         "/snapshot/load",
         &load_body(&state, "Uffd", &socket, true),
     );
-    assert_eq!(restored.wait(LIMIT), Some(0), "{}", restored.stderr());
-    let out = restored.stdout();
-    assert!(out.contains("KITE-TEST virtio-blk ok"), "{out}");
-    let image = std::fs::read(&disk).unwrap();
-    assert_eq!(
-        kite_workloads::disk_pattern_check(7, 0, &image),
-        None,
-        "the image differs from what the guest wrote"
-    );
+    disk_check_finishes(&mut restored, &disk, 7);
     assert!(faults_served(h) > 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -281,19 +207,16 @@ fn disk_writes_go_on_after_a_uffd_restore() {
 #[test]
 fn a_handler_socket_that_is_missing_or_refuses_is_400_and_the_load_can_be_retried() {
     let test = "uffd_bad";
-    let Some(kernel) = ready(test) else { return };
+    let Some(kernel) = uffd_ready(test) else {
+        return;
+    };
     let dir = snap_dir(test);
-    let vm = ApiVm::start(
+    let vm = start(
         test,
-        &[
-            "--no-acpi",
-            "--kernel",
-            path_str(&kernel),
-            "--memory",
-            "64M",
-            "--cmdline",
-            "kite_test=tick kite_tick_ms=5 kite_n=60",
-        ],
+        &kernel,
+        "64M",
+        &[],
+        "kite_test=tick kite_tick_ms=5 kite_n=60",
     );
     vm.wait_stdout(LIMIT, |out| last_tick(out) >= 3);
     let (state, mem) = create(&vm, &dir, "s");

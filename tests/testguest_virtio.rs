@@ -208,56 +208,6 @@ fn virtio_rng_absent_with_no_rng() {
     );
 }
 
-/// A UDP echo server at `addr` inside `ns`, on a thread of its own, until `stop` is set.
-/// Returns once it is listening; the thread returns the datagrams it echoed.
-fn udp_echo(
-    ns: &Netns,
-    addr: &str,
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<Result<u64, String>> {
-    use std::sync::atomic::Ordering;
-    let ns = ns.name.clone();
-    let addr = addr.to_string();
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let handle = std::thread::spawn(move || {
-        let socket = enter_netns(&ns)
-            .and_then(|()| std::net::UdpSocket::bind(&addr))
-            .map_err(|e| format!("UDP echo server at {addr}: {e}"));
-        let socket = match socket {
-            Ok(s) => s,
-            Err(e) => {
-                let _ = ready_tx.send(Err(e.clone()));
-                return Err(e);
-            }
-        };
-        socket
-            .set_read_timeout(Some(Duration::from_millis(50)))
-            .map_err(|e| e.to_string())?;
-        let _ = ready_tx.send(Ok(()));
-        let mut buf = [0u8; 65536];
-        let mut echoed = 0u64;
-        while !stop.load(Ordering::SeqCst) {
-            match socket.recv_from(&mut buf) {
-                Ok((n, from)) => {
-                    socket
-                        .send_to(&buf[..n], from)
-                        .map_err(|e| format!("echo to {from}: {e}"))?;
-                    echoed += 1;
-                }
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::WouldBlock
-                        || e.kind() == std::io::ErrorKind::TimedOut => {}
-                Err(e) => return Err(format!("UDP echo server: {e}")),
-            }
-        }
-        Ok(echoed)
-    });
-    if let Ok(Err(e)) = ready_rx.recv_timeout(Duration::from_secs(10)) {
-        panic!("{e}");
-    }
-    handle
-}
-
 #[test]
 fn virtio_net_echoes_udp_through_a_tap() {
     const TEST: &str = "virtio_net_echoes_udp_through_a_tap";
@@ -281,7 +231,7 @@ fn virtio_net_echoes_udp_through_a_tap() {
         .trim()
         .to_string();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let echo = udp_echo(&ns, "10.0.2.2:7777", stop.clone());
+    let echo = ns.udp_echo("10.0.2.2:7777", stop.clone());
 
     let elf = testguest().unwrap_or_else(|e| panic!("{e}"));
     let guest_mac = "52:54:00:4b:49:54";
@@ -485,12 +435,7 @@ fn virtio_rng_with_event_idx() {
 /// `--disk` for an io_uring disk at `img`, or `None` (the test skips, saying why) where this
 /// host refuses io_uring.
 fn uring_disk(test: &str, img: &Path) -> Option<String> {
-    if let Err(e) = kite_vmm::devices::virtio::io_uring_probe() {
-        skip(
-            test,
-            Need::IoUring,
-            &format!("this host refuses io_uring: {e}"),
-        );
+    if io_uring_unavailable(test) {
         return None;
     }
     Some(format!("{},io=uring", path_str(img)))

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::Duration;
 
 /// A 32 MiB ext4 image at `img`.
 pub fn make(img: &Path) -> Result<(), String> {
@@ -28,13 +29,26 @@ pub fn make(img: &Path) -> Result<(), String> {
 pub const GUEST_LINE: &str = "mkdir -p /mnt/d && mount -t ext4 /dev/vda /mnt/d && echo kite-ext4-$((6 * 7)) > /mnt/d/hello && sync && umount /mnt/d && mount -t ext4 -o ro /dev/vda /mnt/d && echo read-back-$(cat /mnt/d/hello) && umount /mnt/d && echo ext4-done-$((6 * 7))";
 
 /// Whether the guest's console shows [`GUEST_LINE`] finished (well or not).
-pub fn guest_done(out: &str) -> bool {
+fn guest_done(out: &str) -> bool {
     out.contains("ext4-done-42") || out.contains("mount:")
 }
 
 /// Whether the guest read back what it wrote.
-pub fn guest_read_back(out: &str) -> bool {
+fn guest_read_back(out: &str) -> bool {
     out.contains("read-back-kite-ext4-42")
+}
+
+/// Has the shell of `g` run [`GUEST_LINE`] (waiting up to `limit`) and fails the test unless
+/// the guest read back what it wrote.
+pub fn write_and_read_back(g: &mut super::Guest, limit: Duration) {
+    g.type_line(GUEST_LINE);
+    let done = g.wait_for(limit, guest_done);
+    assert!(
+        done && guest_read_back(&g.out()),
+        "the ext4 write and read back in the restored guest failed\n{}\n{}",
+        g.out(),
+        g.err()
+    );
 }
 
 /// After the guest powered off: the image is clean and has the file the guest wrote.

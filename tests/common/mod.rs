@@ -5,6 +5,8 @@
 pub mod api;
 pub mod ext4;
 pub mod host;
+pub mod linux;
+pub mod snap;
 pub mod watch;
 
 use std::collections::HashMap;
@@ -113,6 +115,21 @@ pub fn kvm_unavailable() -> Option<String> {
     {
         Ok(_) => None,
         Err(e) => Some(format!("/dev/kvm is not usable ({e})")),
+    }
+}
+
+/// Whether this host refuses io_uring (Kite's probe); if it does, after a skip line for `test`.
+pub fn io_uring_unavailable(test: &str) -> bool {
+    match kite_vmm::devices::virtio::io_uring_probe() {
+        Ok(_) => false,
+        Err(e) => {
+            skip(
+                test,
+                Need::IoUring,
+                &format!("this host refuses io_uring: {e}"),
+            );
+            true
+        }
     }
 }
 
@@ -283,6 +300,48 @@ impl Netns {
             ));
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// A UDP echo server at `addr` inside the namespace until `stop` is set; returns once it
+    /// listens. The thread's result: how many datagrams it echoed.
+    pub fn udp_echo(
+        &self,
+        addr: &str,
+        stop: Arc<std::sync::atomic::AtomicBool>,
+    ) -> std::thread::JoinHandle<Result<u64, String>> {
+        let (ns, addr) = (self.name.clone(), addr.to_string());
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let socket = enter_netns(&ns)
+                .and_then(|()| std::net::UdpSocket::bind(&addr))
+                .and_then(|s| {
+                    s.set_read_timeout(Some(Duration::from_millis(50)))
+                        .map(|()| s)
+                })
+                .map_err(|e| format!("UDP echo server at {addr}: {e}"));
+            let _ = ready_tx.send(socket.as_ref().map(|_| ()).map_err(Clone::clone));
+            let socket = socket?;
+            let (mut buf, mut echoed) = ([0u8; 65536], 0u64);
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                match socket.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        socket
+                            .send_to(&buf[..n], from)
+                            .map_err(|e| format!("echo to {from}: {e}"))?;
+                        echoed += 1;
+                    }
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock
+                            || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(e) => return Err(format!("UDP echo server: {e}")),
+                }
+            }
+            Ok(echoed)
+        });
+        if let Ok(Err(e)) = ready_rx.recv_timeout(Duration::from_secs(10)) {
+            panic!("{e}");
+        }
+        handle
     }
 
     /// `kite` with `args`, run inside the namespace.

@@ -447,8 +447,6 @@ pub fn panels(rows: &[Row]) -> Vec<Panel> {
 
 #[cfg(test)]
 pub(crate) mod tests {
-    use std::path::Path;
-
     use super::*;
     use crate::timeline;
 
@@ -523,16 +521,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_command_is_startups_with_the_machine_size() {
-        let ctx = Ctx {
-            exe: Path::new("kite"),
-            guest: Some(Path::new("guest.elf")),
-            linux: None,
-            disk: None,
-            net: None,
-            vsock: None,
-            tsc_hz: 2e9,
-            seccomp: true,
-        };
+        let ctx = workloads::tests::ctx();
         let cmd = workloads::guest_command(&ctx, Workload::Scale, "16G", Some(32));
         let args: Vec<_> = cmd.get_args().map(|a| a.to_string_lossy()).collect();
         assert_eq!(

@@ -632,4 +632,4 @@ fn blk_rows(ctx: &Ctx, w: Workload, host: &[Sample], guest: &[Sample]) -> Vec<Ro
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -16,7 +16,8 @@ fn sample(line_text: &str, wall_ms: f64) -> Sample {
     }
 }
 
-fn ctx() -> Ctx<'static> {
+/// The context of a test guest run with no devices (also for scale.rs's tests).
+pub(crate) fn ctx() -> Ctx<'static> {
     Ctx {
         exe: Path::new("kite"),
         guest: Some(Path::new("guest.elf")),
