@@ -1,7 +1,7 @@
 //! The virtio-vsock packet header (virtio 1.2, section 5.10.6) as a driver writes and reads it:
-//! 44 little-endian bytes in front of every packet, in both directions. The device's own view
-//! is crates/vmm's `devices/virtio/vsock/packet.rs` (the fuzz harness keeps a third, on purpose,
-//! as an independent oracle).
+//! 44 little-endian bytes in front of every packet, in both directions. Kite's device uses this
+//! definition too (crates/vmm's `devices/virtio/vsock/packet.rs` re-exports it); the fuzz
+//! harness keeps a copy of its own, on purpose, as an independent oracle.
 
 /// Bytes of header in front of every packet.
 pub const HDR_LEN: usize = 44;

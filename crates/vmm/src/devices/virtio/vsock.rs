@@ -311,7 +311,8 @@ impl Vsock {
                 self.name, hdr.src_cid, hdr.src_port, hdr.dst_cid, hdr.dst_port, hdr.op
             );
         }
-        self.control.push_back(Control::Raw(hdr.reset_reply()));
+        self.control
+            .push_back(Control::Raw(packet::reset_reply(hdr)));
     }
 
     /// Act on one packet from the guest; `payload` is the buffers that followed its header.

@@ -1,98 +1,23 @@
 //! The virtio-vsock packet header (virtio 1.2, section 5.10.6): 44 little-endian bytes in front
-//! of every packet, in both directions.
+//! of every packet, in both directions. One definition serves the device and the drivers that
+//! talk to it (the test guest, the unit tests): kite-virtio-driver's (no_std, no dependencies).
+//! The fuzz harness keeps an independent copy on purpose, as an oracle.
 
-/// Bytes of header in front of every packet.
-pub const HDR_LEN: usize = 44;
-/// The host's CID: guests connect to it.
-pub const HOST_CID: u64 = 2;
-/// The only socket type the device serves.
-pub const TYPE_STREAM: u16 = 1;
+pub use kite_virtio_driver::vsock::{
+    HDR_LEN, HOST_CID, Header, OP_CREDIT_REQUEST, OP_CREDIT_UPDATE, OP_REQUEST, OP_RESPONSE,
+    OP_RST, OP_RW, OP_SHUTDOWN, SHUTDOWN_BOTH, SHUTDOWN_RCV, SHUTDOWN_SEND, TYPE_STREAM,
+};
 
-pub const OP_REQUEST: u16 = 1;
-pub const OP_RESPONSE: u16 = 2;
-pub const OP_RST: u16 = 3;
-pub const OP_SHUTDOWN: u16 = 4;
-pub const OP_RW: u16 = 5;
-pub const OP_CREDIT_UPDATE: u16 = 6;
-pub const OP_CREDIT_REQUEST: u16 = 7;
-
-/// SHUTDOWN flags: the sender will receive no more data, will send no more data.
-pub const SHUTDOWN_RCV: u32 = 1;
-pub const SHUTDOWN_SEND: u32 = 2;
-pub const SHUTDOWN_BOTH: u32 = SHUTDOWN_RCV | SHUTDOWN_SEND;
-
-/// One packet header, decoded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Header {
-    pub src_cid: u64,
-    pub dst_cid: u64,
-    pub src_port: u32,
-    pub dst_port: u32,
-    /// Payload bytes after the header.
-    pub len: u32,
-    pub kind: u16,
-    pub op: u16,
-    pub flags: u32,
-    /// The sender's receive buffer for this connection.
-    pub buf_alloc: u32,
-    /// Bytes the sender has taken out of that buffer so far (wrapping).
-    pub fwd_cnt: u32,
-}
-
-fn u16_at(b: &[u8; HDR_LEN], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn u32_at(b: &[u8; HDR_LEN], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8; HDR_LEN], at: usize) -> u64 {
-    u64::from(u32_at(b, at)) | (u64::from(u32_at(b, at + 4)) << 32)
-}
-
-impl Header {
-    pub fn decode(b: &[u8; HDR_LEN]) -> Self {
-        Self {
-            src_cid: u64_at(b, 0),
-            dst_cid: u64_at(b, 8),
-            src_port: u32_at(b, 16),
-            dst_port: u32_at(b, 20),
-            len: u32_at(b, 24),
-            kind: u16_at(b, 28),
-            op: u16_at(b, 30),
-            flags: u32_at(b, 32),
-            buf_alloc: u32_at(b, 36),
-            fwd_cnt: u32_at(b, 40),
-        }
-    }
-
-    pub fn encode(&self) -> [u8; HDR_LEN] {
-        let mut b = [0u8; HDR_LEN];
-        b[0..8].copy_from_slice(&self.src_cid.to_le_bytes());
-        b[8..16].copy_from_slice(&self.dst_cid.to_le_bytes());
-        b[16..20].copy_from_slice(&self.src_port.to_le_bytes());
-        b[20..24].copy_from_slice(&self.dst_port.to_le_bytes());
-        b[24..28].copy_from_slice(&self.len.to_le_bytes());
-        b[28..30].copy_from_slice(&self.kind.to_le_bytes());
-        b[30..32].copy_from_slice(&self.op.to_le_bytes());
-        b[32..36].copy_from_slice(&self.flags.to_le_bytes());
-        b[36..40].copy_from_slice(&self.buf_alloc.to_le_bytes());
-        b[40..44].copy_from_slice(&self.fwd_cnt.to_le_bytes());
-        b
-    }
-
-    /// A reset answering this packet: addressed back to its sender, with no credit.
-    pub fn reset_reply(&self) -> Self {
-        Self {
-            src_cid: self.dst_cid,
-            dst_cid: self.src_cid,
-            src_port: self.dst_port,
-            dst_port: self.src_port,
-            kind: TYPE_STREAM,
-            op: OP_RST,
-            ..Self::default()
-        }
+/// A reset answering packet `hdr`: addressed back to its sender, with no credit.
+pub fn reset_reply(hdr: &Header) -> Header {
+    Header {
+        src_cid: hdr.dst_cid,
+        dst_cid: hdr.src_cid,
+        src_port: hdr.dst_port,
+        dst_port: hdr.src_port,
+        kind: TYPE_STREAM,
+        op: OP_RST,
+        ..Header::default()
     }
 }
 
@@ -125,7 +50,7 @@ mod tests {
         assert_eq!(b[36..40], [0x44, 0x43, 0x42, 0x41]);
         assert_eq!(b[40..44], [0x54, 0x53, 0x52, 0x51]);
         assert_eq!(Header::decode(&b), h);
-        let r = h.reset_reply();
+        let r = reset_reply(&h);
         assert_eq!(
             (r.src_cid, r.dst_cid, r.src_port, r.dst_port, r.op, r.len),
             (2, h.src_cid, h.dst_port, h.src_port, OP_RST, 0)
