@@ -170,17 +170,19 @@ pub(crate) fn build(
 
 /// Boot `m`: load the kernel and initrd, write the command line, the zero page, the MP and
 /// ACPI tables, and say what each vCPU's thread sets before it runs (its CPUID table, and the
-/// entry point for the boot CPU: [`Setup`]).
+/// entry point for the boot CPU: [`Setup`]). `kernel_file` is the kernel, if the caller opened
+/// it already.
 #[inline(never)]
 pub(crate) fn boot(
     m: &mut Machine,
     config: &VmConfig,
+    kernel_file: Option<std::fs::File>,
     process_start: Instant,
     timeline: &mut Timeline,
 ) -> Result<Vec<Setup>, Error> {
     let mut mark = |name| timeline.marks.push((name, process_start.elapsed()));
     let mem = &m.mem;
-    let kernel = boot::load_kernel(mem, &config.kernel)?;
+    let kernel = boot::load_kernel(mem, &config.kernel, kernel_file)?;
     log::info!(
         "kernel {} ({:?}) loaded, ends at {:#x}, entry {:#x}",
         config.kernel.display(),

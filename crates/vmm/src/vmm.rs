@@ -192,8 +192,17 @@ impl Vmm {
     pub fn new(config: &VmConfig, process_start: Instant) -> Result<Vmm, Error> {
         let mut timeline = Timeline::default();
         // A kernel that cannot read ACPI tables finds its devices on the command line only.
+        // Opened once: its symbols are read here and `boot` loads it (a kernel that cannot be
+        // opened here is reported by `boot`, as without ACPI).
+        let mut kernel_file = match config.acpi {
+            true => std::fs::File::open(&config.kernel).ok(),
+            false => None,
+        };
         let without_acpi;
-        let config = if config.acpi && crate::arch::x86_64::elf_acpi::lacks_acpi(&config.kernel) {
+        let config = if kernel_file
+            .as_mut()
+            .is_some_and(crate::arch::x86_64::elf_acpi::lacks_acpi)
+        {
             log::info!(
                 "the kernel's symbol table names nothing ACPI: no ACPI tables, the virtio devices are named on the command line (as with --no-acpi)"
             );
@@ -206,7 +215,7 @@ impl Vmm {
             config
         };
         let mut m = build(config, Ram::Fresh, process_start, &mut timeline)?;
-        let setups = boot(&mut m, config, process_start, &mut timeline)?;
+        let setups = boot(&mut m, config, kernel_file, process_start, &mut timeline)?;
         Ok(finish(m, config, setups, process_start, timeline))
     }
 

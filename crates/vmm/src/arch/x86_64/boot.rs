@@ -128,13 +128,24 @@ impl LoadedKernel {
     }
 }
 
-/// Load the kernel at `path` into `mem`.
-pub fn load_kernel(mem: &GuestMem, path: &Path) -> Result<LoadedKernel, Error> {
+/// Load the kernel at `path` into `mem`, from `opened` when the caller has it open already
+/// (read from its start).
+pub fn load_kernel(
+    mem: &GuestMem,
+    path: &Path,
+    opened: Option<File>,
+) -> Result<LoadedKernel, Error> {
     let open_err = |source| Error::KernelOpen {
         path: path.to_owned(),
         source,
     };
-    let mut file = File::open(path).map_err(open_err)?;
+    let mut file = match opened {
+        Some(mut file) => {
+            file.rewind().map_err(open_err)?;
+            file
+        }
+        None => File::open(path).map_err(open_err)?,
+    };
     if file.metadata().map_err(open_err)?.is_dir() {
         return Err(open_err(std::io::Error::from(
             std::io::ErrorKind::IsADirectory,
@@ -373,7 +384,7 @@ mod tests {
         let payload: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
         let path = std::env::temp_dir().join(format!("kite-bz-{}", std::process::id()));
         std::fs::write(&path, fake_bzimage(3, 0x020f, XLF_KERNEL_64, &payload)).unwrap();
-        let k = load_kernel(&mem, &path).unwrap();
+        let k = load_kernel(&mem, &path, None).unwrap();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(k.format, KernelFormat::BzImage);
         assert_eq!(k.entry, GuestAddress(HIMEM_START + 0x200));
@@ -422,7 +433,10 @@ mod tests {
         for (version, xlf) in [(0x020b, XLF_KERNEL_64), (0x020f, 0)] {
             std::fs::write(&path, fake_bzimage(4, version, xlf, &[0u8; 512])).unwrap();
             assert!(
-                matches!(load_kernel(&mem, &path), Err(Error::No64BitEntry { .. })),
+                matches!(
+                    load_kernel(&mem, &path, None),
+                    Err(Error::No64BitEntry { .. })
+                ),
                 "{version:#x}"
             );
         }

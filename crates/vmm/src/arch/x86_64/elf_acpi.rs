@@ -10,16 +10,17 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
 
 const SHT_SYMTAB: u32 = 2;
 /// More than any kernel's string table (Linux's is well under 10 MiB).
 const STRTAB_MAX: u64 = 64 << 20;
 
-/// True only when `path` is a 64-bit little-endian ELF whose symbol table has no symbol with
-/// "acpi" in its name (in any case); false when it has one, or when that cannot be told.
-pub fn lacks_acpi(path: &Path) -> bool {
-    names_acpi(path) == Some(false)
+/// True only when `kernel` is a 64-bit little-endian ELF whose symbol table has no symbol with
+/// "acpi" in its name (in any case); false when it has one, or when that cannot be told. The
+/// caller's open file is read from its start (the loader then reads it again, from its start:
+/// the kernel is opened once).
+pub fn lacks_acpi(kernel: &mut File) -> bool {
+    names_acpi(kernel) == Some(false)
 }
 
 /// Whether the string table linked from the ELF's symbol table has "acpi" in it, in any case;
@@ -28,9 +29,9 @@ pub fn lacks_acpi(path: &Path) -> bool {
 /// the whole table (0.6 MB for the guest-images vmlinux) is in memory, where it would raise
 /// the VMM's peak resident set. Never inlined: its buffer stays out of `Vmm::new`'s frame.
 #[inline(never)]
-fn names_acpi(path: &Path) -> Option<bool> {
+fn names_acpi(f: &mut File) -> Option<bool> {
     const NAME: &[u8] = b"acpi";
-    let (mut f, offset, size) = strtab(path)?;
+    let (offset, size) = strtab(f)?;
     f.seek(SeekFrom::Start(offset)).ok()?;
     // The last NAME.len() - 1 bytes of a page are kept before the next, for a name across both.
     let mut buf = [0u8; 4096 + NAME.len() - 1];
@@ -52,10 +53,10 @@ fn names_acpi(path: &Path) -> Option<bool> {
     Some(false)
 }
 
-/// The kernel file, and the offset and size of the string table linked from its symbol table,
-/// if there is one.
-fn strtab(path: &Path) -> Option<(File, u64, u64)> {
-    let mut f = File::open(path).ok()?;
+/// The offset and size of the string table linked from the kernel's symbol table, if there is
+/// one.
+fn strtab(f: &mut File) -> Option<(u64, u64)> {
+    f.rewind().ok()?;
     let mut eh = [0u8; 64];
     f.read_exact(&mut eh).ok()?;
     // 64-bit (class 2), little-endian (data 1).
@@ -85,7 +86,7 @@ fn strtab(path: &Path) -> Option<(File, u64, u64)> {
     if size == 0 || size > STRTAB_MAX {
         return None;
     }
-    Some((f, offset, size))
+    Some((offset, size))
 }
 
 #[cfg(test)]
@@ -120,7 +121,10 @@ mod tests {
             bytes.len()
         ));
         std::fs::write(&path, bytes).unwrap();
-        let lacks = lacks_acpi(&path);
+        let mut file = File::open(&path).unwrap();
+        // Wherever the caller's file stands, it is read from its start.
+        file.seek(SeekFrom::End(0)).unwrap();
+        let lacks = lacks_acpi(&mut file);
         std::fs::remove_file(&path).unwrap();
         lacks
     }
@@ -135,7 +139,6 @@ mod tests {
         assert!(!check(
             b"MZ not an elf at all, but long enough to hold a header............"
         ));
-        assert!(!lacks_acpi(Path::new("/nonexistent/kernel")));
     }
 
     #[test]
