@@ -25,8 +25,10 @@ pub fn reset_reply(hdr: &Header) -> Header {
 mod tests {
     use super::*;
 
+    /// The header's layout is kite-virtio-driver's, tested there
+    /// (`vsock::tests::fields_sit_where_the_spec_puts_them`); the device's own part is the reply.
     #[test]
-    fn header_fields_sit_where_the_spec_puts_them() {
+    fn a_reset_goes_back_to_the_sender_with_no_credit() {
         let h = Header {
             src_cid: 0x0102_0304_0506_0708,
             dst_cid: 2,
@@ -39,21 +41,14 @@ mod tests {
             buf_alloc: 0x4142_4344,
             fwd_cnt: 0x5152_5354,
         };
-        let b = h.encode();
-        assert_eq!(b[0..8], [8, 7, 6, 5, 4, 3, 2, 1]);
-        assert_eq!(b[8], 2);
-        assert_eq!(b[16..20], [0x14, 0x13, 0x12, 0x11]);
-        assert_eq!(b[20..24], [0x24, 0x23, 0x22, 0x21]);
-        assert_eq!(b[24..28], [0x34, 0x33, 0x32, 0x31]);
-        assert_eq!(b[28..32], [1, 0, 5, 0]);
-        assert_eq!(b[32..36], [3, 0, 0, 0]);
-        assert_eq!(b[36..40], [0x44, 0x43, 0x42, 0x41]);
-        assert_eq!(b[40..44], [0x54, 0x53, 0x52, 0x51]);
-        assert_eq!(Header::decode(&b), h);
         let r = reset_reply(&h);
         assert_eq!(
             (r.src_cid, r.dst_cid, r.src_port, r.dst_port, r.op, r.len),
             (2, h.src_cid, h.dst_port, h.src_port, OP_RST, 0)
+        );
+        assert_eq!(
+            (r.kind, r.flags, r.buf_alloc, r.fwd_cnt),
+            (TYPE_STREAM, 0, 0, 0)
         );
     }
 }
